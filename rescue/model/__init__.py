@@ -1,0 +1,1 @@
+"""Plain data: layouts, extents, plans. No I/O in this package."""
