@@ -17,7 +17,8 @@ class Partition:
     name: str = ""  # GPT partition name
     flags: list[str] = field(default_factory=list)  # parted flag names: boot, esp, bios_grub ...
     uuid: str | None = None  # GPT unique partition GUID
-    attributes: int = 0  # GPT attribute bits
+    attrs: str = ""  # GPT attribute names as sfdisk spells them, e.g. "LegacyBIOSBootable"
+    bootable: bool = False  # MBR active flag
 
     def length(self) -> int:
         return self.end - self.start + 1

@@ -1,0 +1,264 @@
+"""The `rescue` command line: parse, call the engine, print. No disk logic here.
+
+Every expected failure is a RescueError: one line on stderr and its exit code, never a
+traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from rescue import __version__, config
+from rescue.errors import Cancelled, RefusedError, RescueError
+from rescue.imaging.progress import TerminalProgress, fmt_bytes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except RescueError as e:
+        print(f"rescue: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rescue: interrupted", file=sys.stderr)
+        return Cancelled.exit_code
+    except BrokenPipeError:
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rescue",
+        description="Capture, restore, verify and browse whole-drive images. "
+                    "Images live in a repository directory: deduplicated, zstd-compressed chunks, "
+                    "each checked on every read.")
+    p.add_argument("--version", action="version", version=f"rescue {__version__}")
+    p.add_argument("--config", help="configuration file (default: $RESCUE_CONFIG, /etc/rescue/rescue.toml, "
+                                     "or config/rescue.toml of a source checkout)")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    s = sub.add_parser("disks", help="list drives", description="List drives with model, serial, size, "
+                       "bus, whether removable, and what uses them (mounts, holders, swap).")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_disks)
+
+    s = sub.add_parser("capture", help="image a drive into a repository",
+                       description="Image DISK into the repository REPO (created if missing). Only blocks "
+                       "the filesystems use are read; chunks the repository already holds are not stored "
+                       "again, so a second capture of the same drive is incremental.")
+    s.add_argument("disk", help="source drive, e.g. /dev/sda (or an image file)")
+    s.add_argument("repo", help="repository directory")
+    s.add_argument("--name", help="image name (default: drive model and date)")
+    s.add_argument("--level", type=int, help="zstd level 1-19 (config: capture.level)")
+    s.add_argument("--threads", type=int, help="compression threads, 0 = one per core (config: capture.threads)")
+    s.set_defaults(func=cmd_capture)
+
+    s = sub.add_parser("list", help="list images in a repository",
+                       description="Images in REPO: name, date, source drive, size, data captured, and the "
+                       "bytes each image added to the repository (its new bytes).")
+    s.add_argument("repo")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("info", help="show an image's partition table and areas",
+                       description="The partition table and per-partition details of image NAME.")
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("verify", help="check every chunk of an image",
+                       description="Read, decompress and hash every chunk of image NAME. Exit status 1 "
+                       "names the area and offset of the first damage.")
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("restore", help="write an image onto a drive",
+                       description="Recreate the partition table of image NAME on DISK and write its data. "
+                       "Everything on DISK is lost. The whole image is verified first unless "
+                       "--no-preverify. Asks you to type the drive's name unless --yes.")
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.add_argument("disk", help="target drive, e.g. /dev/sdb")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("--no-preverify", action="store_true",
+                   help="skip the full check of the image before writing (every chunk is still checked "
+                        "before its bytes reach the drive)")
+    s.add_argument("--layout", default="same", help="layout policy (default: same)")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("wizard", help="the interactive text-mode wizard",
+                       description="Start the menu-driven wizard used on the rescue ISO.")
+    s.set_defaults(func=cmd_wizard)
+    return p
+
+
+def _cfg(args) -> config.Config:
+    from pathlib import Path
+
+    return config.load(Path(args.config) if args.config else None)
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=1, default=str)
+    print()
+
+
+def cmd_disks(args) -> int:
+    from rescue.hw.devices import list_drives
+
+    drives = list_drives()
+    if args.json:
+        _print_json([asdict(d) for d in drives])
+        return 0
+    print(f"{'DRIVE':<12} {'SIZE':>10}  {'BUS':<7} {'MODEL':<24} {'SERIAL':<20} IN USE BY")
+    for d in drives:
+        use = [m for _, m in d.mounts] + list(d.holders) + (["swap"] if d.swap else [])
+        rm = " (removable)" if d.removable else ""
+        print(f"{d.path:<12} {fmt_bytes(d.size):>10}  {d.bus or '':<7} {(d.model or '')[:24]:<24} "
+              f"{(d.serial or '')[:20]:<20} {', '.join(use) or '-'}{rm}")
+    return 0
+
+
+def default_name(disk: str) -> str:
+    import re
+    import time
+
+    model = ""
+    try:
+        from rescue.hw.devices import drive_info
+
+        model = drive_info(disk).model or ""
+    except (ImportError, RescueError):
+        pass
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", model).strip("-.") or os.path.basename(disk)
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_capture(args) -> int:
+    from rescue.imaging.capture import capture
+
+    cfg = _cfg(args)
+    level = args.level if args.level is not None else cfg.level
+    threads = args.threads if args.threads is not None else cfg.threads
+    config.validate(config.Config(level=level, threads=threads, chunk_mib=cfg.chunk_mib, source="flags"))
+    name = args.name or default_name(args.disk)
+    bar = TerminalProgress()
+    try:
+        result = capture(args.disk, args.repo, name, level=level, threads=threads or None,
+                         chunk_size=cfg.chunk_mib << 20, progress=bar)
+    finally:
+        bar.close()
+    print(f"captured {args.disk} as {result.name}: read {fmt_bytes(result.bytes_read)}, "
+          f"stored {fmt_bytes(result.stored_bytes)} new, {result.seconds:.1f} s")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from rescue.repo.store import Repository
+
+    repo = Repository.open(args.repo)
+    images = repo.images()
+    if args.json:
+        _print_json([asdict(i) for i in images])
+        return 0
+    print(f"{'NAME':<32} {'DATE':<20} {'SOURCE':<24} {'SIZE':>10} {'DATA':>10} {'NEW':>10}  VERIFIED")
+    for i in images:
+        ok = {True: "yes", False: "DAMAGED", None: "-"}[i.verified]
+        print(f"{i.name:<32} {i.created:<20} {i.source_model[:24]:<24} {fmt_bytes(i.source_size):>10} "
+              f"{fmt_bytes(i.data_bytes):>10} {fmt_bytes(i.stored_bytes):>10}  {ok}")
+    for name in repo.incomplete_names():
+        print(f"{name:<32} (incomplete: capture was interrupted; not restorable)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from rescue.repo.store import Repository
+
+    m = Repository.open(args.repo).manifest(args.name)
+    if args.json:
+        _print_json(asdict(m))
+        return 0
+    src = m.source
+    print(f"image {m.name}, captured {m.created} by rescue {m.rescue_version}")
+    print(f"source: {src.get('path')} {src.get('model') or ''} {src.get('serial') or ''} "
+          f"{fmt_bytes(src.get('size', 0))}, {src.get('logical_sector_size')}/"
+          f"{src.get('physical_sector_size')}-byte sectors")
+    lay = m.layout
+    print(f"table: {lay.table}" + (f", id {lay.disk_id}" if lay.disk_id else ""))
+    print(f"{'#':>3} {'START':>10} {'END':>10} {'SIZE':>10}  {'TYPE':<38} {'FS':<6} {'LABEL':<12} USED")
+    for p in lay.partitions:
+        area = next((a for a in m.areas if a.partition == p.number), None)
+        fs = (area.fs or {}) if area else {}
+        ptype = p.type_guid or (f"0x{p.mbr_type:02x}" if p.mbr_type is not None else "")
+        used = fmt_bytes(fs["used_bytes"]) if fs.get("used_bytes") is not None else "-"
+        print(f"{p.number:>3} {p.start:>10} {p.end:>10} {fmt_bytes(p.size(lay.sector_size)):>10}  "
+              f"{ptype:<38} {fs.get('type') or '-':<6} {(fs.get('label') or '')[:12]:<12} {used}")
+        extra = [f"name {p.name!r}" if p.name else "", f"flags {','.join(p.flags)}" if p.flags else "",
+                 f"uuid {fs['uuid']}" if fs.get("uuid") else ""]
+        if any(extra):
+            print("      " + "; ".join(e for e in extra if e))
+    print(f"data {fmt_bytes(m.stats.get('data_bytes', 0))}, stored new {fmt_bytes(m.stats.get('stored_bytes', 0))}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from rescue.imaging.verify import verify_image
+    from rescue.repo.store import Repository
+
+    bar = TerminalProgress()
+    try:
+        result = verify_image(Repository.open(args.repo), args.name, progress=bar)
+    finally:
+        bar.close()
+    print(f"image {result.name} is intact: {result.chunks} chunks, {fmt_bytes(result.bytes)} checked")
+    return 0
+
+
+def confirm_target(disk: str, assume_yes: bool) -> None:
+    """The person types the drive's name; --yes is the only way around it."""
+    if assume_yes:
+        return
+    name = os.path.basename(os.path.realpath(disk))
+    if not sys.stdin.isatty():
+        raise RefusedError(f"refusing to overwrite {disk} without confirmation: run on a terminal or pass --yes")
+    answer = input(f"Everything on {disk} will be erased. Type '{name}' to continue: ").strip()
+    if answer != name:
+        raise RefusedError("not confirmed; nothing was written")
+
+
+def cmd_restore(args) -> int:
+    from rescue.imaging.restore import check_target_allowed, plan_restore, restore
+    from rescue.repo.store import Repository
+
+    cfg = _cfg(args)
+    repo = Repository.open(args.repo)
+    plan = plan_restore(repo, args.name, args.disk, policy=args.layout)
+    print(plan.reason)
+    if plan.fits:
+        check_target_allowed(args.disk, str(repo.path))
+        confirm_target(args.disk, args.yes)
+    bar = TerminalProgress()
+    try:
+        result = restore(repo, args.name, args.disk, preverify=cfg.preverify and not args.no_preverify,
+                         progress=bar, plan=plan)
+    finally:
+        bar.close()
+    print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
+          f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
+    return 0
+
+
+def cmd_wizard(args) -> int:
+    from rescue.tui.app import main as wizard_main
+
+    return wizard_main([])

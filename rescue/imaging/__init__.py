@@ -1,0 +1,1 @@
+"""The imaging engine: capture, restore, verify. Knows no urwid and no udev."""

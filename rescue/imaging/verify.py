@@ -1,0 +1,95 @@
+"""Verify: every chunk an image references is read, decompressed and hashed."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import zstandard
+
+from rescue.errors import IntegrityError
+from rescue.imaging.progress import Meter, ProgressCallback, no_progress
+from rescue.repo.index import Index, Kind
+from rescue.repo.manifest import Manifest
+from rescue.repo.store import Repository
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    chunks: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    area: str
+    i: int
+    offset: int  # within the area
+    length: int
+    drive_offset: int
+
+    def where(self, image: str) -> str:
+        return (f"image {image}, area {self.area}, chunk {self.i} at offset {self.offset} "
+                f"(drive byte {self.drive_offset})")
+
+
+def load_indexes(repo: Repository, name: str) -> tuple[Manifest, dict[str, Index]]:
+    """The manifest and every index, each checked against the manifest's checksums."""
+    manifest = repo.manifest(name)
+    return manifest, {a.name: repo.load_index(name, manifest, a.name) for a in manifest.areas}
+
+
+def data_chunks(manifest: Manifest, indexes: dict[str, Index]) -> dict[bytes, ChunkRef]:
+    """Each distinct stored chunk once, with the first place it is used."""
+    out: dict[bytes, ChunkRef] = {}
+    for area in manifest.areas:
+        index = indexes[area.name]
+        for i, (kind, dig) in enumerate(zip(index.kinds, index.digests)):
+            if kind == Kind.DATA and dig not in out:
+                start, length = index.span(i)
+                out[dig] = ChunkRef(area.name, i, start, length, area.offset + start)
+    return out
+
+
+def check_chunks(repo: Repository, name: str, refs: dict[bytes, ChunkRef], meter: Meter,
+                 threads: int | None = None) -> None:
+    """Raise IntegrityError naming the first damaged chunk (and how many others are)."""
+    local = threading.local()
+
+    def check(item: tuple[bytes, ChunkRef]) -> str | None:
+        dig, ref = item
+        dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
+        local.dctx = dctx
+        try:
+            data = repo.read_chunk(dig, ref.where(name), dctx)
+            if len(data) != ref.length:
+                return f"{ref.where(name)}: chunk has {len(data)} bytes, the index expects {ref.length}"
+        except IntegrityError as e:
+            return str(e)
+        finally:
+            meter.advance(ref.length)
+        return None
+
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        problems = [p for p in pool.map(check, refs.items()) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more damaged chunks)" if len(problems) > 1 else ""
+        raise IntegrityError(problems[0] + more)
+
+
+def verify_image(repo: Repository, name: str, *, progress: ProgressCallback = no_progress,
+                 cancel: threading.Event | None = None, threads: int | None = None) -> VerifyResult:
+    try:
+        manifest, indexes = load_indexes(repo, name)
+        refs = data_chunks(manifest, indexes)
+        meter = Meter("verify", sum(r.length for r in refs.values()), progress, cancel)
+        check_chunks(repo, name, refs, meter, threads)
+        meter.finish()
+    except IntegrityError as e:
+        repo.record_verify(name, False, str(e))
+        raise
+    repo.record_verify(name, True)
+    return VerifyResult(name, len(refs), meter.total)

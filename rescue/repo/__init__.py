@@ -1,0 +1,1 @@
+"""The image repository format (version 1): chunk store, indexes, manifests."""

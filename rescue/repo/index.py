@@ -1,0 +1,86 @@
+"""The chunk index of one area: what stands at chunk i, as a digest or a sentinel.
+
+Layout (little endian):
+    header  32 bytes: magic 8s b"RESCIDX\\0", version H 1, digest size H 32, chunk size I,
+            area size Q, chunk count Q
+    entries count x 33 bytes: kind B, digest 32s (zero for sentinels)
+    trailer 32 bytes: SHA-256 of header + entries
+Chunk i covers bytes [i*chunk_size, min((i+1)*chunk_size, area_size)) of its area."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from rescue.errors import IntegrityError
+
+MAGIC = b"RESCIDX\0"
+VERSION = 1
+HEADER = struct.Struct("<8sHHIQQ")
+ENTRY = struct.Struct("<B32s")
+NO_DIGEST = bytes(32)
+
+
+class Kind(IntEnum):
+    DATA = 0  # stored chunk, digest names it
+    ZERO = 1  # all zero bytes
+    UNUSED = 2  # the filesystem says free: content irrelevant, never written on restore
+    UNREADABLE = 3  # bad sectors only; zero-filled on restore, see the bad-sector map
+
+
+@dataclass
+class Index:
+    chunk_size: int
+    area_size: int
+    kinds: list[Kind] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, chunk_size: int, area_size: int) -> "Index":
+        count = (area_size + chunk_size - 1) // chunk_size
+        return cls(chunk_size, area_size, [Kind.UNUSED] * count, [NO_DIGEST] * count)
+
+    @property
+    def count(self) -> int:
+        return len(self.kinds)
+
+    def span(self, i: int) -> tuple[int, int]:
+        start = i * self.chunk_size
+        return start, min(self.chunk_size, self.area_size - start)
+
+    def set(self, i: int, kind: Kind, digest: bytes = NO_DIGEST) -> None:
+        self.kinds[i], self.digests[i] = kind, digest
+
+    def to_bytes(self) -> bytes:
+        body = bytearray(HEADER.pack(MAGIC, VERSION, 32, self.chunk_size, self.area_size, self.count))
+        for kind, dig in zip(self.kinds, self.digests):
+            body += ENTRY.pack(int(kind), dig)
+        return bytes(body) + hashlib.sha256(body).digest()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, where: str) -> "Index":
+        if len(blob) < HEADER.size + 32:
+            raise IntegrityError(f"{where}: index file is truncated")
+        magic, version, dsize, chunk_size, area_size, count = HEADER.unpack_from(blob)
+        if magic != MAGIC:
+            raise IntegrityError(f"{where}: not an index file (bad magic)")
+        if version != VERSION or dsize != 32:
+            raise IntegrityError(f"{where}: unsupported index version {version}")
+        expected_len = HEADER.size + count * ENTRY.size + 32
+        if len(blob) != expected_len:
+            raise IntegrityError(f"{where}: index file is {len(blob)} bytes, expected {expected_len}")
+        if hashlib.sha256(blob[:-32]).digest() != blob[-32:]:
+            raise IntegrityError(f"{where}: index file is damaged (checksum mismatch)")
+        if chunk_size == 0 or count != (area_size + chunk_size - 1) // chunk_size:
+            raise IntegrityError(f"{where}: index header is inconsistent")
+        kinds, digests = [], []
+        for off in range(HEADER.size, HEADER.size + count * ENTRY.size, ENTRY.size):
+            kind, dig = ENTRY.unpack_from(blob, off)
+            try:
+                kinds.append(Kind(kind))
+            except ValueError:
+                raise IntegrityError(f"{where}: index entry {len(kinds)} has unknown kind {kind}") from None
+            digests.append(dig)
+        return cls(chunk_size, area_size, kinds, digests)

@@ -1,0 +1,82 @@
+"""manifest.json: what an image is. Written last and atomically; it carries a checksum of its
+own canonical JSON so a truncated or hand-edited manifest is detected, not trusted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from rescue.errors import IntegrityError
+from rescue.model.layout import DiskLayout
+
+FORMAT = "rescue-image"
+VERSION = 1
+
+
+@dataclass
+class Area:
+    name: str  # "head" for the first MiB of the drive, "p<N>" for partition N
+    offset: int  # byte offset on the source drive
+    size: int
+    index: str  # index file name inside the image directory
+    index_sha256: str
+    partition: int | None = None
+    fs: dict | None = None  # FsInfo as a dict, None when unformatted or unknown
+    stats: dict = field(default_factory=dict)  # chunk counts by kind, mapped bytes, new stored bytes
+
+    @property
+    def label(self) -> str:
+        kind = (self.fs or {}).get("type") or "raw"
+        return "disk head" if self.name == "head" else f"{self.name} ({kind})"
+
+
+@dataclass
+class Manifest:
+    name: str
+    created: str  # ISO 8601, UTC
+    rescue_version: str
+    chunk_size: int
+    hash: str
+    source: dict  # path, model, serial, size, logical/physical sector size
+    layout: DiskLayout
+    areas: list[Area]
+    stats: dict = field(default_factory=dict)  # totals: read, data, stored, seconds
+
+    def to_json(self) -> str:
+        body = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        body["checksum"] = _checksum(body)
+        return json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "Manifest":
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise IntegrityError(f"{where}: manifest is not valid JSON (truncated or damaged)") from None
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise IntegrityError(f"{where}: not a rescue image manifest")
+        if body.get("version") != VERSION:
+            raise IntegrityError(f"{where}: unsupported manifest version {body.get('version')!r}")
+        stored = body.pop("checksum", None)
+        if stored != _checksum(body):
+            raise IntegrityError(f"{where}: manifest checksum mismatch (edited or damaged)")
+        try:
+            return cls(
+                name=body["name"], created=body["created"], rescue_version=body["rescue_version"],
+                chunk_size=body["chunk_size"], hash=body["hash"], source=body["source"],
+                layout=DiskLayout.from_dict(body["layout"]),
+                areas=[Area(**a) for a in body["areas"]], stats=body.get("stats", {}))
+        except (KeyError, TypeError) as e:
+            raise IntegrityError(f"{where}: manifest lacks or mangles {e}") from None
+
+    def area(self, name: str) -> Area:
+        for a in self.areas:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+
+def _checksum(body: dict) -> str:
+    clean = {k: v for k, v in body.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()
