@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test deps venv unit bench clean
+.PHONY: test deps venv unit bench iso e2e clean
 
 deps:
 	@scripts/apt-install config/apt-test.txt
@@ -25,6 +25,12 @@ test: venv
 
 unit: venv
 	$(VPY) -m pytest -q -m "not root and not vm" tests
+
+iso:
+	@scripts/build-iso
+
+e2e: venv
+	$(VPY) -m pytest -v -rs -m vm tests/vm
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
