@@ -56,7 +56,8 @@ class LoopRegistry:
 
     @contextlib.contextmanager
     def mounted(self, dev: str, fstype: str | None = None, options: str = "") -> Iterator[Path]:
-        mnt = Path(self.root) / f"mnt{len(self.mounts)}"
+        self._seq = getattr(self, "_seq", 0) + 1
+        mnt = Path(self.root) / f"mnt{self._seq}"
         mnt.mkdir()
         argv = ["mount"]
         if fstype:

@@ -111,6 +111,7 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
         notes = apply_layout(target, plan.layout)
         for note in notes:
             log(note)
+        _restore_boot_code(repo, name, fd, indexes["head"])
         log(f"partition table written ({plan.layout.table}, {len(plan.layout.partitions)} partitions)")
         for area in manifest.areas:
             if area.name != "head":
@@ -154,6 +155,15 @@ def _write_area(repo: Repository, name: str, fd: int, label: str, base: int, ind
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(write, todo):
             pass
+
+
+def _restore_boot_code(repo: Repository, name: str, fd: int, head: Index) -> None:
+    """Put the image's MBR boot code (bytes 0-439) back: parted replaces it with its own when
+    it writes a fresh MBR. The partition entries and disk id after it stay as written."""
+    if head.count and head.kinds[0] == Kind.DATA:
+        first = repo.read_chunk(head.digests[0], f"image {name}, disk head")
+        _pwrite_all(fd, first[:440], 0)
+        os.fsync(fd)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
