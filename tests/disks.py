@@ -76,6 +76,8 @@ class LoopRegistry:
         for mnt in reversed(self.mounts):
             umount(mnt)
         for dev in reversed(self.devices):
+            # Partitions parted announced to the kernel outlive the loop device otherwise.
+            subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             subprocess.run(["losetup", "--detach", dev], stderr=subprocess.DEVNULL)
         # Anything else still attached to a file of ours (e.g. a loop the product forgot).
         out = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],

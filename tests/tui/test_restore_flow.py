@@ -1,0 +1,243 @@
+"""The restore flow, step by step, with the keyboard, against the in-memory machine."""
+
+import threading
+
+from helpers import (assert_fits, click, dialog_open, dialog_text, finish_job, flat, focused_line, press,
+                     select, text, type_text)
+
+from rescue.imaging.progress import Progress
+
+
+def to_images(app):
+    select(app, "Restore")
+    select(app, "/media/sdb1")
+
+
+def to_targets(app, image="web01"):
+    to_images(app)
+    select(app, image)
+
+
+def to_plan(app, drive="sda"):
+    to_targets(app)
+    select(app, drive)
+
+
+def to_confirm(app):
+    to_plan(app)
+    click(app, "Continue")
+
+
+def test_first_screen_names_the_product_and_the_choices(app):
+    screen = text(app)
+    assert "rescue - disk imaging" in screen.splitlines()[0]
+    for item in ("Restore an image", "Capture a drive", "Shell", "Reboot", "Power off"):
+        assert item in screen
+    assert focused_line(app).startswith("> Restore")
+
+
+def test_repository_screen_lists_found_repos_and_a_path_field(app):
+    select(app, "Restore")
+    screen = text(app)
+    assert "/media/sdb1  (on sdb)" in screen
+    assert "Type a path...:" in screen
+    assert "1/7" in screen.splitlines()[0]
+
+
+def test_typed_path_that_is_no_repository_says_so_and_stays(app):
+    select(app, "Restore")
+    select_path_field(app)
+    type_text(app, "/mnt/nothing")
+    press(app, "enter")
+    assert dialog_open(app)
+    assert "/mnt/nothing is not an image repository" in dialog_text(app)
+    press(app, "enter")  # OK
+    assert not dialog_open(app)
+    assert "Restore: where are the images?" in text(app)
+
+
+def select_path_field(app):
+    for _ in range(10):
+        if "Type a path" in text(app) and app.view.walker.focus == len(app.view.walker) - 1:
+            return
+        press(app, "down")
+    raise AssertionError("path field never focused")
+
+
+def test_typed_path_of_a_repository_opens_it(app):
+    select(app, "Restore")
+    select_path_field(app)
+    type_text(app, "/media/sdb1")
+    press(app, "enter")
+    assert "Restore: choose an image" in text(app)
+
+
+def test_images_show_name_date_source_size_data_and_verification(app):
+    to_images(app)
+    screen = text(app)
+    lines = screen.splitlines()
+    row = next(i for i, l in enumerate(lines) if "web01-2024-05-01" in l)
+    assert lines[row].rstrip().endswith(" verified")
+    assert "2024-05-01 10:15  source Samsung SSD 860 .., 120.0 GiB  data 12.0 GiB" in lines[row + 1]
+    row = next(i for i, l in enumerate(lines) if "laptop-2024-06-30" in l)
+    assert lines[row].rstrip().endswith("not verified")
+    assert "source WDC PC SN730 256GB, 238.4 GiB  data 60.0 GiB" in lines[row + 1]
+
+
+def test_esc_goes_back_one_step_at_a_time(app):
+    to_targets(app)
+    assert "choose the target drive" in text(app)
+    press(app, "esc")
+    assert "choose an image" in text(app)
+    press(app, "esc")
+    assert "where are the images?" in text(app)
+    press(app, "esc")
+    assert "Main menu" in text(app)
+
+
+def test_back_button_goes_back(app):
+    to_images(app)
+    click(app, "Back")
+    assert "where are the images?" in text(app)
+
+
+def test_boot_drive_and_repository_drive_are_not_offered(app):
+    to_targets(app)
+    lines = text(app).splitlines()
+    for name, reason in (("sdc", "it booted the rescue system"), ("sdb", "it holds the image repository")):
+        row = next(i for i, l in enumerate(lines) if l.lstrip(" >").startswith(name))
+        assert lines[row].startswith("   "), "refused drive must not be focusable"
+        assert f"not offered: {reason}" in lines[row + 1]
+    # only offered drives take the focus: walking down never lands on sdb or sdc
+    seen = set()
+    for _ in range(8):
+        seen.add(focused_line(app).split()[1] if focused_line(app) else "")
+        press(app, "down")
+    assert "sdb" not in seen and "sdc" not in seen
+    assert {"sda", "nvme0n1"} <= seen
+
+
+def test_too_small_drive_is_greyed_with_needed_and_available_sizes(app):
+    to_targets(app)
+    screen = flat(app)
+    assert "sdd Kingston DataTraveler" in screen
+    assert "not offered: too small: the image needs 108.5 GiB, the drive has 7.5 GiB" in screen
+
+
+def test_target_screen_shows_partitions_of_the_highlighted_drive(app):
+    to_targets(app)
+    assert focused_line(app).startswith("> sda")
+    screen = text(app)
+    assert "Now on sda:" in screen
+    assert "sda2" in screen and "old-root" in screen and "ext4" in screen
+    press(app, "down")
+    assert focused_line(app).startswith("> nvme0n1")
+    screen = text(app)
+    assert "Now on nvme0n1:" in screen and "Windows" in screen and "old-root" not in screen
+
+
+def test_plan_shows_current_and_new_layout_side_by_side(app):
+    to_plan(app)
+    screen = text(app)
+    header = next(l for l in screen.splitlines() if "Now on sda" in l)
+    assert "After the restore" in header
+    assert "sda2        400.0 GiB ext4" in screen
+    assert "gpt table" in screen
+    assert " 2  100.0 GiB ext4" in screen
+    assert "Everything now on sda will be replaced" in flat(app)
+
+
+def test_plan_that_does_not_fit_offers_only_back(app, backend):
+    # a drive big enough to be offered, but the plan says no (e.g. sector size mismatch)
+    to_targets(app)
+    real_plan = backend.plan_restore
+
+    def no_fit(*a):
+        p = real_plan(*a)
+        p.fits, p.reason = False, "the target has 4096-byte sectors, the image 512"
+        return p
+    backend.plan_restore = no_fit
+    select(app, "sda")
+    assert "Cannot restore here: the target has 4096-byte sectors" in flat(app)
+    assert "Continue" not in text(app)
+
+
+def test_wrong_typed_name_goes_back_without_writing(app, backend):
+    to_confirm(app)
+    assert "Type sda to erase it and restore:" in text(app)
+    type_text(app, "sdb")
+    press(app, "enter")
+    screen = text(app)
+    assert "the plan for sda" in screen
+    assert "You typed 'sdb', not 'sda': nothing was written." in screen
+    assert not any(c[0] == "restore" for c in backend.calls)
+
+
+def test_right_name_starts_the_restore_and_progress_arrives_through_the_pipe(app, backend):
+    backend.gate = threading.Event()
+    to_confirm(app)
+    type_text(app, "sda")
+    press(app, "enter")
+    assert "Restore: writing" in text(app)
+    assert backend.calls[-1] == ("restore", "/media/sdb1", "web01-2024-05-01", "/dev/sda")
+    # nothing reaches the widgets until the main loop's pipe handler runs
+    app.runner.wait(0.5)
+    assert "Starting..." in text(app)
+    app.on_pipe(b"!")
+    screen = text(app)
+    assert "Phase: restore" in screen
+    assert "100 %" in screen  # the last area's bar, all events coalesced to the newest
+    backend.gate.set()
+    finish_job(app)
+    assert "Restore: done" in text(app)
+
+
+def test_progress_screen_shows_area_overall_rate_and_time_left(app):
+    app.state = None
+    from rescue.tui.views import ProgressView
+
+    class C:
+        def back(self):
+            pass
+    view = ProgressView(C(), "Restore: writing", "Restoring x onto sda.")
+    app.show(view)
+    view.update(Progress("restore", "p2 (ext4)", 256 << 20, 1024 << 20, 1 << 30, 4 << 30, 85.3e6, 63))
+    screen = text(app)
+    assert "Area: p2 (ext4)  (256.0 MiB of 1.0 GiB)" in screen
+    assert "25 %" in screen
+    assert "1.0 GiB of 4.0 GiB   85.3 MB/s   time left 01:03" in screen
+    assert_fits(app)
+
+
+def test_esc_during_restore_asks_and_says_what_a_cancelled_drive_is_left_as(app, backend):
+    backend.gate = threading.Event()
+    to_confirm(app)
+    type_text(app, "sda")
+    press(app, "enter")
+    press(app, "esc")
+    assert dialog_open(app)
+    assert "sda will be left partially written and will not boot; restore again to fix." in dialog_text(app)
+    press(app, "esc")  # Esc in the dialog = keep going
+    assert not dialog_open(app) and not app.runner.cancel.is_set()
+    press(app, "esc")
+    press(app, "left", "enter")  # "Cancel it"
+    assert app.runner.cancel.is_set()
+    backend.gate.set()
+    finish_job(app)
+    assert "Restore cancelled. sda will be left partially written" in dialog_text(app)
+    press(app, "enter")
+    assert "Main menu" in text(app)
+
+
+def test_whole_restore_ends_at_done_with_verification_and_log(app, backend):
+    to_confirm(app)
+    type_text(app, "sda")
+    press(app, "enter")
+    finish_job(app)
+    screen = flat(app)
+    assert "web01-2024-05-01 was restored onto sda" in screen
+    assert "Verification: passed" in screen
+    assert "The log was saved to /tmp/restore-web01-2024-05-01.log" in screen
+    assert_fits(app)
+    press(app, "esc")
+    assert "Main menu" in text(app)

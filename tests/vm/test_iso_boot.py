@@ -1,0 +1,95 @@
+"""The rescue ISO boots in QEMU, from a CD under BIOS and from a USB stick under UEFI, and
+brings up its menu and then the wizard on the serial console.
+
+Slow (each boot 1.5-3 minutes under TCG, plus `make iso` when the ISO is older than its
+sources). RESCUE_ISO=path tests a given ISO instead of building one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qemu import BOOT_TIMEOUT, VM, qemu_available
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parents[2]
+WIZARD_TITLE = "rescue - disk imaging"
+MENU_ENTRY = "Start rescue"
+SERIAL_ENTRY = "Start rescue, wizard on the serial line"
+SHELL_PROMPT = re.compile(rb"root@[\w.-]+:[^\r\n]*# ")
+MENU_TIMEOUT = 180  # firmware + boot loader under TCG
+
+
+def _version() -> str:
+    text = (ROOT / "rescue" / "__init__.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def _newest_source() -> float:
+    """mtime of the newest file that goes into the ISO."""
+    paths = [ROOT / "scripts" / "build-iso", ROOT / "config" / "rescue.toml"]
+    for tree in ("rescue", "live-build"):
+        paths += [p for p in (ROOT / tree).rglob("*") if "__pycache__" not in p.parts]
+    return max(p.lstat().st_mtime for p in paths if p.is_file() or p.is_symlink())
+
+
+@pytest.fixture(scope="module")
+def iso() -> Path:
+    if not qemu_available():
+        pytest.skip("qemu-system-x86_64 is not installed")
+    given = os.environ.get("RESCUE_ISO")
+    if given:
+        return Path(given)
+    path = ROOT / "build" / f"rescue-{_version()}-amd64.iso"
+    if not path.exists() or path.stat().st_mtime < _newest_source():
+        print(f"building {path} (missing or older than its sources)", flush=True)
+        subprocess.run(["make", "iso"], cwd=ROOT, check=True)
+    assert path.exists(), f"make iso did not produce {path}"
+    return path
+
+
+def test_iso_is_hybrid_and_small(iso):
+    """One file serves as CD and as USB stick: an MBR partition table after the ISO boot
+    area, with an EFI system partition for UEFI. The size target is 350 MB."""
+    with open(iso, "rb") as f:
+        head = f.read(512)
+        f.seek(0x8001)
+        iso_magic = f.read(5)
+    assert iso_magic == b"CD001"
+    assert head[510:512] == b"\x55\xaa", "no MBR: the ISO would not boot from a USB stick"
+    part_types = {head[446 + 16 * i + 4] for i in range(4)}
+    assert 0xEF in part_types, f"no EFI system partition in the MBR (types {part_types})"
+    assert iso.stat().st_size <= 350 * 1024 * 1024
+
+
+def test_bios_cdrom_serial_entry_starts_wizard_on_serial(iso, tmp_path):
+    """SeaBIOS, ISO as a CD: isolinux draws its menu on the serial line; the menu's serial
+    entry puts the wizard on ttyS0."""
+    with VM(tmp_path, firmware="bios", cdrom=iso, name="bios-cd") as vm:
+        vm.expect_text("rescue boot menu", timeout=MENU_TIMEOUT)
+        vm.expect_text(SERIAL_ENTRY, timeout=30)
+        vm.sendkey("down", "enter")
+        vm.expect_text(WIZARD_TITLE, timeout=BOOT_TIMEOUT)
+        print(f"BIOS CD: wizard on serial {vm.elapsed:.0f}s after power-on", flush=True)
+
+
+def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):
+    """OVMF, ISO as a USB stick: GRUB draws its menu on the serial line and boots the default
+    entry by itself. The wizard then runs on the screen (tty1); the serial line says so and
+    offers a shell; once tty1 gives the wizard up, the serial line takes it."""
+    with VM(tmp_path, firmware="uefi", usb=iso, name="uefi-usb") as vm:
+        vm.expect_text(MENU_ENTRY, timeout=MENU_TIMEOUT)
+        vm.expect_text("the wizard is running on tty1", timeout=BOOT_TIMEOUT)
+        print(f"UEFI USB: console launcher on serial {vm.elapsed:.0f}s after power-on", flush=True)
+        vm.sendkey("enter")
+        vm.expect(SHELL_PROMPT, timeout=60, what="root shell prompt")
+        vm.sendline("cat /run/rescue-wizard.tty; systemctl stop getty@tty1.service; exit")
+        vm.expect(rb"\ntty1\r?\n", timeout=30, what="tty1 holds the wizard lock")
+        vm.expect_text(WIZARD_TITLE, timeout=120)
+        print(f"UEFI USB: wizard on serial {vm.elapsed:.0f}s after power-on", flush=True)
