@@ -26,6 +26,9 @@ test: venv
 unit: venv
 	$(VPY) -m pytest -q -m "not root and not vm" tests
 
+bench: venv
+	$(VPY) tests/bench/imaging.py
+
 iso:
 	@scripts/build-iso
 
