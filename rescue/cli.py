@@ -18,7 +18,11 @@ from rescue.imaging.progress import TerminalProgress, fmt_bytes
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is cmd_wizard:
+        args.extra = extra  # the wizard parses its own options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -97,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("wizard", help="the interactive text-mode wizard",
-                       description="Start the menu-driven wizard used on the rescue ISO.")
+                       description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
+                       "--repo REPO (skip the repository screen), --include-loop (offer loop devices), "
+                       "--machine JSON (dry run against a recorded machine).")
     s.set_defaults(func=cmd_wizard)
     return p
 
@@ -261,4 +267,4 @@ def cmd_restore(args) -> int:
 def cmd_wizard(args) -> int:
     from rescue.tui.app import main as wizard_main
 
-    return wizard_main([])
+    return wizard_main(args.extra)

@@ -4,56 +4,28 @@ for the test, and errors injected into chosen methods."""
 
 from __future__ import annotations
 
-import copy
+import json
+import os
 import threading
 
 from rescue.tui.dryrun import DryRunBackend
 
-GiB = 1 << 30
-MiB = 1 << 20
+MACHINE_FILE = os.path.join(os.path.dirname(__file__), "machines", "two-disks-and-usb.json")
 
-MACHINE = {
-    "boot_drive": "sdc",
-    "drives": [
-        {"name": "sda", "model": "Samsung SSD 860 EVO 500GB", "serial": "S3Z1NB0K123456A",
-         "size": 500 * 10**9, "bus": "sata",
-         "partitions": [{"name": "sda1", "size": 512 * MiB, "fstype": "vfat", "label": "EFI"},
-                        {"name": "sda2", "size": 400 * GiB, "fstype": "ext4", "label": "old-root"}]},
-        {"name": "sdb", "model": "WD Elements 25A2", "serial": "WX11D1234567", "size": 2000 * 10**9,
-         "bus": "usb", "partitions": [{"name": "sdb1", "size": 1800 * GiB, "fstype": "ext4",
-                                       "label": "images"}]},
-        {"name": "sdc", "model": "SanDisk Cruzer Blade", "serial": "4C530001", "size": 16 * 10**9,
-         "bus": "usb", "partitions": [{"name": "sdc1", "size": 15 * GiB, "fstype": "iso9660",
-                                       "label": "RESCUE"}]},
-        {"name": "sdd", "model": "Kingston DataTraveler", "serial": "KT0002", "size": 8 * 10**9,
-         "bus": "usb", "partitions": []},
-        {"name": "nvme0n1", "model": "WDC PC SN730 256GB", "serial": "2048AB", "size": 256 * 10**9,
-         "bus": "nvme", "partitions": [{"name": "nvme0n1p1", "size": 200 * GiB, "fstype": "ntfs",
-                                        "label": "Windows"}]},
-    ],
-    "repositories": [
-        {"path": "/media/sdb1", "drive": "sdb", "images": [
-            {"name": "web01-2024-05-01", "created": "2024-05-01T10:15:00",
-             "source_model": "Samsung SSD 860 EVO 500GB", "source_serial": "S3Z1NB0K999",
-             "source_size": 120 * GiB, "data_bytes": 12 * GiB, "stored_bytes": 9 * GiB,
-             "verified": True,
-             "partitions": [{"size": 512 * MiB, "fstype": "vfat", "label": "EFI"},
-                            {"size": 100 * GiB, "fstype": "ext4", "label": "root"},
-                            {"size": 8 * GiB, "fstype": "swap", "label": "swap"}]},
-            {"name": "laptop-2024-06-30", "created": "2024-06-30T08:00:00",
-             "source_model": "WDC PC SN730 256GB", "source_serial": "2048XX",
-             "source_size": 256 * 10**9, "data_bytes": 60 * GiB, "stored_bytes": 40 * GiB,
-             "verified": None,
-             "partitions": [{"size": 255 * GiB, "fstype": "ntfs", "label": "Windows"}]},
-        ]},
-    ],
-    "free_space": {"/media/sdb1": 1500 * GiB, "/mnt/small": 2 * GiB, "/mnt/big": 900 * GiB},
-}
+
+def machine() -> dict:
+    """The recorded demo machine (also used for dry runs), with jobs that do not sleep:
+    sda 500 GB SATA, sdb 2 TB USB holding /media/sdb1 with two images, sdc the boot stick,
+    sdd an 8 GB stick (too small for the images), nvme0n1 256 GB."""
+    with open(MACHINE_FILE) as f:
+        m = json.load(f)
+    m["job_seconds"] = 0
+    return m
 
 
 class FakeBackend(DryRunBackend):
-    def __init__(self, machine: dict | None = None):
-        super().__init__(copy.deepcopy(machine or MACHINE))
+    def __init__(self, machine_desc: dict | None = None):
+        super().__init__(machine_desc or machine())
         self.calls: list[tuple] = []
         self.fail: dict[str, Exception] = {}  # method name -> exception it raises
         self.gate: threading.Event | None = None  # when set, jobs wait for it before ending

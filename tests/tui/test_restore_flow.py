@@ -219,6 +219,8 @@ def test_esc_during_restore_asks_and_says_what_a_cancelled_drive_is_left_as(app,
     assert "sda will be left partially written and will not boot; restore again to fix." in dialog_text(app)
     press(app, "esc")  # Esc in the dialog = keep going
     assert not dialog_open(app) and not app.runner.cancel.is_set()
+    press(app, "esc", "enter")  # Enter on the dialog's default answer = keep going too
+    assert not dialog_open(app) and not app.runner.cancel.is_set()
     press(app, "esc")
     press(app, "left", "enter")  # "Cancel it"
     assert app.runner.cancel.is_set()

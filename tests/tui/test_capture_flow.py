@@ -1,0 +1,132 @@
+"""The capture flow: source, destination (found or typed), name, progress + verify, done."""
+
+import threading
+import time
+
+from helpers import (assert_fits, click, dialog_open, dialog_text, finish_job, flat, focused_line,
+                     press, select, text, type_text)
+
+from rescue.errors import IntegrityError
+from rescue.tui.backend import DriveInfo
+from rescue.tui.controllers import default_image_name
+
+
+def to_dest(app, source="nvme0n1"):
+    select(app, "Capture")
+    select(app, source)
+
+
+def to_name(app):
+    to_dest(app)
+    select(app, "/media/sdb1")
+
+
+def focus_path_field(app):
+    while app.view.walker.focus != len(app.view.walker) - 1:
+        press(app, "down")
+
+
+def test_source_list_refuses_only_the_boot_drive(app):
+    select(app, "Capture")
+    screen = flat(app)
+    assert "not offered: it booted the rescue system" in screen
+    assert screen.count("not offered") == 1
+    assert "Now on sda:" in screen
+
+
+def test_destination_shows_free_space_and_refuses_the_source_drives_repo(app):
+    to_dest(app, "sdb")
+    assert "not offered: it is on the drive being captured" in flat(app)
+    press(app, "esc")
+    press(app, "esc")
+    to_dest(app)
+    assert "/media/sdb1" in focused_line(app) and "1.5 TiB free" in focused_line(app)
+
+
+def test_typed_destination_without_enough_space_is_refused_in_words(app):
+    to_dest(app)
+    focus_path_field(app)
+    type_text(app, "/mnt/small")
+    press(app, "enter")
+    assert "Cannot store the image in /mnt/small: not enough free space: needs up to 200.0 GiB" in flat(app)
+    assert "where to store the image" in text(app)
+
+
+def test_typed_destination_that_is_not_a_directory_is_refused(app):
+    to_dest(app)
+    focus_path_field(app)
+    type_text(app, "/nowhere")
+    press(app, "enter")
+    assert "Cannot store the image in /nowhere: /nowhere is not a directory" in flat(app)
+
+
+def test_typed_destination_with_space_is_taken(app):
+    to_dest(app)
+    focus_path_field(app)
+    type_text(app, "/mnt/big")
+    press(app, "enter")
+    assert "into /mnt/big" in text(app)
+
+
+def test_default_name_is_model_and_date_sanitized():
+    d = DriveInfo("sda", "/dev/sda", "Samsung SSD 860/EVO (500GB)", "x", 1, "sata")
+    when = time.mktime((2024, 5, 1, 12, 0, 0, 0, 0, -1))
+    assert default_image_name(d, when) == "Samsung_SSD_860_EVO_500GB-2024-05-01"
+
+
+def test_name_screen_prefills_the_default_and_rejects_bad_or_taken_names(app):
+    to_name(app)
+    today = time.strftime("%Y-%m-%d")
+    assert f"Image name: WDC_PC_SN730_256GB-{today}" in text(app)
+    edit = app.view.edit
+    edit.set_edit_text("bad name/with slash")
+    press(app, "enter")
+    assert "Use 1-100 letters, digits" in text(app)
+    edit.set_edit_text("web01-2024-05-01")
+    press(app, "enter")
+    assert "An image named web01-2024-05-01 already exists there." in text(app)
+    assert "name the image" in text(app)
+
+
+def test_whole_capture_runs_capture_then_verify_and_ends_at_done(app, backend):
+    to_name(app)
+    app.view.edit.set_edit_text("laptop-new")
+    press(app, "enter")
+    assert "Capture: reading and verifying" in text(app)
+    finish_job(app)
+    assert [c[0] for c in backend.calls] == ["capture", "verify"]
+    assert backend.calls[0] == ("capture", "/dev/nvme0n1", "/media/sdb1", "laptop-new")
+    screen = flat(app)
+    assert "nvme0n1 (WDC PC SN730 256GB) was captured as laptop-new" in screen
+    assert "Verification: passed" in screen
+    assert "The log was saved to /media/sdb1/images/laptop-new/log.txt" in screen
+    assert_fits(app)
+    click(app, "Main menu")
+    assert "Main menu" in text(app)
+
+
+def test_capture_whose_verify_fails_says_so_and_returns_to_the_menu(app, backend):
+    backend.fail["verify"] = IntegrityError("chunk 3f2a... of laptop-new/p1 is damaged (hash mismatch)")
+    to_name(app)
+    press(app, "enter")
+    finish_job(app)
+    assert "chunk 3f2a... of laptop-new/p1 is damaged (hash mismatch)" in dialog_text(app)
+    assert "Traceback" not in text(app)
+    press(app, "enter")
+    assert "Main menu" in text(app)
+
+
+def test_esc_during_capture_asks_and_cancelling_keeps_no_image(app, backend):
+    backend.gate = threading.Event()
+    to_name(app)
+    press(app, "enter")
+    press(app, "esc")
+    assert "The partial image is not kept; the source drive is not changed." in dialog_text(app)
+    press(app, "left", "enter")
+    assert app.runner.cancel.is_set()
+    backend.gate.set()
+    finish_job(app)
+    # the fake capture finished its areas before the gate, so cancellation shows at verify
+    assert "Capture cancelled. No image was kept; nvme0n1 was not changed." in dialog_text(app)
+    press(app, "enter")
+    assert not dialog_open(app) and "Main menu" in text(app)
