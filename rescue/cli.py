@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="image name (default: drive model and date)")
     s.add_argument("--level", type=int, help="zstd level 1-19 (config: capture.level)")
     s.add_argument("--threads", type=int, help="compression threads, 0 = one per core (config: capture.threads)")
+    s.add_argument("--bad-sectors", default="retry=1", metavar="skip|retry=N", type=_bad_sector_policy,
+                   help="unreadable sectors are zero-filled and listed in the image's badsectors.map; "
+                        "'skip' reads around them once, 'retry=N' adds N retry passes at the end "
+                        "(default: retry=1)")
     s.set_defaults(func=cmd_capture)
 
     s = sub.add_parser("list", help="list images in a repository",
@@ -150,6 +154,15 @@ def default_name(disk: str) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _bad_sector_policy(text: str) -> int:
+    """'skip' → 0 retry passes, 'retry=N' → N."""
+    if text == "skip":
+        return 0
+    if text.startswith("retry=") and text[6:].isdigit() and int(text[6:]) <= 100:
+        return int(text[6:])
+    raise argparse.ArgumentTypeError(f"expected skip or retry=N (N up to 100), not {text!r}")
+
+
 def cmd_capture(args) -> int:
     from rescue.imaging.capture import capture
 
@@ -161,11 +174,15 @@ def cmd_capture(args) -> int:
     bar = TerminalProgress()
     try:
         result = capture(args.disk, args.repo, name, level=level, threads=threads or None,
-                         chunk_size=cfg.chunk_mib << 20, progress=bar)
+                         chunk_size=cfg.chunk_mib << 20, retries=args.bad_sectors, progress=bar)
     finally:
         bar.close()
     print(f"captured {args.disk} as {result.name}: read {fmt_bytes(result.bytes_read)}, "
           f"stored {fmt_bytes(result.stored_bytes)} new, {result.seconds:.1f} s")
+    if result.sectors_lost:
+        print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
+              f"{len(result.bad_ranges)} places; the map is badsectors.map in the image "
+              f"(rescue info shows them)")
     return 0
 
 
@@ -214,7 +231,26 @@ def cmd_info(args) -> int:
         if any(extra):
             print("      " + "; ".join(e for e in extra if e))
     print(f"data {fmt_bytes(m.stats.get('data_bytes', 0))}, stored new {fmt_bytes(m.stats.get('stored_bytes', 0))}")
+    if m.stats.get("sectors_lost"):
+        print(f"bad sectors: {m.stats['sectors_lost']} unreadable, zero-filled (map: {m.stats.get('bad_map')})")
+        _print_bad_ranges(Repository.open(args.repo), m)
     return 0
+
+
+def _print_bad_ranges(repo, m, limit: int = 20) -> None:
+    from rescue.model.badmap import parse_mapfile
+
+    try:
+        bad = parse_mapfile((repo.image_dir(m.name) / m.stats["bad_map"]).read_text()).bad_ranges()
+    except (OSError, RescueError):
+        print("  (the bad-sector map is missing or unreadable)")
+        return
+    for start, length in bad[:limit]:
+        area = next((a for a in m.areas if a.offset <= start < a.offset + a.size), None)
+        where = f"{area.name}+{start - area.offset}" if area else "outside partitions"
+        print(f"  bytes {start}-{start + length - 1} ({length // 512} sectors) in {where}")
+    if len(bad) > limit:
+        print(f"  ... and {len(bad) - limit} more ranges")
 
 
 def cmd_verify(args) -> int:

@@ -12,11 +12,13 @@ Ranges are in bytes. `--log FILE` records every read request the kernel sent (of
 size, result), which is how the loop/FUSE behaviour described in faulty_block_device
 was found.
 
-Why direct I/O everywhere: the kernel page cache in front of a FUSE file would turn one
-bad 512-byte sector into a failed 4 KiB page and, worse, could serve a page cached by an
-earlier good read. The mount therefore uses FUSE's `direct_io` (every read reaches this
-process at the size and offset the loop driver asked for), and the loop device is
-attached with `--direct-io=on` where the kernel allows it.
+Why the loop device uses direct I/O: the page cache in front of a FUSE file turns one bad
+512-byte sector into a failed 4 KiB page (and reads ahead around it). llfuse (libfuse2's
+low-level API) cannot set FOPEN_DIRECT_IO on open nor accept a `direct_io` mount option,
+so the loop device is attached with `--direct-io=on`: it then reads the FUSE file with
+O_DIRECT and every read reaches this process at the offset and size the loop driver asked
+for. If the kernel refuses direct I/O, the fixture falls back to a plain loop, and errors
+then show in 4 KiB pages (tests read /sys/block/loopN/loop/dio to know which).
 """
 
 from __future__ import annotations
@@ -111,12 +113,18 @@ def _serve(backing: str, mountpoint: str, bad: list[tuple[int, int]], slow: list
             failed = bad_ranges.touching(off, end)
             delay = max((v for _, _, v in slow_ranges.touching(off, end)), default=0.0)
             if delay:
-                time.sleep(delay)
+                # llfuse runs handlers under one global lock: release it so that a slow read
+                # delays only the requests that touch the slow range. (The loop driver sends
+                # one request at a time anyway, so later reads of the device still wait, as
+                # they do behind a real drive busy retrying a sector.)
+                with llfuse.lock_released:
+                    time.sleep(delay)
+            data = b"" if failed else os.pread(fd, length, off)
             if logf:
                 logf.write(f"{off} {length} {'EIO' if failed else 'ok'}\n")
             if failed:
                 raise llfuse.FUSEError(errno.EIO)
-            return os.pread(fd, length, off)
+            return data
 
         def statfs(self, ctx):
             s = llfuse.StatvfsData()
@@ -224,13 +232,18 @@ def faulty_block_device(loops, backing_path: str | os.PathLike, bad: Sequence[tu
     reads touching a `bad` (start, length) byte range fail with EIO and reads touching a
     `slow` (start, length, seconds) range are delayed.
 
-    What a reader sees (kernel 6.x, loop with --direct-io=on over a FUSE direct_io file):
-    the loop driver passes each bio to FUSE at the offset and size the reader asked for, so
-    an O_DIRECT pread of one good sector next to a bad one succeeds, and a read covering a
-    bad sector fails as a whole with EIO. Buffered reads of the loop device go through the
-    block device's page cache in 4 KiB pages with read-ahead: an error then covers at least
-    the whole page, and read-ahead can fail silently around a good read. Readers that want
-    sector precision must use O_DIRECT, as rescue.hw.badread does.
+    What a reader sees (kernel 6.18, loop with --direct-io=on over the FUSE file):
+    - an O_DIRECT read reaches FUSE at the reader's offset and size (split into 128 KiB FUSE
+      requests), so one good sector next to a bad one reads fine and a read covering a bad
+      sector fails as a whole with EIO; nothing is cached, a second try fails again;
+    - buffered reads of /dev/loopN go through the block device's page cache in 4 KiB pages
+      with read-ahead: an error covers the whole page around the bad sector, and read-ahead
+      into a bad area fails silently. Sector precision needs O_DIRECT (rescue.hw.badread);
+    - without loop direct I/O the loop reads the FUSE file through its page cache: errors
+      then come in 4 KiB pages even for O_DIRECT readers of the loop device;
+    - the loop device serves one request at a time: while a slow read sleeps in FUSE, every
+      other read of the device waits behind it (FUSE itself would serve them), much like a
+      real drive busy retrying a sector.
 
     Everything is undone on exit, also when the test fails: loop detached, FUSE unmounted
     (lazily if still busy), server process stopped."""

@@ -23,11 +23,16 @@ recovered so the engine can store those chunks again. Areas read() was never ask
 non-tried in the map.
 
 Never hang: every read runs in a worker thread and the caller waits at most `timeout`
-seconds. A read that times out makes its area bad-for-now ('-', retried once as a whole in
-the retry pass) and the reader moves on with a fresh worker. Limits: a thread stuck in the
-kernel (an uninterruptible read of a dead drive) cannot be killed. It is abandoned, keeps its
-buffer and the file open until the kernel returns, and after `max_stuck` such threads the
-drive is declared gone (DeviceError) instead of piling up more.
+seconds. A read that times out makes its area bad-for-now ('-', not split further, since
+each piece could time out again; the retry pass tries it again as a whole) and the reader
+moves on with a fresh worker. Limits:
+- a thread stuck in the kernel (an uninterruptible read of a dead drive) cannot be killed:
+  it is abandoned and keeps its buffer until the kernel gives the read back;
+- a drive (and a loop device) answers one request at a time, so the next read queues behind
+  the stuck one anyway. The reader therefore waits for stuck reads to come back before its
+  next read, at most `stall_limit` seconds, and then declares the drive gone (DeviceError)
+  rather than hang or pile up stuck threads;
+- what a timed-out read returns late is not used; the retry pass reads the area again.
 
 Reads use O_DIRECT with page-aligned (mmap) buffers: the page cache would turn one bad 512
 byte sector into a failed 4 KiB page, read ahead into bad areas, and could serve stale
@@ -52,6 +57,7 @@ from typing import Callable, NamedTuple
 
 from rescue.errors import DeviceError, UsageError
 from rescue.model.badmap import BAD, FINISHED, NON_SCRAPED, NON_TRIED, NON_TRIMMED, BadSectorMap
+from rescue.model.extents import normalize
 
 KiB = 1024
 MiB = 1 << 20
@@ -147,7 +153,8 @@ class TolerantReader:
     map. Not thread-safe: one engine thread calls read() chunk after chunk, then finish()."""
 
     def __init__(self, path: str, sector_size: int | None = None, *, retries: int = 1, timeout: float | None = 30.0,
-                 block_size: int = 64 * KiB, trim_step: int = 4 * KiB, skip_after: int = 3, max_stuck: int = 4):
+                 block_size: int = 64 * KiB, trim_step: int = 4 * KiB, skip_after: int = 3,
+                 stall_limit: float = 300.0):
         try:
             try:
                 self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -167,7 +174,8 @@ class TolerantReader:
             raise UsageError(f"block size {block_size} and trim step {trim_step} must be multiples of the "
                              f"{self.sector_size}-byte sector, trim step not above block size")
         self.retries, self.timeout = retries, timeout
-        self.block_size, self.trim_step, self.skip_after, self.max_stuck = block_size, trim_step, skip_after, max_stuck
+        self.block_size, self.trim_step, self.skip_after = block_size, trim_step, skip_after
+        self.stall_limit = stall_limit
         self.map = BadSectorMap.new(self.size)
         self.stats = ReadStats()
         self.phase, self.pos, self.pass_ = NON_TRIED, 0, 1  # for the mapfile's status line
@@ -212,6 +220,12 @@ class TolerantReader:
         self.phase, self.pass_, self.pos = NON_TRIED, 1, offset
         if end > offset:
             got = self._try(offset, end - offset)
+            if isinstance(got, bytes) and len(got) == len(out):
+                # The healthy-drive path: one read, no copies.
+                self._good(offset, got, lambda off, data: None)
+                self.pos = end
+                self.stats.seconds += time.monotonic() - t0
+                return Read(got, [])
             if isinstance(got, bytes):
                 self._good(offset, got, sink)
             else:
@@ -227,8 +241,9 @@ class TolerantReader:
     def finish(self, progress: PhaseProgress | None = None) -> list[tuple[int, bytes]]:
         """Run the deferred passes over the areas read() could not finish and return
         (offset, bytes) for every run of bytes they recovered, in offset order. `progress`
-        is called per read; it may raise (e.g. Cancelled) to stop."""
+        is called before each area of each pass; it may raise (e.g. Cancelled) to stop."""
         t0 = time.monotonic()
+        self._pending = [(e.start, e.end) for e in normalize((a, b - a) for a, b in self._pending)]
         recovered: dict[int, bytes] = {}
 
         def sink(off: int, data: bytes) -> None:
@@ -250,9 +265,10 @@ class TolerantReader:
         run_phase(NON_TRIED, "copy", lambda s, e: self._copy(s, e, sink, skip=False))
         run_phase(NON_TRIMMED, "trim", lambda s, e: self._trim(s, e, sink))
         run_phase(NON_SCRAPED, "scrape", lambda s, e: self._scrape(s, e, sink))
-        for self.pass_ in range(1, self.retries + 1):
+        for retry in range(1, self.retries + 1):
+            self.pass_ = retry
             run_phase(BAD, "retry", lambda s, e: self._retry(s, e, sink))
-        self.phase, self.pass_, self.pos = FINISHED, max(1, self.pass_), 0
+        self.phase, self.pos = FINISHED, 0
         self._pending = [(a, b) for a, b in self._pending if self.map.missing_ranges(a, b)]
         self.stats.seconds += time.monotonic() - t0
         return _merge_runs(recovered)
@@ -408,10 +424,9 @@ class TolerantReader:
     def _pread(self, offset: int, nbytes: int) -> bytes:
         if self.fd < 0:
             raise DeviceError(f"{self.path} is closed")
+        if self._abandoned:
+            self._drain()
         if self._worker is None:
-            self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
-            if len(self._abandoned) >= self.max_stuck:
-                raise DeviceError(f"{self.path} stopped answering: {len(self._abandoned)} reads are stuck")
             self._worker = _Worker(self.fd)
         job = _Job(offset, nbytes)
         self._worker.jobs.put(job)
@@ -424,6 +439,17 @@ class TolerantReader:
             raise job.error
         assert job.data is not None
         return job.data
+
+
+    def _drain(self) -> None:
+        """Wait for timed-out reads to come back: the drive serves nothing else meanwhile."""
+        deadline = time.monotonic() + self.stall_limit
+        for w in self._abandoned:
+            w.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(w.thread.is_alive() for w in self._abandoned):
+            raise DeviceError(f"{self.path} stopped answering: a read has been stuck for over "
+                              f"{self.stall_limit:.0f} s")
+        self._abandoned = []
 
 
 def _align_up(n: int, a: int) -> int:

@@ -17,10 +17,11 @@ from pathlib import Path
 import zstandard
 
 from rescue import __version__
-from rescue.errors import DeviceError, RescueError
+from rescue.errors import RescueError
 from rescue.filesystems import identify
 from rescue.filesystems.base import FsInfo, Volume
 from rescue.hw import blockdev
+from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
@@ -70,15 +71,26 @@ class CaptureResult:
     stored_bytes: int
     seconds: float
     log_path: str
+    sectors_lost: int = 0  # unreadable sectors (zero-filled, listed in badsectors.map)
+    bad_ranges: list[tuple[int, int]] = field(default_factory=list)  # (drive offset, bytes)
+
+
+BAD_MAP = "badsectors.map"
 
 
 def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
     """Which areas to image and which bytes of each are in use. Reads metadata only."""
     layout = read_layout(source)
-    plan = CapturePlan(source, layout, [AreaPlan("head", 0, min(HEAD_SIZE, layout.size))])
-    for p in layout.data_partitions():
-        vol = Volume(source, p.offset(layout.sector_size), p.size(layout.sector_size))
-        area = AreaPlan(f"p{p.number}", vol.offset, vol.size, partition=p.number)
+    plan = CapturePlan(source, layout)
+    if layout.table == "none":  # a filesystem on the bare drive, or unknown content: one area
+        spans = [("disk", None, Volume(source, 0, layout.size))]
+    else:
+        plan.areas.append(AreaPlan("head", 0, min(HEAD_SIZE, layout.size)))
+        spans = [(f"p{p.number}", p.number, Volume(source, p.offset(layout.sector_size),
+                                                   p.size(layout.sector_size)))
+                 for p in layout.data_partitions()]
+    for name, number, vol in spans:
+        area = AreaPlan(name, vol.offset, vol.size, partition=number)
         try:
             area.fs, mod = identify(vol)
             if mod is not None:
@@ -124,12 +136,16 @@ class _Storer:
 
 
 def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, threads: int | None = None,
-            chunk_size: int = 4 << 20, progress: ProgressCallback = no_progress,
-            cancel: threading.Event | None = None) -> CaptureResult:
+            chunk_size: int = 4 << 20, retries: int = 1, read_timeout: float = 30.0,
+            progress: ProgressCallback = no_progress, cancel: threading.Event | None = None) -> CaptureResult:
+    """Image `source`. Unreadable sectors do not stop it: they are zero-filled, retried
+    `retries` times at the end (ddrescue's phases), recorded in badsectors.map beside the image
+    and counted in the result."""
     check_name(name)
     repo = Repository.open_or_create(repo_path, chunk_size)
     _check_source(source, str(repo.path))
     started = time.monotonic()
+    workers = threads or os.cpu_count() or 1
     with repo.writer_lock():
         image_dir = repo.start_image(name)
         log = JobLog(image_dir / "log.txt")
@@ -137,38 +153,39 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
         plan = plan_capture(source, log)
         meter = Meter("capture", plan.read_bytes(), progress, cancel)
         storer = _Storer(repo, level)
-        fd = blockdev.open_drive(source)
-        try:
-            source_facts = _source_facts(source, fd, plan.layout)
-            areas = []
-            with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-                for ap in plan.areas:
-                    areas.append(_capture_area(fd, ap, repo, image_dir, storer, pool, meter, log,
-                                               threads or os.cpu_count() or 1))
-        finally:
-            os.close(fd)
+        with TolerantReader(source, retries=retries, timeout=read_timeout) as reader:
+            facts = _source_facts(source, reader.fd, plan.layout)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                indexes = [_capture_area(reader, ap, repo, storer, pool, meter, log, workers)
+                           for ap in plan.areas]
+            lost = _finish_bad_sectors(reader, plan, indexes, repo, storer, meter, log)
+            bad = list(reader.map.bad_ranges())
+            if bad:
+                (image_dir / BAD_MAP).write_text(reader.mapfile())
+        areas = [_area_record(ap, index, image_dir) for ap, index in zip(plan.areas, indexes)]
         meter.finish()
         _sync(repo.path)
         seconds = time.monotonic() - started
         data_bytes = sum(a.stats["data_bytes"] for a in areas)
         manifest = Manifest(name=name, created=now_iso(), rescue_version=__version__,
-                            chunk_size=repo.chunk_size, hash="sha256", source=source_facts,
+                            chunk_size=repo.chunk_size, hash="sha256", source=facts,
                             layout=plan.layout, areas=areas,
                             stats={"read_bytes": meter.done, "data_bytes": data_bytes,
                                    "stored_bytes": storer.stored_bytes, "new_chunks": storer.new_chunks,
-                                   "seconds": round(seconds, 3)})
+                                   "seconds": round(seconds, 3), "sectors_lost": lost,
+                                   "bad_map": BAD_MAP if bad else None})
         log(f"done: read {fmt_bytes(meter.done)}, data {fmt_bytes(data_bytes)}, "
-            f"stored {fmt_bytes(storer.stored_bytes)} new in {storer.new_chunks} chunks, {seconds:.1f} s")
+            f"stored {fmt_bytes(storer.stored_bytes)} new in {storer.new_chunks} chunks, "
+            f"{lost} unreadable sectors, {seconds:.1f} s")
         repo.commit_manifest(manifest)
-    return CaptureResult(name, meter.done, data_bytes, storer.stored_bytes, seconds, str(image_dir / "log.txt"))
+    return CaptureResult(name, meter.done, data_bytes, storer.stored_bytes, seconds,
+                         str(image_dir / "log.txt"), lost, bad)
 
 
-def _capture_area(fd: int, ap: AreaPlan, repo: Repository, image_dir: Path, storer: _Storer,
-                  pool: ThreadPoolExecutor, meter: Meter, log: JobLog, threads: int) -> Area:
+def _capture_area(reader: TolerantReader, ap: AreaPlan, repo: Repository, storer: _Storer,
+                  pool: ThreadPoolExecutor, meter: Meter, log: JobLog, workers: int) -> Index:
     index = Index.empty(repo.chunk_size, ap.size)
     zero = bytes(repo.chunk_size)
-    counts = {k.name.lower(): 0 for k in Kind}
-    data_bytes = 0
     pending: list[tuple[int, Future]] = []
     meter.begin_area(ap.label, ap.read_bytes())
 
@@ -179,44 +196,81 @@ def _capture_area(fd: int, ap: AreaPlan, repo: Repository, image_dir: Path, stor
 
     for i in range(index.count):
         start, length = index.span(i)
-        parts = [Extent(0, length)] if ap.used is None else in_range(ap.used, start, start + length)
+        parts = _used_parts(ap, start, length)
         if not parts:
-            index.set(i, Kind.UNUSED)
-            counts["unused"] += 1
-            continue
-        data = _read(fd, ap.offset + start, length, ap.label)
-        if ap.used is not None and not (len(parts) == 1 and parts[0].length == length):
-            data = _keep_only(data, parts)
+            continue  # Index.empty() marks every chunk UNUSED
+        got = reader.read(ap.offset + start, length)
+        data = got.data if len(parts) == 1 and parts[0].length == length else _keep_only(got.data, parts)
         meter.advance(sum(p.length for p in parts))
-        if data == zero[:length]:
+        if got.bad and sum(n for _, n in got.bad) >= length:
+            index.set(i, Kind.UNREADABLE)
+        elif data == zero[:length]:
             index.set(i, Kind.ZERO)
-            counts["zero"] += 1
-            continue
-        counts["data"] += 1
-        data_bytes += length
-        pending.append((i, pool.submit(storer.store, data)))
-        settle(threads * 3)
+        else:
+            pending.append((i, pool.submit(storer.store, data)))
+            settle(workers * 3)
     settle(0)
+    counts = {k.name.lower(): index.kinds.count(k) for k in Kind}
+    log(f"{ap.name}: {counts['data']} data, {counts['zero']} zero, {counts['unused']} unused, "
+        f"{counts['unreadable']} unreadable chunks")
+    return index
+
+
+def _used_parts(ap: AreaPlan, start: int, length: int) -> list[Extent]:
+    return [Extent(0, length)] if ap.used is None else in_range(ap.used, start, start + length)
+
+
+def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list[Index], repo: Repository,
+                        storer: _Storer, meter: Meter, log: JobLog) -> int:
+    """ddrescue's later passes over what the first pass could not read, then store again the
+    chunks whose bytes were recovered. Returns the sectors still unreadable."""
+    if not reader.sectors_lost:
+        return 0
+    log(f"first pass done with {reader.sectors_lost} unreadable sectors; trimming, scraping, retrying")
+    recovered = reader.finish(lambda name, done, total: meter.check_cancel())
+    touched: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
+    for offset, data in recovered:
+        for a, ap in enumerate(plan.areas):
+            lo, hi = max(offset, ap.offset), min(offset + len(data), ap.offset + ap.size)
+            if lo < hi:
+                cs = indexes[a].chunk_size
+                for i in range((lo - ap.offset) // cs, (hi - 1 - ap.offset) // cs + 1):
+                    touched.setdefault((a, i), []).append((offset, data))
+    for (a, i), runs in sorted(touched.items()):
+        ap, index = plan.areas[a], indexes[a]
+        start, length = index.span(i)
+        parts = _used_parts(ap, start, length)
+        if not parts:
+            continue
+        if index.kinds[i] == Kind.DATA:
+            chunk = bytearray(repo.read_chunk(index.digests[i], f"{ap.name} chunk {i}"))
+        else:
+            chunk = bytearray(length)
+        base = ap.offset + start
+        for offset, data in runs:
+            lo, hi = max(offset, base), min(offset + len(data), base + length)
+            chunk[lo - base:hi - base] = data[lo - offset:hi - offset]
+        patched = _keep_only(bytes(chunk), parts)
+        if patched == bytes(length):
+            index.set(i, Kind.ZERO)
+        else:
+            index.set(i, Kind.DATA, storer.store(patched))
+    lost = reader.sectors_lost
+    log(f"bad sectors: {lost} unreadable ({fmt_bytes(lost * reader.sector_size)}), "
+        f"{len(touched)} chunks completed by the later passes")
+    return lost
+
+
+def _area_record(ap: AreaPlan, index: Index, image_dir: Path) -> Area:
     blob = index.to_bytes()
     (image_dir / f"{ap.name}.idx").write_bytes(blob)
-    log(f"{ap.name}: {counts['data']} data, {counts['zero']} zero, {counts['unused']} unused chunks")
-    fs = None
-    if ap.fs is not None:
-        fs = {k: v for k, v in vars(ap.fs).items()}
+    counts = {k.name.lower(): index.kinds.count(k) for k in Kind}
+    data_bytes = sum(index.span(i)[1] for i, k in enumerate(index.kinds) if k == Kind.DATA)
     return Area(name=ap.name, offset=ap.offset, size=ap.size, index=f"{ap.name}.idx",
-                index_sha256=hashlib.sha256(blob).hexdigest(), partition=ap.partition, fs=fs,
+                index_sha256=hashlib.sha256(blob).hexdigest(), partition=ap.partition,
+                fs=dict(vars(ap.fs)) if ap.fs is not None else None,
                 stats={**counts, "data_bytes": data_bytes, "mapped_bytes": ap.read_bytes(),
                        "map": "whole" if ap.used is None else (ap.fs.map_source if ap.fs else "map")})
-
-
-def _read(fd: int, offset: int, length: int, label: str) -> bytes:
-    try:
-        data = os.pread(fd, length, offset)
-    except OSError as e:
-        raise DeviceError(f"{label}: read error at byte {offset} ({e.strerror})") from None
-    if len(data) != length:
-        raise DeviceError(f"{label}: short read at byte {offset}: the drive ended early or vanished")
-    return data
 
 
 def _keep_only(data: bytes, parts: list[Extent]) -> bytes:

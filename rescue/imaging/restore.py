@@ -73,7 +73,7 @@ def plan_restore(repo: Repository, name: str, target: str, policy: str = "same",
         current = None
     layout = DiskLayout.from_dict(manifest.layout.to_dict())
     layout.size = size
-    need = manifest.layout.end_bytes()
+    need = manifest.layout.end_bytes() if manifest.layout.table != "none" else manifest.layout.size
     fits = need <= size
     reason = (f"fits: the image needs {fmt_bytes(need)}, {target} has {fmt_bytes(size)}" if fits else
               f"{target} is too small: the image needs {fmt_bytes(need)} ({need} bytes), the drive has "
@@ -105,14 +105,14 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
     meter = Meter("restore", plan.write_bytes, progress, cancel)
     fd = blockdev.open_drive(target, write=True)
     try:
-        head = manifest.area("head")
-        _write_area(repo, name, fd, head.label, plan.placements["head"], indexes["head"], meter, workers)
-        os.fsync(fd)
-        notes = apply_layout(target, plan.layout)
-        for note in notes:
-            log(note)
-        _restore_boot_code(repo, name, fd, indexes["head"])
-        log(f"partition table written ({plan.layout.table}, {len(plan.layout.partitions)} partitions)")
+        if "head" in indexes:
+            head = manifest.area("head")
+            _write_area(repo, name, fd, head.label, plan.placements["head"], indexes["head"], meter, workers)
+            os.fsync(fd)
+            for note in apply_layout(target, plan.layout):
+                log(note)
+            _restore_boot_code(repo, name, fd, indexes["head"])
+            log(f"partition table written ({plan.layout.table}, {len(plan.layout.partitions)} partitions)")
         for area in manifest.areas:
             if area.name != "head":
                 _write_area(repo, name, fd, area.label, plan.placements[area.name], indexes[area.name],
