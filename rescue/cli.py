@@ -101,8 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-preverify", action="store_true",
                    help="skip the full check of the image before writing (every chunk is still checked "
                         "before its bytes reach the drive)")
-    s.add_argument("--layout", default="same", help="layout policy (default: same)")
+    _layout_option(s)
     s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("plan", help="show the layout a restore would write",
+                       description="The partition layout that restoring image NAME onto DISK would write, "
+                       "next to the image's, and whether the data fits. Nothing is written.")
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.add_argument("disk")
+    _layout_option(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("wizard", help="the interactive text-mode wizard",
                        description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
@@ -110,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "--machine JSON (dry run against a recorded machine).")
     s.set_defaults(func=cmd_wizard)
     return p
+
+
+def _layout_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--layout", default="auto", choices=("auto", "same", "proportional", "grow-last"),
+                   help="same: partitions as in the image; proportional: resizable partitions share the "
+                        "target's space in proportion (EFI, BIOS boot, swap, recovery keep their size); "
+                        "grow-last: only the last resizable partition changes. auto (default): same on a "
+                        "drive of the same size, proportional otherwise")
 
 
 def _cfg(args) -> config.Config:
@@ -285,7 +303,7 @@ def cmd_restore(args) -> int:
     cfg = _cfg(args)
     repo = Repository.open(args.repo)
     plan = plan_restore(repo, args.name, args.disk, policy=args.layout)
-    print(plan.reason)
+    print(plan.table)
     if plan.fits:
         check_target_allowed(args.disk, str(repo.path))
         confirm_target(args.disk, args.yes)
@@ -298,6 +316,20 @@ def cmd_restore(args) -> int:
     print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
           f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
     return 0
+
+
+def cmd_plan(args) -> int:
+    from rescue.imaging.restore import plan_restore
+    from rescue.repo.store import Repository
+
+    plan = plan_restore(Repository.open(args.repo), args.name, args.disk, policy=args.layout)
+    if args.json:
+        _print_json({"fits": plan.fits, "reason": plan.reason, "policy": plan.policy,
+                     "target_size": plan.target_size, "layout": plan.layout.to_dict(),
+                     "placements": {k: asdict(v) for k, v in plan.placements.items()}, "notes": plan.notes})
+    else:
+        print(plan.table)
+    return 0 if plan.fits else 1
 
 
 def cmd_wizard(args) -> int:

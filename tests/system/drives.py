@@ -155,13 +155,17 @@ def sha_of(path: Path | str, offset: int, length: int) -> str:
 
 
 def check_restored(loops: LoopRegistry, drive: SourceDrive, target: str) -> None:
-    """What a user checks after a restore: fsck clean, same UUID and label, every file identical."""
+    """What a user checks after a restore: fsck clean, same UUID and label, every file identical.
+    Partitions are found in the target's own table (a resized restore moves them)."""
+    placed = {int(q["node"].rsplit("img", 1)[-1]): q for q in
+              __import__("json").loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["partitions"]}
     for p in drive.parts:
         if p.fs is None:
             continue
-        dev = loops.attach(target, offset=p.offset, size=p.nbytes)
+        q = placed[p.number]
+        dev = loops.attach(target, offset=q["start"] * 512, size=q["size"] * 512)
         if p.fs == "raw":
-            assert sha_of(target, p.offset, p.nbytes) == drive.raw_sha[p.number], f"p{p.number} bytes differ"
+            assert sha_of(target, q["start"] * 512, p.nbytes) == drive.raw_sha[p.number], f"p{p.number} bytes differ"
             continue
         src_dev = loops.attach(drive.image, offset=p.offset, size=p.nbytes, readonly=True)
         assert blkid(dev) == blkid(src_dev), f"p{p.number}: UUID/LABEL/TYPE changed"

@@ -67,7 +67,7 @@ def test_capture_reads_only_used_blocks_and_records_the_table(gpt, captured):
 
 def test_restore_onto_blank_larger_drive(gpt, captured, mloops):
     target = mloops.disk("blank.img", 1024 * MiB)
-    out = rescue("restore", str(captured), "first", target, "--yes")
+    out = rescue("restore", str(captured), "first", target, "--yes", "--layout", "same")
     assert "restored first" in out.stdout
     check_restored(mloops, gpt, mloops.root / "blank.img")
     src, dst = table(gpt.image), table(mloops.root / "blank.img")
@@ -85,9 +85,34 @@ def test_restore_over_a_differently_partitioned_drive(gpt, captured, mloops):
     dev = mloops.attach(path, offset=2048 * 512, size=400000 * 512)
     sh("mkfs.ext4", "-q", "-L", "old", dev)
     target = mloops.attach(path)
-    rescue("restore", str(captured), "first", target, "--yes", "--no-preverify")
+    rescue("restore", str(captured), "first", target, "--yes", "--no-preverify", "--layout", "same")
     check_restored(mloops, gpt, path)
     assert table(path)["parts"] == table(gpt.image)["parts"]
+
+
+@pytest.mark.parametrize("size_mib, policy", [(1200, "proportional"), (1200, "grow-last"),
+                                              (780, "proportional"), (780, "grow-last")])
+def test_restore_onto_a_larger_or_smaller_drive(gpt, captured, mloops, size_mib, policy):
+    """Partitions resized to the new drive: every filesystem checks clean, keeps its UUID and
+    label, and holds identical files; the layout fills the drive and GPT is valid."""
+    path = mloops.file(f"resized-{size_mib}-{policy}.img", size_mib * MiB)
+    plan = json.loads(rescue("plan", str(captured), "first", str(path), "--layout", policy, "--json").stdout)
+    assert plan["fits"]
+    rescue("restore", str(captured), "first", mloops.attach(path), "--yes", "--layout", policy, "--no-preverify")
+    check_restored(mloops, gpt, path)
+    assert "No errors detected" in sh("sfdisk", "--verify", str(path))
+    parts = table(path)["parts"]
+    assert [p["uuid"] for p in parts] == [p["uuid"] for p in table(gpt.image)["parts"]]
+    assert all(p["start"] % 2048 == 0 for p in parts)
+    end = max(p["start"] + p["size"] for p in parts) * 512
+    if policy == "proportional":
+        assert end > (size_mib - 16) * MiB, "the new drive's space is not used"
+
+
+def test_plan_says_by_how_much_data_cannot_fit(captured, mloops):
+    path = mloops.file("tiny.img", 300 * MiB)
+    proc = rescue("plan", str(captured), "first", str(path), "--layout", "proportional", check=False)
+    assert proc.returncode == 1 and "DOES NOT FIT" in proc.stdout and "short by" in proc.stdout
 
 
 def test_too_small_target_is_refused_before_writing(captured, mloops):
@@ -95,7 +120,7 @@ def test_too_small_target_is_refused_before_writing(captured, mloops):
     with open(path, "r+b") as f:
         f.write(b"precious" * 1000)
     before = sha_of(path, 0, 600 * MiB)
-    proc = rescue("restore", str(captured), "first", mloops.attach(path), "--yes", check=False)
+    proc = rescue("restore", str(captured), "first", mloops.attach(path), "--yes", "--layout", "same", check=False)
     assert proc.returncode != 0
     assert "too small" in proc.stderr and "MiB" in proc.stderr and "short by" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -120,12 +145,18 @@ def test_mbr_drive_with_logical_partition(mloops):
     repo = mloops.root / "mbr-repo"
     rescue("capture", drive.device, str(repo), "--name", "mbr")
     target = mloops.disk("mbr-target.img", 300 * MiB)
-    rescue("restore", str(repo), "mbr", target, "--yes")
+    rescue("restore", str(repo), "mbr", target, "--yes", "--layout", "same")
     check_restored(mloops, drive, mloops.root / "mbr-target.img")
     src, dst = table(drive.image), table(mloops.root / "mbr-target.img")
     assert src["id"] == dst["id"] == "0x1234abcd"
     assert src["parts"] == dst["parts"]
     assert sha_of(drive.image, 0, 440) == sha_of(mloops.root / "mbr-target.img", 0, 440)
+    # Onto a larger drive the logical partition grows inside a grown extended partition.
+    grown = mloops.disk("mbr-grown.img", 400 * MiB)
+    rescue("restore", str(repo), "mbr", grown, "--yes", "--layout", "proportional")
+    check_restored(mloops, drive, mloops.root / "mbr-grown.img")
+    parts = {p["type"]: p for p in table(mloops.root / "mbr-grown.img")["parts"]}
+    assert parts["5"]["start"] + parts["5"]["size"] > 390 * 2048
 
 
 def test_restore_refuses_mounted_target_and_target_holding_repo(captured, mloops):
