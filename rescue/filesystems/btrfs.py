@@ -1,22 +1,42 @@
-"""btrfs: the used-block map from the device tree, read with
-`btrfs inspect-internal dump-tree -t dev`.
+"""btrfs: the used-block map from the extent tree, mapped to this device through the chunk
+tree (`btrfs inspect-internal dump-tree -t chunk` and `-t extent`).
 
-btrfs puts nothing on a device outside its chunks except the superblock copies: every tree
-block and every data extent lives inside a chunk, and each chunk's slice of this device is a
-DEV_EXTENT item (key objectid = devid, key offset = byte offset on the device, length). So
-the map is: the device extents of *this* device, the superblock mirrors that fit, and the
-first MiB (btrfs never allocates there; boot loaders do). DUP chunks have two device extents
-on the same device and both are listed, so both copies of DUP metadata are kept: partclone
-0.3.23 maps only one of them.
+Every tree block and every data extent has an item in the extent tree: EXTENT_ITEM (key =
+logical bytenr, length) or, for tree blocks on skinny-metadata filesystems, METADATA_ITEM
+(key = logical bytenr, level; length = nodesize). That covers the chunk tree, the free-space
+tree (v2) and the free-space cache inodes (v1, stored as data extents) too. Logical addresses
+become device offsets through the chunk tree: each CHUNK_ITEM (logical start, length, profile)
+lists its stripes as (devid, physical offset), and for single, DUP and the RAID1 family every
+stripe on *this* device holds a full copy, so each copy gets the range: partclone 0.3.23 maps
+only the first DUP copy, which is why a restore from its map fails scrub. RAID0/10/5/6 stripe
+the logical range across devices in stripe_len pieces (with parity for 5/6); rather than model
+that, such a chunk maps its whole device extent. Outside chunks btrfs keeps only the
+superblock and its mirrors; the first MiB is added too (btrfs never allocates there, boot
+loaders do).
 
-The map is chunk-granular: free space inside a half-empty chunk is imaged too. That is the
-price of not walking the extent tree (big and slow on large filesystems); `btrfs balance`
-before capture shrinks it."""
+Trust, but check: the extent tree also holds each block group's BLOCK_GROUP_ITEM with its
+"used" byte count, which must equal the sum of the extents inside it (btrfs check tests the
+same). A block group whose extents do not add up, or that has no BLOCK_GROUP_ITEM, is mapped
+whole. The whole map falls back to the old chunk-granular one (every DEV_EXTENT of this
+device, from `dump-tree -t dev`) when the extent or chunk tree cannot be read (the extent
+tree lists nothing; the chunks' stripes on this device do not add up to the superblock's
+dev_item.bytes_used) or does not tell the whole story: a tree log waiting for replay (log
+tree blocks and the data they reference are not in the extent tree until the next mount),
+extent tree v2 or a RAID stripe tree (formats this parser does not know). Zoned filesystems
+map the whole volume (superblock logs live in reserved zones outside the device extents).
+
+dump-tree's text is parsed as it streams, in large blocks with one regular expression, so a
+filesystem with millions of extents costs memory for the merged runs only."""
 
 from __future__ import annotations
 
+import bisect
 import re
+import subprocess
+import tempfile
+from array import array
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 from rescue.errors import FilesystemError
 from rescue.filesystems.base import FsInfo, Volume
@@ -33,6 +53,16 @@ RESERVED = MiB  # btrfs allocates nothing below 1 MiB
 MIN_MARGIN = 256 * MiB
 MAX_MARGIN = 1536 * MiB
 
+BLOCK_GROUP_TREE = "11"  # tree id of the block group tree (compat_ro BLOCK_GROUP_TREE)
+# Profiles whose every stripe is a whole copy of the chunk; the others stripe it.
+COPY_PROFILES = {"single", "dup", "raid1", "raid1c3", "raid1c4"}
+# Formats whose mapping is not (only) in the extent and chunk trees.
+UNKNOWN_FORMATS = ("EXTENT_TREE_V2", "RAID_STRIPE_TREE")
+
+SOURCE_EXTENTS = "btrfs extent tree + chunk tree"
+SOURCE_DEV = "btrfs device tree (chunk-granular)"
+SOURCE_ZONED = "btrfs zoned: whole volume"
+
 
 @dataclass
 class Super:
@@ -44,9 +74,12 @@ class Super:
         except (KeyError, ValueError):
             raise FilesystemError(f"btrfs dump-super did not print {name}") from None
 
+    def flags(self, name: str) -> str:
+        return self.fields.get(name, "")
+
     @property
     def zoned(self) -> bool:
-        return "ZONED" in self.fields.get("incompat_flags", "")
+        return "ZONED" in self.flags("incompat_flags")
 
 
 def parse_super(text: str) -> Super:
@@ -69,7 +102,9 @@ def parse_super(text: str) -> Super:
     return s
 
 
-_KEY = re.compile(r"key \((\d+) DEV_EXTENT (\d+)\)")
+# -- the device tree (fallback: chunk-granular) ---------------------------------------------
+
+_KEY = re.compile(r"item \d+ key \((\d+) DEV_EXTENT (\d+)\)")
 _LEN = re.compile(r"\blength (\d+)")
 
 
@@ -89,32 +124,313 @@ def parse_dev_extents(text: str, devid: int) -> list[Extent]:
     return out
 
 
-def _read(vol: Volume) -> tuple[Super, list[Extent]]:
+# -- the chunk tree -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One CHUNK_ITEM: logical [logical, logical + length) and where its stripes live."""
+
+    logical: int
+    length: int
+    flags: str  # e.g. "METADATA|DUP", "DATA|single"
+    stripes: tuple[tuple[int, int], ...]  # (devid, physical offset)
+    sub_stripes: int = 1
+
+    @property
+    def end(self) -> int:
+        return self.logical + self.length
+
+    @property
+    def profile(self) -> str:
+        return self.flags.rsplit("|", 1)[-1].lower()
+
+    @property
+    def copies(self) -> bool:
+        """Each stripe holds the whole logical range (single, DUP, RAID1*)."""
+        return self.profile in COPY_PROFILES
+
+    def stripe_length(self) -> int:
+        """Bytes of one stripe on its device (the DEV_EXTENT length)."""
+        n = len(self.stripes)
+        data_stripes = {"raid0": n, "raid10": n // max(1, self.sub_stripes), "raid5": n - 1,
+                        "raid6": n - 2}.get(self.profile, 1)
+        return -(-self.length // max(1, data_stripes))
+
+    def on_device(self, devid: int) -> list[int]:
+        return [phys for dev, phys in self.stripes if dev == devid]
+
+
+_CHUNK = re.compile(r"item \d+ key \(FIRST_CHUNK_TREE CHUNK_ITEM (\d+)\)")
+_CHUNK_HEAD = re.compile(r"^\s*length (\d+) owner \d+ stripe_len \d+ type (\S+)")
+_SUB = re.compile(r"\bnum_stripes (\d+) sub_stripes (\d+)")
+_STRIPE = re.compile(r"^\s*stripe \d+ devid (\d+) offset (\d+)")
+
+
+def parse_chunks(text: str) -> list[Chunk]:
+    """CHUNK_ITEMs from `dump-tree -t chunk` output, sorted by logical address."""
+    out: list[Chunk] = []
+    cur: dict | None = None
+
+    def flush() -> None:
+        if cur and "length" in cur and cur["stripes"]:
+            out.append(Chunk(cur["logical"], cur["length"], cur["flags"], tuple(cur["stripes"]),
+                             cur.get("sub", 1)))
+
+    for line in text.splitlines():
+        m = _CHUNK.search(line)
+        if m:
+            flush()
+            cur = {"logical": int(m.group(1)), "stripes": []}
+            continue
+        if cur is None:
+            continue
+        if " key (" in line:  # any other item ends the chunk item
+            flush()
+            cur = None
+            continue
+        if m := _CHUNK_HEAD.match(line):
+            cur["length"], cur["flags"] = int(m.group(1)), m.group(2)
+        elif m := _SUB.search(line):
+            cur["sub"] = int(m.group(2))
+        elif m := _STRIPE.match(line):
+            cur["stripes"].append((int(m.group(1)), int(m.group(2))))
+    flush()
+    return sorted(out, key=lambda c: c.logical)
+
+
+# -- the extent tree ------------------------------------------------------------------------
+
+_ITEM = re.compile(
+    rb"\titem \d+ key \((\d+) (EXTENT_ITEM|METADATA_ITEM|BLOCK_GROUP_ITEM) (\d+)\)[^\n]*\n"
+    rb"(?:\s*block group used (\d+))?")
+_ITEM_START = b"\n\titem "
+
+
+@dataclass
+class ExtentScan:
+    """Allocated logical ranges (touching ones merged) and each block group's "used" bytes
+    as its BLOCK_GROUP_ITEM states them. Runs are kept in two arrays of 64-bit integers,
+    16 bytes each, so that millions of scattered extents fit in memory."""
+
+    starts: array = field(default_factory=lambda: array("Q"))
+    ends: array = field(default_factory=lambda: array("Q"))
+    bg_used: dict[int, int] = field(default_factory=dict)  # logical start -> used bytes
+    items: int = 0
+    _unsorted: bool = False
+
+    def add(self, start: int, length: int) -> None:
+        self.items += 1
+        end = start + length
+        if self.ends and self.starts[-1] <= start <= self.ends[-1]:
+            if end > self.ends[-1]:
+                self.ends[-1] = end
+            return
+        if self.ends and start < self.starts[-1]:
+            self._unsorted = True
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def merged(self) -> tuple[array, array]:
+        """Run starts and ends, sorted and merged (dump-tree prints keys in order, but a
+        damaged tree need not)."""
+        if self._unsorted:
+            runs = normalize((s, e - s) for s, e in zip(self.starts, self.ends))
+            self.starts, self.ends = array("Q", (e.start for e in runs)), array("Q", (e.end for e in runs))
+            self._unsorted = False
+        return self.starts, self.ends
+
+
+def scan_extent_tree(blocks: Iterable[bytes], nodesize: int, scan: ExtentScan | None = None) -> ExtentScan:
+    """Feed `dump-tree -t extent` output in arbitrary pieces. Only leaf items count
+    ("\titem N key (...)"); the key lines of interior nodes ("\tkey (...) block ...") are
+    copies of keys and are skipped by the pattern. A BLOCK_GROUP_ITEM's "used" is on the
+    line after its key, so each piece is cut at the last item start and the rest carried
+    over to the next one."""
+    scan = scan or ExtentScan()
+    tail = b""
+    for block in blocks:
+        buf = tail + block
+        cut = buf.rfind(_ITEM_START)
+        if cut <= 0:
+            tail = buf
+            continue
+        tail = buf[cut:]
+        _feed(scan, buf[:cut + 1], nodesize)
+    _feed(scan, tail + b"\n", nodesize)
+    return scan
+
+
+def _feed(scan: ExtentScan, text: bytes, nodesize: int) -> None:
+    for m in _ITEM.finditer(text):
+        kind = m.group(2)
+        if kind == b"EXTENT_ITEM":
+            scan.add(int(m.group(1)), int(m.group(3)))
+        elif kind == b"METADATA_ITEM":
+            scan.add(int(m.group(1)), nodesize)
+        elif m.group(4) is not None:
+            scan.bg_used[int(m.group(1))] = int(m.group(4))
+
+
+def scan_block_groups(text: bytes, scan: ExtentScan) -> None:
+    """BLOCK_GROUP_ITEMs from the block group tree, which holds them instead of the extent
+    tree on filesystems with the BLOCK_GROUP_TREE feature."""
+    for m in _ITEM.finditer(text):
+        if m.group(2) == b"BLOCK_GROUP_ITEM" and m.group(4) is not None:
+            scan.bg_used[int(m.group(1))] = int(m.group(4))
+
+
+# -- logical -> physical --------------------------------------------------------------------
+
+
+@dataclass
+class Mapped:
+    extents: list[Extent]
+    whole: list[tuple[Chunk, str]]  # chunks of this device mapped whole, and why
+
+
+def map_to_device(chunks: Sequence[Chunk], scan: ExtentScan, devid: int) -> Mapped:
+    """Physical ranges on device `devid` of every allocated extent. A chunk is mapped whole
+    when its profile stripes, or when its extents do not add up to its block group's used
+    bytes (a damaged or half-read extent tree must not lose data)."""
+    starts, ends = scan.merged()
+    out: list[Extent] = []
+    whole: list[tuple[Chunk, str]] = []
+    for c in chunks:
+        phys = c.on_device(devid)
+        if not phys:
+            continue
+        i = max(0, bisect.bisect_right(starts, c.logical) - 1)
+        inside: list[tuple[int, int]] = []
+        while i < len(starts) and starts[i] < c.end:
+            s, e = max(starts[i], c.logical), min(ends[i], c.end)
+            if e > s:
+                inside.append((s, e))
+            i += 1
+        used = sum(e - s for s, e in inside)
+        why = None
+        if not c.copies:
+            why = f"{c.profile} stripes across devices"
+        elif c.logical not in scan.bg_used:
+            why = "no block group item"
+        elif scan.bg_used[c.logical] != used:
+            why = f"extents add up to {used} bytes, block group says {scan.bg_used[c.logical]}"
+        if why:
+            whole.append((c, why))
+            out += [Extent(p, c.stripe_length()) for p in phys]
+            continue
+        for p in phys:
+            out += [Extent(p + s - c.logical, e - s) for s, e in inside]
+    return Mapped(out, whole)
+
+
+# -- running dump-tree ----------------------------------------------------------------------
+
+
+def _stream(argv: list[str], block: int = 1 << 20) -> Iterator[bytes]:
+    """stdout of a tool in blocks as it runs, for output too large to hold whole. Failure
+    is a FilesystemError naming the tool and its last line of stderr, as hw.run.run does."""
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
+        except FileNotFoundError:
+            raise FilesystemError(f"{argv[0]} is not installed") from None
+        try:
+            assert proc.stdout is not None
+            while data := proc.stdout.read(block):
+                yield data
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        if code != 0:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            raise FilesystemError(f"{argv[0]} failed: {lines[-1] if lines else f'exit status {code}'}")
+
+
+def _dump_tree(dev: str, tree: str, sup: Super) -> list[str]:
+    argv = ["btrfs", "inspect-internal", "dump-tree", "-t", tree]
+    if sup.num("num_devices") == 1:
+        argv.append("--noscan")  # never pick up another device with the same fsid (a copy)
+    return argv + [dev]
+
+
+def _dev_tree_map(dev: str, sup: Super) -> list[Extent]:
+    tree = run(_dump_tree(dev, "dev", sup)).stdout.decode(errors="replace")
+    extents = parse_dev_extents(tree, sup.num("dev_item.devid"))
+    if not extents:
+        raise FilesystemError("btrfs device tree lists no device extents for this device")
+    return extents
+
+
+def _extent_tree_map(dev: str, sup: Super) -> Mapped:
+    chunks = parse_chunks(run(_dump_tree(dev, "chunk", sup)).stdout.decode(errors="replace"))
+    devid = sup.num("dev_item.devid")
+    # The chunks' stripes on this device must add up to what the superblock says this
+    # device has allocated, or a chunk was missed (and its data with it).
+    on_device = sum(c.stripe_length() * len(c.on_device(devid)) for c in chunks)
+    if on_device != sup.num("dev_item.bytes_used"):
+        raise FilesystemError(f"btrfs chunk tree puts {on_device} bytes on this device, "
+                              f"the superblock says {sup.num('dev_item.bytes_used')}")
+    scan = scan_extent_tree(_stream(_dump_tree(dev, "extent", sup)), sup.num("nodesize"))
+    if "BLOCK_GROUP_TREE" in sup.flags("compat_ro_flags"):
+        scan_block_groups(run(_dump_tree(dev, BLOCK_GROUP_TREE, sup)).stdout, scan)
+    if not scan.items:
+        raise FilesystemError("btrfs extent tree lists no extents")
+    return map_to_device(chunks, scan, devid)
+
+
+@dataclass
+class Analysis:
+    sup: Super
+    extents: list[Extent]  # device extents in use, without the superblocks and first MiB
+    source: str
+
+
+def _fallback_reason(sup: Super) -> str | None:
+    if sup.num("log_root") != 0:
+        return "tree log not replayed"
+    for name in UNKNOWN_FORMATS:
+        if name in sup.flags("incompat_flags"):
+            return f"{name.lower()} not supported"
+    return None
+
+
+def analyse(vol: Volume) -> Analysis:
     with vol.device() as dev:
         sup = parse_super(run(["btrfs", "inspect-internal", "dump-super", dev]).stdout.decode(
             errors="replace"))
         if sup.zoned:
-            return sup, []
-        tree = run(["btrfs", "inspect-internal", "dump-tree", "-t", "dev", dev]).stdout.decode(
-            errors="replace")
-    extents = parse_dev_extents(tree, sup.num("dev_item.devid"))
-    if not extents:
-        raise FilesystemError("btrfs device tree lists no device extents for this device")
-    return sup, extents
+            return Analysis(sup, [], SOURCE_ZONED)
+        reason = _fallback_reason(sup)
+        if reason is None:
+            try:
+                mapped = _extent_tree_map(dev, sup)
+            except FilesystemError as e:
+                reason = str(e)
+            else:
+                source = SOURCE_EXTENTS
+                if mapped.whole:
+                    n = len(mapped.whole)
+                    source += f" ({n} chunk{'s' if n > 1 else ''} mapped whole: {mapped.whole[0][1]})"
+                return Analysis(sup, mapped.extents, source)
+        return Analysis(sup, _dev_tree_map(dev, sup), f"{SOURCE_DEV}: {reason}")
 
 
-def _map(sup: Super, dev_extents: list[Extent], size: int) -> list[Extent]:
+def _map(sup: Super, extents: list[Extent], size: int) -> list[Extent]:
     if sup.zoned:
         # Zoned btrfs keeps rotating superblock logs in reserved zones outside the device
         # extents; rather than model them, image everything.
         return [Extent(0, size)]
     extra = [Extent(0, RESERVED)] + [Extent(o, SUPER_SPAN) for o in SUPER_MIRRORS if o + 4096 <= size]
-    return normalize(dev_extents + extra, size)
+    return normalize(extents + extra, size)
 
 
 def used_extents(vol: Volume) -> list[Extent]:
-    sup, ext = _read(vol)
-    return _map(sup, ext, vol.size)
+    a = analyse(vol)
+    return _map(a.sup, a.extents, vol.size)
 
 
 def estimate_min_size(dev_bytes_used: int, size: int) -> int:
@@ -129,9 +445,10 @@ def estimate_min_size(dev_bytes_used: int, size: int) -> int:
 
 
 def info(vol: Volume, fstype: str) -> FsInfo:
-    sup, ext = _read(vol)
-    label = sup.fields.get("label") or None
-    dev_used = sup.num("dev_item.bytes_used")
-    source = "btrfs dump-tree (zoned: whole volume)" if sup.zoned else "btrfs dump-tree -t dev (device extents)"
-    return FsInfo(type=fstype, uuid=sup.fields.get("fsid"), label=label, used_bytes=sup.num("bytes_used"),
-                  min_size=estimate_min_size(dev_used, vol.size), map_source=source)
+    """Facts and the map's source. The source is only known by building the map (the extent
+    tree may turn out unreadable), so this walks it too: the price of an honest manifest."""
+    a = analyse(vol)
+    label = a.sup.fields.get("label") or None
+    dev_used = a.sup.num("dev_item.bytes_used")
+    return FsInfo(type=fstype, uuid=a.sup.fields.get("fsid"), label=label, used_bytes=a.sup.num("bytes_used"),
+                  min_size=estimate_min_size(dev_used, vol.size), map_source=a.source)

@@ -7,42 +7,29 @@ they are (the filesystem does not care what free blocks hold)."""
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
 
-from rescue.errors import DeviceError, IntegrityError, RescueError, TooSmallError, UsageError
+from rescue.errors import IntegrityError, RescueError, TooSmallError, UsageError
 from rescue.hw import blockdev
-from rescue.hw.loop import attached
-from rescue.hw.partitions import apply_layout, read_layout
+from rescue.hw.partitions import read_layout
+from rescue.imaging.apply import AreaSource, Placement, staging_dir, write_drive
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import check_chunks, data_chunks, load_indexes
 from rescue.model.layout import DiskLayout
 from rescue.model.plan import PartFacts, plan_layout
 from rescue.repo.index import Index, Kind
-from rescue.model.extents import Extent, total, with_edges
 from rescue.repo.manifest import Area, Manifest
 from rescue.repo.store import Repository, now_iso
 
 POLICIES = ("auto", "same", "proportional", "grow-last")
 GROWABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "ntfs", "vfat", "swap"}
 SHRINKABLE = {"ext2", "ext3", "ext4", "btrfs", "ntfs", "vfat", "swap"}
-
-
-@dataclass
-class Placement:
-    """Where one area of the image lands on the target and what happens to its filesystem."""
-
-    offset: int  # bytes on the target
-    size: int  # bytes of the new partition (the area's own size when not resized)
-    action: str  # keep | move | grow | shrink
-    fstype: str | None = None
 
 
 @dataclass
@@ -157,153 +144,29 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
         check_chunks(repo, name, refs, meter, workers)
         log(f"image verified: {len(refs)} chunks")
     meter = Meter("restore", plan.write_bytes, progress, cancel)
-    shrinks = [a for a in manifest.areas if plan.placements[a.name].action == "shrink"]
-    grows = [a for a in manifest.areas if plan.placements[a.name].action == "grow"]
-    try:
-        fd = blockdev.open_drive(target, write=True)
-        try:
-            if "head" in indexes:
-                head = manifest.area("head")
-                _write_area(repo, name, fd, head.label, 0, indexes["head"], meter, workers)
-                os.fsync(fd)
-                for note in apply_layout(target, plan.layout):
-                    log(note)
-                _restore_boot_code(repo, name, fd, indexes["head"])
-                log(f"partition table written ({plan.layout.table}, {len(plan.layout.partitions)} partitions)")
-            for area in manifest.areas:
-                if area.name != "head" and area not in shrinks:
-                    place = plan.placements[area.name]
-                    _write_area(repo, name, fd, area.label, place.offset, indexes[area.name], meter, workers)
-                    log(f"{area.label}: written at byte {place.offset}")
-            blockdev.flush(fd)
-        finally:
-            os.close(fd)
-        # Filesystems are resized through loop devices over their new partitions, with the
-        # drive closed: the resize tools write through their own device.
-        for area in grows:
-            log(_resize_in_place(target, area, plan.placements[area.name]))
-        for area in shrinks:
-            _restore_shrunk(repo, name, target, area, indexes[area.name], plan.placements[area.name],
-                            meter, workers, log)
-    except RescueError as e:
-        log(f"FAILED: {e}; the target is partially written")
-        raise
-    fd = blockdev.open_drive(target)
-    try:
-        blockdev.reread_partitions(fd)
-    finally:
-        os.close(fd)
+    sources = [_image_source(repo, name, area, indexes[area.name]) for area in manifest.areas]
+    write_drive(target, plan.layout, sources, plan.placements, meter, workers, log,
+                lambda: staging_dir(repo.path / ".staging"))
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")
     return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""))
 
 
-def _resize_in_place(target: str, area: Area, place: Placement) -> str:
-    from rescue.filesystems.resize import resize_filesystem
-
-    fs = area.fs or {}
-    with attached(target, offset=place.offset, size=place.size) as dev:
-        return resize_filesystem(fs["type"], dev, place.size, label=fs.get("label"), uuid=fs.get("uuid"))
-
-
-def _restore_shrunk(repo: Repository, name: str, target: str, area: Area, index: Index, place: Placement,
-                    meter: Meter, workers: int, log: JobLog) -> None:
-    """Shrink in a sparse staging file of the old size (never writing beyond the smaller
-    partition on the target), then copy the shrunk filesystem's used blocks onto the target."""
-    from rescue.filesystems import identify
-    from rescue.filesystems.base import Volume
-    from rescue.filesystems.resize import staged
-
-    fs = area.fs or {}
-
-    def write_into(path: str) -> None:
-        sfd = os.open(path, os.O_WRONLY)
-        try:
-            _write_area(repo, name, sfd, area.label, 0, index, meter, workers)
-        finally:
-            os.close(sfd)
-
-    workdir = _staging_dir(repo)
-    log(f"{area.label}: shrinking {fmt_bytes(area.size)} -> {fmt_bytes(place.size)} in {workdir}")
-    with staged(fs["type"], area.size, place.size, str(workdir), write_into) as dev:
-        info, mod = identify(Volume(dev, 0, place.size))
-        used = mod.used_extents(Volume(dev, 0, place.size)) if mod else [Extent(0, place.size)]
-        extents = with_edges(used, place.size)
-        src = os.open(dev, os.O_RDONLY)
-        dst = blockdev.open_drive(target, write=True)
-        try:
-            for e in extents:
-                pos = e.start
-                while pos < e.end:
-                    n = min(4 << 20, e.end - pos)
-                    _pwrite_all(dst, os.pread(src, n, pos), place.offset + pos)
-                    pos += n
-            blockdev.flush(dst)
-        finally:
-            os.close(src)
-            os.close(dst)
-    log(f"{area.label}: shrunk and written ({fmt_bytes(total(extents))} copied)")
-
-
-def _staging_dir(repo: Repository) -> Path:
-    """Sparse staging files go beside the repository when it is writable (a real disk), else
-    to the temporary directory (RAM on the live system: fine for mostly-empty filesystems)."""
-    for d in (repo.path / ".staging", Path(tempfile.gettempdir()) / "rescue-staging"):
-        try:
-            d.mkdir(exist_ok=True)
-            probe = d / ".probe"
-            probe.touch()
-            probe.unlink()
-            return d
-        except OSError:
-            continue
-    raise DeviceError("no writable place for the staging file of a shrink")
-
-
-def _write_area(repo: Repository, name: str, fd: int, label: str, base: int, index: Index,
-                meter: Meter, workers: int) -> None:
-    meter.begin_area(label, sum(index.span(i)[1] for i, k in enumerate(index.kinds)
-                                if k in (Kind.DATA, Kind.ZERO)))
+def _image_source(repo: Repository, name: str, area: Area, index: Index) -> AreaSource:
     local = threading.local()
 
-    def write(i: int) -> None:
+    def fetch(i: int) -> bytes:
         start, length = index.span(i)
-        where = f"image {name}, {label}, chunk {i} at offset {start}"
-        if index.kinds[i] == Kind.DATA:
-            dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
-            local.dctx = dctx
-            data = repo.read_chunk(index.digests[i], where, dctx)  # hash checked before writing
-            if len(data) != length:
-                raise IntegrityError(f"{where}: chunk has {len(data)} bytes, expected {length}")
-            _pwrite_all(fd, data, base + start)
-        else:
-            blockdev.zero_range(fd, base + start, length)
-        meter.advance(length)
+        where = f"image {name}, {area.label}, chunk {i} at offset {start}"
+        dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
+        local.dctx = dctx
+        data = repo.read_chunk(index.digests[i], where, dctx)  # hash checked before writing
+        if len(data) != length:
+            raise IntegrityError(f"{where}: chunk has {len(data)} bytes, expected {length}")
+        return data
 
-    todo = [i for i, k in enumerate(index.kinds) if k in (Kind.DATA, Kind.ZERO)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(write, todo):
-            pass
-
-
-def _restore_boot_code(repo: Repository, name: str, fd: int, head: Index) -> None:
-    """Put the image's MBR boot code (bytes 0-439) back: parted replaces it with its own when
-    it writes a fresh MBR. The partition entries and disk id after it stay as written."""
-    if head.count and head.kinds[0] == Kind.DATA:
-        first = repo.read_chunk(head.digests[0], f"image {name}, disk head")
-        _pwrite_all(fd, first[:440], 0)
-        os.fsync(fd)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-    except OSError as e:
-        raise DeviceError(f"write error at byte {offset} of the target ({e.strerror})") from None
+    return AreaSource(area.name, area.label, area.size, area.fs, index, fetch)
 
 
 def check_target_allowed(target: str, repo_path: str) -> None:

@@ -3,64 +3,15 @@ map is not much bigger, and a copy of only the mapped bytes is a clean, identica
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
-from disks import MiB, populate, sh, tree_hashes
-from partclone_domain import partclone_used, uncovered
+from disks import MiB, populate, sh
+from fscheck import check_against_partclone, check_copy_restores, make_fs
 from rescue.filesystems import identify, ext, probe
 from rescue.filesystems.base import Volume
-from rescue.model.extents import Extent, normalize, total, with_edges
+from rescue.model.extents import Extent, normalize, total
 
 pytestmark = pytest.mark.root
-
-
-def make_fs(loops, tmp_path: Path, mkfs: list[str], size: int, offset: int = 0,
-            fstype: str | None = None) -> tuple[Volume, str, dict[str, str]]:
-    """mkfs on a sparse file (at `offset` inside it), fill it, delete some files so the
-    bitmaps have holes, unmount. Returns the volume, its loop device, and the file hashes."""
-    path = loops.file("fs.img", offset + size + (3 * MiB if offset else 0))
-    dev = loops.attach(path, offset=offset, size=size)
-    sh(*mkfs, dev)
-    with loops.mounted(dev, fstype) as mnt:
-        populate(mnt, seed=7)
-        (mnt / "extra").mkdir()
-        populate(mnt / "extra", seed=8, files=30)
-        for victim in ("extra/big.bin", "dir1/sub1/file1.bin", "dir2/sub2/file2.bin"):
-            (mnt / victim).unlink()
-        shutil.rmtree(mnt / "extra" / "dir3")
-        hashes = tree_hashes(mnt)
-    free_mountpoints(tmp_path)
-    return Volume(str(path), offset, size), dev, hashes
-
-
-def free_mountpoints(root: Path) -> None:
-    """LoopRegistry.mounted() names mount points by how many mounts are active, so a second
-    mount after an unmount reuses "mnt0", which then already exists: remove the empty ones."""
-    for d in root.glob("mnt*"):
-        if d.is_dir() and not os.path.ismount(d) and not any(d.iterdir()):
-            d.rmdir()
-
-
-def copy_mapped(vol: Volume, extents: list[Extent], dest: Path) -> None:
-    """What a restore does: only the mapped bytes reach a zero-filled target."""
-    with open(dest, "wb") as f:
-        f.truncate(vol.size)
-    src = os.open(vol.path, os.O_RDONLY)
-    dst = os.open(dest, os.O_WRONLY)
-    try:
-        for e in extents:
-            pos = e.start
-            while pos < e.end:
-                n = min(4 * MiB, e.end - pos)
-                os.pwrite(dst, os.pread(src, n, vol.offset + pos), pos)
-                pos += n
-    finally:
-        os.close(src)
-        os.close(dst)
 
 
 def superblock_used(dev: str) -> int:
@@ -70,23 +21,6 @@ def superblock_used(dev: str) -> int:
     fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
     bs, blocks, free = (int(fields[k]) for k in ("Block size", "Block count", "Free blocks"))
     return (blocks - free) * bs
-
-
-def check_against_partclone(tool: str, dev: str, ours: list[Extent], workdir: Path) -> tuple[int, int]:
-    ref = partclone_used(tool, dev, workdir)
-    assert uncovered(ref, ours) == []
-    assert total(ours) <= total(ref) * 1.1 + 2 * MiB, (total(ours), total(ref))
-    return total(ours), total(ref)
-
-
-def check_copy_restores(loops, vol: Volume, ours: list[Extent], hashes: dict[str, str], tmp_path: Path,
-                        fstype: str) -> None:
-    copy = tmp_path / "copy.img"
-    copy_mapped(vol, with_edges(ours, vol.size), copy)
-    cdev = loops.attach(copy)
-    sh("e2fsck", "-fn", cdev)  # raises on any complaint (exit status != 0)
-    with loops.mounted(cdev, fstype, "ro") as mnt:
-        assert tree_hashes(mnt) == hashes
 
 
 CASES = {
@@ -108,7 +42,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_map_covers_partclone_and_copy_is_identical(loops, tmp_path, case):
     mkfs, size, offset, fstype, tool = CASES[case]
-    vol, dev, hashes = make_fs(loops, tmp_path, mkfs, size, offset, fstype)
+    vol, dev, hashes = make_fs(loops, mkfs, size, offset, fstype)
 
     ours = normalize(ext.used_extents(vol))
     assert ours and ours[-1].end <= vol.size
@@ -116,12 +50,12 @@ def test_map_covers_partclone_and_copy_is_identical(loops, tmp_path, case):
     if tool:
         mine, theirs = check_against_partclone(tool, dev, ours, tmp_path)
         print(f"{case}: ours {mine} bytes, partclone {theirs} bytes")
-    check_copy_restores(loops, vol, ours, hashes, tmp_path, fstype)
+    check_copy_restores(loops, vol, ours, hashes, tmp_path, ["e2fsck", "-fn"], fstype)
 
 
 def test_info_matches_blkid_and_superblock(loops, tmp_path):
     mkfs, size, offset, fstype, _ = CASES["ext4-4k-groups"]
-    vol, dev, hashes = make_fs(loops, tmp_path, mkfs, size, offset, fstype)
+    vol, dev, hashes = make_fs(loops, mkfs, size, offset, fstype)
     fi = ext.info(vol, "ext4")
     assert identify(vol) == (fi, ext)  # the engine's lookup finds this module
     found = probe(vol)

@@ -54,9 +54,7 @@ def test_capture_reads_only_used_blocks_and_records_the_table(gpt, captured):
             assert area["fs"]["type"] == p.fs
             assert area["fs"]["label"] == p.label
             assert area["stats"]["map"] != "whole", f"{p.fs} was imaged whole"
-            # btrfs is mapped by allocated chunks (block groups), coarser than the others.
-            bound = 0.85 if p.fs == "btrfs" else 0.6
-            assert area["stats"]["mapped_bytes"] < p.nbytes * bound, f"{p.fs}: map covers most of the partition"
+            assert area["stats"]["mapped_bytes"] < p.nbytes * 0.6, f"{p.fs}: map covers most of the partition"
         else:
             assert area["fs"] is None
     names = [p["name"] for p in info["layout"]["partitions"]]

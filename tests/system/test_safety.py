@@ -4,7 +4,6 @@ on loop devices here), which is exactly the stacking the rules must see through.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
