@@ -12,6 +12,7 @@ import sys
 from dataclasses import asdict
 
 from rescue import __version__, config
+from rescue.browse import cli_commands as browse_cli
 from rescue.errors import Cancelled, RefusedError, RescueError
 from rescue.imaging.progress import TerminalProgress, fmt_bytes
 
@@ -104,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_option(s)
     s.set_defaults(func=cmd_restore)
 
+    s = sub.add_parser("clone", help="copy a drive straight onto another",
+                       description="Copy SOURCE onto TARGET without a repository: only used blocks are "
+                       "read, partitions are resized to the target like restore does, unreadable sectors are "
+                       "zero-filled and reported. Everything on TARGET is lost. Asks you to type the "
+                       "target's name unless --yes.")
+    s.add_argument("source")
+    s.add_argument("target")
+    _layout_option(s)
+    s.add_argument("--bad-sectors", default="retry=1", metavar="skip|retry=N", type=_bad_sector_policy,
+                   help="as for capture (default: retry=1)")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=cmd_clone)
+
     s = sub.add_parser("plan", help="show the layout a restore would write",
                        description="The partition layout that restoring image NAME onto DISK would write, "
                        "next to the image's, and whether the data fits. Nothing is written.")
@@ -113,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_option(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plan)
+
+    browse_cli.add_commands(sub)
 
     s = sub.add_parser("wizard", help="the interactive text-mode wizard",
                        description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
@@ -315,6 +331,30 @@ def cmd_restore(args) -> int:
         bar.close()
     print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
           f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
+    return 0
+
+
+def cmd_clone(args) -> int:
+    from rescue.hw.safety import check_source, check_target
+    from rescue.imaging.clone import clone, plan_clone
+
+    check_source(args.source)
+    check_target(args.target, source=args.source)
+    plan = plan_clone(args.source, args.target, args.layout)
+    print(plan.table)
+    if not plan.fits:
+        return 1
+    confirm_target(args.target, args.yes)
+    bar = TerminalProgress()
+    try:
+        result = clone(args.source, args.target, policy=args.layout, retries=args.bad_sectors, progress=bar)
+    finally:
+        bar.close()
+    print(f"cloned {args.source} onto {args.target}: wrote {fmt_bytes(result.bytes_written)} in "
+          f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
+    if result.sectors_lost:
+        print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
+              f"{len(result.bad_ranges)} places")
     return 0
 
 

@@ -35,6 +35,16 @@ class Placement:
 
 
 @dataclass
+class AreaFacts:
+    """What planning needs to know of an area, whether it comes from an image or a drive."""
+
+    name: str
+    partition: int | None
+    size: int
+    fs: dict | None
+
+
+@dataclass
 class AreaSource:
     """One area's chunks: the index says which to write (DATA) or zero (ZERO); fetch(i)
     returns chunk i's bytes, checked, and may be called from several threads."""

@@ -17,7 +17,7 @@ import zstandard
 from rescue.errors import IntegrityError, RescueError, TooSmallError, UsageError
 from rescue.hw import blockdev
 from rescue.hw.partitions import read_layout
-from rescue.imaging.apply import AreaSource, Placement, staging_dir, write_drive
+from rescue.imaging.apply import AreaFacts, AreaSource, Placement, staging_dir, write_drive
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import check_chunks, data_chunks, load_indexes
@@ -69,54 +69,59 @@ def target_geometry(path: str) -> tuple[int, int]:
         os.close(fd)
 
 
-def facts_of(manifest: Manifest) -> dict[int, PartFacts]:
+def facts_of(areas: list[AreaFacts]) -> dict[int, PartFacts]:
     """What the planner may do with each partition, from what capture recorded."""
     out = {}
-    for area in manifest.areas:
-        if area.partition is None:
-            continue
-        fs = area.fs or {}
-        fstype = fs.get("type")
-        out[area.partition] = PartFacts(fstype=fstype, min_size=fs.get("min_size"),
-                                        can_shrink=fstype in SHRINKABLE, can_grow=fstype in GROWABLE)
+    for area in areas:
+        if area.partition is not None:
+            fstype = (area.fs or {}).get("type")
+            out[area.partition] = PartFacts(fstype=fstype, min_size=(area.fs or {}).get("min_size"),
+                                            can_shrink=fstype in SHRINKABLE, can_grow=fstype in GROWABLE)
     return out
 
 
 def plan_restore(repo: Repository, name: str, target: str, policy: str = "auto",
                  manifest: Manifest | None = None, indexes: dict[str, Index] | None = None) -> RestorePlan:
-    """The layout that would be written on `target`, and whether the data fits. Writes nothing.
-    Policy auto: the same layout on a drive of the same size, proportional otherwise."""
-    if policy not in POLICIES:
-        raise UsageError(f"unknown layout policy {policy!r} (choose from {', '.join(POLICIES)})")
+    """The layout that would be written on `target`, and whether the data fits. Writes nothing."""
     if manifest is None or indexes is None:
         manifest, indexes = load_indexes(repo, name)
+    write = sum(indexes[a.name].span(i)[1] for a in manifest.areas
+                for i, k in enumerate(indexes[a.name].kinds) if k in (Kind.DATA, Kind.ZERO))
+    areas = [AreaFacts(a.name, a.partition, a.size, a.fs) for a in manifest.areas]
+    return plan_onto(name, manifest.layout, areas, target, policy, write)
+
+
+def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str, policy: str,
+              write: int) -> RestorePlan:
+    """Plan `image` (an image's or a source drive's layout) onto `target`. Policy auto: the
+    same layout on a drive of the same size, proportional otherwise."""
+    if policy not in POLICIES:
+        raise UsageError(f"unknown layout policy {policy!r} (choose from {', '.join(POLICIES)})")
     size, sector_size = target_geometry(target)
     try:
         current = read_layout(target)
     except RescueError:
         current = None
-    write = sum(indexes[a.name].span(i)[1] for a in manifest.areas
-                for i, k in enumerate(indexes[a.name].kinds) if k in (Kind.DATA, Kind.ZERO))
-    image = manifest.layout
     if image.table == "none":
         fits = image.size <= size
-        reason = (f"fits: the image needs {fmt_bytes(image.size)}, {target} has {fmt_bytes(size)}" if fits
+        reason = (f"fits: {what} needs {fmt_bytes(image.size)}, {target} has {fmt_bytes(size)}" if fits
                   else _too_small(target, image.size, size))
-        area = manifest.areas[0]
         layout = DiskLayout.from_dict({**image.to_dict(), "size": size})
-        return RestorePlan(name, target, size, "same", layout, current, fits, reason, write,
-                           {area.name: Placement(0, area.size, "keep")}, table=reason)
+        return RestorePlan(what, target, size, "same", layout, current, fits, reason, write,
+                           {areas[0].name: Placement(0, areas[0].size, "keep")}, table=reason)
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
-    lp = plan_layout(image, facts_of(manifest), size, sector_size, policy)
+    lp = plan_layout(image, facts_of(areas), size, sector_size, policy)
     moves = {m.number: m for m in lp.moves}
-    placements = {"head": Placement(0, min(manifest.area("head").size, size), "keep")}
-    for area in manifest.areas:
-        if area.partition is not None:
+    placements = {}
+    for area in areas:
+        if area.partition is None:
+            placements[area.name] = Placement(0, min(area.size, size), "keep")
+        else:
             m = moves[area.partition]
             placements[area.name] = Placement(m.new_start, m.new_size, m.action, (area.fs or {}).get("type"))
     reason = lp.reason if lp.fits else _too_small(target, size + lp.shortfall, size, lp.reason)
-    return RestorePlan(name, target, size, policy, lp.layout, current, lp.fits, reason, write,
+    return RestorePlan(what, target, size, policy, lp.layout, current, lp.fits, reason, write,
                        placements, list(lp.notes), lp.render())
 
 

@@ -1,0 +1,472 @@
+"""Mounting an image read-only: one FUSE process (rescue.browse.imagefs) shows the areas as
+files, a read-only loop device over each partition's file makes it a block device, and the
+kernel's driver (or ntfs-3g) mounts it read-only at MOUNTPOINT/p<N>.
+
+    MOUNTPOINT/p2  ext2/3/4  ro,noload          (no journal replay: nothing is written)
+    MOUNTPOINT/p3  xfs       ro,norecovery,nouuid  (nouuid: the source may be mounted too)
+    MOUNTPOINT/p4  btrfs     ro,rescue=nologreplay
+    MOUNTPOINT/p6  ntfs      ntfs-3g ro
+    FAT            not mounted: this kernel has no vfat driver. `rescue extract` copies
+                   from FAT with mtools (reading the partition's file directly).
+
+Why a state file per mount (/run/rescue/mounts/<key>.json, written before and after every
+step): the FUSE process outlives the `rescue mount` command, and when it or a `rescue
+extract` dies, its loop devices and mounts are left behind ("Transport endpoint is not
+connected"). `rescue umount` and every later `rescue mount`/`extract` read the state files
+and clear what a dead process left. Everything recorded is checked before it is undone (the
+loop device's backing file is ours, the mount's source is our loop device, the pid runs our
+FUSE server), so a recycled loop device or pid is never touched.
+
+Every mount is checked after mounting: the kernel must show our loop device as its source
+(btrfs may otherwise hand back an already-mounted filesystem with the same UUID: the live
+system instead of the image)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from rescue.errors import FilesystemError, RefusedError, RescueError, UsageError
+from rescue.hw.run import run
+from rescue.imaging.verify import load_indexes
+from rescue.repo.manifest import Area, Manifest
+from rescue.repo.store import Repository
+
+SERVER_MODULE = "rescue.browse.imagefs"
+START_TIMEOUT = 30.0
+FAT_TYPES = ("vfat", "fat", "fat12", "fat16", "fat32", "msdos")
+MOUNT_OPTIONS = {  # filesystem type in the manifest -> (mount -t, -o)
+    "ext2": ("ext4", "ro,noload"),
+    "ext3": ("ext4", "ro,noload"),
+    "ext4": ("ext4", "ro,noload"),
+    "xfs": ("xfs", "ro,norecovery,nouuid"),
+    "btrfs": ("btrfs", "ro,rescue=nologreplay"),
+    "ntfs": ("ntfs-3g", "ro"),
+}
+NOT_MOUNTABLE = {"swap": "swap space holds no files"}
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("RESCUE_STATE_DIR", "/run/rescue/mounts"))
+
+
+@dataclass
+class MountState:
+    """What one browsing session set up, in the order it was set up."""
+
+    mountpoint: str
+    repo: str
+    image: str
+    key: str
+    fuse_pid: int | None = None
+    owner_pid: int | None = None  # extract: when this process is gone, everything is a leftover
+    loops: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+    created_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def work(self) -> Path:
+        return state_root() / self.key
+
+    @property
+    def fuse_dir(self) -> Path:
+        return self.work / "areas"
+
+    @property
+    def log(self) -> Path:
+        return self.work / "imagefs.log"
+
+    @property
+    def file(self) -> Path:
+        return state_root() / f"{self.key}.json"
+
+    def save(self) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        os.replace(tmp, self.file)
+
+    @classmethod
+    def load(cls, path: Path) -> "MountState | None":
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+@dataclass
+class PartMount:
+    area: str  # "p2"
+    fstype: str | None
+    path: str | None  # where its files are, None when not mounted
+    note: str = ""  # why not, or a hint
+
+
+def key_for(mountpoint: str) -> str:
+    return hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+
+
+# -- what the kernel says ------------------------------------------------------------------
+
+def _unescape(text: str) -> str:
+    return text.encode().decode("unicode_escape") if "\\" in text else text
+
+
+def mount_table() -> dict[str, tuple[str, str]]:
+    """Mount point -> (fstype, source), the topmost mount wins. Read from mountinfo rather
+    than os.path.ismount, which says False for a dead FUSE mount (stat fails ENOTCONN)."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) >= 5 and len(rest) >= 2:
+            out[_unescape(fields[4])] = (rest[0], rest[1])
+    return out
+
+
+def loop_backing(dev: str) -> str | None:
+    try:
+        return Path(f"/sys/block/{os.path.basename(dev)}/loop/backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_runs(pid: int | None, *needles: str) -> bool:
+    """The pid is alive (not a zombie) and its command line holds every needle."""
+    if not pid:
+        return False
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and all(n in cmd for n in needles)
+
+
+def fuse_alive(state: MountState) -> bool:
+    return _pid_runs(state.fuse_pid, SERVER_MODULE, str(state.fuse_dir))
+
+
+def is_stale(state: MountState) -> bool:
+    if state.owner_pid is not None and not _pid_runs(state.owner_pid, ""):
+        return True
+    if not fuse_alive(state):
+        return True
+    try:
+        os.stat(state.fuse_dir)
+    except OSError:  # ENOTCONN: the server is gone or hung up
+        return True
+    return False
+
+
+# -- locking and leftovers ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """Mounting and unmounting one at a time (not the browsing in between)."""
+    root = state_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def states() -> list[MountState]:
+    root = state_root()
+    if not root.is_dir():
+        return []
+    return [s for p in sorted(root.glob("*.json")) if (s := MountState.load(p)) is not None]
+
+
+def clear_stale() -> list[str]:
+    """Tear down what dead browsing processes left. Returns the mountpoints cleared.
+    Call with the lock held."""
+    cleared = []
+    for s in states():
+        if is_stale(s):
+            teardown(s, lazy=True)
+            cleared.append(s.mountpoint)
+    return cleared
+
+
+def find_state(mountpoint: str) -> MountState | None:
+    path = state_root() / f"{key_for(mountpoint)}.json"
+    return MountState.load(path) if path.exists() else None
+
+
+# -- setting up ----------------------------------------------------------------------------
+
+def _python() -> str:
+    """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
+    else Debian's."""
+    import importlib.util
+
+    if importlib.util.find_spec("llfuse") is not None:
+        return sys.executable
+    return "/usr/bin/python3"
+
+
+def start_server(state: MountState, areas: list[str]) -> None:
+    state.work.mkdir(parents=True, exist_ok=True)
+    state.fuse_dir.mkdir(exist_ok=True)
+    argv = [_python(), "-m", SERVER_MODULE, state.repo, state.image, str(state.fuse_dir),
+            "--areas", ",".join(areas)]
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
+    with open(state.log, "ab") as logf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/",
+                                start_new_session=True)
+    state.fuse_pid = proc.pid
+    state.save()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FilesystemError(f"the image file system did not start: {last_log_line(state.log)}")
+        if str(state.fuse_dir) in mount_table() and all((state.fuse_dir / a).exists() for a in areas):
+            return
+        time.sleep(0.05)
+    raise FilesystemError(f"the image file system did not start within {START_TIMEOUT:.0f} s "
+                          f"(see {state.log})")
+
+
+def last_log_line(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    if not lines:
+        return "no message"
+    return lines[-1].split(": ", 1)[-1] if "rescue imagefs: " in lines[-1] else lines[-1]
+
+
+def damage_lines(log: Path) -> list[str]:
+    """The imagefs log's reports of damaged chunks (the first line of each)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [ln.split("rescue imagefs: ", 1)[-1] for ln in text.splitlines()
+            if "fail with EIO" in ln]
+
+
+def attach_loop(state: MountState, area: str) -> str:
+    """A read-only loop device over the area's file, with direct I/O where the kernel
+    allows it. Why direct I/O: each block request then reaches imagefs at its own offset and
+    size, so a damaged chunk fails only the requests that touch it. Through the page cache of
+    the FUSE file, a read-ahead window crossing into a damaged chunk would fail pages of the
+    good chunk before it too."""
+    path = str(state.fuse_dir / area)
+    proc = run(["losetup", "--find", "--show", "--read-only", "--direct-io=on", path], check=False)
+    if proc.returncode != 0:
+        proc = run(["losetup", "--find", "--show", "--read-only", path], error=FilesystemError)
+    dev = proc.stdout.decode().strip()
+    state.loops.append(dev)
+    state.save()
+    return dev
+
+
+def mount_fs(state: MountState, area: Area, dev: str, target: Path) -> None:
+    fstype = (area.fs or {}).get("type") or ""
+    kind, opts = MOUNT_OPTIONS.get(fstype, (fstype, "ro"))
+    if not target.exists():
+        target.mkdir()
+        state.created_dirs.append(str(target))
+    state.mounts.append(str(target))
+    state.save()
+    proc = run(["mount", "-t", kind, "-o", opts, dev, str(target)], check=False, timeout=120)
+    if proc.returncode != 0:
+        state.mounts.remove(str(target))
+        state.save()
+        lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()
+                 if ln.strip() and "dmesg(1)" not in ln]
+        raise FilesystemError(f"mounting {area.name} ({fstype}) failed: {lines[0] if lines else 'see dmesg'}")
+    found = mount_table().get(str(target))
+    if not found or os.path.realpath(found[1]) != os.path.realpath(dev):
+        umount_one(str(target), lazy=True)
+        raise RefusedError(f"{target}: the kernel mounted {found[1] if found else 'nothing'} instead of the "
+                           f"image's {area.name} (a mounted filesystem with the same UUID?); unmounted again")
+
+
+def select_areas(manifest: Manifest, partition: int | None) -> list[Area]:
+    parts = [a for a in manifest.areas if a.partition is not None]
+    if partition is None:
+        return parts
+    chosen = [a for a in parts if a.partition == partition]
+    if not chosen:
+        have = ", ".join(str(a.partition) for a in parts) or "none"
+        raise UsageError(f"image {manifest.name} has no partition {partition} (partitions: {have})")
+    return chosen
+
+
+def check_mountpoint(mountpoint: str) -> Path:
+    path = Path(mountpoint)
+    if not path.exists():
+        raise UsageError(f"mount point {mountpoint} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    return Path(os.path.realpath(path))
+
+
+def open_image(repo_path: str, name: str) -> tuple[Repository, Manifest]:
+    """Open for reading only, and check the manifest and every index before anything is
+    mounted, so a damaged image is reported here in one line, not by the FUSE process."""
+    repo = Repository.open(repo_path)
+    manifest, _ = load_indexes(repo, name)
+    return repo, manifest
+
+
+def start_session(repo_path: str, name: str, mountpoint: Path, areas: list[Area],
+                  owner_pid: int | None = None) -> MountState:
+    """Clear leftovers, refuse a mount point in use, start the FUSE server. Lock held by caller."""
+    clear_stale()
+    existing = find_state(str(mountpoint))
+    if existing is not None:
+        raise UsageError(f"{mountpoint} already shows image {existing.image}: run 'rescue umount {mountpoint}' first")
+    if str(mountpoint) in mount_table():
+        raise UsageError(f"{mountpoint} is already a mount point; choose an empty directory")
+    state = MountState(str(mountpoint), str(Path(repo_path).resolve()), name, key_for(str(mountpoint)),
+                       owner_pid=owner_pid)
+    state.save()
+    try:
+        start_server(state, [a.name for a in areas])
+    except BaseException:
+        teardown(state, lazy=True)
+        raise
+    return state
+
+
+def mount_areas(state: MountState, areas: list[Area], strict: bool) -> list[PartMount]:
+    """Loop + mount each partition. A failure is a note unless `strict` (one partition
+    asked for by number): one damaged filesystem must not hide the others."""
+    out = []
+    root = Path(state.mountpoint)
+    for area in areas:
+        fstype = (area.fs or {}).get("type")
+        if not fstype or fstype == "raw":
+            out.append(PartMount(area.name, None, None, "no filesystem"))
+            continue
+        if fstype in FAT_TYPES:
+            out.append(PartMount(area.name, fstype, None,
+                                 "this kernel has no FAT driver: copy files with 'rescue extract'"))
+            continue
+        if fstype in NOT_MOUNTABLE:
+            out.append(PartMount(area.name, fstype, None, NOT_MOUNTABLE[fstype]))
+            continue
+        target = root / area.name
+        try:
+            dev = attach_loop(state, area.name)
+            mount_fs(state, area, dev, target)
+        except RescueError as e:
+            if strict:
+                raise
+            out.append(PartMount(area.name, fstype, None, str(e)))
+            continue
+        out.append(PartMount(area.name, fstype, str(target)))
+    return out
+
+
+@dataclass
+class MountResult:
+    state: MountState
+    parts: list[PartMount]
+
+
+def mount_image(repo_path: str, name: str, mountpoint: str, partition: int | None = None) -> MountResult:
+    target = check_mountpoint(mountpoint)
+    _, manifest = open_image(repo_path, name)
+    areas = select_areas(manifest, partition)
+    with locked():
+        state = start_session(repo_path, name, target, areas)
+        try:
+            parts = mount_areas(state, areas, strict=partition is not None)
+        except BaseException:
+            teardown(state, lazy=True)
+            raise
+        if not any(p.path for p in parts):
+            teardown(state, lazy=True)
+            why = "; ".join(f"{p.area}: {p.note}" for p in parts)
+            raise FilesystemError(f"nothing to mount in image {name}: {why}")
+    return MountResult(state, parts)
+
+
+# -- tearing down --------------------------------------------------------------------------
+
+def umount_one(path: str, lazy: bool) -> None:
+    proc = run(["umount", path], check=False)
+    if proc.returncode == 0 or path not in mount_table():
+        return
+    if not lazy:
+        raise RefusedError(f"{path} is in use (a shell or program has files open there): close it and "
+                           "run 'rescue umount' again")
+    run(["umount", "-l", path], check=False)
+
+
+def teardown(state: MountState, lazy: bool = False) -> None:
+    """Undo a session in reverse order; each step only if it is still ours. `lazy` for
+    leftovers: detach what is busy instead of refusing."""
+    table = mount_table()
+    for mnt in reversed(state.mounts):
+        found = table.get(mnt)
+        if found and os.path.realpath(found[1]) in {os.path.realpath(d) for d in state.loops}:
+            umount_one(mnt, lazy)
+    ours = str(state.fuse_dir)
+    for dev in reversed(state.loops):
+        backing = loop_backing(dev)
+        if backing and backing.startswith(ours + "/"):
+            run(["losetup", "--detach", dev], check=False)
+    if ours in mount_table():
+        if run(["fusermount", "-u", ours], check=False).returncode != 0:
+            run(["fusermount", "-u", "-z", ours], check=False)
+    _stop_server(state)
+    for d in reversed(state.created_dirs):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+    with contextlib.suppress(OSError):
+        state.file.unlink()
+    for p in (state.log, state.fuse_dir, state.work):
+        with contextlib.suppress(OSError):
+            p.rmdir() if p.is_dir() else p.unlink()
+
+
+def _stop_server(state: MountState) -> None:
+    """The server exits by itself once unmounted; a hung or orphaned one is signalled."""
+    deadline = time.monotonic() + 5
+    while fuse_alive(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not fuse_alive(state):
+            return
+        with contextlib.suppress(OSError):
+            os.kill(state.fuse_pid, sig)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 3
+        while fuse_alive(state) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def umount_image(mountpoint: str) -> MountState:
+    """Unmount what `rescue mount` set up at MOUNTPOINT. A session whose server died is
+    cleared lazily; a live one refuses while a program still uses its files."""
+    real = os.path.realpath(mountpoint)
+    with locked():
+        state = find_state(real)
+        if state is None:
+            cleared = clear_stale()
+            if real in cleared:
+                return MountState(real, "", "", key_for(real))
+            raise UsageError(f"no image is mounted at {mountpoint} by rescue")
+        teardown(state, lazy=is_stale(state))
+        clear_stale()
+    return state
