@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import glob
 import gzip
 import hashlib
 import json
@@ -140,7 +139,7 @@ def layout(size: int, table: str = "gpt", swap: bool = True) -> list[Part]:
 
 
 def sfdisk_script(parts: list[Part], table: str) -> str:
-    lines = [f"label: {table}", "unit: sectors", ""]
+    lines = [f"label: {'dos' if table == 'msdos' else table}", "unit: sectors", ""]
     if table == "gpt":
         lines.insert(1, "first-lba: 2048")
     for p in parts:
@@ -226,6 +225,23 @@ def _extract_modules(tar: Path, out: Path, members: list[str], wanted: Sequence[
     return [found[n] for n in order]
 
 
+def _kernel_deb(where: Path) -> Path:
+    """linux-image-amd64's current kernel package, downloaded into `where`; without a
+    mirror, the newest one apt has cached."""
+    try:
+        pkg = _kernel_package()
+        _run(["apt-get", "download", "-q", pkg], cwd=where)
+        debs = sorted(where.glob(f"{pkg}_*.deb"))
+        if debs:
+            return debs[-1]
+        raise BuildError(f"apt-get download {pkg}: no .deb appeared")
+    except BuildError:
+        cached = sorted(Path("/var/cache/apt/archives").glob("linux-image-[0-9]*-amd64_*.deb"))
+        if not cached:
+            raise
+        return cached[-1]
+
+
 def kernel(cache: Path = CACHE) -> Kernel:
     """The Debian kernel the drive boots, fetched once with apt-get download and cached
     (vmlinuz plus the few modules the initramfs needs, not the whole package)."""
@@ -240,15 +256,11 @@ def kernel(cache: Path = CACHE) -> Kernel:
         shutil.rmtree(kdir, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix="kernel-", dir=cache))
         try:
-            pkg = _kernel_package()
-            _run(["apt-get", "download", "-q", pkg], cwd=tmp)
-            debs = glob.glob(str(tmp / f"{pkg}_*.deb"))
-            if not debs:
-                raise BuildError(f"apt-get download {pkg}: no .deb appeared")
-            version = pkg[len("linux-image-"):]
+            deb = _kernel_deb(tmp)
+            version = deb.name.split("_")[0][len("linux-image-"):]
             tar = tmp / "data.tar"
             with open(tar, "wb") as f:
-                proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", debs[0]], stdout=f, stderr=subprocess.PIPE)
+                proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], stdout=f, stderr=subprocess.PIPE)
             if proc.returncode != 0:
                 raise BuildError(f"dpkg-deb failed: {proc.stderr.decode(errors='replace').strip()}")
             out = tmp / "root"
@@ -264,11 +276,11 @@ def kernel(cache: Path = CACHE) -> Kernel:
             for m in order:
                 shutil.move(str(m), mods / m.name)
                 names.append(f"modules/{m.name}")
-            info.write_text(json.dumps({"version": version, "package": Path(debs[0]).name,
+            info.write_text(json.dumps({"version": version, "package": deb.name,
                                         "vmlinuz": "vmlinuz", "modules": names}, indent=1))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return kernel(cache)
+    return kernel(cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,19 +339,34 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return bytes(out)
 
 
+def _has_interpreter(elf: bytes) -> bool:
+    """True for a dynamically linked ELF64 (it has a PT_INTERP program header)."""
+    phoff = int.from_bytes(elf[0x20:0x28], "little")
+    size, count = int.from_bytes(elf[0x36:0x38], "little"), int.from_bytes(elf[0x38:0x3A], "little")
+    return any(int.from_bytes(elf[phoff + i * size:phoff + i * size + 4], "little") == 3 for i in range(count))
+
+
 def initramfs(k: Kernel, marker: str = MARKER, cache: Path = CACHE) -> Path:
     """A gzip'd newc initramfs with the init script above, cached by its content."""
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise BuildError("busybox is not installed (apt-get install busybox-static)")
-    if "@" in marker or "\n" in marker or "'" in marker or '"' in marker:
-        raise ValueError("marker must be one line without quotes or @")
+    if not re.fullmatch(r"[A-Za-z0-9._:-]+", marker):
+        raise ValueError(f"marker {marker!r}: use letters, digits and . _ : - only (it goes into a shell line)")
     init = INIT.replace("@MARKER@", marker).encode()
     bb = busybox.read_bytes()
+    if _has_interpreter(bb):
+        raise BuildError("/bin/busybox is dynamically linked: install busybox-static")
     key = hashlib.sha256(init + bb + k.version.encode() + b"".join(m.name.encode() for m in k.modules)).hexdigest()[:16]
     path = cache / "initrd" / f"initrd-{key}.img"
-    if path.exists():
-        return path
+    with _cache_lock(cache):
+        if not path.exists():
+            _write_initramfs(path, init, bb, k)
+    return path
+
+
+def _write_initramfs(path: Path, init: bytes, bb: bytes, k: Kernel) -> None:
+    busybox = Path("/bin/busybox")   # static: the initramfs has no libc
     d, f, x, link = 0o040755, 0o100644, 0o100755, 0o120777
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         ("bin", d, b"", (0, 0)), ("dev", d, b"", (0, 0)), ("proc", d, b"", (0, 0)), ("sys", d, b"", (0, 0)),
@@ -357,7 +384,6 @@ def initramfs(k: Kernel, marker: str = MARKER, cache: Path = CACHE) -> Path:
         with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
             gz.write(_cpio_newc(entries))
     os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +400,7 @@ terminal_input serial console
 terminal_output serial console
 set timeout=1
 set default=0
+insmod all_video
 search --no-floppy --fs-uuid --set=root {root_uuid}
 menuentry "rescue test system drive" {{
     linux /boot/vmlinuz root=UUID={root_uuid} ro console=ttyS0,115200 quiet
@@ -447,6 +474,7 @@ class SystemDrive:
     table: str
     marker: str
     expect: str                  # the whole line a good boot prints
+    disk_id: str                 # GPT disk GUID or MBR identifier, as sfdisk prints it
     root_uuid: str
     esp_uuid: str
     swap_uuid: str | None
@@ -536,7 +564,7 @@ def build_system_drive(path: str | Path, size: int = GiB, table: str = "gpt", ma
               "-E", f"offset={root_part.offset},nodiscard", "-d", root, path, str(root_part.size // 4096)])
 
         # ESP: FAT32 written at its offset, filled with mtools (no vfat driver here).
-        _run(["mkfs.fat", "-F", "32", "-n", "ESP", "-i", esp_id, f"--offset={esp_part.start}", path,
+        _run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", esp_id, f"--offset={esp_part.start}", path,
               str(esp_part.size // 1024)])
         efi = work / "BOOTX64.EFI"
         grub_efi_image(efi, root_uuid, root_part.number, table)
@@ -558,7 +586,8 @@ def build_system_drive(path: str | Path, size: int = GiB, table: str = "gpt", ma
         with open(path, "r+b") as f:
             os.fsync(f.fileno())
 
-    drive = SystemDrive(str(path), size, table, marker, f"{marker} root={root_uuid} files=ok", root_uuid,
+    disk_id = json.loads(_run(["sfdisk", "--json", path]))["partitiontable"]["id"]
+    drive = SystemDrive(str(path), size, table, marker, f"{marker} root={root_uuid} files=ok", disk_id, root_uuid,
                         esp_uuid, swap_uuid, label, k.version,
                         [dict(asdict(p), offset=p.offset, size=p.size) for p in parts], files)
     return asdict(drive)
@@ -576,10 +605,13 @@ class BootResult:
     seconds: float
     exited: bool          # QEMU ended by itself (the init powers off after the marker)
     reason: str           # "marker", a FAILURES text, "exited", or "timeout"
-    log: str
+    log: str              # the serial port
+    firmware_log: str = ""   # SeaBIOS's debug port ("Booting from Hard Disk..."); empty under OVMF
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.splitlines()[-lines:])
+        """The end of both logs, for an assertion message."""
+        fw = "\n".join(self.firmware_log.splitlines()[-5:])
+        return (f"[firmware]\n{fw}\n" if fw else "") + "[serial]\n" + "\n".join(self.log.splitlines()[-lines:])
 
 
 def qemu_argv(disk_images: Sequence[str | Path], firmware: str, serial_log: Path, work: Path,
@@ -591,7 +623,11 @@ def qemu_argv(disk_images: Sequence[str | Path], firmware: str, serial_log: Path
         shutil.copy(OVMF_VARS, vars_copy)
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
-    elif firmware != "bios":
+    elif firmware == "bios":
+        # SeaBIOS says nothing on the serial port; its debug port tells where a boot stopped.
+        argv += ["-chardev", f"file,id=fwlog,path={work / 'firmware.log'}",
+                 "-device", "isa-debugcon,iobase=0x402,chardev=fwlog"]
+    else:
         raise ValueError(f"firmware must be bios or uefi, not {firmware!r}")
     for i, img in enumerate(disk_images):
         argv += ["-drive", f"file={img},format=raw,if=none,id=disk{i},cache=unsafe"]
@@ -645,7 +681,9 @@ def boot_and_expect(disk_images: Sequence[str | Path], firmware: str = "bios", m
         text = log.read_text(errors="replace")
         if out.strip():
             text += "\n[qemu] " + out
-        return BootResult(found, seconds, exited and found, reason, text)
+        fw = work / "firmware.log"
+        return BootResult(found, seconds, exited and found, reason, text,
+                          fw.read_text(errors="replace") if fw.exists() else "")
 
 
 # ---------------------------------------------------------------------------------------------
