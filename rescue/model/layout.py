@@ -54,6 +54,6 @@ class DiskLayout:
     def end_bytes(self) -> int:
         """Bytes a target needs for this layout as is, including the backup GPT."""
         last = max((p.end + 1 for p in self.partitions), default=0) * self.sector_size
-        if self.table == "gpt":
-            last += 33 * self.sector_size
+        if self.table == "gpt":  # backup entries (128 x 128 bytes) and header
+            last += 128 * 128 + self.sector_size
         return max(last, 1 << 20)
