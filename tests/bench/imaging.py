@@ -56,12 +56,6 @@ def build_drive(path: Path) -> None:
         sh("mkfs.ext4", "-q", "-L", "bench", part)
         sh("mount", part, str(mnt))
         rnd = random.Random(2026)
-        say("  stale data that will be deleted (free space holding old bytes) ...")
-        with open(mnt / "stale", "wb") as f:
-            for _ in range(25):
-                f.write(rnd.randbytes(16 * MiB))
-        os.sync()
-        (mnt / "stale").unlink()
         say("  text ...")
         for i in range(300):
             words = [rnd.choice(WORDS) for _ in range(300_000 // 5)]
@@ -86,6 +80,12 @@ def build_drive(path: Path) -> None:
             d = mnt / "small" / f"{i % 50:02d}"
             d.mkdir(parents=True, exist_ok=True)
             (d / f"f{i}.cfg").write_text(f"key{i} = {rnd.random()}\n" * rnd.randint(1, 40))
+        say("  stale data that will be deleted (free space holding old bytes) ...")
+        with open(mnt / "stale", "wb") as f:
+            for _ in range(25):
+                f.write(rnd.randbytes(16 * MiB))
+        os.sync()
+        (mnt / "stale").unlink()
     finally:
         subprocess.run(["umount", str(mnt)])
         subprocess.run(["losetup", "-d", part])
