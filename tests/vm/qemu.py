@@ -2,7 +2,7 @@
 rescue ISO. Software emulation only (TCG): KVM hangs on the development machines.
 
     with VM(tmp_path, firmware="uefi", usb=iso, disks=[Disk(target, "target0")]) as vm:
-        vm.expect_text("Start rescue")
+        vm.boot_rescue_on_serial()        # the menu's entry for a wizard on ttyS0
         vm.expect_text("rescue - disk imaging", timeout=BOOT_TIMEOUT)
         vm.sendkey("down", "enter")
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import pexpect
 
 BOOT_TIMEOUT = 300  # seconds from power-on to the live system's console under TCG
+SERIAL_ENTRY = "Start rescue, wizard on the serial line"  # the ISO's boot menu entry
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
@@ -225,6 +226,13 @@ class VM:
         for name in names:
             self.send(KEYS[name])
             time.sleep(delay)
+
+    def boot_rescue_on_serial(self, timeout: float = 180) -> None:
+        """At the rescue ISO's boot menu (isolinux under BIOS, GRUB under UEFI), choose the
+        entry that gives the wizard to the serial line (rescue.console=ttyS0); the default
+        entry gives it to the screen, and the serial line then only offers a shell."""
+        self.expect_text(SERIAL_ENTRY, timeout)
+        self.sendkey("down", "enter", delay=0.1)
 
     def wait_shutdown(self, timeout: float = 120) -> int | None:
         """Wait for the machine to power off (QEMU exits); return QEMU's exit status."""
