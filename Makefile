@@ -20,20 +20,26 @@ $(VPY): pyproject.toml
 
 venv: deps $(VPY)
 
+# Everything: unit, system (loop devices) and the QEMU end-to-end tests (which build the
+# ISO first when it is older than its sources). The VM tests print what they wait for.
 test: venv
-	$(VPY) -m pytest -v -rs $(PYTEST_ARGS) tests
+	@echo "== unit and system tests"
+	$(VPY) -m pytest -v -rs -p no:cacheprovider -m "not vm" $(PYTEST_ARGS) tests
+	@echo "== QEMU tests: the ISO, the system drive, the whole mission"
+	$(VPY) -m pytest -v -rs -s -p no:cacheprovider -m vm $(PYTEST_ARGS) tests
 
 unit: venv
 	$(VPY) -m pytest -q -m "not root and not vm" tests
 
 bench: venv
 	$(VPY) tests/bench/imaging.py
+	$(VPY) tests/bench/browse.py
 
 iso:
 	@scripts/build-iso
 
 e2e: venv
-	$(VPY) -m pytest -v -rs -m vm tests/vm
+	$(VPY) -m pytest -v -rs -s -m vm tests/vm
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
