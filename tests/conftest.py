@@ -29,3 +29,13 @@ def loops(tmp_path):
         yield reg
     finally:
         reg.cleanup()
+
+
+@pytest.fixture(scope="module")
+def mloops(tmp_path_factory, request):
+    """Like `loops`, shared by the tests of one module (for drives that take seconds to build)."""
+    reg = LoopRegistry(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    try:
+        yield reg
+    finally:
+        reg.cleanup()

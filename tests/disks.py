@@ -88,6 +88,17 @@ class LoopRegistry:
                 subprocess.run(["losetup", "--detach", parts[0]], stderr=subprocess.DEVNULL)
 
 
+def rescue(*args: str, check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
+    """The `rescue` command as a user runs it (a separate process, text output)."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rescue", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rescue {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
 def umount(mnt: str) -> None:
     if subprocess.run(["umount", mnt], stderr=subprocess.DEVNULL).returncode != 0:
         subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)

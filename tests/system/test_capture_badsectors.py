@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 
 import pytest
 
-from disks import MiB, partition_table
+from disks import MiB, partition_table, rescue
 from faulty_disk import faulty_block_device
 from rescue.model.badmap import parse_mapfile
 
 pytestmark = pytest.mark.root
-RESCUE = [sys.executable, "-m", "rescue"]
 P1 = (MiB, 62 * MiB)  # raw partition: offset, size
-
-
-def rescue(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(RESCUE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def bad_layout() -> list[tuple[int, int]]:

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
 
-from disks import MiB, LoopRegistry, partition_table, sh
+from disks import MiB, partition_table, rescue, sh
 from drives import build_gpt_drive, check_restored, sha_of, table
 from faulty_disk import faulty_block_device
 
 pytestmark = pytest.mark.root
-RESCUE = [sys.executable, "-m", "rescue"]
 
-
-def rescue(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(RESCUE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope="module")
-def mloops(tmp_path_factory):
-    reg = LoopRegistry(tmp_path_factory.mktemp("clone"))
-    try:
-        yield reg
-    finally:
-        reg.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,12 @@ import time
 
 import pytest
 
-from disks import MiB, LoopRegistry, partition_table, populate, sh
+from disks import MiB, partition_table, populate, rescue, sh
 from drives import sha_of
 
 pytestmark = pytest.mark.root
 RESCUE = [sys.executable, "-m", "rescue"]
 
-
-def rescue(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(RESCUE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope="module")
-def mloops(tmp_path_factory):
-    reg = LoopRegistry(tmp_path_factory.mktemp("integrity"))
-    try:
-        yield reg
-    finally:
-        reg.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from disks import MiB, LoopRegistry, sh
+from disks import MiB, sh
+from disks import rescue as run_rescue
 from drives import build_gpt_drive, build_mbr_drive, check_restored, sha_of, table
 
 pytestmark = pytest.mark.root
-RESCUE = [sys.executable, "-m", "rescue"]
+rescue = functools.partial(run_rescue, check=True)
 
-
-def rescue(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(RESCUE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          input=input)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rescue {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def mloops(tmp_path_factory):
-    reg = LoopRegistry(tmp_path_factory.mktemp("roundtrip"))
-    try:
-        yield reg
-    finally:
-        reg.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,15 @@ sources). RESCUE_ISO=path tests a given ISO instead of building one.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from qemu import BOOT_TIMEOUT, VM, qemu_available
+from qemu import BOOT_TIMEOUT, VM
 
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parents[2]
 WIZARD_TITLE = "rescue - disk imaging"
 MENU_ENTRY = "Start rescue"
 SHELL_PROMPT = re.compile(rb"root@[\w.-]+:[^\r\n]*# ")
@@ -26,34 +23,6 @@ MENU_TIMEOUT = 180
 TOOLS = ("rescue", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "mkfs.fat", "mcopy", "ntfs-3g",
          "ntfsclone", "parted", "sfdisk", "sgdisk", "zstd", "efibootmgr", "grub-install",
          "partx", "losetup", "less")  # firmware + boot loader under TCG
-
-
-def _version() -> str:
-    text = (ROOT / "rescue" / "__init__.py").read_text()
-    return re.search(r'__version__ = "([^"]+)"', text).group(1)
-
-
-def _newest_source() -> float:
-    """mtime of the newest file that goes into the ISO."""
-    paths = [ROOT / "scripts" / "build-iso", ROOT / "config" / "rescue.toml"]
-    for tree in ("rescue", "live-build"):
-        paths += [p for p in (ROOT / tree).rglob("*") if "__pycache__" not in p.parts]
-    return max(p.lstat().st_mtime for p in paths if p.is_file() or p.is_symlink())
-
-
-@pytest.fixture(scope="module")
-def iso() -> Path:
-    if not qemu_available():
-        pytest.skip("qemu-system-x86_64 is not installed")
-    given = os.environ.get("RESCUE_ISO")
-    if given:
-        return Path(given)
-    path = ROOT / "build" / f"rescue-{_version()}-amd64.iso"
-    if not path.exists() or path.stat().st_mtime < _newest_source():
-        print(f"building {path} (missing or older than its sources)", flush=True)
-        subprocess.run(["make", "iso"], cwd=ROOT, check=True)
-    assert path.exists(), f"make iso did not produce {path}"
-    return path
 
 
 def test_iso_is_hybrid_and_small(iso):

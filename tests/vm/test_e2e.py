@@ -1,0 +1,115 @@
+"""The mission, end to end, on the real ISO in QEMU (TCG):
+
+1. build a small bootable system drive (GPT: BIOS boot, EFI, ext4 root, swap) whose boot
+   prints a marker line after checking its own files;
+2. capture it with `rescue capture` into a repository on a second drive;
+3. boot the ISO with that drive and a blank, larger target attached; drive the wizard over
+   the serial line: Restore, the repository it found by itself, the image, the target, the
+   plan, the typed drive name, the progress, Done, Power off;
+4. boot the target drive alone and see the marker (root found by UUID, files intact).
+
+Under SeaBIOS (ISO as a CD) and under OVMF (ISO as a USB stick, which the wizard must not
+offer as a target). Each run takes a few minutes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from disks import MiB, GiB, LoopRegistry, partition_table, sh
+from qemu import VM, Disk, text_pattern
+from sysdrive import boot_and_expect, build_system_drive
+
+pytestmark = pytest.mark.vm
+WIZARD_BOOT_TIMEOUT = 420  # ISO boot to the wizard under TCG, on a loaded 2-core machine
+RESTORE_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def drives(tmp_path_factory):
+    """The system drive, captured into a repository drive (GPT, one ext4 partition)."""
+    work = tmp_path_factory.mktemp("e2e")
+    reg = LoopRegistry(work)
+    try:
+        system = work / "system.img"
+        info = build_system_drive(system, size=GiB, seed=11)
+        repo_img = reg.file("repo.img", 768 * MiB)
+        partition_table(str(repo_img), "label: gpt\nstart=2048, name=\"images\"\n")
+        part = reg.attach(repo_img, offset=MiB, size=766 * MiB)
+        sh("mkfs.ext4", "-q", "-L", "images", part)
+        with reg.mounted(part) as mnt:
+            proc = subprocess.run([sys.executable, "-m", "rescue", "capture", str(system), str(mnt / "rescue-images"),
+                                   "--name", "workstation"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert proc.returncode == 0, proc.stderr
+            print(proc.stdout, flush=True)
+        reg.cleanup()
+        yield work, info, repo_img
+    finally:
+        reg.cleanup()
+
+
+def _restore_with_wizard(vm: VM) -> str:
+    """Walk the wizard through a restore; returns the target's drive name."""
+    vm.boot_rescue_on_serial()
+    vm.expect_text("rescue - disk imaging", timeout=WIZARD_BOOT_TIMEOUT)
+    vm.expect_text("Restore an image")
+    print(f"[e2e] wizard up {vm.elapsed:.0f}s after power-on", flush=True)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: where are the images?", timeout=120)
+    vm.expect_text("rescue-images", timeout=60)  # found on the repository drive by itself
+    vm.sendkey("enter")
+    vm.expect_text("Restore: choose an image", timeout=60)
+    vm.expect_text("workstation")
+    vm.sendkey("enter")
+    vm.expect_text("Restore: choose the target drive", timeout=60)
+    vm.expect_text("holds the image repository", timeout=30)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: the plan for", timeout=120)
+    vm.sendkey("enter")  # Continue has the focus
+    m = vm.expect(re.compile(rb"Type\W+(?:\x1b\[[0-9;]*[A-Za-z])*(vd[a-z])"), timeout=60, what="the typed-name prompt")
+    name = m.group(1).decode()
+    vm.send(name)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: done", timeout=RESTORE_TIMEOUT)
+    vm.expect_text("Verification: passed")
+    return name
+
+
+@pytest.mark.parametrize("firmware, medium", [("bios", "cdrom"), ("uefi", "usb")])
+def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium):
+    work, info, repo_img = drives
+    target = work / f"target-{firmware}.img"
+    with open(target, "wb") as f:
+        f.truncate(2 * GiB)  # blank and larger than the 1 GiB original
+    disks = [Disk(repo_img, "REPO0001"), Disk(target, "TARGET01")]
+    kwargs = {"cdrom": iso} if medium == "cdrom" else {"usb": iso}
+    with VM(work, firmware=firmware, disks=disks, name=f"iso-{firmware}", **kwargs) as vm:
+        name = _restore_with_wizard(vm)
+        print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
+        vm.sendkey("right", "right", "enter")  # Done: Main menu, Reboot, [Power off]
+        vm.expect_text("Switch the computer off now?", timeout=30)
+        vm.sendkey("left", "enter")  # the dialog's focus starts on Cancel
+        vm.wait_shutdown(timeout=180)
+    # The restored drive alone: it boots, finds its root by UUID and its files are intact.
+    result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
+    assert result.found, result.tail()
+    layout = sh("sfdisk", "--json", str(target))
+    assert info["root_uuid"] in sh("blkid", "-p", "-O", str(_root_offset(layout)), str(target))
+
+
+def _root_offset(sfdisk_json: str) -> int:
+    import json
+
+    parts = json.loads(sfdisk_json)["partitiontable"]["partitions"]
+    root = next(p for p in parts if p["type"].upper() == "0FC63DAF-8483-4772-8E79-3D69E8477DE4")
+    return root["start"] * 512
+
+
+def test_text_pattern_matches_drawn_text():
+    """The serial-console matcher finds text with colour changes and cursor moves inside."""
+    drawn = b"Restore:\x1b[1C\x1b[0mwhere\x1b[31m are"
+    assert text_pattern("Restore: where are").search(drawn)
+    assert not text_pattern("Restore: where is").search(drawn)
