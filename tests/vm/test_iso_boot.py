@@ -8,7 +8,6 @@ sources). RESCUE_ISO=path tests a given ISO instead of building one.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
