@@ -75,10 +75,12 @@ class LoopRegistry:
     def cleanup(self) -> None:
         for mnt in reversed(self.mounts):
             umount(mnt)
+        self.mounts.clear()
         for dev in reversed(self.devices):
             # Partitions parted announced to the kernel outlive the loop device otherwise.
             subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             subprocess.run(["losetup", "--detach", dev], stderr=subprocess.DEVNULL)
+        self.devices.clear()  # a second cleanup must not detach a loop someone else reuses
         # Anything else still attached to a file of ours (e.g. a loop the product forgot).
         out = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
                              stdout=subprocess.PIPE, text=True).stdout

@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from disks import MiB, GiB, LoopRegistry, partition_table, sh
+from disks import GiB, MiB, LoopRegistry, partition_table, rescue, sh
 from qemu import VM, Disk, text_pattern
 from sysdrive import boot_and_expect, build_system_drive
 
@@ -96,16 +97,21 @@ def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium):
     # The restored drive alone: it boots, finds its root by UUID and its files are intact.
     result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
     assert result.found, result.tail()
-    layout = sh("sfdisk", "--json", str(target))
-    assert info["root_uuid"] in sh("blkid", "-p", "-O", str(_root_offset(layout)), str(target))
+    # Same filesystem identities on the restored drive (fstab and root=UUID depend on them).
+    found = _uuids(target)
+    assert {info["root_uuid"], info["esp_uuid"], info["swap_uuid"]} <= found, found
 
 
-def _root_offset(sfdisk_json: str) -> int:
+def _uuids(image: Path) -> set[str]:
     import json
 
-    parts = json.loads(sfdisk_json)["partitiontable"]["partitions"]
-    root = next(p for p in parts if p["type"].upper() == "0FC63DAF-8483-4772-8E79-3D69E8477DE4")
-    return root["start"] * 512
+    parts = json.loads(sh("sfdisk", "--json", str(image)))["partitiontable"]["partitions"]
+    out = set()
+    for p in parts:
+        probe = subprocess.run(["blkid", "-p", "-o", "export", "-O", str(p["start"] * 512), "-S",
+                                str(p["size"] * 512), str(image)], stdout=subprocess.PIPE, text=True).stdout
+        out |= {line.split("=", 1)[1] for line in probe.splitlines() if line.startswith("UUID=")}
+    return out
 
 
 def test_text_pattern_matches_drawn_text():
@@ -113,3 +119,27 @@ def test_text_pattern_matches_drawn_text():
     drawn = b"Restore:\x1b[1C\x1b[0mwhere\x1b[31m are"
     assert text_pattern("Restore: where are").search(drawn)
     assert not text_pattern("Restore: where is").search(drawn)
+
+
+@pytest.fixture(scope="module")
+def captured_system(drives, tmp_path_factory):
+    """The same system drive captured into a plain directory repository."""
+    work, info, _ = drives
+    repo = tmp_path_factory.mktemp("e2e-repo") / "repo"
+    rescue("capture", str(work / "system.img"), str(repo), "--name", "system", check=True)
+    return repo, info
+
+
+@pytest.mark.parametrize("size_mib", [2048, 640])
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_resized_restore_boots(captured_system, loops, size_mib, firmware):
+    """Restored onto a larger and onto a smaller drive (partitions resized proportionally), the
+    drive boots under BIOS and UEFI and its root still checks its own files."""
+    repo, info = captured_system
+    target = loops.file(f"resized-{size_mib}.img", size_mib * MiB)
+    proc = rescue("restore", str(repo), "system", loops.attach(target), "--yes", "--layout", "proportional",
+                  check=True)
+    assert ("grow" if size_mib > 1024 else "shrink") in proc.stdout, proc.stdout
+    loops.cleanup()  # detached before booting: no writes may linger in a loop's cache
+    result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
+    assert result.found, result.tail()
