@@ -34,6 +34,7 @@ unit: venv
 bench: venv
 	$(VPY) tests/bench/imaging.py
 	$(VPY) tests/bench/browse.py
+	$(VPY) tests/bench/badsectors.py
 
 iso:
 	@scripts/build-iso

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the full check of the image before writing (every chunk is still checked "
                         "before its bytes reach the drive)")
     _layout_option(s)
+    _new_ids_option(s)
     s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("clone", help="copy a drive straight onto another",
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_option(s)
     s.add_argument("--bad-sectors", default="retry=1", metavar="skip|retry=N", type=_bad_sector_policy,
                    help="as for capture (default: retry=1)")
+    _new_ids_option(s)
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.set_defaults(func=cmd_clone)
 
@@ -144,6 +146,13 @@ def _layout_option(s: argparse.ArgumentParser) -> None:
                         "target's space in proportion (EFI, BIOS boot, swap, recovery keep their size); "
                         "grow-last: only the last resizable partition changes. auto (default): same on a "
                         "drive of the same size, proportional otherwise")
+
+
+def _new_ids_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--new-ids", action="store_true",
+                   help="give the copy new disk, partition and filesystem ids (and update fstab, crypttab "
+                        "and GRUB's configuration to match), for a copy that stays in the same machine as "
+                        "its source; by default every id is kept so the copy replaces the original")
 
 
 def _cfg(args) -> config.Config:
@@ -272,6 +281,7 @@ def cmd_info(args) -> int:
 
 
 def _print_bad_ranges(repo, m, limit: int = 20) -> None:
+    from rescue.filesystems.badfiles import damaged_files, range_key, read_badfiles
     from rescue.model.badmap import parse_mapfile
 
     try:
@@ -279,12 +289,17 @@ def _print_bad_ranges(repo, m, limit: int = 20) -> None:
     except (OSError, RescueError):
         print("  (the bad-sector map is missing or unreadable)")
         return
+    hits = read_badfiles(repo.image_dir(m.name))
     for start, length in bad[:limit]:
         area = next((a for a in m.areas if a.offset <= start < a.offset + a.size), None)
         where = f"{area.name}+{start - area.offset}" if area else "outside partitions"
-        print(f"  bytes {start}-{start + length - 1} ({length // 512} sectors) in {where}")
+        files = hits.get(range_key(start, length))
+        print(f"  bytes {start}-{start + length - 1} ({length // 512} sectors) in {where}"
+              + (f"; hits: {', '.join(files)}" if files else ""))
     if len(bad) > limit:
         print(f"  ... and {len(bad) - limit} more ranges")
+    if damaged := damaged_files(hits):
+        print(f"files hit by bad sectors ({len(damaged)}): {', '.join(damaged)}")
 
 
 def cmd_verify(args) -> int:
@@ -326,7 +341,7 @@ def cmd_restore(args) -> int:
     bar = TerminalProgress()
     try:
         result = restore(repo, args.name, args.disk, preverify=cfg.preverify and not args.no_preverify,
-                         progress=bar, plan=plan)
+                         progress=bar, plan=plan, fresh_ids=args.new_ids)
     finally:
         bar.close()
     print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
@@ -347,7 +362,8 @@ def cmd_clone(args) -> int:
     confirm_target(args.target, args.yes)
     bar = TerminalProgress()
     try:
-        result = clone(args.source, args.target, policy=args.layout, retries=args.bad_sectors, progress=bar)
+        result = clone(args.source, args.target, policy=args.layout, retries=args.bad_sectors, progress=bar,
+                       fresh_ids=args.new_ids)
     finally:
         bar.close()
     print(f"cloned {args.source} onto {args.target}: wrote {fmt_bytes(result.bytes_written)} in "

@@ -17,6 +17,7 @@ from pathlib import Path
 import zstandard
 
 from rescue import __version__
+from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.errors import RescueError
 from rescue.filesystems import identify
 from rescue.filesystems.base import FsInfo, Volume
@@ -162,6 +163,7 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
             bad = list(reader.map.bad_ranges())
             if bad:
                 (image_dir / BAD_MAP).write_text(reader.mapfile())
+                write_badfiles(image_dir, annotate(source, plan.areas, bad, log))
         areas = [_area_record(ap, index, image_dir) for ap, index in zip(plan.areas, indexes)]
         meter.finish()
         _sync(repo.path)

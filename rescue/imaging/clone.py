@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rescue.errors import RefusedError, TooSmallError
 from rescue.hw.badread import TolerantReader
+from rescue.imaging import postrestore
 from rescue.imaging.apply import AreaFacts, AreaSource, staging_dir, write_drive
 from rescue.imaging.capture import CapturePlan, _keep_only, _used_parts, plan_capture
 from rescue.imaging.log import JobLog
@@ -39,7 +40,7 @@ def plan_clone(source: str, target: str, policy: str = "auto", capture_plan: Cap
 
 def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, read_timeout: float = 30.0,
           progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
-          threads: int | None = None, log_dir: Path | None = None) -> CloneResult:
+          threads: int | None = None, log_dir: Path | None = None, fresh_ids: bool = False) -> CloneResult:
     from rescue.hw.safety import check_source, check_target
 
     started = time.monotonic()
@@ -80,6 +81,7 @@ def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, r
             _rewrite_recovered(reader, cap, plan, target, log)
             lost = reader.sectors_lost
         bad = list(reader.map.bad_ranges())
+    postrestore.finish_drive(target, cap.layout, plan.layout, log, fresh_ids=fresh_ids)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s, {lost} unreadable sectors")

@@ -17,6 +17,7 @@ import zstandard
 from rescue.errors import IntegrityError, RescueError, TooSmallError, UsageError
 from rescue.hw import blockdev
 from rescue.hw.partitions import read_layout
+from rescue.imaging import postrestore
 from rescue.imaging.apply import AreaFacts, AreaSource, Placement, staging_dir, write_drive
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
@@ -133,7 +134,7 @@ def _too_small(target: str, need: int, have: int, detail: str = "") -> str:
 def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
             progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
             plan: RestorePlan | None = None, threads: int | None = None,
-            log_dir: Path | None = None) -> RestoreResult:
+            log_dir: Path | None = None, fresh_ids: bool = False) -> RestoreResult:
     started = time.monotonic()
     manifest, indexes = load_indexes(repo, name)
     check_target_allowed(target, str(repo.path))
@@ -152,6 +153,7 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
     sources = [_image_source(repo, name, area, indexes[area.name]) for area in manifest.areas]
     write_drive(target, plan.layout, sources, plan.placements, meter, workers, log,
                 lambda: staging_dir(repo.path / ".staging"))
+    postrestore.finish_drive(target, manifest.layout, plan.layout, log, fresh_ids=fresh_ids)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")

@@ -81,13 +81,27 @@ class App:
         self.root.original_widget = view
 
     def main_menu(self, message: str = "") -> None:
-        self.wizard, self.state = None, None
-        self.show(views.MainMenuView(self.menu, message))
+        self.wizard = None
+        problem = self.close_state()
+        self.show(views.MainMenuView(self.menu, message or problem))
+
+    def close_state(self) -> str:
+        """End the flow's leftovers (a mounted partition); returns what went wrong, in words."""
+        state, self.state = self.state, None
+        if state is None or not hasattr(state, "close"):
+            return ""
+        try:
+            state.close()
+        except RescueError as e:
+            return str(e)
+        except Exception as e:
+            return self.unexpected(e, traceback.format_exc())
+        return ""
 
     def start_flow(self, name: str) -> None:
         state_cls, step_classes = controllers.FLOWS[name]
         state = state_cls()
-        if name == "restore" and self.preset_repo:
+        if name in ("restore", "browse") and self.preset_repo:
             state.repo = self.backend.open_repository(self.preset_repo)
         self.state = state
         self.wizard = Wizard([cls(self) for cls in step_classes], on_leave=self.main_menu)
@@ -181,6 +195,7 @@ class App:
                 self.runner.wait(30)
             fd, self._pipe_fd = self._pipe_fd, None
             os.close(fd)
+            self.close_state()
             self.backend.close()
         return EXIT_SHELL if self.exit_code is None else self.exit_code
 
@@ -207,8 +222,8 @@ def _ensure_terminal_size() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rescue wizard",
-                                     description="Text-mode wizard to restore and capture drives.")
+    parser = argparse.ArgumentParser(prog="rescue wizard", description="Text-mode wizard to restore, "
+                                     "capture and clone drives and browse images.")
     parser.add_argument("--repo", help="use this image repository (skips the repository screen)")
     parser.add_argument("--include-loop", action="store_true", help="offer loop devices as drives")
     parser.add_argument("--machine", help="dry run against a recorded machine (JSON); "

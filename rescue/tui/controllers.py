@@ -1,4 +1,4 @@
-"""The steps of the two flows (restore, capture) and the main menu.
+"""The steps of the four flows (restore, capture, clone, browse) and the main menu.
 
 Steps hold the decisions (which drives are refused and why, whether a typed name matches);
 views only draw and call back. Back-end errors are not caught here: the app shows them in
@@ -6,15 +6,17 @@ words and keeps the person on a screen that works."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rescue.errors import Cancelled, RescueError
 from rescue.imaging.progress import fmt_bytes, fmt_duration
 from rescue.tui import views
-from rescue.tui.backend import (CaptureOutcome, DriveInfo, ImageInfo, PartInfo, Plan, RepoInfo,
+from rescue.tui.backend import (BrowseSession, CaptureOutcome, CloneOutcome, CopyOutcome, DriveInfo,
+                                FileEntry, ImageInfo, ImagePart, PartInfo, Plan, RepoInfo,
                                 RestoreOutcome)
 from rescue.tui.wizard import Step
 
@@ -26,6 +28,28 @@ BOOT_REASON = "it booted the rescue system"
 REPO_REASON = "it holds the image repository"
 CANCEL_RESTORE = ("{drive} will be left partially written and will not boot; "
                   "restore again to fix.")
+CANCEL_CLONE = ("{drive} will be left partially written and will not boot; clone again to fix. "
+                "{source} is not changed.")
+SHOWN_RANGES = 3  # bad-sector ranges listed on a done screen; the log has them all
+
+
+def too_small(needed: int, have: int) -> str:
+    return f"too small: needs at least {fmt_bytes(needed)}, the drive has {fmt_bytes(have)}"
+
+
+def bad_sector_lines(lost: int, ranges: list[tuple[int, int]], what: str) -> list[Any]:
+    """Where the unreadable sectors were, for a done screen: count, then the first ranges as
+    byte offsets (and MiB, easier to compare with a partition table)."""
+    if not lost and not ranges:
+        return [("heading", "No unreadable sectors were met.")]
+    size = sum(n for _, n in ranges)
+    out: list[Any] = [("error", f"{lost} unreadable sector(s) were met ({fmt_bytes(size)} in "
+                                f"{len(ranges)} range(s)); {what}")]
+    for off, n in ranges[:SHOWN_RANGES]:
+        out.append(f"  at byte {off} ({off / (1 << 20):.1f} MiB), {n} bytes")
+    if len(ranges) > SHOWN_RANGES:
+        out.append(f"  ... and {len(ranges) - SHOWN_RANGES} more range(s), all listed in the log")
+    return out
 
 
 @dataclass
@@ -33,9 +57,13 @@ class RestoreState:
     repo: RepoInfo | None = None
     image: ImageInfo | None = None
     target: DriveInfo | None = None
+    policy: str = "auto"  # the layout policy the person chose
     plan: Plan | None = None
     outcome: RestoreOutcome | None = None
     message: str = ""  # shown once on the next screen's status line
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -44,6 +72,41 @@ class CaptureState:
     dest: str | None = None
     name: str | None = None
     outcome: CaptureOutcome | None = None
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class CloneState:
+    source: DriveInfo | None = None
+    target: DriveInfo | None = None
+    policy: str = "auto"
+    plan: Plan | None = None
+    outcome: CloneOutcome | None = None
+    message: str = ""
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class BrowseState:
+    repo: RepoInfo | None = None
+    image: ImageInfo | None = None
+    part: ImagePart | None = None
+    session: BrowseSession | None = None  # the mounted partition, while one is
+    marked: list[str] = field(default_factory=list)  # paths inside the partition
+    dest: str | None = None
+    outcome: CopyOutcome | None = None
+    closer: Any = None  # backend.browse_close, set when a session is opened
+
+    def close(self) -> None:
+        """Unmount the partition. Called when its tree is left backwards, when the copy ends,
+        and whenever the flow ends (main menu, exit, error)."""
+        session, self.session = self.session, None
+        if session is not None and self.closer is not None:
+            self.closer(session)
 
 
 def default_image_name(drive: DriveInfo, when: float | None = None) -> str:
@@ -61,6 +124,12 @@ class MenuController:
 
     def capture(self) -> None:
         self.app.start_flow("capture")
+
+    def clone(self) -> None:
+        self.app.start_flow("clone")
+
+    def browse(self) -> None:
+        self.app.start_flow("browse")
 
     def shell(self) -> None:
         self.app.exit(self.app.EXIT_SHELL)
@@ -81,12 +150,14 @@ class MenuController:
 # --- restore ---------------------------------------------------------------------------------
 
 class RepoStep(Step):
+    title = "Restore: where are the images?"
+
     def applies(self) -> bool:
         return self.app.preset_repo is None
 
     def start(self) -> None:
         self.app.show(views.RepoView(self, self.backend.find_repositories(),
-                                     self.app.wizard_position(self)))
+                                     self.app.wizard_position(self), self.title))
 
     def rescan(self) -> None:
         self.start()
@@ -101,9 +172,12 @@ class RepoStep(Step):
 
 
 class ImageStep(Step):
+    title = "Restore: choose an image"
+
     def start(self) -> None:
         images = self.backend.list_images(self.state.repo.path)
-        self.app.show(views.ImageView(self, self.state.repo, images, self.app.wizard_position(self)))
+        self.app.show(views.ImageView(self, self.state.repo, images, self.app.wizard_position(self),
+                                      self.title))
 
     def choose(self, image: ImageInfo) -> None:
         self.state.image = image
@@ -152,8 +226,7 @@ class TargetStep(DriveStep):
         if rule:
             return rule
         if drive.size < self.needed:
-            return (f"too small: the image needs {fmt_bytes(self.needed)}, "
-                    f"the drive has {fmt_bytes(drive.size)}")
+            return too_small(self.needed, drive.size)
         return None
 
     def choose(self, drive: DriveInfo) -> None:
@@ -161,19 +234,70 @@ class TargetStep(DriveStep):
         self.done()
 
 
-class PlanStep(Step):
+class PlanStepBase(Step):
+    """The engine's plan for the chosen target, with a layout policy the person can switch;
+    each switch plans again. A policy whose plan cannot be made leaves the last good plan on
+    the screen (and says why)."""
+
+    def make_plan(self, policy: str) -> Plan:
+        raise NotImplementedError
+
+    def heading(self) -> str:
+        raise NotImplementedError
+
+    def excerpt(self) -> str:
+        raise NotImplementedError
+
     def start(self) -> None:
+        self.state.plan = self.make_plan(self.state.policy)
+        self.current = DriveStep.partitions(self, self.state.target)
+        message, self.state.message = self.state.message, ""
+        self._show(message)
+
+    def _show(self, message: str = "", focus_policy: bool = False) -> None:
         s = self.state
-        s.plan = self.backend.plan_restore(s.repo.path, s.image.name, s.target.path)
-        current = DriveStep.partitions(self, s.target)
-        message, s.message = s.message, ""
-        self.app.show(views.PlanView(self, s.target, s.image, s.plan, current, message,
-                                     self.app.wizard_position(self)))
+        self.app.show(views.PlanView(self, self.heading(), self.excerpt(), s.target, s.plan, s.policy,
+                                     self.current, message, self.app.wizard_position(self),
+                                     focus_policy))
+
+    def set_policy(self, policy: str) -> None:
+        if policy == self.state.policy:
+            return
+        try:
+            plan = self.make_plan(policy)
+        except BaseException:
+            self._show(focus_policy=True)  # the radio row back on the policy of the plan shown
+            raise
+        self.state.policy, self.state.plan = policy, plan
+        self._show(focus_policy=True)
+
+    def done(self) -> None:
+        if self.state.plan is not None and self.state.plan.fits:
+            super().done()
+
+
+class PlanStep(PlanStepBase):
+    def make_plan(self, policy: str) -> Plan:
+        s = self.state
+        return self.backend.plan_restore(s.repo.path, s.image.name, s.target.path, policy)
+
+    def heading(self) -> str:
+        return f"Restore: the plan for {self.state.target.name}"
+
+    def excerpt(self) -> str:
+        s = self.state
+        return (f"Image {s.image.name} onto {s.target.name} ({views.clip(s.target.model, 30)}, "
+                f"{fmt_bytes(s.target.size)}):")
 
 
 class ConfirmStep(Step):
+    action = "restore"
+    title = "Restore: confirm"
+    button_label = "Erase and restore"
+
     def start(self) -> None:
-        self.app.show(views.ConfirmView(self, self.state.target, self.app.wizard_position(self)))
+        self.app.show(views.ConfirmView(self, self.state.target, self.app.wizard_position(self),
+                                        self.action, self.title, self.button_label))
 
     def confirm(self, typed: str) -> None:
         name = self.state.target.name
@@ -217,6 +341,7 @@ class JobStep(Step):
             self.view.set_status("Cancelling... waiting for the job to stop.", error=True)
 
     def failed(self, error: BaseException, tb: str) -> None:
+        self.state.close()
         if isinstance(error, Cancelled):
             self.app.tell("Cancelled", self.cancelled_text(), then=self.app.main_menu)
         else:
@@ -395,10 +520,330 @@ class CaptureDoneStep(DoneStep):
         return ("Capture: done", [
             ("heading", f"{s.source.name} ({s.source.model}) was captured as {o.name}."), "",
             ("heading", "Verification: passed. Every stored chunk was read back and checked."), "",
+            *bad_sector_lines(o.sectors_lost, o.bad_ranges,
+                              "they are marked unreadable in the image (not stored as data)."), "",
             f"{fmt_bytes(o.bytes_read)} read, {fmt_bytes(o.stored_bytes)} newly stored, "
             f"in {fmt_duration(o.seconds)}.",
             f"Repository: {s.dest}",
             f"The log was saved to {o.log_path}"], True)
+
+
+# --- clone -----------------------------------------------------------------------------------
+
+class CloneSourceStep(DriveStep):
+    title = "Clone: choose the drive to copy"
+    excerpt = "Copy which drive? It is only read, never written."
+
+    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
+        if drive.name == boot:
+            return BOOT_REASON
+        return self.backend.source_refusal(drive)
+
+    def choose(self, drive: DriveInfo) -> None:
+        self.state.source = drive
+        self.done()
+
+
+class CloneTargetStep(DriveStep):
+    title = "Clone: choose the target drive"
+    excerpt = "Copy onto which drive? Everything on it will be replaced."
+
+    def start(self) -> None:
+        self.needed = self.backend.clone_needs(self.state.source)
+        super().start()
+
+    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
+        if drive.name == self.state.source.name:
+            return "it is the drive being copied"
+        if drive.name == boot:
+            return BOOT_REASON
+        rule = self.backend.clone_refusal(drive, self.state.source)
+        if rule:
+            return rule
+        if drive.size < self.needed:
+            return too_small(self.needed, drive.size)
+        return None
+
+    def choose(self, drive: DriveInfo) -> None:
+        self.state.target = drive
+        self.done()
+
+
+class ClonePlanStep(PlanStepBase):
+    def make_plan(self, policy: str) -> Plan:
+        s = self.state
+        return self.backend.plan_clone(s.source.path, s.target.path, policy)
+
+    def heading(self) -> str:
+        return f"Clone: the plan for {self.state.target.name}"
+
+    def excerpt(self) -> str:
+        s = self.state
+        return (f"Copy {s.source.name} ({views.clip(s.source.model, 24)}, {fmt_bytes(s.source.size)}) onto "
+                f"{s.target.name} ({views.clip(s.target.model, 24)}, {fmt_bytes(s.target.size)}):")
+
+
+class CloneConfirmStep(ConfirmStep):
+    title = "Clone: confirm"
+    button_label = "Erase and clone"
+
+    @property
+    def action(self) -> str:  # type: ignore[override]
+        return f"copy {self.state.source.name} onto it"
+
+
+class CloneProgressStep(JobStep):
+    title = "Clone: copying"
+
+    @property
+    def cancel_question(self) -> str:  # type: ignore[override]
+        s = self.state
+        return "Cancel the clone? If you cancel, " + CANCEL_CLONE.format(drive=s.target.name, source=s.source.name)
+
+    def intro(self) -> str:
+        s = self.state
+        return (f"Copying {s.source.name} ({s.source.model}) onto {s.target.name} ({s.target.model}), "
+                f"layout {s.plan.policy}.")
+
+    def job(self, progress, cancel) -> CloneOutcome:
+        s = self.state
+        return self.backend.clone(s.source.path, s.target.path, s.plan, progress, cancel)
+
+    def finished(self, result: CloneOutcome) -> None:
+        self.state.outcome = result
+        self.done()
+
+    def cancelled_text(self) -> str:
+        s = self.state
+        return "Clone cancelled. " + CANCEL_CLONE.format(drive=s.target.name, source=s.source.name)
+
+
+class CloneDoneStep(DoneStep):
+    def lines(self):
+        s, o = self.state, self.state.outcome
+        return ("Clone: done", [
+            ("heading", f"{s.source.name} ({s.source.model}) was copied onto {s.target.name} "
+                        f"({s.target.model})."), "",
+            *bad_sector_lines(o.sectors_lost, o.bad_ranges,
+                              f"those bytes were written as zeros on {s.target.name}."), "",
+            f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}, layout {s.plan.policy}.",
+            f"The log was saved to {o.log_path}", "",
+            "Both drives now carry the same filesystem IDs: boot with only one of them connected."],
+            o.sectors_lost == 0)
+
+
+# --- browse ----------------------------------------------------------------------------------
+
+class BrowseRepoStep(RepoStep):
+    title = "Browse: where are the images?"
+
+
+class BrowseImageStep(ImageStep):
+    title = "Browse: choose an image"
+
+
+class PartitionStep(Step):
+    def start(self) -> None:
+        s = self.state
+        parts = self.backend.image_partitions(s.repo.path, s.image.name)
+        self.app.show(views.PartitionView(self, s.image, parts, self.app.wizard_position(self)))
+
+    def choose(self, part: ImagePart) -> None:
+        if self.state.part is None or self.state.part.number != part.number:
+            self.state.marked = []
+        self.state.part = part
+        self.done()
+
+
+class TreeStep(Step):
+    """Mounts the chosen partition when entered (kept while the destination is chosen) and
+    unmounts it when left backwards. Folders are listed when opened, never all at once."""
+
+    def start(self) -> None:
+        s = self.state
+        if s.session is not None and s.session.part.number != s.part.number:
+            s.close()
+        if s.session is None:
+            s.session = self.backend.browse_open(s.repo.path, s.image.name, s.part)
+            s.closer = self.backend.browse_close
+        self.children: dict[str, list[FileEntry]] = {}
+        self.expanded: set[str] = set()
+        try:
+            if s.session.root is not None:
+                self.children["/"] = self.backend.browse_list(s.session, "/")
+        except BaseException:
+            s.close()  # a step that fails to start leaves nothing mounted behind it
+            raise
+        title = f"Browse: files in partition {s.part.number}"
+        if s.session.root is None:
+            self.view = views.WholePartitionView(self, title, s.part, self.whole_folder(),
+                                                 self.app.wizard_position(self))
+        else:
+            excerpt = (f"Image {views.clip(s.image.name, 30)}, partition {s.part.number} "
+                       f"({s.part.fstype}{', ' + views.clip(s.part.label, 20) if s.part.label else ''}), "
+                       "read-only:")
+            self.view = views.TreeView(self, title, excerpt, self.rows(), self.summary(),
+                                       self.app.wizard_position(self))
+        self.app.show(self.view)
+
+    def whole_folder(self) -> str:
+        return f"{self.state.image.name}-p{self.state.part.number}"
+
+    def back(self) -> None:
+        self.state.close()
+        super().back()
+
+    # the tree -------------------------------------------------------------------------------
+    def rows(self) -> list[tuple[FileEntry, int, str, bool]]:
+        out = []
+
+        def walk(path: str, depth: int) -> None:
+            for e in self.children.get(path, []):
+                out.append((e, depth, self.mark_of(e.path), e.path in self.expanded))
+                if e.path in self.expanded:
+                    walk(e.path, depth + 1)
+        walk("/", 0)
+        return out
+
+    def mark_of(self, path: str) -> str:
+        if path in self.state.marked:
+            return "x"
+        if any(path.startswith(m + "/") for m in self.state.marked):
+            return "+"  # inside a marked folder: copied with it
+        return " "
+
+    def summary(self) -> str:
+        m = self.state.marked
+        if not m:
+            return "Nothing marked yet: Space marks a file or folder to copy."
+        shown = ", ".join(views.clip(p, 30) for p in m[:3]) + (f" and {len(m) - 3} more" if len(m) > 3 else "")
+        return f"Marked {len(m)}: {shown}"
+
+    def refresh(self, focus: str | None = None, message: str = "") -> None:
+        self.view.refresh(self.rows(), self.summary(), focus)
+        if message:
+            self.view.set_status(message, error=True)
+        else:
+            self.view.set_status(self.view.help)
+
+    def expand(self, entry: FileEntry) -> None:
+        if not entry.is_dir or entry.path in self.expanded:
+            return
+        if entry.path not in self.children:
+            self.children[entry.path] = self.backend.browse_list(self.state.session, entry.path)
+        self.expanded.add(entry.path)
+        self.refresh(entry.path)
+
+    def collapse(self, entry: FileEntry) -> None:
+        if entry.path in self.expanded:
+            self.expanded.discard(entry.path)
+            self.refresh(entry.path)
+            return
+        parent = entry.path.rsplit("/", 1)[0]
+        if parent and parent in self.expanded:  # Left on a child: close its folder
+            self.expanded.discard(parent)
+            self.refresh(parent)
+
+    def activate(self, entry: FileEntry) -> None:
+        if entry.is_dir:
+            if entry.path in self.expanded:
+                self.collapse(entry)
+            else:
+                self.expand(entry)
+        else:
+            self.toggle_mark(entry)
+
+    def toggle_mark(self, entry: FileEntry) -> None:
+        m = self.state.marked
+        if entry.path in m:
+            m.remove(entry.path)
+            self.refresh(entry.path)
+            return
+        outer = next((x for x in m if entry.path.startswith(x + "/")), None)
+        if outer is not None:
+            self.refresh(entry.path, f"{entry.path} is copied with the marked folder {outer}.")
+            return
+        m[:] = [x for x in m if not x.startswith(entry.path + "/")] + [entry.path]
+        self.refresh(entry.path)
+
+    def done(self) -> None:
+        if self.state.session.root is not None and not self.state.marked:
+            self.view.set_status("Mark at least one file or folder first (Space).", error=True)
+            return
+        super().done()
+
+
+class CopyDestStep(Step):
+    def what(self) -> str:
+        s = self.state
+        if s.session.root is None:
+            items = "the whole partition"
+        else:
+            items = f"{len(s.marked)} marked item(s)" if len(s.marked) != 1 else s.marked[0]
+        return f"Copy {views.clip(items, 40)} from partition {s.part.number} of {views.clip(s.image.name, 30)}."
+
+    def start(self) -> None:
+        self.app.show(views.CopyDestView(self, self.what(), self.state.dest or "",
+                                         self.app.wizard_position(self)))
+
+    def paths(self) -> list[str]:
+        return ["/"] if self.state.session.root is None else list(self.state.marked)
+
+    def choose(self, path: str) -> None:
+        path = path.strip()
+        if not path:
+            self.app.view.set_status("Type the path of a folder first.", error=True)
+            return
+        try:
+            self.backend.free_space(path)
+            self.backend.check_copy(self.state.session, self.paths(), path)
+        except RescueError as e:
+            self.app.view.set_status(f"Cannot copy into {path}: {e}", error=True)
+            return
+        self.state.dest = path
+        self.done()
+
+
+class CopyProgressStep(JobStep):
+    title = "Browse: copying"
+
+    @property
+    def cancel_question(self) -> str:  # type: ignore[override]
+        return (f"Cancel the copy? What was copied so far stays in {self.state.dest}; "
+                "the item being copied is removed.")
+
+    def intro(self) -> str:
+        s = self.state
+        return f"Copying from {s.image.name}, partition {s.part.number}, into {s.dest}."
+
+    def job(self, progress, cancel) -> CopyOutcome:
+        s = self.state
+        paths = ["/"] if s.session.root is None else list(s.marked)
+        return self.backend.copy_files(s.session, paths, s.dest, progress, cancel)
+
+    def finished(self, result: CopyOutcome) -> None:
+        self.state.outcome = result
+        self.state.close()
+        self.done()
+
+    def cancelled_text(self) -> str:
+        return (f"Copy cancelled. What was copied before stays in {self.state.dest}; "
+                "the partition was unmounted.")
+
+
+class BrowseDoneStep(DoneStep):
+    def lines(self):
+        s, o = self.state, self.state.outcome
+        shown = [f"  {views.clip(os.path.relpath(p, o.dest), 74)}" for p in o.copied[:6]]
+        if len(o.copied) > 6:
+            shown.append(f"  ... and {len(o.copied) - 6} more")
+        return ("Browse: done", [
+            ("heading", f"Copied from {s.image.name}, partition {s.part.number}, into {o.dest}:"),
+            *shown, "",
+            f"{o.files} file(s), {fmt_bytes(o.bytes)}, in {fmt_duration(o.seconds)}. "
+            + ("Times were kept (FAT has no owners or permissions)." if s.part.fat
+               else "Permissions, owners and times were kept."),
+            "The partition was unmounted; the image was only read."], True)
 
 
 FLOWS = {
@@ -406,4 +851,8 @@ FLOWS = {
                                RestoreProgressStep, RestoreDoneStep]),
     "capture": (CaptureState, [SourceStep, DestStep, NameStep, CaptureProgressStep,
                                CaptureDoneStep]),
+    "clone": (CloneState, [CloneSourceStep, CloneTargetStep, ClonePlanStep, CloneConfirmStep,
+                           CloneProgressStep, CloneDoneStep]),
+    "browse": (BrowseState, [BrowseRepoStep, BrowseImageStep, PartitionStep, TreeStep, CopyDestStep,
+                             CopyProgressStep, BrowseDoneStep]),
 }

@@ -8,9 +8,12 @@ from typing import Any, Sequence
 import urwid
 
 from rescue.imaging.progress import fmt_bytes, fmt_duration
-from rescue.model.layout import DiskLayout
-from rescue.tui.backend import DriveInfo, ImageInfo, PartInfo, Plan, RepoInfo
-from rescue.tui.widgets import ActionEdit, Choice, Screen, button, disabled
+from rescue.tui.backend import (POLICIES, DriveInfo, FileEntry, ImageInfo, ImagePart, PartInfo, Plan,
+                                RepoInfo)
+from rescue.tui.widgets import ActionEdit, Choice, Screen, ScrollBox, button, disabled, disabled_button
+
+WIDTH = 78  # columns inside the screen's 1-column margins
+MiB = 1 << 20
 
 LIST_HELP = "Up/Down: move  Enter: choose  Tab: buttons  Esc: back"
 
@@ -44,6 +47,8 @@ class MainMenuView(Screen):
     def __init__(self, c: Any, message: str = ""):
         items = [Choice("Restore an image to a drive", c.restore),
                  Choice("Capture a drive into an image", c.capture),
+                 Choice("Clone a drive onto another drive", c.clone),
+                 Choice("Browse an image and copy files out of it", c.browse),
                  urwid.Divider(),
                  Choice("Shell (leave the wizard for a command line)", c.shell),
                  Choice("Reboot", c.reboot),
@@ -55,7 +60,8 @@ class MainMenuView(Screen):
 
 
 class RepoView(Screen):
-    def __init__(self, c: Any, repos: Sequence[RepoInfo], step: str = ""):
+    def __init__(self, c: Any, repos: Sequence[RepoInfo], step: str = "",
+                 title: str = "Restore: where are the images?"):
         rows: list[urwid.Widget] = []
         for r in repos:
             where = f"  (on {r.drive})" if r.drive else ""
@@ -65,18 +71,19 @@ class RepoView(Screen):
             rows.append(urwid.Text("No image repository was found on any drive. Plug in the drive "
                                    "that holds your images and choose Rescan, or type its path."))
         rows += [urwid.Divider(), ActionEdit("Type a path...: ", c.choose)]
-        super().__init__("Restore: where are the images?", rows,
+        super().__init__(title, rows,
                          [button("Rescan", c.rescan), button("Back", c.back)],
                          excerpt="Image repositories found on this machine:",
                          on_back=c.back, help=LIST_HELP, step=step)
 
 
 class ImageView(Screen):
-    def __init__(self, c: Any, repo: RepoInfo, images: Sequence[ImageInfo], step: str = ""):
+    def __init__(self, c: Any, repo: RepoInfo, images: Sequence[ImageInfo], step: str = "",
+                 title: str = "Restore: choose an image"):
         rows: list[urwid.Widget] = [Choice(image_lines(im), lambda im=im: c.choose(im)) for im in images]
         if not images:
             rows.append(urwid.Text(("warn", "This repository holds no complete images.")))
-        super().__init__("Restore: choose an image", rows, [button("Back", c.back)],
+        super().__init__(title, rows, [button("Back", c.back)],
                          excerpt=f"Images in {repo.path}:", on_back=c.back, help=LIST_HELP, step=step)
 
 
@@ -119,59 +126,147 @@ class DriveListView(Screen):
         self.parts.set_text("\n".join(lines))
 
 
-def layout_lines(layout: DiskLayout | None, fs: dict[int, str], limit: int = 8) -> list[str]:
-    if layout is None:
-        return ["(nothing readable)"]
-    out = [f"{layout.table} table, {fmt_bytes(layout.size)}"]
-    for p in layout.data_partitions()[:limit]:
-        what = fs.get(p.number) or p.name or "-"
-        out.append(f"{p.number:>2} {fmt_bytes(p.size(layout.sector_size)):>10} {clip(what, 20)}")
-    if len(layout.data_partitions()) > limit:
-        out.append(f"... and {len(layout.data_partitions()) - limit} more")
-    if not layout.partitions:
-        out.append("(no partitions)")
+def squeeze_table(lines: list[str], width: int = WIDTH) -> list[str]:
+    """Narrow a space-aligned table to `width` without breaking its columns: character columns
+    that are blank in every row are padding, and runs of them shrink (to one blank) until the
+    widest row fits. Whatever is still too wide is cut with "..". """
+    if not lines:
+        return []
+    rows = [l.rstrip() for l in lines]
+    span = max(len(r) for r in rows)
+    grid = [r.ljust(span) for r in rows]
+    blank = [all(r[i] == " " for r in grid) for i in range(span)]
+    keep = [True] * span
+    over = span - width
+    # Shrink the widest runs of blank columns first, one column at a time, never below one.
+    runs = []
+    i = 0
+    while i < span:
+        if blank[i]:
+            j = i
+            while j < span and blank[j]:
+                j += 1
+            if i > 0 and j < span:  # leading indent and trailing blanks stay as they are
+                runs.append([i, j - i])
+            i = j
+        else:
+            i += 1
+    while over > 0 and runs:
+        runs.sort(key=lambda r: -r[1])
+        run = runs[0]
+        if run[1] <= 1:
+            break
+        run[1] -= 1
+        keep[run[0] + run[1]] = False
+        over -= 1
+    out = ["".join(ch for ch, k in zip(r, keep) if k).rstrip() for r in grid]
+    return [clip(r, width) for r in out]
+
+
+def plan_lines(plan: Plan, width: int = WIDTH) -> list[Any]:
+    """The engine's plan text for the screen: the table rows narrowed as one block, the other
+    lines (heading, reason, notes) left to wrap."""
+    lines = plan.table.splitlines() or [plan.reason]
+    out: list[Any] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("  ") and not line.startswith("  - "):
+            j = i
+            while j < len(lines) and lines[j].startswith("  ") and not lines[j].startswith("  - "):
+                j += 1
+            out += [("table", r) for r in squeeze_table(lines[i:j], width)]
+            i = j
+            continue
+        if line.startswith("  - "):
+            out.append(("note", line))
+        elif out and out[-1][0] == "table" and i + 1 < len(lines) and lines[i + 1].startswith("  - ") \
+                or line.strip() in plan.reason or i == len(lines) - 1 and out and out[-1][0] == "table":
+            pass  # the planner's verdict: shown above the table, in the plan's own words
+        else:
+            out.append(("text", line))
+        i += 1
     return out
 
 
+def current_text(name: str, parts: Sequence[PartInfo]) -> str:
+    if not parts:
+        return f"Now on {name}: no partitions."
+    shown = ", ".join(f"{p.name} {fmt_bytes(p.size)} {p.fstype or '-'}" + (f" {p.label}" if p.label else "")
+                      for p in parts[:4])
+    more = f" and {len(parts) - 4} more" if len(parts) > 4 else ""
+    return f"Now on {name}: {shown}{more}."
+
+
 class PlanView(Screen):
-    def __init__(self, c: Any, target: DriveInfo, image: ImageInfo, plan: Plan,
-                 current: Sequence[PartInfo], message: str = "", step: str = ""):
-        now = [("heading", f"Now on {target.name}")]
-        now_lines = ([f"{fmt_bytes(target.size)} drive"] +
-                     [f"{clip(p.name, 10):<10} {fmt_bytes(p.size):>10} {clip(p.fstype or '-', 12)}"
-                      for p in current[:8]]) if current else layout_lines(plan.current, {})
-        after = [("heading", "After the restore")]
-        cols = urwid.Columns([
-            urwid.Pile([urwid.Text(now)] + [urwid.Text(x) for x in now_lines]),
-            urwid.Pile([urwid.Text(after)] + [urwid.Text(x) for x in layout_lines(plan.layout, plan.new_fs)]),
-        ], dividechars=3)
-        rows: list[urwid.Widget] = [cols, urwid.Divider()]
+    """The engine's plan for one target, a row of layout policies that re-plans when one is
+    chosen, and Continue only when the plan fits. Restore and clone share it."""
+
+    def __init__(self, c: Any, title: str, excerpt: str, target: DriveInfo, plan: Plan, policy: str,
+                 current: Sequence[PartInfo], message: str = "", step: str = "",
+                 focus_policy: bool = False):
+        self.radios: list[urwid.RadioButton] = []
+        group: list = []
+        for p in POLICIES:
+            self.radios.append(urwid.RadioButton(group, p, p == policy,
+                                                 on_state_change=lambda _r, on, p=p: on and c.set_policy(p)))
+        cells: list = [("fixed", 7, urwid.Text("Layout:"))]
+        cells += [("fixed", len(p) + 4, urwid.AttrMap(r, None, "focus")) for p, r in zip(POLICIES, self.radios)]
+        self.policy_row = urwid.Columns(cells, dividechars=2)
+        self.policy_row.focus_position = 1 + POLICIES.index(policy)
+        chosen = f"auto chose {plan.policy}: " if policy == "auto" else ""
         if plan.fits:
-            rows.append(urwid.Text(("warn", f"Everything now on {target.name} will be replaced. "
-                                            f"{fmt_bytes(plan.write_bytes)} of data will be written.")))
-            buttons = [button("Continue", c.done), button("Back", c.back)]
+            details: list[urwid.Widget] = [urwid.Text(("heading", f"{chosen}{plan.reason}"))]
         else:
-            rows.append(urwid.Text(("error", f"Cannot restore here: {plan.reason}")))
-            buttons = [button("Back", c.back)]
-        super().__init__(f"Restore: the plan for {target.name}", [urwid.Pile(rows)], buttons,
-                         excerpt=f"Image {image.name} onto {target.name} ({clip(target.model, 30)}):",
-                         on_back=c.back, help="Tab: buttons  Enter: choose  Esc: back", step=step)
-        self.focus_buttons()
+            which = f"auto chose {plan.policy}" if policy == "auto" else policy
+            details = [urwid.Text(("error", f"Does not fit ({which}): {plan.reason}")),
+                       urwid.Text("Choose another layout above, or go back and choose a bigger drive.")]
+        details.append(urwid.Divider())
+        for kind, line in plan_lines(plan):
+            if kind == "table":
+                details.append(urwid.Text(line, wrap="clip"))
+            elif kind == "note":
+                details.append(urwid.Columns([("fixed", 4, urwid.Text("  -")), urwid.Text(line.strip()[2:])]))
+            else:
+                details.append(urwid.Text(line))
+        self.details = ScrollBox(urwid.SimpleFocusListWalker(details))
+        if plan.fits:
+            warn = (f"{current_text(target.name, current)} All of it will be replaced; "
+                    f"{fmt_bytes(plan.write_bytes)} of data will be written.")
+            go = button("Continue", c.done)
+        else:
+            warn = current_text(target.name, current)
+            go = disabled_button("Continue")
+        body = urwid.Pile([("pack", self.policy_row), ("pack", urwid.Divider()),
+                           ("weight", 1, self.details), ("pack", urwid.Divider()),
+                           ("pack", urwid.Text(("warn" if plan.fits else "default", warn)))])
+        super().__init__(title, body, [go, button("Back", c.back)], excerpt=excerpt, on_back=c.back,
+                         help="Left/Right: layout  Enter: choose  Tab: buttons  PgDn: more  Esc: back",
+                         step=step)
+        if not focus_policy:
+            self.focus_buttons()
         if message:
             self.set_status(message, error=True)
 
+    def keypress(self, size, key):
+        if key in ("page down", "page up"):
+            self.details.scroll(key)
+            return None
+        return super().keypress(size, key)
+
 
 class ConfirmView(Screen):
-    def __init__(self, c: Any, target: DriveInfo, step: str = ""):
-        self.edit = ActionEdit(f"Type {target.name} to erase it and restore: ", c.confirm)
+    def __init__(self, c: Any, target: DriveInfo, step: str = "", action: str = "restore",
+                 title: str = "Restore: confirm", button_label: str = "Erase and restore"):
+        self.edit = ActionEdit(f"Type {target.name} to erase it and {action}: ", c.confirm)
         rows = [urwid.Text(("warn", f"All data on {target.name} ({clip(target.model, 30)}, "
                                     f"{fmt_bytes(target.size)}, serial {target.serial}) will be lost.")),
                 urwid.Divider(),
                 urwid.Text(f"Type the drive's name, {target.name}, and press Enter. "
                            "Anything else goes back without writing."),
                 urwid.Divider(), self.edit]
-        super().__init__("Restore: confirm", rows,
-                         [button("Erase and restore", lambda: c.confirm(self.edit.edit_text)),
+        super().__init__(title, rows,
+                         [button(button_label, lambda: c.confirm(self.edit.edit_text)),
                           button("Back", c.back)],
                          on_back=c.back, help="Type the name, Enter: go on  Esc: back", step=step)
 
@@ -235,3 +330,127 @@ class NameView(Screen):
                          [button("Start capture", lambda: c.choose(self.edit.edit_text)),
                           button("Back", c.back)],
                          on_back=c.back, help="Type the name, Enter: start  Esc: back", step=step)
+
+
+# --- browse ----------------------------------------------------------------------------------
+
+def image_part_line(p: ImagePart) -> str:
+    used = f"{fmt_bytes(p.used)} used" if p.used is not None else ""
+    fat = "\n  FAT: no file list here (no FAT driver); the whole partition is copied" \
+        if p.fat and not p.refused else ""
+    line = (f"partition {p.number:<3} {fmt_bytes(p.size):>10}  {clip(p.fstype or '-', 8):<8} "
+            f"{clip(p.label, 24):<24} {used}").rstrip()
+    return line + fat
+
+
+class PartitionView(Screen):
+    def __init__(self, c: Any, image: ImageInfo, parts: Sequence[ImagePart], step: str = ""):
+        rows: list[urwid.Widget] = []
+        for p in parts:
+            if p.refused:
+                rows.append(disabled(f"{image_part_line(p)}\n  not offered: {p.refused}"))
+            else:
+                rows.append(Choice(image_part_line(p), lambda p=p: c.choose(p)))
+        if not any(not p.refused for p in parts):
+            rows.append(urwid.Text(("warn", "This image has no partition with files to browse.")))
+        super().__init__("Browse: choose a partition", rows, [button("Back", c.back)],
+                         excerpt=f"Partitions in image {image.name}:", on_back=c.back, help=LIST_HELP,
+                         step=step)
+
+
+def fmt_time(t: float) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def tree_line(entry: FileEntry, depth: int, marked: str, expanded: bool) -> str:
+    """One row of at most WIDTH - 2 columns: mark, indent, folder sign, name, size, date."""
+    sign = ("- " if expanded else "+ ") if entry.is_dir else "  "
+    name = entry.name + ("/" if entry.is_dir else "") + (f" -> {entry.link}" if entry.link else "")
+    left = f"[{marked}] {'  ' * min(depth, 8)}{sign}"
+    size = "" if entry.is_dir else fmt_bytes(entry.size)
+    room = WIDTH - 2 - len(left) - 10 - 2 - 16 - 1
+    return f"{left}{clip(name, room):<{room}} {size:>10}  {fmt_time(entry.mtime)}"
+
+
+class TreeRow(Choice):
+    """A file or folder. Enter opens/closes a folder (marks a file); Space marks; Right opens,
+    Left closes the folder (or goes to the parent)."""
+
+    def __init__(self, c: Any, entry: FileEntry, depth: int, marked: str, expanded: bool):
+        self.entry, self.depth, self.c = entry, depth, c
+        super().__init__(tree_line(entry, depth, marked, expanded), lambda: c.activate(entry))
+
+    def keypress(self, size, key):
+        if key == " ":
+            self.c.toggle_mark(self.entry)
+            return None
+        if key == "right" and self.entry.is_dir:
+            self.c.expand(self.entry)
+            return None
+        if key == "left":
+            self.c.collapse(self.entry)
+            return None
+        return super().keypress(size, key)
+
+
+class TreeView(Screen):
+    """The files of one mounted partition. Folders are read when opened. The list is rebuilt
+    in place after each change, keeping the focus on the same path."""
+
+    def __init__(self, c: Any, title: str, excerpt: str, rows: list[tuple[FileEntry, int, str, bool]],
+                 marked: str, step: str = ""):
+        self.c = c
+        self.walker = urwid.SimpleFocusListWalker([])
+        self.summary = urwid.Text("")
+        head = "      name".ljust(WIDTH - 2 - 16 - 2 - 4) + "size  modified"
+        body = urwid.Pile([("pack", urwid.Text(("heading", head))),
+                           ("weight", 1, urwid.ListBox(self.walker)),
+                           ("pack", urwid.Divider("-")), ("pack", self.summary)])
+        super().__init__(title, body, [button("Copy marked...", c.done), button("Back", c.back)],
+                         excerpt=excerpt, on_back=c.back,
+                         help="Space: mark  Enter/Right: open folder  Left: close  Tab: buttons  Esc: back",
+                         step=step)
+        self.refresh(rows, marked)
+        body.focus_position = 1
+        self._focus_first()
+
+    def refresh(self, rows: list[tuple[FileEntry, int, str, bool]], marked: str,
+                focus_path: str | None = None) -> None:
+        current = self.walker.get_focus()[0]
+        keep = focus_path or (current.entry.path if isinstance(current, TreeRow) else None)
+        widgets: list[urwid.Widget] = [TreeRow(self.c, e, d, m, x) for e, d, m, x in rows]
+        if not widgets:
+            widgets = [urwid.Text(("warn", "This partition holds no files."))]
+        self.walker[:] = widgets
+        pos = next((i for i, w in enumerate(widgets) if isinstance(w, TreeRow) and w.entry.path == keep), 0)
+        self.walker.set_focus(pos)
+        self.summary.set_text(marked)
+
+
+class WholePartitionView(Screen):
+    """FAT: the rescue kernel has no FAT driver, so the files are not listed; the whole
+    partition is copied with mtools into a new folder."""
+
+    def __init__(self, c: Any, title: str, part: ImagePart, folder: str, step: str = ""):
+        rows = [urwid.Text(f"Partition {part.number} is a FAT partition ({part.fstype}, "
+                           f"{fmt_bytes(part.size)}{', ' + part.label if part.label else ''})."),
+                urwid.Divider(),
+                urwid.Text("This rescue system has no FAT driver, so its files cannot be listed "
+                           "here. Its whole content is copied instead (with mtools, keeping the "
+                           f"times) into a new folder {folder} inside the folder you choose next.")]
+        super().__init__(title, rows, [button("Copy whole partition...", c.done), button("Back", c.back)],
+                         on_back=c.back, help="Enter: choose  Tab/Left/Right: buttons  Esc: back", step=step)
+        self.focus_buttons()
+
+
+class CopyDestView(Screen):
+    def __init__(self, c: Any, what: str, default: str = "", step: str = ""):
+        self.edit = ActionEdit("Copy into folder: ", c.choose, default)
+        rows = [urwid.Text(what), urwid.Divider(),
+                urwid.Text("Type the path of an existing, writable folder (for example a USB "
+                           "drive mounted under /media). Nothing in it is overwritten."),
+                urwid.Divider(), self.edit]
+        super().__init__("Browse: copy to where?", rows,
+                         [button("Start copy", lambda: c.choose(self.edit.edit_text)), button("Back", c.back)],
+                         on_back=c.back, help="Type the folder, Enter: start  Esc: back", step=step)

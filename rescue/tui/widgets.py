@@ -79,6 +79,19 @@ def button(label: str, on_press: Callable[[], None]) -> urwid.Widget:
     return urwid.AttrMap(btn, None, "focus")
 
 
+class DisabledButton(urwid.Text):
+    """A button that cannot be pressed now: grey, never takes the focus, and drawn with
+    dashes instead of brackets so that it differs on a terminal without colours too."""
+
+    def __init__(self, label: str):
+        self.label = label
+        super().__init__(f"- {label} -")
+
+
+def disabled_button(label: str) -> urwid.Widget:
+    return urwid.AttrMap(DisabledButton(label), "disabled")
+
+
 def button_row(buttons: Sequence[urwid.Widget]) -> urwid.Widget:
     cells = [("fixed", len(b.original_widget.label) + 4, b) for b in buttons]
     return urwid.Columns(cells, dividechars=2) if cells else urwid.Text("")
@@ -190,6 +203,43 @@ class Dialog(urwid.WidgetWrap):
             self.answers[-1][1]()
             return None
         return key
+
+
+class ScrollBox(urwid.ListBox):
+    """A list of plain lines that the screen scrolls with PgUp/PgDn although nothing in it
+    can take the focus (urwid's ListBox only scrolls the widget it is given keys for)."""
+
+    _size: tuple[int, int] | None = None
+
+    def render(self, size, focus=False):
+        self._size = size
+        return super().render(size, focus)
+
+    def scroll(self, key: str) -> None:
+        """PgDn: the first line not shown (in full) goes to the top. PgUp: the lines just above
+        the first one shown fill the box, ending where it began."""
+        if self._size is None or not len(self.body):
+            return
+        maxcol, maxrow = self._size
+        middle, top, bottom = self.calculate_visible(self._size)
+        if middle is None:
+            return
+        focus = middle[2]
+        last = bottom[1][-1][1] if bottom[1] else focus
+        first = top[1][-1][1] if top[1] else focus
+        if key == "page down":
+            if bottom[0] == 0 and last == len(self.body) - 1:
+                return  # the end is on the screen already
+            new = last if bottom[0] else min(last + 1, len(self.body) - 1)
+            new = max(new, first + 1)
+        else:
+            new, used = first, 0
+            while new > 0 and used + self.body[new - 1].rows((maxcol,)) <= maxrow:
+                new -= 1
+                used += self.body[new].rows((maxcol,))
+        self.set_focus(new)
+        self.set_focus_valign("top")
+        self._invalidate()
 
 
 def overlay(dialog: urwid.Widget, under: urwid.Widget) -> urwid.Overlay:

@@ -29,6 +29,8 @@ class FakeBackend(DryRunBackend):
         self.calls: list[tuple] = []
         self.fail: dict[str, Exception] = {}  # method name -> exception it raises
         self.gate: threading.Event | None = None  # when set, jobs wait for it before ending
+        self.mounted: list = []  # browse sessions open now (mounted partitions)
+        self.plans_used: list = []  # plans handed to restore/clone
 
     def _maybe_fail(self, method: str) -> None:
         if method in self.fail:
@@ -50,9 +52,54 @@ class FakeBackend(DryRunBackend):
         self._maybe_fail("list_drives")
         return super().list_drives()
 
-    def plan_restore(self, repo_path, name, target_path):
+    def plan_restore(self, repo_path, name, target_path, policy="auto"):
+        self.calls.append(("plan_restore", target_path, policy))
         self._maybe_fail("plan_restore")
-        return super().plan_restore(repo_path, name, target_path)
+        return super().plan_restore(repo_path, name, target_path, policy)
+
+    def plan_clone(self, source_path, target_path, policy="auto"):
+        self.calls.append(("plan_clone", source_path, target_path, policy))
+        self._maybe_fail("plan_clone")
+        return super().plan_clone(source_path, target_path, policy)
+
+    def clone(self, source_path, target_path, plan, progress, cancel):
+        self.calls.append(("clone", source_path, target_path, plan.policy))
+        self.plans_used.append(plan)
+        out = super().clone(source_path, target_path, plan, progress, cancel)
+        self._job("clone")
+        if cancel.is_set():
+            from rescue.errors import Cancelled
+            raise Cancelled("clone cancelled by the user")
+        return out
+
+    def browse_open(self, repo_path, name, part):
+        self.calls.append(("mount", part.number))
+        self._maybe_fail("browse_open")
+        session = super().browse_open(repo_path, name, part)
+        self.mounted.append(session)
+        return session
+
+    def browse_list(self, session, path):
+        self.calls.append(("list", path))
+        self._maybe_fail("browse_list")
+        assert session.handle is not None, "listing a partition that is not mounted"
+        return super().browse_list(session, path)
+
+    def browse_close(self, session):
+        self.calls.append(("umount", session.part.number))
+        if session in self.mounted:
+            self.mounted.remove(session)
+        super().browse_close(session)
+
+    def copy_files(self, session, paths, dest, progress, cancel):
+        self.calls.append(("copy", session.part.number, list(paths), dest))
+        assert session.root is None or session.handle is not None, "copying from an unmounted partition"
+        out = super().copy_files(session, paths, dest, progress, cancel)
+        self._job("copy_files")
+        if cancel.is_set():
+            from rescue.errors import Cancelled
+            raise Cancelled("copy cancelled by the user")
+        return out
 
     def _job(self, method, *args):
         if self.gate is not None:
@@ -61,6 +108,7 @@ class FakeBackend(DryRunBackend):
 
     def restore(self, repo_path, name, target_path, plan, progress, cancel):
         self.calls.append(("restore", repo_path, name, target_path))
+        self.plans_used.append(plan)
         out = super().restore(repo_path, name, target_path, plan, progress, cancel)
         self._job("restore")
         if cancel.is_set():

@@ -35,8 +35,8 @@ def test_dry_run_restore_end_to_end_then_shell_exit_code(wizard):
     c.send(ENTER)                      # web01-2024-05-01
     c.expect("choose the target drive")
     c.send(ENTER)                      # sda
-    c.expect("After the restore")
-    c.send(ENTER)                      # Continue
+    c.expect("auto chose proportional")
+    c.send(ENTER)                      # Continue (it has the focus)
     c.expect("Type sda to erase it")
     c.send("sda" + ENTER)
     c.expect("MB/s")                   # progress drawn from the worker via watch_pipe
@@ -44,7 +44,7 @@ def test_dry_run_restore_end_to_end_then_shell_exit_code(wizard):
     c.expect("Verification: passed")
     c.send("\x1b")                     # Esc: main menu
     c.expect("What do you want to do")
-    for _ in range(2):
+    for _ in range(4):
         c.send(DOWN)
     c.send(ENTER)                      # Shell
     c.expect(pexpect.EOF)

@@ -31,8 +31,10 @@ def to_confirm(app):
 def test_first_screen_names_the_product_and_the_choices(app):
     screen = text(app)
     assert "rescue - disk imaging" in screen.splitlines()[0]
-    for item in ("Restore an image", "Capture a drive", "Shell", "Reboot", "Power off"):
-        assert item in screen
+    items = ("Restore an image", "Capture a drive", "Clone a drive", "Browse an image", "Shell", "Reboot",
+             "Power off")
+    rows = [next(i for i, l in enumerate(screen.splitlines()) if item in l) for item in items]
+    assert rows == sorted(rows), "menu items out of order"
     assert focused_line(app).startswith("> Restore")
 
 
@@ -121,7 +123,8 @@ def test_too_small_drive_is_greyed_with_needed_and_available_sizes(app):
     to_targets(app)
     screen = flat(app)
     assert "sdd Kingston DataTraveler" in screen
-    assert "not offered: too small: the image needs 108.5 GiB, the drive has 7.5 GiB" in screen
+    # the smallest drive any layout fits (root shrunk to its minimum), not the image's size
+    assert "not offered: too small: needs at least 21.6 GiB, the drive has 7.5 GiB" in screen
 
 
 def test_target_screen_shows_partitions_of_the_highlighted_drive(app):
@@ -136,30 +139,82 @@ def test_target_screen_shows_partitions_of_the_highlighted_drive(app):
     assert "Now on nvme0n1:" in screen and "Windows" in screen and "old-root" not in screen
 
 
-def test_plan_shows_current_and_new_layout_side_by_side(app):
+def policy_line(app) -> str:
+    return next(l for l in text(app).splitlines() if "Layout:" in l)
+
+
+def choose_policy(app, policy):
+    """From the plan screen: up to the layout row (when on the buttons), walk to the policy,
+    press Space."""
+    if app.view.pile.focus_position == app.view._selectable_parts()[-1]:
+        press(app, "shift tab")
+    for _ in range(5):
+        press(app, "left")
+    for _ in range(["auto", "same", "proportional", "grow-last"].index(policy)):
+        press(app, "right")
+    press(app, " ")
+
+
+def test_plan_shows_the_engines_table_with_auto_chosen_and_what_is_replaced(app, backend):
     to_plan(app)
+    screen, words = text(app), flat(app)
+    assert "(X) auto  ( ) same  ( ) proportional  ( ) grow-last" in policy_line(app)
+    assert backend.calls[-1] == ("plan_restore", "/dev/sda", "auto")
+    assert "auto chose proportional: fits in 465.7 GiB: #2 (root, ext4) grows 100.0 GiB -> 457.2 GiB" in words
+    assert "  2  root, ext4     513 MiB  102400 MiB     513 MiB  468132 MiB  grow" in screen
+    assert "Now on sda: sda1 512.0 MiB vfat EFI, sda2 400.0 GiB ext4 old-root." in words
+    assert "All of it will be replaced; 12.0 GiB of data will be written." in words
+    assert "< Continue >" in screen
+    assert_fits(app)
+
+
+def test_switching_the_layout_policy_plans_again_and_redraws(app, backend):
+    to_plan(app)
+    choose_policy(app, "same")
+    assert backend.calls[-1] == ("plan_restore", "/dev/sda", "same")
+    assert "( ) auto  (X) same" in policy_line(app)
     screen = text(app)
-    header = next(l for l in screen.splitlines() if "Now on sda" in l)
-    assert "After the restore" in header
-    assert "sda2        400.0 GiB ext4" in screen
-    assert "gpt table" in screen
-    assert " 2  100.0 GiB ext4" in screen
-    assert "Everything now on sda will be replaced" in flat(app)
+    assert "  2  root, ext4     513 MiB  102400 MiB     513 MiB  102400 MiB  keep" in screen
+    assert "357.2 GiB at the end of the target stays unallocated" in flat(app)
+    assert app.state.policy == "same" and app.state.plan.policy == "same"
+    press(app, "right", " ")  # the focus stayed on the layout row: one more to the right
+    assert "(X) proportional" in policy_line(app)
+    assert backend.calls[-1] == ("plan_restore", "/dev/sda", "proportional")
+    press(app, "right", "enter")  # Enter chooses too
+    assert "(X) grow-last" in policy_line(app)
+    assert "every partition keeps its size except the last resizable one" in flat(app)
 
 
-def test_plan_that_does_not_fit_offers_only_back(app, backend):
-    # a drive big enough to be offered, but the plan says no (e.g. sector size mismatch)
-    to_targets(app)
-    real_plan = backend.plan_restore
+def test_plan_that_does_not_fit_says_by_how_much_and_continue_is_disabled(app, backend):
+    to_targets(app, "laptop")
+    select(app, "nvme0n1")
+    words = flat(app)
+    assert ("Does not fit (auto chose same): /dev/nvme0n1 is too small: the image needs 255.0 GiB, "
+            "the drive has 238.4 GiB, short by 16.6 GiB") in words
+    assert "Choose another layout above, or go back and choose a bigger drive." in words
+    assert "- Continue -" in text(app) and "< Continue >" not in text(app)
+    press(app, "enter")  # the only button that takes the focus is Back
+    assert "choose the target drive" in text(app)
+    select(app, "nvme0n1")
+    choose_policy(app, "proportional")
+    assert "fits in 238.4 GiB: #1 (Windows, ntfs) shrinks 255.0 GiB -> 238.4 GiB" in flat(app)
+    click(app, "Continue")
+    type_text(app, "nvme0n1")
+    press(app, "enter")
+    finish_job(app)
+    assert backend.plans_used[-1].policy == "proportional"  # the plan shown is the plan used
+    assert "laptop-2024-06-30 was restored onto nvme0n1" in flat(app)
 
-    def no_fit(*a):
-        p = real_plan(*a)
-        p.fits, p.reason = False, "the target has 4096-byte sectors, the image 512"
-        return p
-    backend.plan_restore = no_fit
-    select(app, "sda")
-    assert "Cannot restore here: the target has 4096-byte sectors" in flat(app)
-    assert "Continue" not in text(app)
+
+def test_a_plan_that_cannot_be_made_keeps_the_last_plan_and_its_policy(app, backend):
+    from rescue.errors import DeviceError
+    to_plan(app)
+    backend.fail["plan_restore"] = DeviceError("/dev/sda cannot be read: Input/output error")
+    choose_policy(app, "grow-last")
+    assert "cannot be read: Input/output error" in dialog_text(app)
+    press(app, "enter")
+    assert "(X) auto" in policy_line(app) and app.state.policy == "auto"
+    assert "auto chose proportional" in flat(app)
 
 
 def test_wrong_typed_name_goes_back_without_writing(app, backend):

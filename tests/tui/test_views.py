@@ -3,11 +3,11 @@ the controller to do. And every screen fits 80x24 in ASCII."""
 
 from unittest import mock
 
-from helpers import assert_fits, finish_job, press, render, select, type_text
+from helpers import assert_fits, click, finish_job, press, render, select, type_text
 
 from rescue.model.layout import DiskLayout, Partition
 from rescue.tui import controllers, views
-from rescue.tui.backend import DriveInfo, ImageInfo, PartInfo, Plan, RepoInfo
+from rescue.tui.backend import DriveInfo, FileEntry, ImageInfo, PartInfo, Plan, RepoInfo
 from rescue.tui.widgets import Screen
 
 SDA = DriveInfo("sda", "/dev/sda", "Samsung SSD 860 EVO 500GB", "S3Z1", 500 * 10**9, "sata")
@@ -63,15 +63,72 @@ def test_long_names_are_clipped_to_one_row():
     assert len(views.image_lines(im).splitlines()) == 2
 
 
-def test_plan_view_with_many_partitions_still_fits():
+def test_plan_view_with_many_partitions_and_a_wide_table_still_fits():
     parts = [Partition(i, 2048 * i, 2048 * i + 2047) for i in range(1, 40)]
     lay = DiskLayout("gpt", 512, 10**12, partitions=parts)
-    plan = Plan("/dev/sda", SDA.size, lay, lay, True, "", 1 << 30)
-    im = ImageInfo("x", "2024-01-01T00:00:00", "m", "s", 1, 1, 1, True)
-    v = views.PlanView(ctrl(controllers.PlanStep), SDA, im, plan,
+    def row(*cells):  # aligned like the engine's table, with generous padding
+        n, label, *sizes, action = cells
+        return f"  {n:>2}    {label:<20}" + "".join(f"    {c:>13}" for c in sizes) + f"    {action}"
+    rows = "\n".join(row(str(i), f"data number {i:>2}, ntfs", f"{i * 1000} MiB", f"{i * 9000} MiB",
+                          f"{i * 1000} MiB", f"{i * 9000} MiB", "shrink") for i in range(1, 40))
+    table = ("plan (proportional) for a 931.3 GiB target, gpt, 512-byte sectors: fits\n"
+             + row("#", "partition", "old start", "old size", "new start", "new size", "action") + "\n"
+             + rows + "\nfits in 931.3 GiB\n  - a note that is long enough to wrap " + "x " * 40)
+    plan = Plan("/dev/sda", SDA.size, lay, lay, True, "fits in 931.3 GiB", 1 << 30, policy="proportional",
+                table=table)
+    c = ctrl(controllers.PlanStep)
+    v = views.PlanView(c, "Restore: the plan for sda", "Image x onto sda:", SDA, plan, "auto",
                        [PartInfo(f"sda{i}", 1 << 20) for i in range(30)])
     lines = render(v)
-    assert len(lines) == 24 and "< Continue >" in "\n".join(lines)
+    assert len(lines) == 24 and all(len(l) <= 80 for l in lines)
+    assert "< Continue >" in "\n".join(lines)
+    assert len(table.splitlines()[2]) > 80
+    row = next(l for l in lines if "number  1," in l)
+    assert row.rstrip().endswith("shrink"), "the table was cut instead of narrowed"
+    keys(v, "page down")
+    assert "number  1," not in "\n".join(render(v)), "PgDn did not scroll the plan"
+    keys(v, "page up", "page up")
+    assert "number  1," in "\n".join(render(v))
+
+
+def test_squeezed_table_keeps_its_columns_aligned():
+    table = ["  #  partition    old start    old size   new start    new size  action",
+             "  1  EFI, vfat        1 MiB     512 MiB       1 MiB     512 MiB  keep",
+             "  2  root, ext4     513 MiB  102400 MiB     513 MiB  468132 MiB  grow"]
+    out = views.squeeze_table(table, 66)
+    assert all(len(l) <= 66 for l in out)
+    assert [l.index("action") for l in out[:1]] == [out[1].index("keep")] == [out[2].index("grow")]
+    assert out[2].split() == table[2].split()  # nothing but padding was taken out
+    assert views.squeeze_table(table, 80) == table  # already narrow enough: untouched
+
+
+def test_plan_view_layout_row_calls_set_policy_with_the_chosen_policy():
+    lay = DiskLayout("gpt", 512, 10**12)
+    plan = Plan("/dev/sda", SDA.size, lay, lay, False, "too small, short by 1.0 GiB", 1, policy="same")
+    c = ctrl(controllers.PlanStep)
+    v = views.PlanView(c, "T", "E", SDA, plan, "same", [], focus_policy=True)
+    keys(v, "right", "right", " ")
+    c.set_policy.assert_called_once_with("grow-last")
+    keys(v, "tab", "enter")  # Continue is disabled: the buttons' only stop is Back
+    c.back.assert_called_once_with()
+    c.done.assert_not_called()
+
+
+def test_tree_view_keys_reach_the_controller():
+    c = ctrl(controllers.TreeStep)
+    d = FileEntry("etc", "/etc", True, 0, 0.0)
+    f = FileEntry("hostname", "/hostname", False, 6, 0.0)
+    v = views.TreeView(c, "T", "E", [(d, 0, " ", False), (f, 0, "x", False)], "Marked 1")
+    keys(v, "right")
+    c.expand.assert_called_once_with(d)
+    keys(v, "down", " ")
+    c.toggle_mark.assert_called_once_with(f)
+    keys(v, "left")
+    c.collapse.assert_called_once_with(f)
+    keys(v, "enter")
+    c.activate.assert_called_once_with(f)
+    screen = "\n".join(render(v))
+    assert "[x]   hostname" in screen and "6 B" in screen
 
 
 def every_screen(app, backend):
@@ -85,7 +142,7 @@ def every_screen(app, backend):
     yield "target"
     select(app, "sda")
     yield "plan"
-    press(app, "tab", "enter")
+    click(app, "Continue")
     yield "confirm"
     type_text(app, "sda")
     press(app, "enter")
@@ -106,6 +163,43 @@ def every_screen(app, backend):
     finish_job(app)
     yield "capture done"
     press(app, "esc")
+    select(app, "Clone")
+    yield "clone source"
+    select(app, "sda")
+    yield "clone target"
+    select(app, "nvme0n1")
+    yield "clone plan"
+    click(app, "Continue")
+    yield "clone confirm"
+    type_text(app, "nvme0n1")
+    press(app, "enter")
+    yield "clone progress"
+    finish_job(app)
+    yield "clone done"
+    press(app, "esc")
+    select(app, "Browse")
+    yield "browse repo"
+    select(app, "/media/sdb1")
+    yield "browse images"
+    select(app, "web01")
+    yield "partitions"
+    select(app, "partition 2")
+    yield "tree"
+    press(app, "enter", "down", " ")
+    click(app, "Copy marked")
+    yield "copy dest"
+    type_text(app, "/mnt/big")
+    press(app, "enter")
+    yield "copy progress"
+    finish_job(app)
+    yield "browse done"
+    press(app, "esc")
+    select(app, "Browse")
+    select(app, "/media/sdb1")
+    select(app, "web01")
+    select(app, "partition 1")
+    yield "FAT partition"
+    press(app, "esc", "esc", "esc", "esc")
     select(app, "Reboot")
     yield "reboot dialog"
 
@@ -115,7 +209,7 @@ def test_every_screen_fits_80x24_in_ascii(app, backend):
     for name in every_screen(app, backend):
         assert_fits(app)
         seen.append(name)
-    assert len(seen) == 14
+    assert len(seen) == 28
 
 
 def test_every_screen_has_the_same_shape(app, backend):

@@ -1,0 +1,566 @@
+"""What a restored drive needs after its bytes are written, so that it boots and coexists.
+
+- `new_ids`: a restore keeps every partition GUID and filesystem UUID, which is right for a
+  replacement drive but wrong when the copy stays in the machine beside its source: two
+  filesystems with one UUID make the boot pick either (and btrfs refuses to mount one of
+  them). It gives the copy a new disk id, new partition GUIDs and new filesystem UUIDs, then
+  rewrites the references to the old ones (fstab, crypttab, GRUB's configuration on the root,
+  on a separate /boot and on the ESP) so the copy still boots.
+- `ensure_efi_fallback`: NVRAM boot entries belong to the old machine. A drive whose ESP has
+  only EFI/<vendor>/ loaders does not boot on another machine; the removable-media path
+  EFI/BOOT/BOOTX64.EFI does.
+- `add_boot_entry`: when running on UEFI firmware, an NVRAM entry for the restored loader.
+- `grub_bios_pointers` / `patch_grub_bios`: GRUB's BIOS boot code finds core.img by absolute
+  sector numbers; when the BIOS boot partition moves, both pointers must follow.
+
+The drive is reached by offsets (loop devices over one partition; no partition nodes), FAT
+through mtools (no vfat driver on the development machines). The target must not be mounted
+or in use: the callers have checked that before writing it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rescue.errors import DeviceError, FilesystemError, RescueError
+from rescue.filesystems import probe
+from rescue.filesystems.base import Volume
+from rescue.hw.loop import attached
+from rescue.hw.partitions import read_layout
+from rescue.hw.run import output, run
+from rescue.model.layout import DiskLayout, Partition
+
+Log = Callable[[str], None]
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_MBR = 0xEF
+EXT = ("ext2", "ext3", "ext4")
+FAT = ("vfat", "msdos")
+# Filesystems that may hold /etc/fstab or a /boot, mounted read-write to fix references.
+LINUX_FS = EXT + ("xfs", "btrfs")
+# Files that name filesystems or partitions by UUID, relative to a filesystem's root: a root
+# filesystem (etc/..., boot/...) or a separate /boot (grub/...).
+REFERENCE_FILES = ("etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline",
+                   "boot/grub/grub.cfg", "boot/grub2/grub.cfg", "grub/grub.cfg", "grub2/grub.cfg")
+REFERENCE_GLOBS = ("boot/loader/entries/*.conf", "loader/entries/*.conf")  # systemd-boot / BLS
+FALLBACK = "BOOTX64.EFI"
+VENDOR_LOADERS = ("shimx64.efi", "grubx64.efi")
+SHIM_COMPANIONS = ("grubx64.efi", "mmx64.efi")
+
+
+def _mtools_env() -> dict:
+    # The ESP of a restored drive need not match mtools' idea of a consistent geometry.
+    return {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def _volume(target: str, layout: DiskLayout, p: Partition) -> Volume:
+    return Volume(target, p.offset(layout.sector_size), p.size(layout.sector_size))
+
+
+@contextlib.contextmanager
+def _partition(target: str, layout: DiskLayout, p: Partition) -> Iterator[str]:
+    with attached(target, offset=p.offset(layout.sector_size), size=p.size(layout.sector_size)) as dev:
+        yield dev
+
+
+# --- new identities ---------------------------------------------------------------------------
+
+def mbr_partuuid(disk_id: str, number: int) -> str:
+    """The PARTUUID Linux gives an MBR partition: the disk id in hex and the number."""
+    return f"{int(disk_id, 16):08x}-{number:02x}"
+
+
+def vfat_uuid(volume_id: int) -> str:
+    """blkid's spelling of a FAT volume id."""
+    return f"{volume_id >> 16:04X}-{volume_id & 0xFFFF:04X}"
+
+
+def new_ids(target: str, log: Log) -> dict[str, str]:
+    """New disk id, partition GUIDs and filesystem UUIDs on the restored `target`, and every
+    reference to the old ones rewritten. Returns old → new for filesystems and partitions.
+    Filesystems this cannot renumber (LUKS, LVM, RAID members, unknown) are left as they are
+    and said so in the log."""
+    layout = read_layout(target)
+    if layout.table == "none":
+        log("new ids: the drive has no partition table; nothing renumbered")
+        return {}
+    mapping: dict[str, str] = {}
+    fs_types: dict[int, str] = {}
+    for p in layout.data_partitions():
+        found = probe(_volume(target, layout, p))
+        fstype, old = found.get("TYPE"), found.get("UUID")
+        if not fstype:
+            continue
+        fs_types[p.number] = fstype
+        if not old:
+            log(f"partition {p.number}: {fstype} has no UUID; left as is")
+            continue
+        new = _new_fs_uuid(target, layout, p, fstype, old, log)
+        if new:
+            mapping[old] = new
+    mapping.update(_new_table_ids(target, layout, log))
+    if mapping:
+        _fix_references(target, read_layout(target), fs_types, mapping, log)
+    return mapping
+
+
+def _new_table_ids(target: str, layout: DiskLayout, log: Log) -> dict[str, str]:
+    """New disk GUID and partition GUIDs (GPT) or disk id (MBR, whose PARTUUIDs derive from it)."""
+    def sfdisk(*args: str) -> None:
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", *args], error=DeviceError)
+
+    mapping: dict[str, str] = {}
+    if layout.table == "gpt":
+        disk = str(uuidlib.uuid4()).upper()
+        sfdisk("--disk-id", target, disk)
+        log(f"new ids: disk GUID {layout.disk_id} -> {disk}")
+        for p in layout.partitions:
+            new = str(uuidlib.uuid4())
+            sfdisk("--part-uuid", target, str(p.number), new.upper())
+            if p.uuid:
+                mapping[p.uuid.lower()] = new
+            log(f"new ids: partition {p.number} GUID {(p.uuid or '?').lower()} -> {new}")
+    else:
+        new_id = 0
+        while new_id == 0:  # 0 means "no id" to some tools
+            new_id = secrets.randbits(32)
+        disk = f"0x{new_id:08x}"
+        sfdisk("--disk-id", target, disk)
+        log(f"new ids: MBR disk id {layout.disk_id} -> {disk}")
+        if layout.disk_id:
+            for p in layout.partitions:
+                mapping[mbr_partuuid(layout.disk_id, p.number)] = mbr_partuuid(disk, p.number)
+    return mapping
+
+
+def _new_fs_uuid(target: str, layout: DiskLayout, p: Partition, fstype: str, old: str, log: Log) -> str | None:
+    where = f"partition {p.number} ({fstype})"
+    vol = _volume(target, layout, p)
+    if fstype in FAT:
+        new = _new_fat_id(vol)
+    elif fstype in _METHODS:
+        with _partition(target, layout, p) as dev:
+            new = _METHODS[fstype](dev)
+    else:
+        log(f"new ids: {where} UUID {old} left as is (no way to renumber {fstype})")
+        return None
+    after = probe(vol).get("UUID", "")
+    if after.lower() != new.lower():
+        raise FilesystemError(f"{where}: UUID is {after or 'gone'} after renumbering, expected {new}")
+    log(f"new ids: {where} UUID {old} -> {new}")
+    return new
+
+
+def _ext(dev: str) -> str:
+    # tune2fs -U on a metadata_csum filesystem rewrites every checksum and insists on a freshly
+    # checked filesystem; 0 clean, 1 corrected, anything else is not fit to touch.
+    proc = run(["e2fsck", "-fy", dev], check=False, timeout=None)
+    if proc.returncode not in (0, 1):
+        raise FilesystemError(f"e2fsck found errors it could not fix on {dev} (exit {proc.returncode})")
+    new = str(uuidlib.uuid4())
+    run(["tune2fs", "-U", new, dev], timeout=None)
+    return new
+
+
+def _xfs(dev: str) -> str:
+    new = str(uuidlib.uuid4())
+    run(["xfs_admin", "-U", new, dev], timeout=None)
+    return new
+
+
+def _btrfs(dev: str) -> str:
+    """-U rewrites the fsid in every metadata block (slower than -M, which only records a
+    metadata_uuid, but any kernel mounts the result). The kernel's cache of btrfs devices
+    still lists this one under the old fsid: forget it."""
+    new = str(uuidlib.uuid4())
+    run(["btrfs", "device", "scan", "--forget", dev], check=False)
+    run(["btrfstune", "-f", "-U", new, dev], timeout=None)
+    run(["btrfs", "device", "scan", "--forget", dev], check=False)
+    return new
+
+
+def _ntfs(dev: str) -> str:
+    new = f"{secrets.randbits(64):016X}"
+    run(["ntfslabel", f"--new-serial={new}", dev])
+    return new
+
+
+def _swap(dev: str) -> str:
+    new = str(uuidlib.uuid4())
+    run(["swaplabel", "-U", new, dev])
+    return new
+
+
+_METHODS: dict[str, Callable[[str], str]] = {
+    **{t: _ext for t in EXT}, "xfs": _xfs, "btrfs": _btrfs, "ntfs": _ntfs, "swap": _swap}
+
+
+def _new_fat_id(vol: Volume) -> str:
+    """No tool here rewrites a FAT volume id (mlabel -N would, but also touches the label),
+    so the 4 bytes are written in the boot sector, and in FAT32's backup boot sector."""
+    from rescue.filesystems import fat
+
+    bpb = fat.read_bpb(vol)
+    if bpb.volume_id is None:
+        raise FilesystemError(f"FAT at byte {vol.offset}: no extended boot signature, so no volume id to change")
+    at = 0x43 if bpb.fat_bits == 32 else 0x27
+    new_id = secrets.randbits(32)
+    bps = bpb.bytes_per_sector
+    fd = os.open(vol.path, os.O_RDWR)
+    try:
+        sectors = [0]
+        if bpb.fat_bits == 32:
+            boot = os.pread(fd, bps, vol.offset)
+            backup = int.from_bytes(boot[0x32:0x34], "little")
+            if 0 < backup < bpb.reserved_sectors:
+                sectors.append(backup)
+        for s in sectors:
+            sector = bytearray(os.pread(fd, bps, vol.offset + s * bps))
+            if s and sector[510:512] != b"\x55\xaa":
+                continue  # no valid backup there: leave whatever it is
+            sector[at:at + 4] = new_id.to_bytes(4, "little")
+            os.pwrite(fd, bytes(sector), vol.offset + s * bps)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return vfat_uuid(new_id)
+
+
+# --- references to the old ids -----------------------------------------------------------------
+
+def replace_ids(text: str, mapping: dict[str, str]) -> tuple[str, int]:
+    """Every whole occurrence of an old id replaced by its new one, whatever its case (fstab
+    may say UUID=, PARTUUID=, grub.cfg a bare UUID after --fs-uuid). "Whole" means not part
+    of a longer hex-and-dash word, so a short FAT id never matches inside a GUID. The new id
+    keeps the case the old one was written in. Returns the text and the count."""
+    count = 0
+    for old, new in mapping.items():
+        pattern = re.compile(rf"(?<![0-9A-Za-z-]){re.escape(old)}(?![0-9A-Za-z-])", re.I)
+
+        def swap(m: re.Match) -> str:
+            return new.upper() if m.group(0).isupper() else new.lower() if m.group(0).islower() else new
+
+        text, n = pattern.subn(swap, text)
+        count += n
+    return text, count
+
+
+def _rewrite_file(path: Path, mapping: dict[str, str]) -> int:
+    """Replace ids in one text file atomically, keeping its mode and owner."""
+    raw = path.read_bytes()
+    text, n = replace_ids(raw.decode("utf-8", errors="surrogateescape"), mapping)
+    if n:
+        st = path.stat()
+        tmp = path.with_name(f".{path.name}.rescue-tmp")
+        with open(tmp, "wb") as f:
+            f.write(text.encode("utf-8", errors="surrogateescape"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    return n
+
+
+def _reference_files(root: Path) -> list[Path]:
+    found = [root / rel for rel in REFERENCE_FILES]
+    for pattern in REFERENCE_GLOBS:
+        found += sorted(root.glob(pattern))
+    # Regular files only: a symlink may point out of this filesystem (or into the host's).
+    return [p for p in found if p.is_file() and not p.is_symlink()]
+
+
+def _fix_references(target: str, layout: DiskLayout, fs_types: dict[int, str], mapping: dict[str, str],
+                    log: Log) -> None:
+    """A filesystem that cannot be mounted or read is reported and skipped: the ids are
+    already new, and the other partitions' references must still follow them."""
+    for p in layout.data_partitions():
+        fstype = fs_types.get(p.number)
+        try:
+            if fstype in LINUX_FS:
+                with _partition(target, layout, p) as dev, _mounted_rw(dev, fstype) as mnt:
+                    for path in _reference_files(Path(mnt)):
+                        n = _rewrite_file(path, mapping)
+                        if n:
+                            log(f"new ids: partition {p.number}: /{path.relative_to(mnt)}: {n} id(s) rewritten")
+            elif fstype in FAT:
+                with _partition(target, layout, p) as dev:
+                    for name in _fat_grub_cfgs(dev):
+                        n = _rewrite_fat_file(dev, name, mapping)
+                        if n:
+                            log(f"new ids: partition {p.number}: {name[3:]}: {n} id(s) rewritten")
+        except (RescueError, OSError) as e:
+            log(f"WARNING: new ids: partition {p.number} ({fstype}): references to the old ids not checked: {e}")
+
+
+@contextlib.contextmanager
+def _mounted_rw(dev: str, fstype: str) -> Iterator[str]:
+    """A private read-write mount. btrfs is pinned to this device (device=) so that a
+    same-fsid copy elsewhere is never the one mounted; xfs gets nouuid for the same reason."""
+    options = {"btrfs": f"rw,device={dev}", "xfs": "rw,nouuid"}.get(fstype, "rw")
+    mnt = tempfile.mkdtemp(prefix="rescue-postrestore-")
+    try:
+        if fstype == "btrfs":
+            run(["btrfs", "device", "scan", "--forget"], check=False)
+        run(["mount", "-t", fstype, "-o", options, dev, mnt])
+        try:
+            yield mnt
+        finally:
+            if run(["umount", mnt], check=False, timeout=None).returncode != 0:
+                run(["umount", "-l", mnt], check=False)
+            if fstype == "btrfs":
+                run(["btrfs", "device", "scan", "--forget", dev], check=False)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(mnt)
+
+
+def _mdir(dev: str, path: str) -> list[str]:
+    """Entries of a FAT directory as mtools paths (directories end in '/'); [] if absent."""
+    proc = run(["mdir", "-b", "-i", dev, path], check=False, env=_mtools_env())
+    if proc.returncode != 0:
+        return []
+    return [ln.strip() for ln in proc.stdout.decode(errors="replace").splitlines() if ln.strip().startswith("::")]
+
+
+def _fat_grub_cfgs(dev: str) -> list[str]:
+    """EFI/<vendor>/grub.cfg files: the signed GRUB reads its first config there, and that
+    config finds /boot by UUID."""
+    out = []
+    for entry in _mdir(dev, "::/EFI"):
+        if entry.endswith("/"):
+            out += [e for e in _mdir(dev, entry) if e.lower().endswith("/grub.cfg")]
+    return out
+
+
+def _rewrite_fat_file(dev: str, name: str, mapping: dict[str, str]) -> int:
+    env = _mtools_env()
+    text = run(["mtype", "-i", dev, name], env=env).stdout
+    new, n = replace_ids(text.decode("utf-8", errors="surrogateescape"), mapping)
+    if n:
+        with tempfile.TemporaryDirectory(prefix="rescue-fat-") as tmp:
+            local = Path(tmp) / "file"
+            local.write_bytes(new.encode("utf-8", errors="surrogateescape"))
+            # mcopy writes the new file before it frees the old clusters; FAT has no atomic rename.
+            run(["mcopy", "-o", "-i", dev, str(local), name], env=env)
+    return n
+
+
+# --- the removable-media fallback loader ------------------------------------------------------------
+
+def esp_partitions(layout: DiskLayout) -> list[Partition]:
+    return [p for p in layout.data_partitions()
+            if (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == ESP_MBR]
+
+
+@dataclass(frozen=True)
+class VendorLoader:
+    vendor: str          # directory name under EFI/, as stored
+    loader: str          # file name of the loader to boot: shimx64.efi or grubx64.efi, as stored
+    files: tuple[str, ...]  # what a fallback copy needs, loader first
+
+
+def vendor_loader(dev: str) -> VendorLoader | None:
+    """The installed OS's loader on an ESP: a vendor directory with shimx64.efi (preferred: it
+    also boots with Secure Boot on) or grubx64.efi. Debian's first when several exist."""
+    found: list[VendorLoader] = []
+    for entry in _mdir(dev, "::/EFI"):
+        vendor = entry.rstrip("/").rsplit("/", 1)[-1]
+        if not entry.endswith("/") or vendor.upper() == "BOOT":
+            continue
+        names = {e.rsplit("/", 1)[-1].lower(): e.rsplit("/", 1)[-1] for e in _mdir(dev, entry) if not e.endswith("/")}
+        for loader in VENDOR_LOADERS:
+            if loader in names:
+                extra = [names[c] for c in SHIM_COMPANIONS if loader == "shimx64.efi" and c in names]
+                found.append(VendorLoader(vendor, names[loader], (names[loader], *extra)))
+                break
+    found.sort(key=lambda v: (v.vendor.lower() != "debian", v.loader.lower() != "shimx64.efi", v.vendor.lower()))
+    return found[0] if found else None
+
+
+def ensure_efi_fallback(target: str, log: Log) -> bool:
+    """Copy the vendor loader to EFI/BOOT/BOOTX64.EFI on every ESP that lacks it. Returns
+    whether anything was copied; an existing BOOTX64.EFI (another OS's, or ours from a
+    previous run) is never replaced."""
+    layout = read_layout(target)
+    changed = False
+    for p in esp_partitions(layout):
+        if probe(_volume(target, layout, p)).get("TYPE") not in FAT:
+            log(f"EFI fallback: partition {p.number} is an ESP without a FAT filesystem; skipped")
+            continue
+        with _partition(target, layout, p) as dev:
+            changed |= _ensure_fallback_on(dev, p.number, log)
+    return changed
+
+
+def _ensure_fallback_on(dev: str, number: int, log: Log) -> bool:
+    env = _mtools_env()
+    if run(["mdir", "-b", "-i", dev, f"::/EFI/BOOT/{FALLBACK}"], check=False, env=env).returncode == 0:
+        log(f"EFI fallback: partition {number} already has EFI/BOOT/{FALLBACK}")
+        return False
+    found = vendor_loader(dev)
+    if found is None:
+        log(f"EFI fallback: partition {number} has no EFI/<vendor>/shimx64.efi or grubx64.efi; nothing to copy")
+        return False
+    if run(["mdir", "-b", "-i", dev, "::/EFI/BOOT"], check=False, env=env).returncode != 0:
+        run(["mmd", "-i", dev, "::/EFI/BOOT"], env=env)
+    with tempfile.TemporaryDirectory(prefix="rescue-efi-") as tmp:
+        for name in found.files:
+            run(["mcopy", "-n", "-i", dev, f"::/EFI/{found.vendor}/{name}", str(Path(tmp) / name)], env=env)
+        # The companions first, the loader the firmware looks for last: a copy cut short
+        # leaves no BOOTX64.EFI rather than a shim without its GRUB.
+        for name in found.files[1:]:
+            run(["mcopy", "-o", "-i", dev, str(Path(tmp) / name), f"::/EFI/BOOT/{name}"], env=env)
+        run(["mcopy", "-o", "-i", dev, str(Path(tmp) / found.files[0]), f"::/EFI/BOOT/{FALLBACK}"], env=env)
+    log(f"EFI fallback: partition {number}: EFI/{found.vendor}/{found.loader} copied to EFI/BOOT/{FALLBACK}"
+        + (f" with {', '.join(found.files[1:])}" if found.files[1:] else ""))
+    return True
+
+
+# --- an NVRAM boot entry ------------------------------------------------------------------------
+
+def efibootmgr_argv(disk: str, part: int, vendor: str, loader: str) -> list[str]:
+    """The efibootmgr call that adds (and puts first in BootOrder) an entry for the loader."""
+    return ["efibootmgr", "--create", "--disk", disk, "--part", str(part), "--label", f"{vendor} (restored)",
+            "--loader", f"\\EFI\\{vendor}\\{loader}"]
+
+
+def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/efi") -> str | None:
+    """Add an NVRAM boot entry for the restored drive's loader when running on UEFI firmware.
+    Returns the new entry's name (e.g. "Boot0003"), or None with the reason in the log."""
+    if not os.path.isdir(firmware_dir):
+        log("boot entry: not booted with UEFI firmware; no NVRAM entry added")
+        return None
+    if shutil.which("efibootmgr") is None:
+        log("boot entry: efibootmgr is not installed; no NVRAM entry added")
+        return None
+    try:
+        is_block = stat.S_ISBLK(os.stat(target).st_mode)
+    except OSError:
+        is_block = False
+    if not is_block:
+        log(f"boot entry: {target} is not a block device; no NVRAM entry added")
+        return None
+    layout = read_layout(target)
+    for p in esp_partitions(layout):
+        with _partition(target, layout, p) as dev:
+            found = vendor_loader(dev)
+        if found is None:
+            continue
+        label = f"{found.vendor} (restored)"
+        listing = run(["efibootmgr"], check=False).stdout.decode(errors="replace")
+        same = re.search(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}(\s|$)", listing, re.M)
+        if same:
+            log(f"boot entry: {same.group(1)} '{label}' already exists")
+            return same.group(1)
+        argv = efibootmgr_argv(target, p.number, found.vendor, found.loader)
+        text = output(argv, error=DeviceError)
+        made = re.search(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}", text, re.M)
+        name = made.group(1) if made else label
+        log(f"boot entry: {name} '{label}' -> partition {p.number} \\EFI\\{found.vendor}\\{found.loader}")
+        return name
+    log("boot entry: no ESP with a vendor loader (EFI/<vendor>/shimx64.efi or grubx64.efi); no NVRAM entry added")
+    return None
+
+
+# --- GRUB for BIOS: the sector pointers --------------------------------------------------------------
+
+BOOT_IMG_CORE_LBA = 0x5C   # boot.img: 8-byte LBA of core.img's first sector
+DISKBOOT_BLOCKLIST = 500   # diskboot.img (core.img's first sector): last blocklist entry, growing down
+BLOCKLIST_ENTRY = 12       # u64 start, u16 sectors, u16 segment
+
+
+def grub_bios_pointers(mbr: bytes) -> int | None:
+    """The LBA of core.img that GRUB's boot.img in this MBR jumps to; None if the MBR does not
+    hold GRUB's boot.img (its "GRUB " message text sits near 0x180)."""
+    if len(mbr) < 512 or b"GRUB " not in mbr[0x170:0x1B8]:
+        return None
+    return int.from_bytes(mbr[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8], "little")
+
+
+def blocklist(sector: bytes) -> list[tuple[int, int]]:
+    """diskboot.img's blocklist: (start LBA, sectors) entries, from the last one down until
+    an entry of length 0."""
+    out = []
+    at = DISKBOOT_BLOCKLIST
+    while at >= 0x10:  # the code in front of the list
+        start = int.from_bytes(sector[at:at + 8], "little")
+        length = int.from_bytes(sector[at + 8:at + 10], "little")
+        if length == 0:
+            break
+        out.append((start, length))
+        at -= BLOCKLIST_ENTRY
+    return out
+
+
+def patch_diskboot(sector: bytes, old_core_lba: int, new_core_lba: int) -> bytes:
+    """core.img's first sector with its blocklist moved by the same distance as core.img."""
+    out = bytearray(sector)
+    at = DISKBOOT_BLOCKLIST
+    for start, _length in blocklist(sector):
+        out[at:at + 8] = (start - old_core_lba + new_core_lba).to_bytes(8, "little")
+        at -= BLOCKLIST_ENTRY
+    return bytes(out)
+
+
+def patch_grub_bios(target: str, old_core_lba: int, new_core_lba: int, sector_size: int = 512) -> str:
+    """Point GRUB's boot.img and diskboot blocklist at core.img's new place (its bytes are
+    already there: the BIOS boot partition was restored at its new start). Returns a line for
+    the log; changes nothing when the MBR's GRUB does not point at old_core_lba."""
+    fd = os.open(target, os.O_RDWR)
+    try:
+        mbr = os.pread(fd, sector_size, 0)
+        at = grub_bios_pointers(mbr)
+        if at is None:
+            return "GRUB BIOS: the MBR holds no GRUB boot code; nothing to patch"
+        if at == new_core_lba:
+            return f"GRUB BIOS: boot code already points at sector {new_core_lba}"
+        if at != old_core_lba:
+            return f"GRUB BIOS: boot code points at sector {at}, not {old_core_lba}; left as is"
+        first = os.pread(fd, sector_size, new_core_lba * sector_size)
+        entries = blocklist(first)
+        if not entries or entries[0][0] != old_core_lba + 1:
+            raise DeviceError(f"GRUB BIOS: sector {new_core_lba} does not hold the core.img that sector "
+                              f"{old_core_lba} held (its blocklist does not start at {old_core_lba + 1})")
+        os.pwrite(fd, patch_diskboot(first, old_core_lba, new_core_lba), new_core_lba * sector_size)
+        patched = bytearray(mbr)
+        patched[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8] = new_core_lba.to_bytes(8, "little")
+        os.pwrite(fd, bytes(patched), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return f"GRUB BIOS: core.img moved from sector {old_core_lba} to {new_core_lba}; boot code and blocklist updated"
+
+
+def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] | None:
+    """(old, new) start sector of the BIOS boot partition when a restore placed it elsewhere."""
+    def start(layout: DiskLayout) -> dict[int, int]:
+        return {p.number: p.start for p in layout.partitions if "bios_grub" in p.flags
+                or (p.type_guid or "").upper() == "21686148-6449-6E6F-744E-656564454649"}
+
+    old, new = start(image), start(written)
+    for number, s in old.items():
+        if number in new and new[number] != s:
+            return s, new[number]
+    return None
+
+
+def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, *, fresh_ids: bool = False) -> None:
+    """Everything a written drive needs before it boots: restore and clone call this once the
+    bytes are on the target."""
+    moved = bios_boot_moved(image, written)
+    if moved:
+        log(patch_grub_bios(target, *moved, sector_size=written.sector_size))
+    if fresh_ids:
+        new_ids(target, log)
+    ensure_efi_fallback(target, log)
+    add_boot_entry(target, log)
