@@ -4,17 +4,22 @@ The imaging engine reads a drive chunk by chunk (4 MiB). On a healthy drive each
 one large read. When a read fails, this module finds out which sectors are bad without
 hammering them, because every failed read on a dying drive costs seconds and wears it:
 
-1. copy   - read() tries the chunk in one read; on error, in 64 KiB blocks. A failed block
-            is marked non-trimmed ('*'). After `skip_after` failed blocks in a row the rest
-            of the chunk is skipped (left non-tried, '?'): a cluster of damage is left for
-            later instead of being ground through now.
+1. copy   - read() tries the chunk in one read. When that fails, the chunk is halved, and
+            the halves halved, down to 64 KiB blocks: a few bad sectors in a 4 MiB chunk cost
+            a dozen reads instead of one per block. When a half reads fine, its failed
+            parent says the other half holds the error, so that half is split without
+            being read. A failed block is marked non-trimmed ('*'). After `skip_after`
+            failed blocks in a row the rest of the chunk is skipped (left non-tried, '?'):
+            a cluster of damage is left for later instead of being ground through now.
+            A chunk read that times out is read block by block instead, in order: halving
+            would meet the stuck area once per level, at a timeout each.
             If nothing was skipped, the failed blocks are trimmed at once (step 2), which
             settles a chunk with a few isolated bad sectors in the same call.
-2. trim   - read a '*' block from its leading edge forward (4 KiB, then sector by sector
-            inside the first failing 4 KiB) until a sector fails, and from its trailing edge
-            backward the same way. The sectors that failed become bad ('-'), the middle
-            becomes non-scraped ('/'). Few failed reads, most good data back.
-3. scrape - read every sector of the '/' areas once.
+2. trim   - each '*' block is searched from its leading edge for its first bad sector
+            (binary search: reads of a good prefix, about 8 reads for 128 sectors), then
+            from its trailing edge for its last one. Those sectors become bad ('-'), what
+            lies between becomes non-scraped ('/'): a block with one bad sector is settled.
+3. scrape - read the '/' areas in 4 KiB steps, and sector by sector inside a failing step.
 4. retry  - `retries` passes re-reading each bad sector.
 
 finish() runs what read() deferred, in ddrescue's order (all copying first, then all
@@ -90,6 +95,10 @@ class ReadStats:
 
 class _TimedOut(Exception):
     pass
+
+
+class _Skipped(Exception):
+    """Halving met `skip_after` failed blocks in a row: the rest is left for finish()."""
 
 
 FAILED = "failed"
@@ -229,7 +238,7 @@ class TolerantReader:
             if isinstance(got, bytes):
                 self._good(offset, got, sink)
             else:
-                skipped = self._copy(offset, end, sink, skip=True)
+                skipped = self._split(offset, end, sink, got, skip=True)
                 if not skipped:
                     self._trim(offset, end, sink)
                 if self.map.missing_ranges(offset, end):
@@ -262,7 +271,7 @@ class TolerantReader:
             if progress and total:
                 progress(name, total, total)
 
-        run_phase(NON_TRIED, "copy", lambda s, e: self._copy(s, e, sink, skip=False))
+        run_phase(NON_TRIED, "copy", lambda s, e: self._copy_area(s, e, sink))
         run_phase(NON_TRIMMED, "trim", lambda s, e: self._trim(s, e, sink))
         run_phase(NON_SCRAPED, "scrape", lambda s, e: self._scrape(s, e, sink))
         for retry in range(1, self.retries + 1):
@@ -288,9 +297,61 @@ class TolerantReader:
 
     # -- the passes --------------------------------------------------------------------------
 
+    def _copy_area(self, start: int, end: int, sink: Sink) -> None:
+        """finish()'s copy pass over an area read() skipped: one read, then halving."""
+        got = self._try(start, end - start)
+        if isinstance(got, bytes):
+            self._good(start, got, sink)
+        else:
+            self._split(start, end, sink, got, skip=False)
+
+    def _split(self, start: int, end: int, sink: Sink, why: str, *, skip: bool) -> bool:
+        """Find the failed blocks of [start, end), whose one read just failed for `why`.
+        Return True if the rest was skipped after `skip_after` failed blocks in a row."""
+        if why is TIMED_OUT:
+            return self._copy(start, end, sink, skip=skip)
+        fails = 0
+
+        def halve(lo: int, hi: int) -> None:
+            """[lo, hi) holds an error (its read failed, or its sibling read fine)."""
+            nonlocal fails
+            mid = _align_down(lo + (hi - lo) // 2, self.block_size)
+            if mid <= lo:
+                mid = _align_up(lo + 1, self.block_size)
+            if hi - lo <= self.block_size or mid >= hi:
+                self.map.mark(lo, hi - lo, NON_TRIMMED)
+                fails += 1
+                if skip and fails >= self.skip_after and hi < end:
+                    self.map.mark(hi, end - hi, NON_TRIED)
+                    raise _Skipped()
+                return
+            left = self._try(lo, mid - lo)
+            if isinstance(left, bytes):
+                self._good(lo, left, sink)
+                fails = 0
+                return halve(mid, hi)
+            if left is TIMED_OUT:
+                self._copy(lo, mid, sink, skip=False)
+            else:
+                halve(lo, mid)
+            right = self._try(mid, hi - mid)
+            if isinstance(right, bytes):
+                self._good(mid, right, sink)
+                fails = 0
+            elif right is TIMED_OUT:
+                self._copy(mid, hi, sink, skip=False)
+            else:
+                halve(mid, hi)
+
+        try:
+            halve(start, end)
+        except _Skipped:
+            return True
+        return False
+
     def _copy(self, start: int, end: int, sink: Sink, *, skip: bool) -> bool:
-        """Read [start, end) in aligned blocks; failed blocks become '*'. Return True if the
-        rest was skipped after `skip_after` failures in a row."""
+        """Read [start, end) block by block, in order; failed blocks become '*'. Return True
+        if the rest was skipped after `skip_after` failures in a row."""
         fails, pos = 0, start
         while pos < end:
             n = min(_align_up(pos + 1, self.block_size), end) - pos
@@ -308,65 +369,78 @@ class TolerantReader:
         return False
 
     def _trim(self, start: int, end: int, sink: Sink) -> None:
+        """Each failed block on its own: blocks next to each other may each hold one bad
+        sector, and trimming them as one area would leave all between to scraping."""
         for s, n in self.map.ranges(NON_TRIMMED, start, end):
-            lo, hi = self._trim_forward(s, s + n, sink), s + n
-            if lo < hi:
-                hi = self._trim_backward(lo, hi, sink)
-            if lo < hi:
-                self.map.mark(lo, hi - lo, NON_SCRAPED)
+            pos = s
+            while pos < s + n:
+                block_end = min(_align_up(pos + 1, self.block_size), s + n)
+                lo, hi = self._trim_forward(pos, block_end, sink), block_end
+                if lo < hi:
+                    hi = self._trim_backward(lo, hi, sink)
+                if lo < hi:
+                    self.map.mark(lo, hi - lo, NON_SCRAPED)
+                pos = block_end
 
     def _trim_forward(self, lo: int, hi: int, sink: Sink) -> int:
-        """Read from `lo` up until a sector fails; return where the unknown part starts."""
-        while lo < hi:
-            step = min(_align_up(lo + 1, self.trim_step), hi)
-            got = self._try(lo, step - lo)
+        """Binary search of [lo, hi), which failed to read, for its first bad sector: good
+        prefixes are read and kept. Return the end of that sector."""
+        while hi - lo > self.sector_size:
+            mid = lo + max(self.sector_size, _align_down((hi - lo) // 2, self.sector_size))
+            got = self._try(lo, mid - lo)
             if isinstance(got, bytes):
                 self._good(lo, got, sink)
-                lo = step
-                continue
-            if got is TIMED_OUT:
-                self._failed(lo, step - lo, got, BAD)
-                return step
-            for sec in range(lo, step, self.sector_size):
-                n = min(self.sector_size, step - sec)
-                got = self._try(sec, n)
-                if not isinstance(got, bytes):
-                    self._failed(sec, n, got, BAD)
-                    return sec + n
-                self._good(sec, got, sink)
-            lo = step  # the step failed but each of its sectors read: a flaky read, go on
-        return lo
-
-    def _trim_backward(self, lo: int, hi: int, sink: Sink) -> int:
-        """Read from `hi` down until a sector fails; return where the unknown part ends."""
-        while hi > lo:
-            step = max(_align_down(hi - 1, self.trim_step), lo)
-            got = self._try(step, hi - step)
-            if isinstance(got, bytes):
-                self._good(step, got, sink)
-                hi = step
-                continue
-            if got is TIMED_OUT:
-                self._failed(step, hi - step, got, BAD)
-                return step
-            for sec in reversed(range(step, hi, self.sector_size)):
-                n = min(self.sector_size, hi - sec)
-                got = self._try(sec, n)
-                if not isinstance(got, bytes):
-                    self._failed(sec, n, got, BAD)
-                    return sec
-                self._good(sec, got, sink)
-            hi = step
+                lo = mid
+            elif got is TIMED_OUT:
+                self._failed(lo, mid - lo, got, BAD)
+                return mid
+            else:
+                hi = mid
+        self.map.mark(lo, hi - lo, BAD)  # what is left of an area that failed
         return hi
 
-    def _scrape(self, start: int, end: int, sink: Sink) -> None:
-        for sec in range(start, end, self.sector_size):
-            n = min(self.sector_size, end - sec)
-            got = self._try(sec, n)
+    def _trim_backward(self, lo: int, hi: int, sink: Sink) -> int:
+        """The same from the trailing edge: [lo, hi) is read whole first, since it may hold
+        no error at all. Return the start of its last bad sector (lo if none)."""
+        got = self._try(lo, hi - lo)
+        if isinstance(got, bytes):
+            self._good(lo, got, sink)
+            return lo
+        if got is TIMED_OUT:
+            self._failed(lo, hi - lo, got, BAD)
+            return lo
+        while hi - lo > self.sector_size:
+            mid = hi - max(self.sector_size, _align_down((hi - lo) // 2, self.sector_size))
+            got = self._try(mid, hi - mid)
             if isinstance(got, bytes):
-                self._good(sec, got, sink)
+                self._good(mid, got, sink)
+                hi = mid
+            elif got is TIMED_OUT:
+                self._failed(mid, hi - mid, got, BAD)
+                return mid
             else:
-                self._failed(sec, n, got, BAD)
+                lo = mid
+        self.map.mark(lo, hi - lo, BAD)
+        return lo
+
+    def _scrape(self, start: int, end: int, sink: Sink) -> None:
+        step = start
+        while step < end:
+            step_end = min(_align_up(step + 1, self.trim_step), end)
+            got = self._try(step, step_end - step)
+            if isinstance(got, bytes):
+                self._good(step, got, sink)
+            elif got is TIMED_OUT:
+                self._failed(step, step_end - step, got, BAD)
+            else:
+                for sec in range(step, step_end, self.sector_size):
+                    n = min(self.sector_size, step_end - sec)
+                    got = self._try(sec, n)
+                    if isinstance(got, bytes):
+                        self._good(sec, got, sink)
+                    else:
+                        self._failed(sec, n, got, BAD)
+            step = step_end
 
     def _retry(self, start: int, end: int, sink: Sink) -> None:
         """Bad sectors one by one; an area that timed out once is tried again as a whole,

@@ -239,6 +239,7 @@ def test_a_healthy_image_file_reads_in_one_pass(backing):
 def test_finish_reports_progress_per_pass(loops, backing):
     path, data = backing
     bad = [(8 * MiB + k * 64 * KiB, 512) for k in range(5)]  # five blocks in a row: the rest is skipped
+    bad += [(8 * MiB + 8 * KiB, 512), (8 * MiB + 16 * KiB, 512)]  # three in the first block
     with faulty_block_device(loops, path, bad=bad) as dev:
         with TolerantReader(dev) as reader:
             first = reader.read(8 * MiB, CHUNK)
@@ -248,8 +249,8 @@ def test_finish_reports_progress_per_pass(loops, backing):
             phases = []
             recovered = reader.finish(lambda *p: phases.append(p))
         names = [p[0] for p in phases]
-        # In ddrescue's order. Trimming the five failed blocks as one area from its two edges
-        # leaves the middle to scraping.
+        # In ddrescue's order. Trimming the first block from its two edges finds the bad
+        # sectors at 0 and 16 KiB and leaves the one between to scraping.
         assert list(dict.fromkeys(names)) == ["copy", "trim", "scrape", "retry"]
         assert all(done <= total for _, done, total in phases)
         chunk = bytearray(first.data)
