@@ -10,10 +10,11 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     s = sub.add_parser(
         "mount", help="browse an image's partitions read-only",
         description="Show the files of image NAME without restoring it: each partition's filesystem "
-        "appears read-only under MOUNTPOINT/pN (ext2/3/4, XFS, btrfs, NTFS). Chunks are read from the "
-        "repository on demand and checked; a damaged chunk makes reads of its bytes fail with an I/O "
-        "error (logged), never return wrong data. FAT partitions are not mounted (this kernel has no "
-        "FAT driver): copy from them with 'rescue extract'. Nothing is written to the repository. "
+        "appears read-only under MOUNTPOINT/pN (ext2/3/4, XFS, btrfs, NTFS, FAT). Chunks are read from "
+        "the repository on demand and checked; a damaged chunk makes reads of its bytes fail with an I/O "
+        "error (logged), never return wrong data. FAT is mounted with the kernel's vfat driver, or with "
+        "fusefat where the kernel has none (short names then show in capitals, and times may be off); "
+        "if neither works, copy from it with 'rescue extract'. Nothing is written to the repository. "
         "Undo with 'rescue umount MOUNTPOINT'.")
     s.add_argument("repo", help="repository directory")
     s.add_argument("name", help="image name")
@@ -50,7 +51,7 @@ def cmd_mount(args) -> int:
     for p in result.parts:
         kind = p.fstype or "-"
         if p.path:
-            print(f"{p.area:<4} {kind:<6} {p.path}")
+            print(f"{p.area:<4} {kind:<6} {p.path}" + (f" ({p.note})" if p.note else ""))
         else:
             print(f"{p.area:<4} {kind:<6} not mounted: {p.note}")
     print(f"image {args.name} is mounted read-only at {result.state.mountpoint}; damaged chunks are logged "

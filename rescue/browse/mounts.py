@@ -1,13 +1,19 @@
 """Mounting an image read-only: one FUSE process (rescue.browse.imagefs) shows the areas as
 files, a read-only loop device over each partition's file makes it a block device, and the
-kernel's driver (or ntfs-3g) mounts it read-only at MOUNTPOINT/p<N>.
+kernel's driver (or a FUSE driver) mounts it read-only at MOUNTPOINT/p<N>.
 
     MOUNTPOINT/p2  ext2/3/4  ro,noload          (no journal replay: nothing is written)
     MOUNTPOINT/p3  xfs       ro,norecovery,nouuid  (nouuid: the source may be mounted too)
     MOUNTPOINT/p4  btrfs     ro,rescue=nologreplay
+    MOUNTPOINT/p5  FAT       the kernel's vfat, ro, where it has one (the rescue ISO's
+                             Debian kernel); else fusefat -o ro (FUSE) over the same
+                             read-only loop device; else not mounted, and `rescue extract`
+                             copies from FAT with mtools (reading the partition's file).
     MOUNTPOINT/p6  ntfs      ntfs-3g ro
-    FAT            not mounted: this kernel has no vfat driver. `rescue extract` copies
-                   from FAT with mtools (reading the partition's file directly).
+
+fusefat runs as a daemon of its own (it daemonizes once mounted), so its pid is recorded
+next to the mount, and its mount's source is named after our loop device (-o fsname=) so
+the same "is this ours" check covers it.
 
 Why a state file per mount (/run/rescue/mounts/<key>.json, written before and after every
 step): the FUSE process outlives the `rescue mount` command, and when it or a `rescue
@@ -34,7 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rescue.errors import FilesystemError, RefusedError, RescueError, UsageError
 from rescue.hw.run import run
@@ -45,7 +51,12 @@ from rescue.repo.store import Repository
 SERVER_MODULE = "rescue.browse.imagefs"
 START_TIMEOUT = 30.0
 FAT_TYPES = ("vfat", "fat", "fat12", "fat16", "fat32", "msdos")
+FUSEFAT = "fusefat"
+# -s: one thread (fusefat is old code; a race there could mean wrong bytes). It writes only
+# when given rw+; ro says so to the kernel too, which then refuses every write (EROFS).
+FUSEFAT_ARGS = ("-s", "-o", "ro,subtype=fusefat")
 MOUNT_OPTIONS = {  # filesystem type in the manifest -> (mount -t, -o)
+    **{t: ("vfat", "ro") for t in FAT_TYPES},  # vfat, never msdos: long names
     "ext2": ("ext4", "ro,noload"),
     "ext3": ("ext4", "ro,noload"),
     "ext4": ("ext4", "ro,noload"),
@@ -73,6 +84,7 @@ class MountState:
     loops: list[str] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)
+    helpers: dict[str, int] = field(default_factory=dict)  # mount -> pid of its FUSE daemon (fusefat)
 
     @property
     def work(self) -> Path:
@@ -300,6 +312,79 @@ def mount_fs(state: MountState, area: Area, dev: str, target: Path) -> None:
                            f"image's {area.name} (a mounted filesystem with the same UUID?); unmounted again")
 
 
+def kernel_has(fs: str) -> bool:
+    """Whether the kernel lists a driver (after a mount attempt, a module that could be
+    loaded has been)."""
+    try:
+        lines = Path("/proc/filesystems").read_text().splitlines()
+    except OSError:
+        return False
+    return any(ln.split()[-1] == fs for ln in lines if ln.split())
+
+
+def mount_fat(state: MountState, area: Area, dev: str, target: Path) -> str:
+    """The kernel's vfat first (ours on the rescue ISO, faithful names and times); where the
+    kernel has none, fusefat. Returns a hint for the listing ("" for the kernel)."""
+    try:
+        mount_fs(state, area, dev, target)
+        return ""
+    except FilesystemError as e:
+        kernel = "this kernel has no FAT driver" if not kernel_has("vfat") else f"the kernel's vfat failed ({e})"
+    try:
+        mount_fusefat(state, area, dev, target)
+    except FilesystemError as e:
+        raise FilesystemError(f"{area.name} (FAT): {kernel} and {e}: copy files with 'rescue extract'") from None
+    return f"read with fusefat: {kernel}"
+
+
+def mount_fusefat(state: MountState, area: Area, dev: str, target: Path) -> None:
+    """fusefat, read-only, over our read-only loop device. fsname=DEV makes the mount's
+    source our loop device: what teardown checks before it unmounts anything."""
+    import shutil
+
+    if shutil.which(FUSEFAT) is None:
+        raise FilesystemError("fusefat is not installed")
+    argv = [FUSEFAT, *FUSEFAT_ARGS, "-o", f"fsname={dev}", dev, str(target)]
+    state.mounts.append(str(target))
+    state.save()
+    proc = run(argv, check=False, timeout=120)
+    if proc.returncode != 0:
+        state.mounts.remove(str(target))
+        state.save()
+        raise FilesystemError(f"fusefat could not mount {area.name}: {_fusefat_reason(proc)}")
+    pid = _find_process(argv)
+    if pid is not None:
+        state.helpers[str(target)] = pid
+        state.save()
+    found = mount_table().get(str(target))
+    if not found or os.path.realpath(found[1]) != os.path.realpath(dev):
+        raise FilesystemError(f"fusefat did not mount {area.name} (the kernel shows "
+                              f"{found[1] if found else 'nothing'} at {target})")
+
+
+def _fusefat_reason(proc: subprocess.CompletedProcess) -> str:
+    if proc.returncode < 0:
+        return f"it stopped with signal {-proc.returncode} (a damaged or unusual FAT?)"
+    lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def _find_process(argv: list[str]) -> int | None:
+    """The pid of the daemon that runs exactly argv (fusefat forks and its parent exits)."""
+    want = b"\0".join(a.encode() for a in argv) + b"\0"
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes() == want:
+                    return int(entry.name)
+    return None
+
+
+def helper_alive(state: MountState, target: str) -> bool:
+    """The recorded pid still runs fusefat for this mount (a recycled pid is never ours)."""
+    return _pid_runs(state.helpers.get(target), FUSEFAT, f"\0{target}\0")
+
+
 def select_areas(manifest: Manifest, partition: int | None) -> list[Area]:
     parts = [a for a in manifest.areas if a.partition is not None]
     if partition is None:
@@ -348,9 +433,10 @@ def start_session(repo_path: str, name: str, mountpoint: Path, areas: list[Area]
     return state
 
 
-def mount_areas(state: MountState, areas: list[Area], strict: bool) -> list[PartMount]:
+def mount_areas(state: MountState, areas: list[Area], strict: bool, fusefat: bool = True) -> list[PartMount]:
     """Loop + mount each partition. A failure is a note unless `strict` (one partition
-    asked for by number): one damaged filesystem must not hide the others."""
+    asked for by number): one damaged filesystem must not hide the others. Without
+    `fusefat`, FAT is mounted by the kernel or not at all."""
     out = []
     root = Path(state.mountpoint)
     for area in areas:
@@ -358,24 +444,34 @@ def mount_areas(state: MountState, areas: list[Area], strict: bool) -> list[Part
         if not fstype or fstype == "raw":
             out.append(PartMount(area.name, None, None, "no filesystem"))
             continue
-        if fstype in FAT_TYPES:
-            out.append(PartMount(area.name, fstype, None,
-                                 "this kernel has no FAT driver: copy files with 'rescue extract'"))
-            continue
         if fstype in NOT_MOUNTABLE:
             out.append(PartMount(area.name, fstype, None, NOT_MOUNTABLE[fstype]))
             continue
         target = root / area.name
         try:
             dev = attach_loop(state, area.name)
-            mount_fs(state, area, dev, target)
+            if fstype in FAT_TYPES and fusefat:
+                note = mount_fat(state, area, dev, target)
+            else:
+                mount_fs(state, area, dev, target)
+                note = ""
         except RescueError as e:
             if strict:
                 raise
+            _drop_dir(state, target)
             out.append(PartMount(area.name, fstype, None, str(e)))
             continue
-        out.append(PartMount(area.name, fstype, str(target)))
+        out.append(PartMount(area.name, fstype, str(target), note))
     return out
+
+
+def _drop_dir(state: MountState, target: Path) -> None:
+    """A partition that could not be mounted leaves no empty MOUNTPOINT/pN to puzzle over."""
+    if str(target) in state.created_dirs and str(target) not in mount_table():
+        with contextlib.suppress(OSError):
+            target.rmdir()
+            state.created_dirs.remove(str(target))
+            state.save()
 
 
 @dataclass
@@ -422,6 +518,7 @@ def teardown(state: MountState, lazy: bool = False) -> None:
         found = table.get(mnt)
         if found and os.path.realpath(found[1]) in {os.path.realpath(d) for d in state.loops}:
             umount_one(mnt, lazy)
+    _stop_helpers(state)
     ours = str(state.fuse_dir)
     for dev in reversed(state.loops):
         backing = loop_backing(dev)
@@ -441,19 +538,33 @@ def teardown(state: MountState, lazy: bool = False) -> None:
             p.rmdir() if p.is_dir() else p.unlink()
 
 
-def _stop_server(state: MountState) -> None:
-    """The server exits by itself once unmounted; a hung or orphaned one is signalled."""
+def _stop_helpers(state: MountState) -> None:
+    """fusefat exits once unmounted; one that hangs (or whose mount was torn down lazily)
+    is signalled, so it lets go of the loop device before that is detached."""
+    for target in list(state.helpers):
+        _wait_or_kill(lambda t=target: helper_alive(state, t), state.helpers[target])
+        del state.helpers[target]
+    if state.file.exists():
+        state.save()
+
+
+def _wait_or_kill(alive: Callable[[], bool], pid: int | None) -> None:
     deadline = time.monotonic() + 5
-    while fuse_alive(state) and time.monotonic() < deadline:
+    while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not fuse_alive(state):
+        if not alive():
             return
         with contextlib.suppress(OSError):
-            os.kill(state.fuse_pid, sig)  # type: ignore[arg-type]
+            os.kill(pid, sig)  # type: ignore[arg-type]
         deadline = time.monotonic() + 3
-        while fuse_alive(state) and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _stop_server(state: MountState) -> None:
+    """The server exits by itself once unmounted; a hung or orphaned one is signalled."""
+    _wait_or_kill(lambda: fuse_alive(state), state.fuse_pid)
 
 
 def umount_image(mountpoint: str) -> MountState:

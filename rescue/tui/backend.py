@@ -139,7 +139,8 @@ class FileEntry:
 @dataclass
 class BrowseSession:
     """A partition opened for browsing. `root` is where its files are (a private read-only
-    mount), None for FAT, which is copied whole (no FAT driver in the rescue kernel)."""
+    mount), None for a FAT partition that neither the kernel nor fusefat could mount: that
+    one is copied whole, with mtools."""
     repo_path: str
     image: str
     part: ImagePart
@@ -493,12 +494,22 @@ class RealBackend:
         return out
 
     def browse_open(self, repo_path: str, name: str, part: ImagePart) -> BrowseSession:
+        from rescue.errors import FilesystemError
+        try:
+            return self._browse_mount(repo_path, name, part)
+        except FilesystemError:
+            if not part.fat:
+                raise
+            return BrowseSession(repo_path, name, part, None)  # mtools still reads it, whole
+
+    def _browse_mount(self, repo_path: str, name: str, part: ImagePart) -> BrowseSession:
+        """A private read-only mount of the one partition, torn down again if anything fails.
+        FAT only through the kernel's vfat: fusefat shows short names in capitals and dates a
+        month late, and what the wizard copies must be exact; mtools copies it whole instead."""
         import tempfile
         from pathlib import Path
 
         from rescue.browse import mounts
-        if part.fat:
-            return BrowseSession(repo_path, name, part, None)
         _, manifest = mounts.open_image(repo_path, name)
         area = mounts.select_areas(manifest, part.number)[0]
         work = mounts.state_root().parent / "wizard"
@@ -508,7 +519,7 @@ class RealBackend:
         try:
             with mounts.locked():
                 state = mounts.start_session(repo_path, name, mnt, [area], owner_pid=os.getpid())
-                mounts.mount_areas(state, [area], strict=True)
+                mounts.mount_areas(state, [area], strict=True, fusefat=False)
         except BaseException:
             if state is not None:
                 with mounts.locked():

@@ -15,6 +15,7 @@ from disks import MiB, LoopRegistry, partition_table, populate, sh, tree_hashes
 LINUX = "0FC63DAF-8483-4772-8E79-3D69E8477DE4"
 BASIC = "EBD0A0A2-B9E5-4433-87C0-68B6B97199C7"
 BIOS = "21686148-6449-6E6F-744E-656564454649"
+SWAP = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
 
 
 @dataclass
@@ -58,11 +59,21 @@ GPT_PARTS = [
 GPT_SIZE = 824 * MiB
 
 
-def build_gpt_drive(loops: LoopRegistry, name: str = "source.img") -> SourceDrive:
-    path = loops.file(name, GPT_SIZE)
-    types = {None: BIOS, "vfat": BASIC, "ntfs": BASIC}
+def mib_layout(*parts: tuple[int, str | None, str]) -> list[Part]:
+    """Partitions one after another from 1 MiB: (size in MiB, filesystem, label) each."""
+    out, start = [], 2048
+    for number, (mib, fs, label) in enumerate(parts, 1):
+        out.append(Part(number, start, mib * 2048, fs, label))
+        start += mib * 2048
+    return out
+
+
+def build_gpt_drive(loops: LoopRegistry, name: str = "source.img", parts: list[Part] = GPT_PARTS,
+                    size: int = GPT_SIZE) -> SourceDrive:
+    path = loops.file(name, size)
+    types = {None: BIOS, "vfat": BASIC, "ntfs": BASIC, "swap": SWAP}
     script = "label: gpt\n" + "".join(
-        f"start={p.start}, size={p.size}, type={types.get(p.fs, LINUX)}, name=\"{p.label}\"\n" for p in GPT_PARTS)
+        f"start={p.start}, size={p.size}, type={types.get(p.fs, LINUX)}, name=\"{p.label}\"\n" for p in parts)
     partition_table(str(path), script)
     # Boot code and a post-GPT gap payload, as GRUB would leave them.
     rnd = random.Random(7)
@@ -70,7 +81,7 @@ def build_gpt_drive(loops: LoopRegistry, name: str = "source.img") -> SourceDriv
         f.write(rnd.randbytes(440))
         f.seek(34 * 512)
         f.write(rnd.randbytes((2048 - 34) * 512))
-    drive = SourceDrive(path, "", [Part(**vars(p)) for p in GPT_PARTS])
+    drive = SourceDrive(path, "", [Part(**vars(p)) for p in parts])
     for p in drive.parts:
         fill(loops, drive, p)
     drive.device = loops.attach(path)
@@ -102,6 +113,9 @@ def fill(loops: LoopRegistry, drive: SourceDrive, p: Part) -> None:
         with open(dev, "r+b") as f:
             f.write(data)
         drive.raw_sha[p.number] = sha_of(drive.image, p.offset, p.nbytes)
+        return
+    if p.fs == "swap":
+        sh("mkswap", "-L", p.label, dev)
         return
     mkfs = {"ext4": ["mkfs.ext4", "-q", "-L"], "xfs": ["mkfs.xfs", "-q", "-f", "-L"],
             "btrfs": ["mkfs.btrfs", "-q", "-f", "-L"], "vfat": ["mkfs.vfat", "-F", "32", "-n"],
@@ -169,6 +183,8 @@ def check_restored(loops: LoopRegistry, drive: SourceDrive, target: str) -> None
             continue
         src_dev = loops.attach(drive.image, offset=p.offset, size=p.nbytes, readonly=True)
         assert blkid(dev) == blkid(src_dev), f"p{p.number}: UUID/LABEL/TYPE changed"
+        if p.fs == "swap":
+            continue
         fsck = {"ext4": ["e2fsck", "-fn"], "xfs": ["xfs_repair", "-n"], "btrfs": ["btrfs", "check", "--readonly"],
                 "vfat": ["fsck.vfat", "-n"], "ntfs": ["ntfsfix", "-n"]}[p.fs]
         proc = subprocess.run(fsck + [dev], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

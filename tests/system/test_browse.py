@@ -1,6 +1,7 @@
-"""Browsing an image: `rescue mount` shows every partition's files read-only, `rescue extract`
-copies files and folders out with their metadata, damage gives EIO (never wrong bytes), and
-nothing is left behind after `rescue umount`, even when the FUSE server was killed."""
+"""Browsing an image: `rescue mount` shows every partition's files read-only (FAT too: with the
+kernel's vfat, or fusefat where the kernel has none), `rescue extract` copies files and folders
+out with their metadata, damage gives EIO (never wrong bytes), and nothing is left behind after
+`rescue umount`, even when the FUSE server (or fusefat) was killed."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ raise SystemExit(cli.main())
 FS_MOUNTED = ("ext4", "xfs", "btrfs", "ntfs")
 OWNER = 1234
 VICTIM = "damage-me.bin"
+# Long names (VFAT entries) next to the 8.3 names populate() makes; ASCII, so any reader agrees.
+FAT_LONG = {"A long file name with spaces.txt": b"long name\n" * 1000,
+            "Mixed Case Folder/Another Long Name.bin": os.urandom(70_000)}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +149,22 @@ def gpt(mloops):
         drive.tree_meta = add_metadata_tree(mnt)
         (mnt / VICTIM).write_bytes(os.urandom(16 * MiB))  # spans several whole chunks
         drive.hashes[ext.number] = tree_hashes(mnt)
+    add_fat_long_names(mloops, drive)
     return drive
+
+
+def add_fat_long_names(mloops, drive) -> None:
+    """Copy FAT_LONG into the FAT32 partition with mcopy (no FAT driver needed)."""
+    fat = drive.part("vfat")
+    dev = mloops.attach(drive.image, offset=fat.offset, size=fat.nbytes)
+    src = mloops.root / "fat-long"
+    for rel, data in FAT_LONG.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for entry in src.iterdir():
+        subprocess.run(["mcopy", "-s", "-i", dev, str(entry), "::/"], check=True, env=env)
+    drive.hashes[fat.number].update({rel: hashlib.sha256(data).hexdigest() for rel, data in FAT_LONG.items()})
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +204,8 @@ def leftovers(state_dir: Path, mountpoint: Path, only_this: bool = False) -> lis
                 continue
             if "rescue.browse.imagefs" in cmd and ours in cmd:
                 found.append(f"process {proc.name}")
+            elif cmd.startswith("fusefat\0") and str(mountpoint) + "/" in cmd:
+                found.append(f"process {proc.name} (fusefat)")
     if state_dir.exists():
         found += [f"state {p.name}" for p in state_dir.glob(f"{key}*.json")]
     return found
@@ -209,8 +230,8 @@ def test_mount_shows_every_file_read_only_and_umount_leaves_nothing(gpt, repo, s
                 (mnt / f"p{n}" / "new-file").write_bytes(b"x")
             assert e.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
         fat = gpt.part("vfat").number
-        assert not (mnt / f"p{fat}").exists()
-        assert re.search(rf"p{fat}\s+vfat\s+not mounted: .*FAT driver.*rescue extract", proc.stdout), proc.stdout
+        assert re.search(rf"^p{fat}\s+vfat\s+{re.escape(str(mnt / f'p{fat}'))}", proc.stdout, re.M), proc.stdout
+        assert fat_hashes(mnt / f"p{fat}", gpt.hashes[fat], gpt.part("vfat").label) == gpt.hashes[fat]
         assert f"umount {mnt}" in proc.stdout
         # The kernel's view: each is a read-only mount of a read-only loop device.
         table = {ln.split()[4]: ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()}
@@ -226,6 +247,113 @@ def test_mount_shows_every_file_read_only_and_umount_leaves_nothing(gpt, repo, s
     assert leftovers(state_dir, mnt) == []
     assert list(mnt.iterdir()) == [], "umount left the partition folders behind"
     assert snapshot(repo) == before, "browsing wrote to the repository"
+
+
+def mount_line(mountpoint: Path) -> tuple[str, str, str]:
+    """(options, fstype, source) of the mount at mountpoint, from the kernel's table."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if left.split()[4] == str(mountpoint):
+            fstype, source = right.split()[:2]
+            return left.split()[5], fstype, source
+    raise AssertionError(f"nothing is mounted at {mountpoint}")
+
+
+def kernel_has_vfat() -> bool:
+    return any(ln.split()[-1] == "vfat" for ln in Path("/proc/filesystems").read_text().splitlines() if ln.strip())
+
+
+EMPTY = hashlib.sha256(b"").hexdigest()
+
+
+def fat_hashes(root: Path, want: dict[str, str], label: str) -> dict[str, str]:
+    """The files under root, keyed by the source's names. The kernel's vfat shows names as
+    stored. fusefat shows 8.3 names in capitals (it ignores the lowercase flags that mcopy and
+    Windows set) and the volume label as an empty file: there the listing is compared ignoring
+    case and that one entry, and every file is opened by the source's own name (FAT lookups
+    ignore case)."""
+    got = tree_hashes(root)
+    if mount_line(root)[1] == "vfat":
+        return got
+    assert got.pop(label.upper(), EMPTY) == EMPTY
+    assert {k.lower(): v for k, v in got.items()} == {k.lower(): v for k, v in want.items()}
+    return {rel: hashlib.sha256((root / rel).read_bytes()).hexdigest() for rel in want}
+
+
+def test_fat_partition_is_mounted_read_only_and_umount_leaves_nothing(gpt, repo, state_dir, tmp_path):
+    before = snapshot(repo)
+    n = gpt.part("vfat").number
+    mnt = tmp_path / "fat"
+    mnt.mkdir()
+    proc = ok(state_dir, "mount", str(repo), "pc", str(mnt), "--partition", str(n))
+    root = mnt / f"p{n}"
+    try:
+        opts, fstype, source = mount_line(root)
+        if kernel_has_vfat():
+            assert fstype == "vfat", fstype
+        else:
+            assert fstype == "fuse.fusefat", fstype
+            assert "read with fusefat: this kernel has no FAT driver" in proc.stdout, proc.stdout
+            assert any(x.endswith("(fusefat)") for x in leftovers(state_dir, mnt)), "the check below sees fusefat"
+        assert fat_hashes(root, gpt.hashes[n], gpt.part("vfat").label) == gpt.hashes[n]
+        listed = tree_hashes(root)
+        assert all(rel in listed for rel in FAT_LONG), f"long names lost: {sorted(listed)}"
+        # Read-only three times over: the mount, the loop device under it, and the driver.
+        assert opts.split(",")[0] == "ro", opts
+        assert source.startswith("/dev/loop"), source
+        assert Path(f"/sys/block/{Path(source).name}/ro").read_text().strip() == "1"
+        attempts = [lambda: (root / "new-file.txt").write_bytes(b"x"),
+                    lambda: open(root / "big.bin", "r+b"),
+                    lambda: (root / "new-dir").mkdir(),
+                    lambda: (root / "big.bin").rename(root / "moved.bin"),
+                    lambda: (root / "big.bin").unlink()]
+        for attempt in attempts:
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM), e.value
+        assert fat_hashes(root, gpt.hashes[n], gpt.part("vfat").label) == gpt.hashes[n]
+    finally:
+        ok(state_dir, "umount", str(mnt))
+    assert leftovers(state_dir, mnt) == []
+    assert list(mnt.iterdir()) == [], "umount left the partition folder behind"
+    assert snapshot(repo) == before, "browsing wrote to the repository"
+
+
+def test_killed_fusefat_is_cleared_by_umount(gpt, repo, state_dir, tmp_path):
+    if kernel_has_vfat():
+        pytest.skip("the kernel mounts FAT itself here; fusefat is not used")
+    n = gpt.part("vfat").number
+    mnt = tmp_path / "fat"
+    mnt.mkdir()
+    ok(state_dir, "mount", str(repo), "pc", str(mnt), "--partition", str(n))
+    root = mnt / f"p{n}"
+    try:
+        pid = session(state_dir)["helpers"][str(root)]
+        assert b"fusefat" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        with pytest.raises(OSError) as e:
+            (root / "big.bin").read_bytes()
+        assert e.value.errno in (errno.EIO, errno.ENOTCONN)
+        ok(state_dir, "umount", str(mnt))
+        assert leftovers(state_dir, mnt) == []
+        # Both killed (the image file system and fusefat): the next mount clears them first.
+        ok(state_dir, "mount", str(repo), "pc", str(mnt), "--partition", str(n))
+        s = session(state_dir)
+        os.kill(s["helpers"][str(root)], signal.SIGKILL)
+        os.kill(s["fuse_pid"], signal.SIGKILL)
+        time.sleep(0.2)
+        other = tmp_path / "other"
+        other.mkdir()
+        ok(state_dir, "mount", str(repo), "pc", str(other), "--partition", str(n))
+        assert leftovers(state_dir, mnt, only_this=True) == []
+        assert fat_hashes(other / f"p{n}", gpt.hashes[n], gpt.part("vfat").label) == gpt.hashes[n]
+        ok(state_dir, "umount", str(other))
+        assert leftovers(state_dir, other) == []
+    finally:
+        for m in (mnt, tmp_path / "other"):
+            rescue(state_dir, "umount", str(m))
+    assert leftovers(state_dir, mnt) == []
 
 
 def test_extract_files_from_every_filesystem(gpt, repo, state_dir, tmp_path):
@@ -416,3 +544,41 @@ def test_bad_input_is_one_line_and_leaves_nothing(gpt, repo, state_dir, tmp_path
     finally:
         ok(state_dir, "umount", str(tmp_path))
     assert leftovers(state_dir, tmp_path) == []
+
+
+def test_wizard_lists_and_copies_fat_files(gpt, repo, state_dir, tmp_path, monkeypatch):
+    """The wizard's Browse: FAT gets a file list where the kernel mounts it; where it has no
+    vfat driver (this machine) the whole partition is copied with mtools, names and times
+    exact (fusefat's are not). Either way the files come out identical."""
+    import threading
+
+    from rescue.browse.mounts import kernel_has
+    from rescue.tui.backend import RealBackend
+
+    monkeypatch.setenv("RESCUE_STATE_DIR", str(state_dir))
+    backend = RealBackend()
+    n = gpt.part("vfat").number
+    part = next(p for p in backend.image_partitions(str(repo), "pc") if p.number == n)
+    assert part.fat and part.refused is None
+    session = backend.browse_open(str(repo), "pc", part)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        want = gpt.hashes[n]
+        if kernel_has("vfat"):
+            assert session.root is not None, "the kernel's vfat did not mount it for the wizard"
+            names = {e.name for e in backend.browse_list(session, "/")}
+            assert {"A long file name with spaces.txt", "Mixed Case Folder"} <= names, names
+            backend.copy_files(session, ["/Mixed Case Folder", "/big.bin"], str(out), lambda p: None,
+                               threading.Event())
+            assert tree_hashes(out) == {k: v for k, v in want.items()
+                                        if k.startswith("Mixed Case Folder/") or k == "big.bin"}
+        else:
+            assert session.root is None, "without a kernel FAT driver the wizard copies the partition whole"
+            backend.copy_files(session, [], str(out), lambda p: None, threading.Event())
+            assert tree_hashes(out / f"pc-p{n}") == want
+    finally:
+        backend.browse_close(session)
+    wizard = state_dir.parent / "wizard"
+    assert leftovers(state_dir, wizard) == []
+    assert list(wizard.iterdir()) == []

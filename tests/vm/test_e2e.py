@@ -3,13 +3,15 @@
 1. build a small bootable system drive (GPT: BIOS boot, EFI, ext4 root, swap) whose boot
    prints a marker line after checking its own files;
 2. capture it with `rescue capture` into a repository on a second drive;
-3. boot the ISO with that drive and a blank, larger target attached; drive the wizard over
-   the serial line: Restore, the repository it found by itself, the image, the target, the
-   plan, the typed drive name, the progress, Done, Power off;
+3. boot the ISO with that drive and a blank target attached; drive the wizard over the
+   serial line: Restore, the repository it found by itself, the image, the target, the plan,
+   the typed drive name, the progress, Done, Power off;
 4. boot the target drive alone and see the marker (root found by UUID, files intact).
 
-Under SeaBIOS (ISO as a CD) and under OVMF (ISO as a USB stick, which the wizard must not
-offer as a target). Each run takes a few minutes."""
+Under SeaBIOS (ISO as a CD, target larger than the original: partitions grow) and under OVMF
+(ISO as a USB stick, which the wizard must not offer as a target; target smaller than the
+original: partitions shrink). The wizard's Clone copies the system drive straight onto a blank
+one, which then boots alone. Each run takes a few minutes."""
 
 from __future__ import annotations
 
@@ -79,27 +81,67 @@ def _restore_with_wizard(vm: VM) -> str:
     return name
 
 
-@pytest.mark.parametrize("firmware, medium", [("bios", "cdrom"), ("uefi", "usb")])
-def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium):
+def _power_off(vm: VM) -> None:
+    vm.sendkey("right", "right", "enter")  # Done: Main menu, Reboot, [Power off]
+    vm.expect_text("Switch the computer off now?", timeout=30)
+    vm.sendkey("left", "enter")  # the dialog's focus starts on Cancel
+    vm.wait_shutdown(timeout=180)
+
+
+def _blank(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("firmware, medium, size_mib", [("bios", "cdrom", 2048), ("uefi", "usb", 768)])
+def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium, size_mib):
+    """Onto a blank drive larger (2 GiB) and smaller (768 MiB) than the 1 GiB original."""
     work, info, repo_img = drives
-    target = work / f"target-{firmware}.img"
-    with open(target, "wb") as f:
-        f.truncate(2 * GiB)  # blank and larger than the 1 GiB original
+    target = _blank(work / f"target-{firmware}.img", size_mib * MiB)
     disks = [Disk(repo_img, "REPO0001"), Disk(target, "TARGET01")]
     kwargs = {"cdrom": iso} if medium == "cdrom" else {"usb": iso}
     with VM(work, firmware=firmware, disks=disks, name=f"iso-{firmware}", **kwargs) as vm:
         name = _restore_with_wizard(vm)
         print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
-        vm.sendkey("right", "right", "enter")  # Done: Main menu, Reboot, [Power off]
-        vm.expect_text("Switch the computer off now?", timeout=30)
-        vm.sendkey("left", "enter")  # the dialog's focus starts on Cancel
-        vm.wait_shutdown(timeout=180)
+        _power_off(vm)
     # The restored drive alone: it boots, finds its root by UUID and its files are intact.
     result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
     assert result.found, result.tail()
     # Same filesystem identities on the restored drive (fstab and root=UUID depend on them).
     found = _uuids(target)
     assert {info["root_uuid"], info["esp_uuid"], info["swap_uuid"]} <= found, found
+
+
+def test_clone_from_the_iso_boots_the_clone(iso, drives):
+    """Main menu -> Clone: the system drive onto a blank, larger drive; the clone boots alone."""
+    work, info, _ = drives
+    target = _blank(work / "clone-target.img", 2 * GiB)
+    disks = [Disk(work / "system.img", "SYSTEM01", readonly=True), Disk(target, "TARGET01")]
+    with VM(work, firmware="bios", cdrom=iso, disks=disks, name="iso-clone") as vm:
+        vm.boot_rescue_on_serial()
+        vm.expect_text("Clone a drive", timeout=WIZARD_BOOT_TIMEOUT)
+        vm.sendkey("down", "down", "enter")  # Restore, Capture, [Clone]
+        vm.expect_text("Clone: choose the drive to copy", timeout=60)
+        vm.expect_text("SYSTEM01", timeout=30)
+        vm.sendkey("enter")  # the first drive: vda, the system drive
+        vm.expect_text("Clone: choose the target drive", timeout=60)
+        vm.expect_text("it is the drive being copied", timeout=30)
+        vm.sendkey("enter")
+        vm.expect_text("Clone: the plan for", timeout=120)
+        vm.sendkey("enter")
+        m = vm.expect(re.compile(rb"Type\W+(?:\x1b\[[0-9;]*[A-Za-z])*(vd[a-z])"), timeout=60,
+                      what="the typed-name prompt")
+        assert m.group(1) == b"vdb", m.group(0)
+        vm.send("vdb")
+        vm.sendkey("enter")
+        vm.expect_text("Clone: done", timeout=RESTORE_TIMEOUT)
+        vm.expect_text("was copied onto vdb")
+        print(f"[e2e] cloned at {vm.elapsed:.0f}s", flush=True)
+        _power_off(vm)
+    result = boot_and_expect([target], firmware="bios", marker=info["expect"], timeout=300)
+    assert result.found, result.tail()
+    assert {info["root_uuid"], info["esp_uuid"], info["swap_uuid"]} <= _uuids(target)
 
 
 def _uuids(image: Path) -> set[str]:
