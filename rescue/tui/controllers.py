@@ -209,29 +209,46 @@ class DriveStep(Step):
             return []  # the plan step reads the drive again and reports what is wrong
 
 
-class TargetStep(DriveStep):
-    title = "Restore: choose the target drive"
-    excerpt = "Restore onto which drive? Everything on it will be replaced."
+class WriteTargetStep(DriveStep):
+    """A drive to be overwritten: the flow's own refusals, then whether the data fits."""
+
+    needed = 0
+
+    def needs(self) -> int:
+        """The smallest drive the data fits onto with some layout policy."""
+        raise NotImplementedError
+
+    def rule(self, drive: DriveInfo, boot: str | None) -> str | None:
+        raise NotImplementedError
 
     def start(self) -> None:
-        self.needed = self.backend.image_needs(self.state.repo.path, self.state.image.name)
+        self.needed = self.needs()
         super().start()
 
     def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
-        if drive.name == boot:
-            return BOOT_REASON
-        if drive.name == self.state.repo.drive:
-            return REPO_REASON
-        rule = self.backend.target_refusal(drive, self.state.repo.path)
+        rule = self.rule(drive, boot)
         if rule:
             return rule
-        if drive.size < self.needed:
-            return too_small(self.needed, drive.size)
-        return None
+        return too_small(self.needed, drive.size) if drive.size < self.needed else None
 
     def choose(self, drive: DriveInfo) -> None:
         self.state.target = drive
         self.done()
+
+
+class TargetStep(WriteTargetStep):
+    title = "Restore: choose the target drive"
+    excerpt = "Restore onto which drive? Everything on it will be replaced."
+
+    def needs(self) -> int:
+        return self.backend.image_needs(self.state.repo.path, self.state.image.name)
+
+    def rule(self, drive: DriveInfo, boot: str | None) -> str | None:
+        if drive.name == boot:
+            return BOOT_REASON
+        if drive.name == self.state.repo.drive:
+            return REPO_REASON
+        return self.backend.target_refusal(drive, self.state.repo.path)
 
 
 class PlanStepBase(Step):
@@ -544,29 +561,19 @@ class CloneSourceStep(DriveStep):
         self.done()
 
 
-class CloneTargetStep(DriveStep):
+class CloneTargetStep(WriteTargetStep):
     title = "Clone: choose the target drive"
     excerpt = "Copy onto which drive? Everything on it will be replaced."
 
-    def start(self) -> None:
-        self.needed = self.backend.clone_needs(self.state.source)
-        super().start()
+    def needs(self) -> int:
+        return self.backend.clone_needs(self.state.source)
 
-    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
+    def rule(self, drive: DriveInfo, boot: str | None) -> str | None:
         if drive.name == self.state.source.name:
             return "it is the drive being copied"
         if drive.name == boot:
             return BOOT_REASON
-        rule = self.backend.clone_refusal(drive, self.state.source)
-        if rule:
-            return rule
-        if drive.size < self.needed:
-            return too_small(self.needed, drive.size)
-        return None
-
-    def choose(self, drive: DriveInfo) -> None:
-        self.state.target = drive
-        self.done()
+        return self.backend.clone_refusal(drive, self.state.source)
 
 
 class ClonePlanStep(PlanStepBase):

@@ -233,14 +233,22 @@ def esp_of(info: dict) -> str:
     return f"{info['path']}@@{roles(info)['esp']['offset']}"
 
 
+def vendor_loader_only(info: dict, tmp_path: Path) -> Path:
+    """Leave the ESP as a Debian install does on a machine with NVRAM entries: GRUB only as
+    EFI/debian/grubx64.efi, no EFI/BOOT/BOOTX64.EFI. Returns a copy of the loader."""
+    esp = esp_of(info)
+    loader = tmp_path / "grubx64.efi"
+    mtools("mcopy", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", str(loader))
+    mtools("mmd", "-i", esp, "::/EFI/debian")
+    mtools("mcopy", "-i", esp, str(loader), "::/EFI/debian/grubx64.efi")
+    mtools("mdel", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI")
+    return loader
+
+
 def test_efi_fallback_copies_the_vendor_grub_and_is_idempotent(tmp_path, loops):
     info = build_system_drive(tmp_path / "sys.img", 512 * 1024 * 1024)
     esp = esp_of(info)
-    vendor = tmp_path / "grubx64.efi"
-    mtools("mcopy", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", str(vendor))
-    mtools("mmd", "-i", esp, "::/EFI/debian")
-    mtools("mcopy", "-i", esp, str(vendor), "::/EFI/debian/grubx64.efi")
-    mtools("mdel", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI")
+    vendor = vendor_loader_only(info, tmp_path)
     said: list[str] = []
 
     assert ensure_efi_fallback(info["path"], said.append) is True
@@ -372,12 +380,7 @@ def test_a_drive_with_new_ids_boots_and_finds_its_new_root(tmp_path, loops, firm
         patch_grub_bios(info["path"], old_lba, old_lba + 512)
     else:
         # Only a vendor loader left: the fallback copy is what the firmware must find.
-        esp = esp_of(info)
-        loader = tmp_path / "grubx64.efi"
-        mtools("mcopy", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", str(loader))
-        mtools("mmd", "-i", esp, "::/EFI/debian")
-        mtools("mcopy", "-i", esp, str(loader), "::/EFI/debian/grubx64.efi")
-        mtools("mdel", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI")
+        vendor_loader_only(info, tmp_path)
         assert ensure_efi_fallback(info["path"], lambda line: None)
     mapping = new_ids(info["path"], lambda line: None)
     new_root = mapping[info["root_uuid"]]
@@ -397,12 +400,7 @@ def test_restore_and_clone_with_new_ids_give_a_bootable_copy_its_own_ids(tmp_pat
     """What a person runs: the copy gets new ids with fstab following, and the ESP that had only
     EFI/debian/grubx64.efi gains the removable-media loader, on a larger drive (proportional)."""
     info = build_system_drive(tmp_path / "sys.img", 512 * MiB)
-    esp = esp_of(info)
-    loader = tmp_path / "grubx64.efi"
-    mtools("mcopy", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", str(loader))
-    mtools("mmd", "-i", esp, "::/EFI/debian")
-    mtools("mcopy", "-i", esp, str(loader), "::/EFI/debian/grubx64.efi")
-    mtools("mdel", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI")
+    loader = vendor_loader_only(info, tmp_path)
     source = loops.attach(info["path"])
     target = loops.disk("target.img", 768 * MiB)
     if how == "restore":
