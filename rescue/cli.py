@@ -223,9 +223,13 @@ def cmd_capture(args) -> int:
     print(f"captured {args.disk} as {result.name}: read {fmt_bytes(result.bytes_read)}, "
           f"stored {fmt_bytes(result.stored_bytes)} new, {result.seconds:.1f} s")
     if result.sectors_lost:
+        from rescue.filesystems.badfiles import damaged_files, read_badfiles
+        from rescue.repo.store import Repository
+
+        hit = damaged_files(read_badfiles(Repository.open(args.repo).image_dir(result.name)))
         print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
-              f"{len(result.bad_ranges)} places; the map is badsectors.map in the image "
-              f"(rescue info shows them)")
+              f"{len(result.bad_ranges)} places" + (f", hitting {len(hit)} files" if hit else "")
+              + "; the map is badsectors.map in the image (rescue info shows them)")
     return 0
 
 

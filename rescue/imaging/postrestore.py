@@ -563,4 +563,7 @@ def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, 
     if fresh_ids:
         new_ids(target, log)
     ensure_efi_fallback(target, log)
-    add_boot_entry(target, log)
+    try:
+        add_boot_entry(target, log)
+    except RescueError as e:  # the drive is written and boots through the fallback loader
+        log(f"boot entry: not added: {e}")

@@ -295,7 +295,7 @@ def failing_capture(mloops, tmp_path_factory):
 def test_annotate_on_the_failing_drive_names_the_damaged_files(failing_capture):
     bad, repo, proc, hits, where = failing_capture
     assert proc.returncode == 0, proc.stderr
-    assert "4 sectors could not be read" in proc.stdout, proc.stdout
+    assert "4 sectors could not be read and were zero-filled, in 4 places, hitting 2 files" in proc.stdout, proc.stdout
     assert hits[range_key(*where["report"])] == ["/docs/report final.odt"]
     assert hits[range_key(*where["report2"])] == ["/docs/report final.odt"]
     assert hits[range_key(*where["cat"])] == ["/photos/cat.jpg"]

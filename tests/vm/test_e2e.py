@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def drives(tmp_path_factory):
     try:
         system = work / "system.img"
         info = build_system_drive(system, size=GiB, seed=11)
+        _vendor_loader_only(info)
         repo_img = reg.file("repo.img", 768 * MiB)
         partition_table(str(repo_img), "label: gpt\nstart=2048, name=\"images\"\n")
         part = reg.attach(repo_img, offset=MiB, size=766 * MiB)
@@ -52,6 +54,21 @@ def drives(tmp_path_factory):
         yield work, info, repo_img
     finally:
         reg.cleanup()
+
+
+def _vendor_loader_only(info: dict) -> None:
+    """As Debian installs it on a UEFI machine: GRUB only as EFI/debian/grubx64.efi, found
+    through an NVRAM entry. On another machine (a fresh OVMF here) such a drive boots only
+    if the restore adds EFI/BOOT/BOOTX64.EFI."""
+    esp = next(p for p in info["partitions"] if p["role"] == "esp")
+    image = f"{info['path']}@@{esp['offset']}"
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    with tempfile.TemporaryDirectory() as tmp:
+        loader = f"{tmp}/grubx64.efi"
+        for argv in (["mcopy", "-i", image, "::/EFI/BOOT/BOOTX64.EFI", loader], ["mmd", "-i", image, "::/EFI/debian"],
+                     ["mcopy", "-i", image, loader, "::/EFI/debian/grubx64.efi"],
+                     ["mdel", "-i", image, "::/EFI/BOOT/BOOTX64.EFI"]):
+            subprocess.run(argv, check=True, env=env)
 
 
 def _restore_with_wizard(vm: VM) -> str:
@@ -105,6 +122,8 @@ def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium, si
         name = _restore_with_wizard(vm)
         print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
         _power_off(vm)
+    if firmware == "uefi":  # running on UEFI firmware, the restore added a boot entry
+        assert "debian (restored)".encode("utf-16-le") in (work / f"iso-{firmware}-OVMF_VARS.fd").read_bytes()
     # The restored drive alone: it boots, finds its root by UUID and its files are intact.
     result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
     assert result.found, result.tail()
