@@ -4,23 +4,30 @@ The imaging engine reads a drive chunk by chunk (4 MiB). On a healthy drive each
 one large read. When a read fails, this module finds out which sectors are bad without
 hammering them, because every failed read on a dying drive costs seconds and wears it:
 
-1. copy   - read() tries the chunk in one read. When that fails, the chunk is halved, and
-            the halves halved, down to 64 KiB blocks: a few bad sectors in a 4 MiB chunk cost
-            a dozen reads instead of one per block. When a half reads fine, its failed
-            parent says the other half holds the error, so that half is split without
-            being read. A failed block is marked non-trimmed ('*'). After `skip_after`
-            failed blocks in a row the rest of the chunk is skipped (left non-tried, '?'):
-            a cluster of damage is left for later instead of being ground through now.
-            A chunk read that times out is read block by block instead, in order: halving
-            would meet the stuck area once per level, at a timeout each.
+1. copy   - read() tries the chunk in one read. When that fails, the chunk is read in 256
+            KiB pieces, and a failed piece in 64 KiB blocks: a bad sector costs three failed
+            reads and a few dozen good ones (not one read per block of the chunk). When all
+            pieces but the last of a failed range read fine, the last one holds the error and
+            is not read again as a whole. A failed block is marked non-trimmed ('*'). After
+            `skip_after` failed blocks in a row, the chunk's further failed pieces are
+            skipped (left non-tried, '?'): a cluster of damage is left for later instead of
+            being ground through now, while the good pieces around it are kept. A piece whose
+            read times out is read block by block (under the same skip rule): each smaller
+            read of a stuck area would time out again.
             If nothing was skipped, the failed blocks are trimmed at once (step 2), which
             settles a chunk with a few isolated bad sectors in the same call.
-2. trim   - each '*' block is searched from its leading edge for its first bad sector
-            (binary search: reads of a good prefix, about 8 reads for 128 sectors), then
-            from its trailing edge for its last one. Those sectors become bad ('-'), what
-            lies between becomes non-scraped ('/'): a block with one bad sector is settled.
+2. trim   - each '*' block on its own, from its leading edge: 4 KiB steps until one fails,
+            then sector by sector inside it until a sector fails; then the rest of the block
+            in one read and, if that fails, the same from the trailing edge. The first and
+            last bad sectors become bad ('-'), what lies between non-scraped ('/'). A block
+            with one bad sector is settled with two failed reads. A sector is marked bad only
+            after its own read failed.
 3. scrape - read the '/' areas in 4 KiB steps, and sector by sector inside a failing step.
 4. retry  - `retries` passes re-reading each bad sector.
+
+Failed reads are what this design saves first: on a dying drive a failed read takes seconds
+(the drive's own retries), a good one a fraction of a millisecond. Runs of small reads go to
+the reader thread as one job (see _Job), since handing each over costs as much as the read.
 
 finish() runs what read() deferred, in ddrescue's order (all copying first, then all
 trimming, ...) over the areas that read() was asked for, and returns the bytes it
@@ -28,9 +35,9 @@ recovered so the engine can store those chunks again. Areas read() was never ask
 non-tried in the map.
 
 Never hang: every read runs in a worker thread and the caller waits at most `timeout`
-seconds. A read that times out makes its area bad-for-now ('-', not split further, since
-each piece could time out again; the retry pass tries it again as a whole) and the reader
-moves on with a fresh worker. Limits:
+seconds. A block or smaller read that times out makes its area bad-for-now ('-', not split
+further, since each piece could time out again; the retry pass tries it again as a whole)
+and the reader moves on with a fresh worker. Limits:
 - a thread stuck in the kernel (an uninterruptible read of a dead drive) cannot be killed:
   it is abandoned and keeps its buffer until the kernel gives the read back;
 - a drive (and a loop device) answers one request at a time, so the next read queues behind
@@ -58,7 +65,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from rescue.errors import DeviceError, UsageError
 from rescue.model.badmap import BAD, FINISHED, NON_SCRAPED, NON_TRIED, NON_TRIMMED, BadSectorMap
@@ -66,6 +73,7 @@ from rescue.model.extents import normalize
 
 KiB = 1024
 MiB = 1 << 20
+PIECE = 256 * KiB  # the copy pass's first split of a failed chunk
 BLKSSZGET = 0x1268
 BLKGETSIZE64 = 0x80081272
 
@@ -91,14 +99,6 @@ class ReadStats:
     retries: int = 0  # reads made by the retry passes
     bytes_read: int = 0  # bytes read fine (re-reads counted again)
     seconds: float = 0.0  # time spent inside read() and finish()
-
-
-class _TimedOut(Exception):
-    pass
-
-
-class _Skipped(Exception):
-    """Halving met `skip_after` failed blocks in a row: the rest is left for finish()."""
 
 
 FAILED = "failed"
@@ -128,23 +128,37 @@ class _Worker:
 
 
 class _Job:
-    def __init__(self, offset: int, nbytes: int):
-        self.offset, self.nbytes = offset, nbytes
-        self.done = threading.Event()
-        self.data: bytes | None = None
-        self.error: OSError | None = None
+    """Reads made one after another by the worker, each result handed over as it comes: one
+    thread hand-off for a run of small reads instead of one per read (the hand-off costs as
+    much as a small read itself). With `stop_on_error` the run ends at the first error."""
+
+    def __init__(self, reads: list[tuple[int, int]], stop_on_error: bool):
+        self.reads, self.stop_on_error = reads, stop_on_error
+        self.results: list[bytes | OSError] = []
+        self.finished = False
+        self.abandoned = False
+        self.cond = threading.Condition()
 
     def run(self, worker: _Worker) -> None:
-        try:
-            if len(worker.buf) < self.nbytes:
-                worker.buf = mmap.mmap(-1, self.nbytes)
-            with memoryview(worker.buf) as mv, mv[:self.nbytes] as view:
-                got = os.preadv(worker.fd, [view], self.offset)
-                self.data = bytes(view[:got])
-        except OSError as e:
-            self.error = e
-        finally:
-            self.done.set()
+        for offset, nbytes in self.reads:
+            if self.abandoned:
+                break
+            try:
+                if len(worker.buf) < nbytes:
+                    worker.buf = mmap.mmap(-1, nbytes)
+                with memoryview(worker.buf) as mv, mv[:nbytes] as view:
+                    got = os.preadv(worker.fd, [view], offset)
+                    result: bytes | OSError = bytes(view[:got])
+            except OSError as e:
+                result = e
+            with self.cond:
+                self.results.append(result)
+                self.cond.notify()
+            if isinstance(result, OSError) and self.stop_on_error:
+                break
+        with self.cond:
+            self.finished = True
+            self.cond.notify()
 
 
 def _device_geometry(fd: int) -> tuple[int, int | None]:
@@ -282,6 +296,11 @@ class TolerantReader:
         self.stats.seconds += time.monotonic() - t0
         return _merge_runs(recovered)
 
+    def unsettled(self, start: int, end: int) -> bool:
+        """Whether finish() will still copy, trim or scrape in [start, end) (and not only
+        retry bad sectors): bytes there may yet come back."""
+        return any(self.map.ranges(st, start, end) for st in (NON_TRIED, NON_TRIMMED, NON_SCRAPED))
+
     def mapfile(self, **header) -> str:
         """The bad-sector map as a ddrescue mapfile, with where the reader is."""
         return self.map.to_mapfile(self.pos, self.phase, self.pass_, **header)
@@ -298,7 +317,7 @@ class TolerantReader:
     # -- the passes --------------------------------------------------------------------------
 
     def _copy_area(self, start: int, end: int, sink: Sink) -> None:
-        """finish()'s copy pass over an area read() skipped: one read, then halving."""
+        """finish()'s copy pass over an area read() skipped: one read, then pieces."""
         got = self._try(start, end - start)
         if isinstance(got, bytes):
             self._good(start, got, sink)
@@ -307,47 +326,42 @@ class TolerantReader:
 
     def _split(self, start: int, end: int, sink: Sink, why: str, *, skip: bool) -> bool:
         """Find the failed blocks of [start, end), whose one read just failed for `why`.
-        Return True if the rest was skipped after `skip_after` failed blocks in a row."""
+        Return True if failed pieces were skipped (left non-tried) after `skip_after` failed
+        blocks in a row."""
         if why is TIMED_OUT:
             return self._copy(start, end, sink, skip=skip)
-        fails = 0
-
-        def halve(lo: int, hi: int) -> None:
-            """[lo, hi) holds an error (its read failed, or its sibling read fine)."""
-            nonlocal fails
-            mid = _align_down(lo + (hi - lo) // 2, self.block_size)
-            if mid <= lo:
-                mid = _align_up(lo + 1, self.block_size)
-            if hi - lo <= self.block_size or mid >= hi:
-                self.map.mark(lo, hi - lo, NON_TRIMMED)
-                fails += 1
-                if skip and fails >= self.skip_after and hi < end:
-                    self.map.mark(hi, end - hi, NON_TRIED)
-                    raise _Skipped()
-                return
-            left = self._try(lo, mid - lo)
-            if isinstance(left, bytes):
-                self._good(lo, left, sink)
+        fails, skipping = 0, False
+        for lo, hi, got in self._pieces(start, end, PIECE, sink):
+            if isinstance(got, bytes):
                 fails = 0
-                return halve(mid, hi)
-            if left is TIMED_OUT:
-                self._copy(lo, mid, sink, skip=False)
+            elif skipping:
+                self.map.mark(lo, hi - lo, NON_TRIED)
+            elif got is TIMED_OUT:
+                skipping = self._copy(lo, hi, sink, skip=skip)
             else:
-                halve(lo, mid)
-            right = self._try(mid, hi - mid)
-            if isinstance(right, bytes):
-                self._good(mid, right, sink)
-                fails = 0
-            elif right is TIMED_OUT:
-                self._copy(mid, hi, sink, skip=False)
-            else:
-                halve(mid, hi)
+                for blo, bhi, bgot in self._pieces(lo, hi, self.block_size, sink):
+                    if isinstance(bgot, bytes):
+                        fails = 0
+                    else:
+                        self._failed(blo, bhi - blo, bgot, NON_TRIMMED)
+                        fails += 1
+                skipping = skip and fails >= self.skip_after
+        return skipping
 
-        try:
-            halve(start, end)
-        except _Skipped:
-            return True
-        return False
+    def _pieces(self, start: int, end: int, size: int, sink: Sink) -> list[tuple[int, int, bytes | str]]:
+        """Read [start, end), known to hold an error, in pieces aligned to `size`: (lo, hi,
+        bytes or FAILED or TIMED_OUT) each, good bytes already kept. The last piece, when
+        every other one read fine, is FAILED without a read."""
+        pieces = _steps(start, end, size)
+        got = self._try_many(pieces[:-1]) if len(pieces) > 1 else []
+        if got and all(isinstance(g, bytes) for g in got):
+            got.append(FAILED)
+        else:
+            got += self._try_many(pieces[-1:])
+        for (lo, _), g in zip(pieces, got):
+            if isinstance(g, bytes):
+                self._good(lo, g, sink)
+        return [(lo, hi, g) for (lo, hi), g in zip(pieces, got)]
 
     def _copy(self, start: int, end: int, sink: Sink, *, skip: bool) -> bool:
         """Read [start, end) block by block, in order; failed blocks become '*'. Return True
@@ -375,91 +389,75 @@ class TolerantReader:
             pos = s
             while pos < s + n:
                 block_end = min(_align_up(pos + 1, self.block_size), s + n)
-                lo, hi = self._trim_forward(pos, block_end, sink), block_end
+                lo = self._trim_edge(pos, block_end, sink, forward=True)
+                hi = block_end
                 if lo < hi:
-                    hi = self._trim_backward(lo, hi, sink)
+                    got = self._try(lo, hi - lo)  # the rest: most often it reads
+                    if isinstance(got, bytes):
+                        self._good(lo, got, sink)
+                        hi = lo
+                    elif got is TIMED_OUT:
+                        self._failed(lo, hi - lo, got, BAD)
+                        hi = lo
+                    else:
+                        hi = self._trim_edge(lo, hi, sink, forward=False)
                 if lo < hi:
                     self.map.mark(lo, hi - lo, NON_SCRAPED)
                 pos = block_end
 
-    def _trim_forward(self, lo: int, hi: int, sink: Sink) -> int:
-        """Binary search of [lo, hi), which failed to read, for its first bad sector: good
-        prefixes are read and kept. Return the end of that sector."""
-        while hi - lo > self.sector_size:
-            mid = lo + max(self.sector_size, _align_down((hi - lo) // 2, self.sector_size))
-            got = self._try(lo, mid - lo)
-            if isinstance(got, bytes):
-                self._good(lo, got, sink)
-                lo = mid
-            elif got is TIMED_OUT:
-                self._failed(lo, mid - lo, got, BAD)
-                return mid
-            else:
-                hi = mid
-        self.map.mark(lo, hi - lo, BAD)  # what is left of an area that failed
-        return hi
+    def _trim_edge(self, lo: int, hi: int, sink: Sink, *, forward: bool) -> int:
+        """Read [lo, hi) from one edge until a sector fails: trim steps first, sector by
+        sector inside the first step that fails. Forward, return the end of the bad
+        sector found; backward, its start; the other edge if everything read."""
+        def in_order(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+            return ranges if forward else ranges[::-1]
 
-    def _trim_backward(self, lo: int, hi: int, sink: Sink) -> int:
-        """The same from the trailing edge: [lo, hi) is read whole first, since it may hold
-        no error at all. Return the start of its last bad sector (lo if none)."""
-        got = self._try(lo, hi - lo)
-        if isinstance(got, bytes):
-            self._good(lo, got, sink)
-            return lo
-        if got is TIMED_OUT:
-            self._failed(lo, hi - lo, got, BAD)
-            return lo
-        while hi - lo > self.sector_size:
-            mid = hi - max(self.sector_size, _align_down((hi - lo) // 2, self.sector_size))
-            got = self._try(mid, hi - mid)
+        steps = in_order(_steps(lo, hi, self.trim_step))
+        for (s, e), got in zip(steps, self._try_many(steps, stop_on_error=True)):
             if isinstance(got, bytes):
-                self._good(mid, got, sink)
-                hi = mid
-            elif got is TIMED_OUT:
-                self._failed(mid, hi - mid, got, BAD)
-                return mid
-            else:
-                lo = mid
-        self.map.mark(lo, hi - lo, BAD)
-        return lo
+                self._good(s, got, sink)
+                continue
+            if got is TIMED_OUT:
+                self._failed(s, e - s, got, BAD)
+                return e if forward else s
+            sectors = in_order(_steps(s, e, self.sector_size))
+            for (a, b), sec in zip(sectors, self._try_many(sectors, stop_on_error=True)):
+                if isinstance(sec, bytes):
+                    self._good(a, sec, sink)
+                    continue
+                self._failed(a, b - a, sec, BAD)
+                return b if forward else a
+        return hi if forward else lo
 
     def _scrape(self, start: int, end: int, sink: Sink) -> None:
-        step = start
-        while step < end:
-            step_end = min(_align_up(step + 1, self.trim_step), end)
-            got = self._try(step, step_end - step)
+        steps = _steps(start, end, self.trim_step)
+        for (step, step_end), got in zip(steps, self._try_many(steps)):
             if isinstance(got, bytes):
                 self._good(step, got, sink)
             elif got is TIMED_OUT:
                 self._failed(step, step_end - step, got, BAD)
             else:
-                for sec in range(step, step_end, self.sector_size):
-                    n = min(self.sector_size, step_end - sec)
-                    got = self._try(sec, n)
-                    if isinstance(got, bytes):
-                        self._good(sec, got, sink)
+                sectors = _steps(step, step_end, self.sector_size)
+                for (sec, sec_end), one in zip(sectors, self._try_many(sectors)):
+                    if isinstance(one, bytes):
+                        self._good(sec, one, sink)
                     else:
-                        self._failed(sec, n, got, BAD)
-            step = step_end
+                        self._failed(sec, sec_end - sec, one, BAD)
 
     def _retry(self, start: int, end: int, sink: Sink) -> None:
         """Bad sectors one by one; an area that timed out once is tried again as a whole,
         since sector by sector it could cost a timeout per sector."""
         timed_out = [(max(s, start), min(s + n, end)) for s, n in self._timed_out if s < end and s + n > start]
-        pos = start
+        reads, pos = [], start
         for ts, te in timed_out + [(end, end)]:
-            for sec in range(pos, ts, self.sector_size):
-                n = min(self.sector_size, ts - sec)
-                self.stats.retries += 1
-                got = self._try(sec, n)
-                if isinstance(got, bytes):
-                    self._good(sec, got, sink)
+            reads += _steps(pos, ts, self.sector_size) if pos < ts else []
             if te > ts:
-                self.stats.retries += 1
-                got = self._try(ts, te - ts)
-                if isinstance(got, bytes):
-                    self._good(ts, got, sink)
+                reads.append((ts, te))
             pos = max(pos, te)
+        self.stats.retries += len(reads)
+        for (s, e), got in zip(reads, self._try_many(reads)):
+            if isinstance(got, bytes):
+                self._good(s, got, sink)
 
     # -- one read ----------------------------------------------------------------------------
 
@@ -477,43 +475,58 @@ class TolerantReader:
 
     def _try(self, offset: int, nbytes: int) -> bytes | str:
         """The bytes, or FAILED (media error) or TIMED_OUT. Other errors stop the job."""
-        self.stats.reads += 1
-        want = min(nbytes, self.size - offset)
-        try:
-            data = self._pread(offset, _align_up(want, self.sector_size))
-        except _TimedOut:
-            self.stats.timeouts += 1
-            return TIMED_OUT
-        except OSError as e:
-            if e.errno in MEDIA_ERRORS:
-                self.stats.read_errors += 1
-                return FAILED
-            raise DeviceError(f"reading {self.path} at byte {offset}: {e.strerror}") from None
-        if len(data) < want:  # the drive shrank or ended early: count it as unreadable
-            self.stats.read_errors += 1
-            return FAILED
-        self.stats.bytes_read += want
-        return data[:want] if len(data) > want else data
+        return self._try_many([(offset, offset + nbytes)])[0]
 
-    def _pread(self, offset: int, nbytes: int) -> bytes:
+    def _try_many(self, ranges: list[tuple[int, int]], stop_on_error: bool = False) -> list[bytes | str]:
+        """_try for each [start, end), in order; with `stop_on_error` the list ends at the
+        first one that did not read."""
+        out: list[bytes | str] = []
+        while len(out) < len(ranges):
+            todo = ranges[len(out):]
+            wants = [min(end, self.size) - off for off, end in todo]
+            got = self._pread_many([(off, _align_up(w, self.sector_size)) for (off, _), w in zip(todo, wants)],
+                                   stop_on_error)
+            for (off, _), want, res in zip(todo, wants, got):
+                self.stats.reads += 1
+                if res is None:
+                    self.stats.timeouts += 1
+                    out.append(TIMED_OUT)
+                elif isinstance(res, OSError):
+                    if res.errno not in MEDIA_ERRORS:
+                        raise DeviceError(f"reading {self.path} at byte {off}: {res.strerror}") from None
+                    self.stats.read_errors += 1
+                    out.append(FAILED)
+                elif len(res) < want:  # the drive shrank or ended early: count it as unreadable
+                    self.stats.read_errors += 1
+                    out.append(FAILED)
+                else:
+                    self.stats.bytes_read += want
+                    out.append(res[:want] if len(res) > want else res)
+            if stop_on_error and out and not isinstance(out[-1], bytes):
+                break
+        return out
+
+    def _pread_many(self, reads: list[tuple[int, int]], stop_on_error: bool) -> list[bytes | OSError | None]:
+        """The worker's results, in order; a read that gives nothing back within `timeout`
+        ends the list with None (the worker is abandoned with it)."""
         if self.fd < 0:
             raise DeviceError(f"{self.path} is closed")
         if self._abandoned:
             self._drain()
         if self._worker is None:
             self._worker = _Worker(self.fd)
-        job = _Job(offset, nbytes)
+        job = _Job(reads, stop_on_error)
         self._worker.jobs.put(job)
-        if not job.done.wait(self.timeout):
-            self._worker.stop()  # it exits once the kernel gives the read back, if ever
-            self._abandoned.append(self._worker)
-            self._worker = None
-            raise _TimedOut()
-        if job.error is not None:
-            raise job.error
-        assert job.data is not None
-        return job.data
-
+        with job.cond:
+            while not job.finished:
+                seen = len(job.results)
+                if not job.cond.wait_for(lambda: job.finished or len(job.results) > seen, self.timeout):
+                    job.abandoned = True
+                    self._worker.stop()  # it exits once the kernel gives the read back, if ever
+                    self._abandoned.append(self._worker)
+                    self._worker = None
+                    return [*job.results, None]
+            return list(job.results)
 
     def _drain(self) -> None:
         """Wait for timed-out reads to come back: the drive serves nothing else meanwhile."""
@@ -524,6 +537,16 @@ class TolerantReader:
             raise DeviceError(f"{self.path} stopped answering: a read has been stuck for over "
                               f"{self.stall_limit:.0f} s")
         self._abandoned = []
+
+
+def _steps(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut at multiples of `size`."""
+    out, pos = [], lo
+    while pos < hi:
+        end = min(_align_up(pos + 1, size), hi)
+        out.append((pos, end))
+        pos = end
+    return out
 
 
 def _align_up(n: int, a: int) -> int:

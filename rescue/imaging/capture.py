@@ -107,6 +107,9 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
     return plan
 
 
+DEFER_BYTES = 64 << 20  # chunks held back for the reader's later passes, at the most
+
+
 class _Storer:
     """Hash, compress and store chunks on worker threads. One compressor per thread
     (a ZstdCompressor is not thread-safe)."""
@@ -156,14 +159,15 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
         storer = _Storer(repo, level)
         with TolerantReader(source, retries=retries, timeout=read_timeout) as reader:
             facts = _source_facts(source, reader.fd, plan.layout)
+            deferred: dict[tuple[int, int], bytes] = {}
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                indexes = [_capture_area(reader, ap, repo, storer, pool, meter, log, workers)
-                           for ap in plan.areas]
-            lost = _finish_bad_sectors(reader, plan, indexes, repo, storer, meter, log)
+                indexes = [_capture_area(reader, a, ap, repo, storer, pool, meter, log, workers, deferred)
+                           for a, ap in enumerate(plan.areas)]
+                lost = _finish_bad_sectors(reader, plan, indexes, repo, storer, pool, deferred, meter, log,
+                                           workers)
             bad = list(reader.map.bad_ranges())
             if bad:
                 (image_dir / BAD_MAP).write_text(reader.mapfile())
-                write_badfiles(image_dir, annotate(source, plan.areas, bad, log))
         areas = [_area_record(ap, index, image_dir) for ap, index in zip(plan.areas, indexes)]
         meter.finish()
         _sync(repo.path)
@@ -180,12 +184,18 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
             f"stored {fmt_bytes(storer.stored_bytes)} new in {storer.new_chunks} chunks, "
             f"{lost} unreadable sectors, {seconds:.1f} s")
         repo.commit_manifest(manifest)
+        if bad:
+            _name_damaged_files(source, plan, bad, image_dir, log)
     return CaptureResult(name, meter.done, data_bytes, storer.stored_bytes, seconds,
                          str(image_dir / "log.txt"), lost, bad)
 
 
-def _capture_area(reader: TolerantReader, ap: AreaPlan, repo: Repository, storer: _Storer,
-                  pool: ThreadPoolExecutor, meter: Meter, log: JobLog, workers: int) -> Index:
+def _capture_area(reader: TolerantReader, a: int, ap: AreaPlan, repo: Repository, storer: _Storer,
+                  pool: ThreadPoolExecutor, meter: Meter, log: JobLog, workers: int,
+                  deferred: dict[tuple[int, int], bytes]) -> Index:
+    """Read and store one area's used chunks. A chunk whose bad sectors the reader left for
+    its later passes is kept in `deferred` (within DEFER_BYTES) instead of being stored
+    twice: once with holes now, once completed after finish()."""
     index = Index.empty(repo.chunk_size, ap.size)
     zero = bytes(repo.chunk_size)
     pending: list[tuple[int, Future]] = []
@@ -204,7 +214,10 @@ def _capture_area(reader: TolerantReader, ap: AreaPlan, repo: Repository, storer
         got = reader.read(ap.offset + start, length)
         data = got.data if len(parts) == 1 and parts[0].length == length else _keep_only(got.data, parts)
         meter.advance(sum(p.length for p in parts))
-        if got.bad and sum(n for _, n in got.bad) >= length:
+        if got.bad and reader.unsettled(ap.offset + start, ap.offset + start + length) \
+                and len(deferred) * repo.chunk_size < DEFER_BYTES:
+            deferred[(a, i)] = data
+        elif got.bad and sum(n for _, n in got.bad) >= length:
             index.set(i, Kind.UNREADABLE)
         elif data == zero[:length]:
             index.set(i, Kind.ZERO)
@@ -223,9 +236,11 @@ def _used_parts(ap: AreaPlan, start: int, length: int) -> list[Extent]:
 
 
 def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list[Index], repo: Repository,
-                        storer: _Storer, meter: Meter, log: JobLog) -> int:
-    """ddrescue's later passes over what the first pass could not read, then store again the
-    chunks whose bytes were recovered. Returns the sectors still unreadable."""
+                        storer: _Storer, pool: ThreadPoolExecutor, deferred: dict[tuple[int, int], bytes],
+                        meter: Meter, log: JobLog, workers: int) -> int:
+    """ddrescue's later passes over what the first pass could not read, then store the
+    deferred chunks and, completed, the chunks already stored whose bytes were recovered.
+    Returns the sectors still unreadable."""
     if not reader.sectors_lost:
         return 0
     log(f"first pass done with {reader.sectors_lost} unreadable sectors; trimming, scraping, retrying")
@@ -238,29 +253,48 @@ def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list
                 cs = indexes[a].chunk_size
                 for i in range((lo - ap.offset) // cs, (hi - 1 - ap.offset) // cs + 1):
                     touched.setdefault((a, i), []).append((offset, data))
-    for (a, i), runs in sorted(touched.items()):
+    pending: list[tuple[Index, int, Future]] = []
+    for a, i in sorted(set(touched) | set(deferred)):
         ap, index = plan.areas[a], indexes[a]
         start, length = index.span(i)
         parts = _used_parts(ap, start, length)
-        if not parts:
-            continue
-        if index.kinds[i] == Kind.DATA:
+        base = ap.offset + start
+        if (a, i) in deferred:
+            chunk = bytearray(deferred.pop((a, i)))
+        elif index.kinds[i] == Kind.DATA:
             chunk = bytearray(repo.read_chunk(index.digests[i], f"{ap.name} chunk {i}"))
         else:
             chunk = bytearray(length)
-        base = ap.offset + start
-        for offset, data in runs:
+        for offset, data in touched.get((a, i), []):
             lo, hi = max(offset, base), min(offset + len(data), base + length)
             chunk[lo - base:hi - base] = data[lo - offset:hi - offset]
         patched = _keep_only(bytes(chunk), parts)
-        if patched == bytes(length):
+        if sum(n for _, n in reader.map.missing_ranges(base, base + length)) >= length:
+            index.set(i, Kind.UNREADABLE)
+        elif patched == bytes(length):
             index.set(i, Kind.ZERO)
         else:
-            index.set(i, Kind.DATA, storer.store(patched))
+            pending.append((index, i, pool.submit(storer.store, patched)))
+            while len(pending) > workers * 3:
+                idx, j, fut = pending.pop(0)
+                idx.set(j, Kind.DATA, fut.result())
+    for idx, j, fut in pending:
+        idx.set(j, Kind.DATA, fut.result())
     lost = reader.sectors_lost
     log(f"bad sectors: {lost} unreadable ({fmt_bytes(lost * reader.sector_size)}), "
         f"{len(touched)} chunks completed by the later passes")
     return lost
+
+
+def _name_damaged_files(source: str, plan: CapturePlan, bad: list[tuple[int, int]], image_dir: Path,
+                        log: JobLog) -> None:
+    """badfiles.json, once the image is safely committed: the lookup reads the failing
+    drive again through its filesystem tools, and whatever happens there must not cost the
+    image."""
+    try:
+        write_badfiles(image_dir, annotate(source, plan.areas, bad, log))
+    except Exception as e:  # noqa: BLE001 - best effort by design
+        log(f"could not name the files hit by bad sectors: {e}")
 
 
 def _area_record(ap: AreaPlan, index: Index, image_dir: Path) -> Area:
