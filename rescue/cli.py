@@ -152,7 +152,8 @@ def _new_ids_option(s: argparse.ArgumentParser) -> None:
     s.add_argument("--new-ids", action="store_true",
                    help="give the copy new disk, partition and filesystem ids (and update fstab, crypttab "
                         "and GRUB's configuration to match), for a copy that stays in the same machine as "
-                        "its source; by default every id is kept so the copy replaces the original")
+                        "its source; by default every id is kept so the copy replaces the original. "
+                        "Not for Windows drives: Windows finds its boot partition by these ids")
 
 
 def _cfg(args) -> config.Config:
@@ -228,7 +229,7 @@ def cmd_capture(args) -> int:
 
         hit = damaged_files(read_badfiles(Repository.open(args.repo).image_dir(result.name)))
         print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
-              f"{len(result.bad_ranges)} places" + (f", hitting {len(hit)} files" if hit else "")
+              f"{len(result.bad_ranges)} places" + (f", hitting {len(hit)} file{'s' if len(hit) > 1 else ''}" if hit else "")
               + "; the map is badsectors.map in the image (rescue info shows them)")
     return 0
 
@@ -303,7 +304,8 @@ def _print_bad_ranges(repo, m, limit: int = 20) -> None:
     if len(bad) > limit:
         print(f"  ... and {len(bad) - limit} more ranges")
     if damaged := damaged_files(hits):
-        print(f"files hit by bad sectors ({len(damaged)}): {', '.join(damaged)}")
+        more = f", and {len(damaged) - limit} more (all in badfiles.json)" if len(damaged) > limit else ""
+        print(f"files hit by bad sectors ({len(damaged)}): {', '.join(damaged[:limit])}{more}")
 
 
 def cmd_verify(args) -> int:
@@ -350,6 +352,8 @@ def cmd_restore(args) -> int:
         bar.close()
     print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
           f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
+    for w in result.warnings:
+        print(f"WARNING: {w}")
     return 0
 
 
@@ -375,6 +379,8 @@ def cmd_clone(args) -> int:
     if result.sectors_lost:
         print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
               f"{len(result.bad_ranges)} places")
+    for w in result.warnings:
+        print(f"WARNING: {w}")
     return 0
 
 

@@ -28,6 +28,7 @@ class CloneResult:
     sectors_lost: int
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)
     log_path: str = ""
+    warnings: list[str] = field(default_factory=list)  # steps after writing that failed
 
 
 def plan_clone(source: str, target: str, policy: str = "auto", capture_plan: CapturePlan | None = None) -> RestorePlan:
@@ -81,11 +82,11 @@ def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, r
             _rewrite_recovered(reader, cap, plan, target, log)
             lost = reader.sectors_lost
         bad = list(reader.map.bad_ranges())
-    postrestore.finish_drive(target, cap.layout, plan.layout, log, fresh_ids=fresh_ids)
+    warnings = postrestore.finish_drive(target, cap.layout, plan.layout, log, fresh_ids=fresh_ids)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s, {lost} unreadable sectors")
-    return CloneResult(target, meter.done, seconds, lost, bad, str(log.path or ""))
+    return CloneResult(target, meter.done, seconds, lost, bad, str(log.path or ""), warnings)
 
 
 def _rewrite_recovered(reader: TolerantReader, cap: CapturePlan, plan: RestorePlan, target: str, log: JobLog) -> None:

@@ -104,12 +104,18 @@ def new_ids(target: str, log: Log) -> dict[str, str]:
         if not old:
             log(f"partition {p.number}: {fstype} has no UUID; left as is")
             continue
-        new = _new_fs_uuid(target, layout, p, fstype, old, log)
+        try:
+            new = _new_fs_uuid(target, layout, p, fstype, old, log)
+        except (RescueError, OSError) as e:  # the others still get theirs, and references follow
+            log(f"WARNING: new ids: partition {p.number} ({fstype}) keeps its UUID: {e}")
+            continue
         if new:
             mapping[old] = new
-    mapping.update(_new_table_ids(target, layout, log))
-    if mapping:
-        _fix_references(target, read_layout(target), fs_types, mapping, log)
+    try:
+        mapping.update(_new_table_ids(target, layout, log))
+    finally:
+        if mapping:
+            _fix_references(target, read_layout(target), fs_types, mapping, log)
     return mapping
 
 
@@ -275,8 +281,10 @@ def _reference_files(root: Path) -> list[Path]:
     found = [root / rel for rel in REFERENCE_FILES]
     for pattern in REFERENCE_GLOBS:
         found += sorted(root.glob(pattern))
-    # Regular files only: a symlink may point out of this filesystem (or into the host's).
-    return [p for p in found if p.is_file() and not p.is_symlink()]
+    # Regular files inside this filesystem only: a symlink (of the file or of a directory on
+    # the way, e.g. an absolute etc -> /etc) may point into the host's files.
+    inside = os.path.realpath(root) + os.sep
+    return [p for p in found if p.is_file() and not p.is_symlink() and os.path.realpath(p).startswith(inside)]
 
 
 def _fix_references(target: str, layout: DiskLayout, fs_types: dict[int, str], mapping: dict[str, str],
@@ -428,10 +436,14 @@ def _ensure_fallback_on(dev: str, number: int, log: Log) -> bool:
 
 # --- an NVRAM boot entry ------------------------------------------------------------------------
 
-def efibootmgr_argv(disk: str, part: int, vendor: str, loader: str) -> list[str]:
-    """The efibootmgr call that adds (and puts first in BootOrder) an entry for the loader."""
-    return ["efibootmgr", "--create", "--disk", disk, "--part", str(part), "--label", f"{vendor} (restored)",
-            "--loader", f"\\EFI\\{vendor}\\{loader}"]
+LIVE_MEDIUM = "/run/live/medium"  # where live-boot mounts the medium the rescue system runs from
+
+
+def efibootmgr_argv(disk: str, part: int, vendor: str, loader: str, first: bool = True) -> list[str]:
+    """The efibootmgr call that adds an entry for the loader, first in BootOrder or (on a
+    machine that is not booted into the rescue system) only created."""
+    return ["efibootmgr", "--create" if first else "--create-only", "--disk", disk, "--part", str(part),
+            "--label", f"{vendor} (restored)", "--loader", f"\\EFI\\{vendor}\\{loader}"]
 
 
 def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/efi") -> str | None:
@@ -457,16 +469,21 @@ def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/
         if found is None:
             continue
         label = f"{found.vendor} (restored)"
-        listing = run(["efibootmgr"], check=False).stdout.decode(errors="replace")
-        same = re.search(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}(\s|$)", listing, re.M)
-        if same:
-            log(f"boot entry: {same.group(1)} '{label}' already exists")
-            return same.group(1)
-        argv = efibootmgr_argv(target, p.number, found.vendor, found.loader)
+        listing = run(["efibootmgr", "-v"], check=False).stdout.decode(errors="replace")
+        part_id = (p.uuid or "").lower()
+        same = [m for m in re.finditer(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}(\s.*)?$", listing, re.M)
+                if part_id and part_id in m.group(0).lower()]
+        if same:  # this very partition's entry, from an earlier run
+            log(f"boot entry: {same[0].group(1)} '{label}' already exists")
+            return same[0].group(1)
+        # A technician's own machine keeps its boot order; the rescue system's is the point.
+        first = os.path.isdir(LIVE_MEDIUM)
+        argv = efibootmgr_argv(target, p.number, found.vendor, found.loader, first)
         text = output(argv, error=DeviceError)
         made = re.search(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}", text, re.M)
         name = made.group(1) if made else label
-        log(f"boot entry: {name} '{label}' -> partition {p.number} \\EFI\\{found.vendor}\\{found.loader}")
+        log(f"boot entry: {name} '{label}' -> partition {p.number} \\EFI\\{found.vendor}\\{found.loader}"
+            + ("" if first else " (not put first in the boot order: not running from the rescue system)"))
         return name
     log("boot entry: no ESP with a vendor loader (EFI/<vendor>/shimx64.efi or grubx64.efi); no NVRAM entry added")
     return None
@@ -554,16 +571,26 @@ def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] |
     return None
 
 
-def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, *, fresh_ids: bool = False) -> None:
+def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, *,
+                 fresh_ids: bool = False) -> list[str]:
     """Everything a written drive needs before it boots: restore and clone call this once the
-    bytes are on the target."""
+    bytes are on the target. A step that fails does not undo the written data: it comes back
+    as a warning (also in the log) for the person to act on."""
+    warnings: list[str] = []
+
+    def step(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except (RescueError, OSError) as e:
+            warnings.append(f"the drive is written, but {what} failed: {e}")
+            log(f"WARNING: {warnings[-1]}")
+
     moved = bios_boot_moved(image, written)
     if moved:
-        log(patch_grub_bios(target, *moved, sector_size=written.sector_size))
+        step("pointing GRUB's BIOS boot code at its moved core image",
+             lambda: log(patch_grub_bios(target, *moved, sector_size=written.sector_size)))
     if fresh_ids:
-        new_ids(target, log)
-    ensure_efi_fallback(target, log)
-    try:
-        add_boot_entry(target, log)
-    except RescueError as e:  # the drive is written and boots through the fallback loader
-        log(f"boot entry: not added: {e}")
+        step("giving it new ids", lambda: new_ids(target, log))
+    step("adding the removable-media EFI loader", lambda: ensure_efi_fallback(target, log))
+    step("adding a UEFI boot entry", lambda: add_boot_entry(target, log))
+    return warnings

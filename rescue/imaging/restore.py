@@ -59,6 +59,7 @@ class RestoreResult:
     seconds: float
     verified: bool
     log_path: str
+    warnings: list[str] = field(default_factory=list)  # steps after writing that failed
 
 
 def target_geometry(path: str) -> tuple[int, int]:
@@ -153,11 +154,11 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
     sources = [_image_source(repo, name, area, indexes[area.name]) for area in manifest.areas]
     write_drive(target, plan.layout, sources, plan.placements, meter, workers, log,
                 lambda: staging_dir(repo.path / ".staging"))
-    postrestore.finish_drive(target, manifest.layout, plan.layout, log, fresh_ids=fresh_ids)
+    warnings = postrestore.finish_drive(target, manifest.layout, plan.layout, log, fresh_ids=fresh_ids)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")
-    return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""))
+    return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""), warnings)
 
 
 def _image_source(repo: Repository, name: str, area: Area, index: Index) -> AreaSource:

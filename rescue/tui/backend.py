@@ -88,6 +88,7 @@ class RestoreOutcome:
     seconds: float
     verified: bool
     log_path: str
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class CloneOutcome:
     sectors_lost: int
     bad_ranges: list[tuple[int, int]]
     log_path: str
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -423,7 +425,7 @@ class RealBackend:
         from rescue.repo.store import Repository
         r = restore(Repository.open(repo_path), name, target_path, preverify=True,
                     progress=progress, cancel=cancel, plan=plan.engine_plan)
-        return RestoreOutcome(r.target_path, r.bytes_written, r.seconds, r.verified, r.log_path)
+        return RestoreOutcome(r.target_path, r.bytes_written, r.seconds, r.verified, r.log_path, r.warnings)
 
     # clone ------------------------------------------------------------------------------------
     def source_refusal(self, drive: DriveInfo) -> str | None:
@@ -469,7 +471,7 @@ class RealBackend:
         self._cap = None
         r = clone(source_path, target_path, policy=plan.policy, retries=1, progress=progress, cancel=cancel)
         return CloneOutcome(r.target_path, r.bytes_written, r.seconds, r.sectors_lost,
-                            list(r.bad_ranges), r.log_path)
+                            list(r.bad_ranges), r.log_path, r.warnings)
 
     # browse -----------------------------------------------------------------------------------
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
@@ -565,6 +567,7 @@ class RealBackend:
             files, size = tree_size(target)
             return CopyOutcome(dest, [target], files, size, time.monotonic() - started)
         return copy_tree(session.root, paths, dest, progress, cancel)
+
     def free_space(self, path: str) -> int:
         return writable_free_space(path)
 

@@ -33,6 +33,11 @@ CANCEL_CLONE = ("{drive} will be left partially written and will not boot; clone
 SHOWN_RANGES = 3  # bad-sector ranges listed on a done screen; the log has them all
 
 
+def warning_lines(warnings: list[str]) -> list[Any]:
+    """What went wrong after the data was written (e.g. the boot fix-ups), one line each."""
+    return [("error", f"Warning: {w}") for w in warnings] + ([""] if warnings else [])
+
+
 def too_small(needed: int, have: int) -> str:
     return f"too small: needs at least {fmt_bytes(needed)}, the drive has {fmt_bytes(have)}"
 
@@ -424,9 +429,10 @@ class RestoreDoneStep(DoneStep):
         return ("Restore: done", [
             ("heading", f"{s.image.name} was restored onto {s.target.name} ({s.target.model})."), "",
             check, "",
+            *warning_lines(o.warnings),
             f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}.",
             f"The log was saved to {o.log_path}", "",
-            "Remove the rescue medium before rebooting into the restored system."], o.verified)
+            "Remove the rescue medium before rebooting into the restored system."], o.verified and not o.warnings)
 
 
 # --- capture ---------------------------------------------------------------------------------
@@ -633,10 +639,11 @@ class CloneDoneStep(DoneStep):
                         f"({s.target.model})."), "",
             *bad_sector_lines(o.sectors_lost, o.bad_ranges,
                               f"those bytes were written as zeros on {s.target.name}."), "",
+            *warning_lines(o.warnings),
             f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}, layout {s.plan.policy}.",
             f"The log was saved to {o.log_path}", "",
             "Both drives now carry the same filesystem IDs: boot with only one of them connected."],
-            o.sectors_lost == 0)
+            o.sectors_lost == 0 and not o.warnings)
 
 
 # --- browse ----------------------------------------------------------------------------------

@@ -425,3 +425,35 @@ def test_restore_and_clone_with_new_ids_give_a_bootable_copy_its_own_ids(tmp_pat
     copied = tmp_path / "copied.efi"
     mtools("mcopy", "-i", f"{target}@@{esp_now['start'] * 512}", "::/EFI/BOOT/BOOTX64.EFI", str(copied))
     assert copied.read_bytes() == loader.read_bytes()
+
+
+def test_a_boot_fix_that_fails_after_writing_is_a_warning_not_a_failed_restore(tmp_path, loops):
+    """An ESP with EFI/debian/grubx64.efi and no room for a copy of it: the data is restored
+    and checks clean, and the person is told the fallback loader could not be added."""
+    drive = loops.file("full-esp.img", 64 * MiB)
+    partition_table(str(drive), "label: gpt\nstart=2048, size=36MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n")
+    esp = f"{drive}@@{MiB}"
+    sh("mkfs.vfat", "-F", "32", "-n", "FULLESP", "--offset=2048", str(drive), str(36 * 1024))
+    loader = tmp_path / "grubx64.efi"
+    loader.write_bytes(os.urandom(4 * MiB))
+    mtools("mmd", "-i", esp, "::/EFI")
+    mtools("mmd", "-i", esp, "::/EFI/debian")
+    mtools("mcopy", "-i", esp, str(loader), "::/EFI/debian/grubx64.efi")
+    free = int(re.search(r"([\d ]+) bytes free", mtools("mdir", "-i", esp, "::/")).group(1).replace(" ", ""))
+    filler = tmp_path / "filler.bin"
+    filler.write_bytes(os.urandom(free - 512 * 1024))
+    mtools("mcopy", "-i", esp, str(filler), "::/filler.bin")
+    repo = tmp_path / "repo"
+    rescue("capture", loops.attach(drive), str(repo), "--name", "esp", check=True)
+    target = loops.disk("target.img", 64 * MiB)
+
+    proc = rescue("restore", str(repo), "esp", target, "--yes")
+
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING: the drive is written, but adding the removable-media EFI loader failed" in proc.stdout, \
+        proc.stdout
+    dev = loops.partition(str(tmp_path / "target.img"), 2048, 36 * 2048)
+    sh("fsck.vfat", "-n", dev)
+    got = tmp_path / "back.efi"
+    mtools("mcopy", "-i", f"{target}@@{MiB}", "::/EFI/debian/grubx64.efi", str(got))
+    assert got.read_bytes() == loader.read_bytes()

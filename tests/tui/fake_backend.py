@@ -110,6 +110,7 @@ class FakeBackend(DryRunBackend):
         self.calls.append(("restore", repo_path, name, target_path))
         self.plans_used.append(plan)
         out = super().restore(repo_path, name, target_path, plan, progress, cancel)
+        out.warnings = list(self.machine.get("restore_warnings", []))
         self._job("restore")
         if cancel.is_set():
             from rescue.errors import Cancelled

@@ -298,3 +298,17 @@ def test_whole_restore_ends_at_done_with_verification_and_log(app, backend):
     assert_fits(app)
     press(app, "esc")
     assert "Main menu" in text(app)
+
+
+def test_a_boot_fix_that_failed_after_writing_is_shown_on_the_done_screen(app, backend):
+    backend.machine["restore_warnings"] = [
+        "the drive is written, but adding the removable-media EFI loader failed: disk full"]
+    to_confirm(app)
+    type_text(app, "sda")
+    press(app, "enter")
+    finish_job(app)
+    screen = flat(app)
+    assert "Verification: passed" in screen
+    assert ("Warning: the drive is written, but adding the removable-media EFI loader failed: disk full"
+            in screen)
+    assert_fits(app)

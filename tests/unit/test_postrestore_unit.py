@@ -89,6 +89,8 @@ def test_efibootmgr_argv_names_disk_partition_label_and_backslash_loader():
     assert efibootmgr_argv("/dev/sdb", 1, "debian", "shimx64.efi") == [
         "efibootmgr", "--create", "--disk", "/dev/sdb", "--part", "1", "--label", "debian (restored)",
         "--loader", "\\EFI\\debian\\shimx64.efi"]
+    # Not booted from the rescue system: the entry is made but the boot order stays.
+    assert efibootmgr_argv("/dev/sdb", 1, "debian", "grubx64.efi", first=False)[1] == "--create-only"
 
 
 def test_add_boot_entry_skips_without_uefi_firmware_and_says_why(tmp_path):
