@@ -351,10 +351,10 @@ class TolerantReader:
     def _pieces(self, start: int, end: int, size: int, sink: Sink) -> list[tuple[int, int, bytes | str]]:
         """Read [start, end), known to hold an error, in pieces aligned to `size`: (lo, hi,
         bytes or FAILED or TIMED_OUT) each, good bytes already kept. The last piece, when
-        every other one read fine, is FAILED without a read."""
+        every other one read fine (or it is the only one), is FAILED without a read."""
         pieces = _steps(start, end, size)
-        got = self._try_many(pieces[:-1]) if len(pieces) > 1 else []
-        if got and all(isinstance(g, bytes) for g in got):
+        got = self._try_many(pieces[:-1])
+        if all(isinstance(g, bytes) for g in got):  # also when it is the only piece
             got.append(FAILED)
         else:
             got += self._try_many(pieces[-1:])
