@@ -281,8 +281,10 @@ def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list
     for idx, j, fut in pending:
         idx.set(j, Kind.DATA, fut.result())
     lost = reader.sectors_lost
+    st = reader.stats
     log(f"bad sectors: {lost} unreadable ({fmt_bytes(lost * reader.sector_size)}), "
-        f"{len(touched)} chunks completed by the later passes")
+        f"{len(touched)} chunks completed by the later passes; {st.reads} reads "
+        f"({st.read_errors} failed, {st.timeouts} timed out)")
     return lost
 
 

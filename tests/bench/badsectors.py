@@ -181,6 +181,8 @@ def main() -> int:
             t_bad, out = rescue("capture", dev, str(work / "repo-b"), "--name", "bad")
             manifest = json.loads((work / "repo-b" / "images" / "bad" / "manifest.json").read_text())
             lost = manifest["stats"]["sectors_lost"]
+            log = (work / "repo-b" / "images" / "bad" / "log.txt").read_text()
+            reads, failed = map(int, re.search(r"(\d+) reads \((\d+) failed", log).groups())
             say(f"(b) capture with {len(bad)} bad sectors: {t_bad:.1f} s")
             from rescue.filesystems.badfiles import annotate, read_badfiles
             from rescue.model.badmap import parse_mapfile
@@ -206,6 +208,8 @@ def main() -> int:
         print(f"(b) capture, {BAD} bad sectors  {t_bad:7.1f} s   ratio (b)/(a) = {t_bad / t_clean:.2f}"
               f"  (target <= 3)  {'OK' if t_bad <= 3 * t_clean else 'MISSED'}")
         print(f"sectors lost                   {lost:7d}     (must be {BAD})  {'OK' if lost == BAD else 'WRONG'}")
+        print(f"reads of (b), failed           {reads:7d}, {failed} failed ({failed / BAD:.1f} per bad sector: "
+              f"what costs seconds each on a real dying drive)")
         print(f"restore of (b)                 {t_restore:7.1f} s")
         print(f"good sectors mismatched        {wrong:7d} bytes  {'OK' if wrong == 0 else 'WRONG'}")
         print(f"bad sectors not zero           {nonzero:7d} bytes  {'OK' if nonzero == 0 else 'WRONG'}")
