@@ -1,4 +1,4 @@
-"""The rescue ISO boots in QEMU, from a CD under BIOS and from a USB stick under UEFI, and
+"""The rescue ISO boots in QEMU, from a CD and from a USB stick, under BIOS and under UEFI, and
 brings up its menu and then the wizard on the serial console.
 
 Slow (each boot 1.5-3 minutes under TCG, plus `make iso` when the ISO is older than its
@@ -73,3 +73,13 @@ def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):
         vm.expect(rb"\rtty1\r*\n", timeout=30, what="tty1 holds the wizard lock")
         vm.expect_text(WIZARD_TITLE, timeout=120)
         print(f"UEFI USB: wizard on serial {vm.elapsed:.0f}s after power-on", flush=True)
+
+
+@pytest.mark.parametrize("firmware, medium", [("bios", "usb"), ("uefi", "cdrom")])
+def test_the_other_firmware_and_medium_pairs_boot_to_the_wizard(iso, tmp_path, firmware, medium):
+    """The same file as a USB stick under BIOS (isolinux through the hybrid MBR) and as a CD
+    under UEFI (GRUB from the El Torito EFI image)."""
+    with VM(tmp_path, firmware=firmware, name=f"{firmware}-{medium}", **{medium: iso}) as vm:
+        vm.boot_rescue_on_serial(timeout=MENU_TIMEOUT)
+        vm.expect_text(WIZARD_TITLE, timeout=BOOT_TIMEOUT)
+        print(f"{firmware} {medium}: wizard on serial {vm.elapsed:.0f}s after power-on", flush=True)
