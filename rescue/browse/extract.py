@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rescue.browse import mounts
 from rescue.errors import FilesystemError, IntegrityError, UsageError
+from rescue.filesystems.fat import mtools_env
 from rescue.hw.run import run
 
 MAX_SYMLINKS = 40
@@ -122,27 +122,17 @@ def extract(repo_path: str, name: str, partition: int, paths: list[str], dest: s
                          f"({fstype or 'unformatted'})")
     out = _prepare_dest(dest)
     targets = _check_targets(out, paths)
-    work = mounts.state_root().parent / "extract"
-    work.mkdir(parents=True, exist_ok=True)
-    mnt = Path(tempfile.mkdtemp(prefix=f"{name[:40]}-p{partition}-", dir=work))
-    state = None
+    state, mnt = mounts.open_private(repo_path, name, area, "extract", f"{name[:40]}-p{partition}-",
+                                     mount=fstype not in mounts.FAT_TYPES)
     try:
-        with mounts.locked():
-            state = mounts.start_session(repo_path, name, mnt, [area], owner_pid=os.getpid())
-            if fstype not in mounts.FAT_TYPES:
-                mounts.mount_areas(state, [area], strict=True)
         result = ExtractResult(area.name, fstype)
         if fstype in mounts.FAT_TYPES:
             _copy_fat(state, area.name, paths, targets, out, result)
         else:
-            _copy_tree(state, Path(mnt) / area.name, paths, targets, out, result)
+            _copy_tree(state, mnt / area.name, paths, targets, out, result)
         return result
     finally:
-        if state is not None:
-            with mounts.locked():
-                mounts.teardown(state, lazy=True)
-        with contextlib.suppress(OSError):
-            mnt.rmdir()
+        mounts.close_private(state, mnt)
 
 
 def _copy_tree(state: mounts.MountState, root: Path, paths: list[str], targets: list[Path | None],
@@ -181,7 +171,7 @@ def _copy_tree(state: mounts.MountState, root: Path, paths: list[str], targets: 
 def _copy_fat(state: mounts.MountState, area: str, paths: list[str], targets: list[Path | None],
               out: Path, result: ExtractResult) -> None:
     image = str(state.fuse_dir / area)
-    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    env = mtools_env()
     failed: list[str] = []
     other: list[str] = []
     for p, target in zip(paths, targets):

@@ -433,6 +433,39 @@ def start_session(repo_path: str, name: str, mountpoint: Path, areas: list[Area]
     return state
 
 
+def open_private(repo_path: str, name: str, area: Area, kind: str, prefix: str, *, mount: bool = True,
+                 fusefat: bool = True) -> tuple[MountState, Path]:
+    """One partition of an image for this process alone (extract, the wizard's browsing), in
+    a fresh directory under /run/rescue/<kind>: the image filesystem, and with `mount` the
+    partition mounted at <dir>/<area>. Whatever was set up is undone if a step fails."""
+    import tempfile
+
+    work = state_root().parent / kind
+    work.mkdir(parents=True, exist_ok=True)
+    mnt = Path(tempfile.mkdtemp(prefix=prefix, dir=work))
+    state = None
+    try:
+        with locked():
+            state = start_session(repo_path, name, mnt, [area], owner_pid=os.getpid())
+            if mount:
+                mount_areas(state, [area], strict=True, fusefat=fusefat)
+    except BaseException:
+        close_private(state, mnt)
+        raise
+    return state, mnt
+
+
+def close_private(state: MountState | None, mnt: Path) -> None:
+    """Undo open_private (lazily: a copy interrupted mid-file may still hold a file open)."""
+    try:
+        if state is not None:
+            with locked():
+                teardown(state, lazy=True)
+    finally:
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
 def mount_areas(state: MountState, areas: list[Area], strict: bool, fusefat: bool = True) -> list[PartMount]:
     """Loop + mount each partition. A failure is a note unless `strict` (one partition
     asked for by number): one damaged filesystem must not hide the others. Without

@@ -19,6 +19,7 @@ mtools and blkid accept it); otherwise fewer than 4085 clusters is FAT12, else F
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import struct
 import sys
@@ -97,6 +98,12 @@ class Bpb:
         if self.volume_id is None:
             return None
         return f"{self.volume_id >> 16:04X}-{self.volume_id & 0xFFFF:04X}"
+
+
+def mtools_env() -> dict[str, str]:
+    """The environment for mtools on a FAT image or partition file: MTOOLS_SKIP_CHECK, since
+    a restored or imaged FAT need not match mtools' idea of a consistent geometry."""
+    return {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 def _label(raw: bytes) -> str | None:

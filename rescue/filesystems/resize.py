@@ -116,9 +116,16 @@ def _done(fstype: str, device: str, old: int, new: int, tool: str) -> str:
 
 
 @contextlib.contextmanager
-def _mounted(device: str, fstype: str, options: str) -> Iterator[str]:
-    """A private mount for tools that resize only mounted filesystems."""
-    mnt = tempfile.mkdtemp(prefix="rescue-resize-")
+def private_mount(device: str, fstype: str, options: str) -> Iterator[str]:
+    """A private mount of a restored filesystem (for tools that work only on mounted ones,
+    and for rewriting files on it). A restored btrfs shares its fsid with the original and
+    other copies: every unmounted btrfs device the kernel saw is forgotten and this one is
+    pinned (device=), or the mount may use another; afterwards this one is forgotten too,
+    since a stale entry for a loop device detached next makes a later mount pick it."""
+    if fstype == "btrfs":
+        run(["btrfs", "device", "scan", "--forget"], check=False)
+        options = f"{options},device={device}"
+    mnt = tempfile.mkdtemp(prefix="rescue-mount-")
     try:
         run(["mount", "-t", fstype, "-o", options, device, mnt])
         try:
@@ -129,6 +136,8 @@ def _mounted(device: str, fstype: str, options: str) -> Iterator[str]:
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(mnt)
+        if fstype == "btrfs":
+            run(["btrfs", "device", "scan", "--forget", device], check=False)
 
 
 # --- ext2/3/4 ------------------------------------------------------------------------------
@@ -178,7 +187,7 @@ def _xfs(fstype: str, device: str, new_size: int, label, uuid) -> str:
     if new_blocks == blocks:
         return _done(fstype, device, old, old, "xfs_growfs not needed")
     # nouuid: the source of a clone, with the same UUID, may be mounted at the same time.
-    with _mounted(device, "xfs", "nouuid") as mnt:
+    with private_mount(device, "xfs", "nouuid") as mnt:
         _tool(["xfs_growfs", "-D", str(new_blocks), mnt], device)
     return _done(fstype, device, old, xfs_size(device)[0] * bsize, "xfs_growfs")
 
@@ -204,16 +213,8 @@ def _btrfs(fstype: str, device: str, new_size: int, label, uuid) -> str:
         # filesystem stays valid at its old size inside the larger partition.
         return f"{fstype} on {device} kept at {_mib(old)}: btrfs cannot be resized below {_mib(BTRFS_MIN_RESIZE)}"
     if new != old:
-        # A copy shares its fsid with the original (and with other copies): forget every
-        # unmounted btrfs device the kernel saw and pin this one, or the mount may use another.
-        run(["btrfs", "device", "scan", "--forget"], check=False)
-        try:
-            with _mounted(device, "btrfs", f"rw,device={device}") as mnt:
-                _tool(["btrfs", "filesystem", "resize", str(new), mnt], device)
-        finally:
-            # The kernel remembers every btrfs device it saw; a stale entry for a loop device
-            # that is detached next makes a later mount of the same fsid pick the wrong one.
-            run(["btrfs", "device", "scan", "--forget", device], check=False)
+        with private_mount(device, "btrfs", "rw") as mnt:
+            _tool(["btrfs", "filesystem", "resize", str(new), mnt], device)
     return _done(fstype, device, old, btrfs_size(device), "btrfs filesystem resize")
 
 

@@ -65,7 +65,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, NamedTuple
 
 from rescue.errors import DeviceError, UsageError
 from rescue.model.badmap import BAD, FINISHED, NON_SCRAPED, NON_TRIED, NON_TRIMMED, BadSectorMap
@@ -366,44 +366,39 @@ class TolerantReader:
     def _copy(self, start: int, end: int, sink: Sink, *, skip: bool) -> bool:
         """Read [start, end) block by block, in order; failed blocks become '*'. Return True
         if the rest was skipped after `skip_after` failures in a row."""
-        fails, pos = 0, start
-        while pos < end:
-            n = min(_align_up(pos + 1, self.block_size), end) - pos
-            got = self._try(pos, n)
+        fails = 0
+        for lo, hi in _steps(start, end, self.block_size):
+            got = self._try(lo, hi - lo)
             if isinstance(got, bytes):
-                self._good(pos, got, sink)
+                self._good(lo, got, sink)
                 fails = 0
             else:
-                self._failed(pos, n, got, NON_TRIMMED)
+                self._failed(lo, hi - lo, got, NON_TRIMMED)
                 fails += 1
-            pos += n
-            if skip and fails >= self.skip_after and pos < end:
-                self.map.mark(pos, end - pos, NON_TRIED)
+            if skip and fails >= self.skip_after and hi < end:
+                self.map.mark(hi, end - hi, NON_TRIED)
                 return True
         return False
 
     def _trim(self, start: int, end: int, sink: Sink) -> None:
         """Each failed block on its own: blocks next to each other may each hold one bad
         sector, and trimming them as one area would leave all between to scraping."""
-        for s, n in self.map.ranges(NON_TRIMMED, start, end):
-            pos = s
-            while pos < s + n:
-                block_end = min(_align_up(pos + 1, self.block_size), s + n)
-                lo = self._trim_edge(pos, block_end, sink, forward=True)
-                hi = block_end
-                if lo < hi:
-                    got = self._try(lo, hi - lo)  # the rest: most often it reads
-                    if isinstance(got, bytes):
-                        self._good(lo, got, sink)
-                        hi = lo
-                    elif got is TIMED_OUT:
-                        self._failed(lo, hi - lo, got, BAD)
-                        hi = lo
-                    else:
-                        hi = self._trim_edge(lo, hi, sink, forward=False)
-                if lo < hi:
-                    self.map.mark(lo, hi - lo, NON_SCRAPED)
-                pos = block_end
+        blocks = [b for s, n in self.map.ranges(NON_TRIMMED, start, end) for b in _steps(s, s + n, self.block_size)]
+        for pos, block_end in blocks:
+            lo = self._trim_edge(pos, block_end, sink, forward=True)
+            hi = block_end
+            if lo < hi:
+                got = self._try(lo, hi - lo)  # the rest: most often it reads
+                if isinstance(got, bytes):
+                    self._good(lo, got, sink)
+                    hi = lo
+                elif got is TIMED_OUT:
+                    self._failed(lo, hi - lo, got, BAD)
+                    hi = lo
+                else:
+                    hi = self._trim_edge(lo, hi, sink, forward=False)
+            if lo < hi:
+                self.map.mark(lo, hi - lo, NON_SCRAPED)
 
     def _trim_edge(self, lo: int, hi: int, sink: Sink, *, forward: bool) -> int:
         """Read [lo, hi) from one edge until a sector fails: trim steps first, sector by

@@ -198,14 +198,8 @@ def _capture_area(reader: TolerantReader, a: int, ap: AreaPlan, repo: Repository
     twice: once with holes now, once completed after finish()."""
     index = Index.empty(repo.chunk_size, ap.size)
     zero = bytes(repo.chunk_size)
-    pending: list[tuple[int, Future]] = []
+    pending: list[tuple[Index, int, Future]] = []
     meter.begin_area(ap.label, ap.read_bytes())
-
-    def settle(limit: int) -> None:
-        while len(pending) > limit:
-            i, fut = pending.pop(0)
-            index.set(i, Kind.DATA, fut.result())
-
     for i in range(index.count):
         start, length = index.span(i)
         parts = _used_parts(ap, start, length)
@@ -222,13 +216,21 @@ def _capture_area(reader: TolerantReader, a: int, ap: AreaPlan, repo: Repository
         elif data == zero[:length]:
             index.set(i, Kind.ZERO)
         else:
-            pending.append((i, pool.submit(storer.store, data)))
-            settle(workers * 3)
-    settle(0)
+            pending.append((index, i, pool.submit(storer.store, data)))
+            _settle(pending, workers * 3)
+    _settle(pending, 0)
     counts = {k.name.lower(): index.kinds.count(k) for k in Kind}
     log(f"{ap.name}: {counts['data']} data, {counts['zero']} zero, {counts['unused']} unused, "
         f"{counts['unreadable']} unreadable chunks")
     return index
+
+
+def _settle(pending: list[tuple[Index, int, Future]], limit: int) -> None:
+    """Record the digests of stored chunks, oldest first, until at most `limit` stores are
+    in flight: each one holds a whole chunk in memory."""
+    while len(pending) > limit:
+        index, i, fut = pending.pop(0)
+        index.set(i, Kind.DATA, fut.result())
 
 
 def _used_parts(ap: AreaPlan, start: int, length: int) -> list[Extent]:
@@ -258,6 +260,8 @@ def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list
         ap, index = plan.areas[a], indexes[a]
         start, length = index.span(i)
         parts = _used_parts(ap, start, length)
+        if not parts:
+            continue
         base = ap.offset + start
         if (a, i) in deferred:
             chunk = bytearray(deferred.pop((a, i)))
@@ -275,11 +279,8 @@ def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list
             index.set(i, Kind.ZERO)
         else:
             pending.append((index, i, pool.submit(storer.store, patched)))
-            while len(pending) > workers * 3:
-                idx, j, fut = pending.pop(0)
-                idx.set(j, Kind.DATA, fut.result())
-    for idx, j, fut in pending:
-        idx.set(j, Kind.DATA, fut.result())
+            _settle(pending, workers * 3)
+    _settle(pending, 0)
     lost = reader.sectors_lost
     st = reader.stats
     log(f"bad sectors: {lost} unreadable ({fmt_bytes(lost * reader.sector_size)}), "

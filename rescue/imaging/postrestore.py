@@ -34,6 +34,8 @@ from typing import Callable, Iterator
 from rescue.errors import DeviceError, FilesystemError, RescueError
 from rescue.filesystems import probe
 from rescue.filesystems.base import Volume
+from rescue.filesystems.fat import mtools_env
+from rescue.filesystems.resize import private_mount
 from rescue.hw.loop import attached
 from rescue.hw.partitions import read_layout
 from rescue.hw.run import output, run
@@ -55,11 +57,6 @@ REFERENCE_GLOBS = ("boot/loader/entries/*.conf", "loader/entries/*.conf")  # sys
 FALLBACK = "BOOTX64.EFI"
 VENDOR_LOADERS = ("shimx64.efi", "grubx64.efi")
 SHIM_COMPANIONS = ("grubx64.efi", "mmx64.efi")
-
-
-def _mtools_env() -> dict:
-    # The ESP of a restored drive need not match mtools' idea of a consistent geometry.
-    return {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 def _volume(target: str, layout: DiskLayout, p: Partition) -> Volume:
@@ -310,31 +307,14 @@ def _fix_references(target: str, layout: DiskLayout, fs_types: dict[int, str], m
             log(f"WARNING: new ids: partition {p.number} ({fstype}): references to the old ids not checked: {e}")
 
 
-@contextlib.contextmanager
-def _mounted_rw(dev: str, fstype: str) -> Iterator[str]:
-    """A private read-write mount. btrfs is pinned to this device (device=) so that a
-    same-fsid copy elsewhere is never the one mounted; xfs gets nouuid for the same reason."""
-    options = {"btrfs": f"rw,device={dev}", "xfs": "rw,nouuid"}.get(fstype, "rw")
-    mnt = tempfile.mkdtemp(prefix="rescue-postrestore-")
-    try:
-        if fstype == "btrfs":
-            run(["btrfs", "device", "scan", "--forget"], check=False)
-        run(["mount", "-t", fstype, "-o", options, dev, mnt])
-        try:
-            yield mnt
-        finally:
-            if run(["umount", mnt], check=False, timeout=None).returncode != 0:
-                run(["umount", "-l", mnt], check=False)
-            if fstype == "btrfs":
-                run(["btrfs", "device", "scan", "--forget", dev], check=False)
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(mnt)
+def _mounted_rw(dev: str, fstype: str):
+    """A private read-write mount; xfs gets nouuid, since the original may be mounted too."""
+    return private_mount(dev, fstype, "rw,nouuid" if fstype == "xfs" else "rw")
 
 
 def _mdir(dev: str, path: str) -> list[str]:
     """Entries of a FAT directory as mtools paths (directories end in '/'); [] if absent."""
-    proc = run(["mdir", "-b", "-i", dev, path], check=False, env=_mtools_env())
+    proc = run(["mdir", "-b", "-i", dev, path], check=False, env=mtools_env())
     if proc.returncode != 0:
         return []
     return [ln.strip() for ln in proc.stdout.decode(errors="replace").splitlines() if ln.strip().startswith("::")]
@@ -351,7 +331,7 @@ def _fat_grub_cfgs(dev: str) -> list[str]:
 
 
 def _rewrite_fat_file(dev: str, name: str, mapping: dict[str, str]) -> int:
-    env = _mtools_env()
+    env = mtools_env()
     text = run(["mtype", "-i", dev, name], env=env).stdout
     new, n = replace_ids(text.decode("utf-8", errors="surrogateescape"), mapping)
     if n:
@@ -411,7 +391,7 @@ def ensure_efi_fallback(target: str, log: Log) -> bool:
 
 
 def _ensure_fallback_on(dev: str, number: int, log: Log) -> bool:
-    env = _mtools_env()
+    env = mtools_env()
     if run(["mdir", "-b", "-i", dev, f"::/EFI/BOOT/{FALLBACK}"], check=False, env=env).returncode == 0:
         log(f"EFI fallback: partition {number} already has EFI/BOOT/{FALLBACK}")
         return False

@@ -508,27 +508,10 @@ class RealBackend:
         """A private read-only mount of the one partition, torn down again if anything fails.
         FAT only through the kernel's vfat: fusefat shows short names in capitals and dates a
         month late, and what the wizard copies must be exact; mtools copies it whole instead."""
-        import tempfile
-        from pathlib import Path
-
         from rescue.browse import mounts
         _, manifest = mounts.open_image(repo_path, name)
         area = mounts.select_areas(manifest, part.number)[0]
-        work = mounts.state_root().parent / "wizard"
-        work.mkdir(parents=True, exist_ok=True)
-        mnt = Path(tempfile.mkdtemp(prefix=f"p{part.number}-", dir=work))
-        state = None
-        try:
-            with mounts.locked():
-                state = mounts.start_session(repo_path, name, mnt, [area], owner_pid=os.getpid())
-                mounts.mount_areas(state, [area], strict=True, fusefat=False)
-        except BaseException:
-            if state is not None:
-                with mounts.locked():
-                    mounts.teardown(state, lazy=True)
-            with contextlib.suppress(OSError):
-                mnt.rmdir()
-            raise
+        state, mnt = mounts.open_private(repo_path, name, area, "wizard", f"p{part.number}-", fusefat=False)
         return BrowseSession(repo_path, name, part, str(mnt / area.name), (state, mnt))
 
     def browse_list(self, session: BrowseSession, path: str) -> list[FileEntry]:
@@ -541,12 +524,7 @@ class RealBackend:
         if session.handle is None:
             return
         (state, mnt), session.handle = session.handle, None
-        try:
-            with mounts.locked():
-                mounts.teardown(state, lazy=True)
-        finally:
-            with contextlib.suppress(OSError):
-                os.rmdir(mnt)
+        mounts.close_private(state, mnt)
 
     def check_copy(self, session: BrowseSession, paths: list[str], dest: str) -> None:
         if session.root is None:
