@@ -35,6 +35,7 @@ bench: venv
 	$(VPY) tests/bench/imaging.py
 	$(VPY) tests/bench/browse.py
 	$(VPY) tests/bench/badsectors.py
+	$(VPY) tests/bench/shrink.py
 
 iso:
 	@scripts/build-iso

@@ -86,9 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check every chunk of an image",
                        description="Read, decompress and hash every chunk of image NAME. Exit status 1 "
-                       "names the area and offset of the first damage.")
+                       "names the area and offset of the first damage. With DISK (a drive the image "
+                       "was restored onto), also compare the drive's bytes outside its partitions (boot "
+                       "code after the MBR, gaps) with the image, the partition table excepted.")
     s.add_argument("repo")
     s.add_argument("name")
+    s.add_argument("disk", nargs="?", help="a drive restored from this image, read only")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("restore", help="write an image onto a drive",
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the full check of the image before writing (every chunk is still checked "
                         "before its bytes reach the drive)")
     _layout_option(s)
+    _scratch_option(s)
     _new_ids_option(s)
     s.set_defaults(func=cmd_restore)
 
@@ -116,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_option(s)
     s.add_argument("--bad-sectors", default="retry=1", metavar="skip|retry=N", type=_bad_sector_policy,
                    help="as for capture (default: retry=1)")
+    _scratch_option(s)
     _new_ids_option(s)
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.set_defaults(func=cmd_clone)
@@ -127,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("disk")
     _layout_option(s)
+    _scratch_option(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plan)
 
@@ -138,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "--machine JSON (dry run against a recorded machine).")
     s.set_defaults(func=cmd_wizard)
     return p
+
+
+def _scratch_option(s) -> None:
+    s.add_argument("--scratch", metavar="DIR",
+                   help="where a shrink keeps the data that lies past a partition's new end (default: the "
+                        "temporary directory, RAM on the rescue system); a directory on a writable drive "
+                        "other than the target")
 
 
 def _layout_option(s: argparse.ArgumentParser) -> None:
@@ -318,6 +331,11 @@ def cmd_verify(args) -> int:
     finally:
         bar.close()
     print(f"image {result.name} is intact: {result.chunks} chunks, {fmt_bytes(result.bytes)} checked")
+    if args.disk:
+        from rescue.imaging.verify import verify_drive
+
+        compared = verify_drive(Repository.open(args.repo), args.name, args.disk)
+        print(f"{args.disk}: the {fmt_bytes(compared)} outside its partitions match the image")
     return 0
 
 
@@ -339,7 +357,7 @@ def cmd_restore(args) -> int:
 
     cfg = _cfg(args)
     repo = Repository.open(args.repo)
-    plan = plan_restore(repo, args.name, args.disk, policy=args.layout)
+    plan = plan_restore(repo, args.name, args.disk, policy=args.layout, scratch_dir=args.scratch)
     print(plan.table)
     if plan.fits:
         check_target_allowed(args.disk, str(repo.path))
@@ -363,7 +381,7 @@ def cmd_clone(args) -> int:
 
     check_source(args.source)
     check_target(args.target, source=args.source)
-    plan = plan_clone(args.source, args.target, args.layout)
+    plan = plan_clone(args.source, args.target, args.layout, scratch_dir=args.scratch)
     print(plan.table)
     if not plan.fits:
         return 1
@@ -371,7 +389,7 @@ def cmd_clone(args) -> int:
     bar = TerminalProgress()
     try:
         result = clone(args.source, args.target, policy=args.layout, retries=args.bad_sectors, progress=bar,
-                       fresh_ids=args.new_ids)
+                       fresh_ids=args.new_ids, scratch_dir=args.scratch)
     finally:
         bar.close()
     print(f"cloned {args.source} onto {args.target}: wrote {fmt_bytes(result.bytes_written)} in "
@@ -388,9 +406,11 @@ def cmd_plan(args) -> int:
     from rescue.imaging.restore import plan_restore
     from rescue.repo.store import Repository
 
-    plan = plan_restore(Repository.open(args.repo), args.name, args.disk, policy=args.layout)
+    plan = plan_restore(Repository.open(args.repo), args.name, args.disk, policy=args.layout,
+                        scratch_dir=args.scratch)
     if args.json:
         _print_json({"fits": plan.fits, "reason": plan.reason, "policy": plan.policy,
+                     "scratch": asdict(plan.scratch) if plan.scratch else None,
                      "target_size": plan.target_size, "layout": plan.layout.to_dict(),
                      "placements": {k: asdict(v) for k, v in plan.placements.items()}, "notes": plan.notes})
     else:

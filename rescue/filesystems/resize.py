@@ -15,9 +15,9 @@ Sizes are always passed to the tools explicitly, never "fill the device", so tha
 larger than intended (the staging file of a shrink, a partition rounded up) never decides
 the result.
 
-Shrinking during a restore cannot run on the target: the target partition is already too
-small for the old filesystem. `staged` shrinks a sparse copy in a work directory instead;
-the caller then copies the first new_size bytes (by the new used-block map) to the target."""
+Shrinking during a restore runs on a device of the old size whose first new_size bytes are
+the target partition and whose tail is a scratch file (rescue.hw.splitdev, driven by
+rescue.imaging.apply)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,9 @@ import os
 import re
 import struct
 import tempfile
-from pathlib import Path
 from typing import Callable, Iterator
 
 from rescue.errors import FilesystemError
-from rescue.hw.loop import attached
 from rescue.hw.run import output, run
 
 EXT = ("ext2", "ext3", "ext4")
@@ -367,44 +365,3 @@ def _swap(fstype: str, device: str, new_size: int, label, uuid) -> str:
 _METHODS: dict[str, Callable[..., str]] = {
     "ext": _ext, "xfs": _xfs, "btrfs": _btrfs, "ntfs": _ntfs, "fat": _fat, "swap": _swap,
 }
-
-
-# --- shrinking during a restore --------------------------------------------------------------
-
-@contextlib.contextmanager
-def staged(fstype: str, old_size: int, new_size: int, workdir: str | os.PathLike,
-           write_into: Callable[[str], None], *, min_size: int | None = None,
-           log: Callable[[str], None] | None = None) -> Iterator[str]:
-    """A read-only loop device of new_size bytes holding the filesystem shrunk to fit.
-
-    The image holds the filesystem at its old size and the target is smaller, so the shrink
-    happens on a sparse file of old_size in `workdir`: write_into(path) writes the image's
-    used chunks at their offsets (free space stays holes, so a mostly empty filesystem costs
-    little space), the filesystem is resized there, and the caller copies the first new_size
-    bytes to the target. Everything is refused before a byte is written when min_size (from
-    the image) says the new size cannot be reached. The file and the loop devices are gone
-    when the block exits, also on failure. log, if given, receives resize_filesystem's line."""
-    family(fstype)
-    if new_size >= old_size:
-        raise FilesystemError(f"staged shrink of {fstype}: new size {_mib(new_size)} is not smaller "
-                              f"than {_mib(old_size)}; grow in place instead")
-    shrink_plan_check(fstype, min_size, new_size, current_size=old_size)
-    fd, path = tempfile.mkstemp(prefix=f"rescue-shrink-{fstype}-", suffix=".img", dir=str(workdir))
-    try:
-        try:
-            os.ftruncate(fd, old_size)
-        except OSError as err:
-            raise FilesystemError(f"cannot create a {_mib(old_size)} staging file in {workdir}: "
-                                  f"{err.strerror} (the work directory needs sparse files this large)") from None
-        finally:
-            os.close(fd)
-        write_into(path)
-        with attached(path) as dev:
-            said = resize_filesystem(fstype, dev, new_size)
-        if log:
-            log(said)
-        with attached(path, size=new_size, readonly=True) as dev:
-            yield dev
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            Path(path).unlink()

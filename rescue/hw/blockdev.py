@@ -66,6 +66,25 @@ def physical_sector_size(fd: int) -> int:
 ZEROS = bytes(4 << 20)
 
 
+def write_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite until every byte is written. The error names the device the descriptor is
+    open on (a staging file, a loop device or the target drive), never just "the target"."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    except OSError as e:
+        raise DeviceError(f"write error at byte {offset} of {_name(fd)} ({e.strerror})") from None
+
+
+def _name(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "the target"
+
+
 def zero_range(fd: int, offset: int, length: int) -> None:
     """Make [offset, offset+length) read as zeros: BLKZEROOUT on a drive (loop devices turn it
     into a hole punch; disks may use WRITE SAME), plain writes otherwise."""

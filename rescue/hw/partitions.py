@@ -8,6 +8,8 @@ done the geometry, names and flags. pyparted calls are not thread-safe: call fro
 from __future__ import annotations
 
 import json
+import os
+import struct
 
 import parted
 
@@ -114,6 +116,20 @@ def apply_layout(path: str, layout: DiskLayout) -> list[str]:
         notes.append("the kernel was not told about the new partitions (drive busy or a loop device)")
     _set_ids(path, layout)
     return notes
+
+
+def gpt_usable(path: str, sector_size: int) -> tuple[int, int] | None:
+    """(first, last) usable LBA from the primary GPT header on the drive, or None when there
+    is no valid-looking header: what a freshly written table owns at both ends."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = os.pread(fd, 92, sector_size)
+    finally:
+        os.close(fd)
+    if len(header) < 92 or header[:8] != b"EFI PART":
+        return None
+    first, last = struct.unpack_from("<QQ", header, 40)
+    return (first, last) if 0 < first <= last else None
 
 
 def _set_ids(path: str, layout: DiskLayout) -> None:

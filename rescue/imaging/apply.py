@@ -1,25 +1,27 @@
 """Writing a planned layout onto a drive, from any source of chunks: an image (restore) or
 another drive (clone). The only engine code that writes to a target drive.
 
-Order: the first MiB, the partition table, the MBR boot code again (parted writes its own),
-every area's chunks at its planned offset; then, with the drive closed, filesystems grown in
-place or shrunk in a sparse staging file (never writing past the end of a smaller partition)."""
+Order: the partition table, the bytes outside partitions (imaging/outside.py: boot code in
+the gap after the MBR, which writing a table clears), every partition's chunks at its planned
+offset; then, with the drive closed, filesystems grown in place or shrunk (never writing past
+the end of a smaller partition: a shrink writes the bytes past the new end to a scratch file,
+hw/splitdev.py); last, the bytes outside partitions read back and compared."""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-from rescue.errors import DeviceError, RescueError
+from rescue.errors import RescueError
 from rescue.hw import blockdev
 from rescue.hw.loop import attached
 from rescue.hw.partitions import apply_layout
+from rescue.imaging import outside as outside_bytes
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, fmt_bytes
-from rescue.model.extents import Extent, total, with_edges
+from rescue.model.extents import Extent, total
 from rescue.model.layout import DiskLayout
 from rescue.repo.index import Index, Kind
 
@@ -42,6 +44,11 @@ class AreaFacts:
     partition: int | None
     size: int
     fs: dict | None
+    held: list[Extent] | None = None  # byte ranges holding data, normalized; None: every byte
+
+    def data_end(self) -> int:
+        """Where the area's last byte of data ends."""
+        return self.size if self.held is None else (self.held[-1].end if self.held else 0)
 
 
 @dataclass
@@ -61,23 +68,26 @@ class AreaSource:
 
 
 def write_drive(target: str, layout: DiskLayout, sources: list[AreaSource], placements: dict[str, Placement],
-                meter: Meter, workers: int, log: JobLog, staging: Callable[[], Path]) -> None:
-    head = next((s for s in sources if s.name == "head"), None)
+                meter: Meter, workers: int, log: JobLog, scratch_dir: str) -> None:
+    outside = [s for s in sources if placements[s.name].action == "gap"]
     shrinks = [s for s in sources if placements[s.name].action == "shrink"]
     grows = [s for s in sources if placements[s.name].action == "grow"]
+    keep_out: list[Extent] = []
     try:
+        if layout.table != "none":
+            for note in apply_layout(target, layout):
+                log(note)
+            log(f"partition table written ({layout.table}, {len(layout.partitions)} partitions)")
+            keep_out = outside_bytes.protected(target, layout, layout.size)
         fd = blockdev.open_drive(target, write=True)
         try:
-            if head is not None:
-                write_area(fd, head, 0, meter, workers)
-                os.fsync(fd)
-                for note in apply_layout(target, layout):
-                    log(note)
-                if head.index.count and head.index.kinds[0] == Kind.DATA:
-                    _pwrite_all(fd, head.fetch(0)[:440], 0)  # parted replaced the MBR boot code
-                log(f"partition table written ({layout.table}, {len(layout.partitions)} partitions)")
+            for src in outside:  # after the table: writing a table clears the gap after the MBR
+                place = placements[src.name]
+                allowed = outside_bytes.pieces(place.offset, place.size, layout, keep_out)
+                outside_bytes.write(fd, src, place.offset, allowed, meter)
+                log(f"{src.label}: {fmt_bytes(total(allowed))} written at byte {place.offset}")
             for src in sources:
-                if src is not head and src not in shrinks:
+                if src not in outside and src not in shrinks:
                     place = placements[src.name]
                     write_area(fd, src, place.offset, meter, workers)
                     log(f"{src.label}: written at byte {place.offset}")
@@ -89,7 +99,10 @@ def write_drive(target: str, layout: DiskLayout, sources: list[AreaSource], plac
         for src in grows:
             log(_resize_in_place(target, src, placements[src.name]))
         for src in shrinks:
-            _write_shrunk(target, src, placements[src.name], meter, workers, log, staging())
+            _write_shrunk(target, src, placements[src.name], meter, workers, log, scratch_dir)
+        outside_bytes.check(target, outside, placements, layout, keep_out)
+        if outside:
+            log("bytes outside the partitions read back equal to the image")
     except RescueError as e:
         log(f"FAILED: {e}; the target is partially written")
         raise
@@ -101,15 +114,23 @@ def write_drive(target: str, layout: DiskLayout, sources: list[AreaSource], plac
 
 
 def write_area(fd: int, src: AreaSource, base: int, meter: Meter, workers: int) -> None:
+    write_chunks(src, lambda data, pos: blockdev.write_all(fd, data, base + pos),
+                 lambda pos, n: blockdev.zero_range(fd, base + pos, n), meter, workers)
+
+
+def write_chunks(src: AreaSource, put: Callable[[bytes, int], None], zero: Callable[[int, int], None],
+                 meter: Meter, workers: int) -> None:
+    """Every DATA chunk of `src` through put(bytes, area position), every ZERO chunk through
+    zero(position, length), on `workers` threads (fetching checks and decompresses)."""
     index = src.index
     meter.begin_area(src.label, src.write_bytes())
 
     def write(i: int) -> None:
         start, length = index.span(i)
         if index.kinds[i] == Kind.DATA:
-            _pwrite_all(fd, src.fetch(i), base + start)
+            put(src.fetch(i), start)
         else:
-            blockdev.zero_range(fd, base + start, length)
+            zero(start, length)
         meter.advance(length)
 
     todo = [i for i, k in enumerate(index.kinds) if k in (Kind.DATA, Kind.ZERO)]
@@ -127,63 +148,27 @@ def _resize_in_place(target: str, src: AreaSource, place: Placement) -> str:
 
 
 def _write_shrunk(target: str, src: AreaSource, place: Placement, meter: Meter, workers: int, log: JobLog,
-                  workdir: Path) -> None:
-    """Shrink in a sparse staging file of the old size, then copy the shrunk filesystem's
-    used blocks onto the target."""
-    from rescue.filesystems import identify
-    from rescue.filesystems.base import Volume
-    from rescue.filesystems.resize import staged
+                  scratch_dir: str) -> None:
+    """Shrink on the target itself (model/scratch.py says why): the filesystem's bytes inside
+    the new partition go straight to their final place, those past its end to a scratch file
+    in scratch_dir; the resize tool sees both as one device of the old size (hw/splitdev.py)
+    and moves the tail into the partition. Nothing past the new partition's end is touched."""
+    from rescue.filesystems.resize import resize_filesystem, shrink_plan_check
+    from rescue.hw.splitdev import split_device
 
     fs = src.fs or {}
+    shrink_plan_check(fs["type"], None, place.size, current_size=src.size)
 
-    def write_into(path: str) -> None:
-        sfd = os.open(path, os.O_WRONLY)
-        try:
-            write_area(sfd, src, 0, meter, workers)
-        finally:
-            os.close(sfd)
+    def write_into(sd) -> None:
+        def zero(pos: int, n: int) -> None:  # past the new end the scratch file is a hole already
+            if pos < place.size:
+                sd.write(pos, bytes(min(n, place.size - pos)))
 
-    log(f"{src.label}: shrinking {fmt_bytes(src.size)} -> {fmt_bytes(place.size)} in {workdir}")
-    with staged(fs["type"], src.size, place.size, str(workdir), write_into) as dev:
-        _, mod = identify(Volume(dev, 0, place.size))
-        used = mod.used_extents(Volume(dev, 0, place.size)) if mod else [Extent(0, place.size)]
-        extents = with_edges(used, place.size)
-        sfd = os.open(dev, os.O_RDONLY)
-        dst = blockdev.open_drive(target, write=True)
-        try:
-            for e in extents:
-                for pos in range(e.start, e.end, 4 << 20):
-                    n = min(4 << 20, e.end - pos)
-                    _pwrite_all(dst, os.pread(sfd, n, pos), place.offset + pos)
-            blockdev.flush(dst)
-        finally:
-            os.close(sfd)
-            os.close(dst)
-    log(f"{src.label}: shrunk and written ({fmt_bytes(total(extents))} copied)")
+        write_chunks(src, lambda data, pos: sd.write(pos, data), zero, meter, workers)
 
-
-def staging_dir(preferred: Path | None) -> Path:
-    """Sparse staging files go beside the repository when it is writable (a real disk), else
-    to the temporary directory (RAM on the live system: fine for mostly-empty filesystems)."""
-    import tempfile
-
-    for d in ([preferred] if preferred else []) + [Path(tempfile.gettempdir()) / "rescue-staging"]:
-        try:
-            d.mkdir(exist_ok=True)
-            probe = d / ".probe"
-            probe.touch()
-            probe.unlink()
-            return d
-        except OSError:
-            continue
-    raise DeviceError("no writable place for the staging file of a shrink")
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-    except OSError as e:
-        raise DeviceError(f"write error at byte {offset} of the target ({e.strerror})") from None
+    log(f"{src.label}: shrinking {fmt_bytes(src.size)} -> {fmt_bytes(place.size)} on the target, "
+        f"scratch in {scratch_dir}")
+    with split_device(target, place.offset, place.size, src.size, scratch_dir, write_into) as sd:
+        log(resize_filesystem(fs["type"], sd.path, place.size, label=fs.get("label"), uuid=fs.get("uuid")))
+        peak = sd.scratch_bytes()
+    log(f"{src.label}: shrunk in place; scratch space used {fmt_bytes(peak)}")

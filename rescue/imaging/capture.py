@@ -26,14 +26,13 @@ from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
-from rescue.model.extents import MiB, Extent, in_range, total, with_edges
+from rescue.model.extents import Extent, in_range, total, with_edges
+from rescue.model.gaps import gaps
 from rescue.model.layout import DiskLayout
 from rescue.repo import chunks
 from rescue.repo.index import Index, Kind
-from rescue.repo.manifest import Area, Manifest
+from rescue.repo.manifest import Area, Manifest, area_label
 from rescue.repo.store import Repository, check_name, now_iso
-
-HEAD_SIZE = MiB
 
 
 @dataclass
@@ -47,8 +46,7 @@ class AreaPlan:
 
     @property
     def label(self) -> str:
-        kind = self.fs.type if self.fs else "raw"
-        return "disk head" if self.name == "head" else f"{self.name} ({kind})"
+        return area_label(self.name, self.fs.type if self.fs else None)
 
     def read_bytes(self) -> int:
         return self.size if self.used is None else total(self.used)
@@ -86,7 +84,8 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
     if layout.table == "none":  # a filesystem on the bare drive, or unknown content: one area
         spans = [("disk", None, Volume(source, 0, layout.size))]
     else:
-        plan.areas.append(AreaPlan("head", 0, min(HEAD_SIZE, layout.size)))
+        # the bytes outside partitions (boot code in the gap after the MBR, ...), whole
+        plan.areas += [AreaPlan(g.name, g.offset, g.size) for g in gaps(layout)]
         spans = [(f"p{p.number}", p.number, Volume(source, p.offset(layout.sector_size),
                                                    p.size(layout.sector_size)))
                  for p in layout.data_partitions()]

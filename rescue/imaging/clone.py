@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rescue.errors import RefusedError, TooSmallError
+from rescue.errors import RefusedError
 from rescue.hw.badread import TolerantReader
 from rescue.imaging import postrestore
-from rescue.imaging.apply import AreaFacts, AreaSource, staging_dir, write_drive
+from rescue.imaging.apply import AreaFacts, AreaSource, write_drive
 from rescue.imaging.capture import CapturePlan, _keep_only, _used_parts, plan_capture
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
@@ -31,17 +31,19 @@ class CloneResult:
     warnings: list[str] = field(default_factory=list)  # steps after writing that failed
 
 
-def plan_clone(source: str, target: str, policy: str = "auto", capture_plan: CapturePlan | None = None) -> RestorePlan:
+def plan_clone(source: str, target: str, policy: str = "auto", capture_plan: CapturePlan | None = None,
+               scratch_dir: str | None = None) -> RestorePlan:
     if os.path.realpath(source) == os.path.realpath(target):
         raise RefusedError(f"the target {target} is the source drive")
     cap = capture_plan or plan_capture(source)
-    areas = [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None) for a in cap.areas]
-    return plan_onto(source, cap.layout, areas, target, policy, cap.read_bytes())
+    areas = [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None, a.used) for a in cap.areas]
+    return plan_onto(source, cap.layout, areas, target, policy, cap.read_bytes(), scratch_dir)
 
 
 def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, read_timeout: float = 30.0,
           progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
-          threads: int | None = None, log_dir: Path | None = None, fresh_ids: bool = False) -> CloneResult:
+          threads: int | None = None, log_dir: Path | None = None, fresh_ids: bool = False,
+          scratch_dir: str | None = None) -> CloneResult:
     from rescue.hw.safety import check_source, check_target
 
     started = time.monotonic()
@@ -49,9 +51,8 @@ def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, r
     check_target(target, source=source)
     log = JobLog(_log_path(log_dir))
     cap = plan_capture(source, log)
-    plan = plan_clone(source, target, policy, cap)
-    if not plan.fits:
-        raise TooSmallError(plan.reason)
+    plan = plan_clone(source, target, policy, cap, scratch_dir)
+    plan.check()
     log(f"cloning {source} onto {target} ({fmt_bytes(plan.target_size)}), layout {plan.policy}")
     meter = Meter("clone", plan.write_bytes, progress, cancel)
     with TolerantReader(source, retries=retries, timeout=read_timeout) as reader:
@@ -74,7 +75,7 @@ def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, r
             fs = dict(vars(ap.fs)) if ap.fs else None
             sources.append(AreaSource(ap.name, ap.label, ap.size, fs, index, fetch))
         write_drive(target, plan.layout, sources, plan.placements, meter, threads or os.cpu_count() or 1,
-                    log, lambda: staging_dir(None))
+                    log, plan.scratch_dir())
         # Bad sectors met on the way: a last trim and retry pass, then the recovered bytes
         # go to where their area now lives.
         lost = 0
@@ -91,7 +92,6 @@ def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, r
 
 def _rewrite_recovered(reader: TolerantReader, cap: CapturePlan, plan: RestorePlan, target: str, log: JobLog) -> None:
     from rescue.hw import blockdev
-    from rescue.imaging.apply import _pwrite_all
 
     recovered = reader.finish()
     fd = blockdev.open_drive(target, write=True)
@@ -101,7 +101,7 @@ def _rewrite_recovered(reader: TolerantReader, cap: CapturePlan, plan: RestorePl
                 lo, hi = max(offset, ap.offset), min(offset + len(data), ap.offset + ap.size)
                 place = plan.placements[ap.name]
                 if lo < hi and place.action in ("keep", "move"):
-                    _pwrite_all(fd, data[lo - offset:hi - offset], place.offset + lo - ap.offset)
+                    blockdev.write_all(fd, data[lo - offset:hi - offset], place.offset + lo - ap.offset)
         blockdev.flush(fd)
     finally:
         os.close(fd)

@@ -538,6 +538,41 @@ def patch_grub_bios(target: str, old_core_lba: int, new_core_lba: int, sector_si
     return f"GRUB BIOS: core.img moved from sector {old_core_lba} to {new_core_lba}; boot code and blocklist updated"
 
 
+def check_grub_gap(target: str, written: DiskLayout) -> str:
+    """GRUB for BIOS embedded in the gap after the MBR (no BIOS boot partition: every MBR
+    install of Debian and Ubuntu). Its core image sits at fixed sectors before the first
+    partition and finds /boot through the partition table at boot time, so moved or resized
+    partitions need no change; what would break it is a first partition that now starts
+    inside the core image, or a partition numbering that changed (the core image names its
+    /boot partition by number). Raises DeviceError saying what to run in those cases."""
+    ss = written.sector_size
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        mbr = os.pread(fd, ss, 0)
+        core = grub_bios_pointers(mbr)
+        if core is None:
+            return "GRUB BIOS: the MBR holds no GRUB boot code"
+        first = min((p.start for p in written.partitions), default=written.size // ss)
+        if core >= first:
+            return f"GRUB BIOS: core image at sector {core}, inside a partition"
+        end = max([core + 1] + [s + n for s, n in blocklist(os.pread(fd, ss, core * ss))])
+    finally:
+        os.close(fd)
+    fix = (f"boot the restored system's root in a chroot and run `grub-install {target}` "
+           f"(or reinstall GRUB from the rescue shell)")
+    if end > first:
+        raise DeviceError(f"GRUB's core image after the MBR (sectors {core}-{end - 1}) overlaps the first "
+                          f"partition, which now starts at sector {first}: {fix}")
+    actual = {p.start: p.number for p in read_layout(target).partitions}
+    renumbered = [(p.number, actual[p.start]) for p in written.partitions
+                  if p.start in actual and actual[p.start] != p.number]
+    if renumbered:
+        said = ", ".join(f"{a} is now {b}" for a, b in renumbered)
+        raise DeviceError(f"GRUB's core image names partitions by number and partition {said}: {fix}")
+    return (f"GRUB BIOS: core image after the MBR (sectors {core}-{end - 1}) is in place before the "
+            f"first partition (sector {first}); it finds /boot through the partition table")
+
+
 def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] | None:
     """(old, new) start sector of the BIOS boot partition when a restore placed it elsewhere."""
     def start(layout: DiskLayout) -> dict[int, int]:
@@ -549,6 +584,18 @@ def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] |
         if number in new and new[number] != s:
             return s, new[number]
     return None
+
+
+def expected_boot_code(head: bytes, image: DiskLayout, written: DiskLayout) -> bytes:
+    """The image's first bytes as they should stand on a drive restored onto `written`: with
+    GRUB's boot.img pointer moved along with a moved BIOS boot partition (what finish_drive
+    does on purpose)."""
+    moved = bios_boot_moved(image, written)
+    if not moved or grub_bios_pointers(head) != moved[0]:
+        return head
+    out = bytearray(head)
+    out[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8] = moved[1].to_bytes(8, "little")
+    return bytes(out)
 
 
 def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, *,
@@ -569,6 +616,8 @@ def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, 
     if moved:
         step("pointing GRUB's BIOS boot code at its moved core image",
              lambda: log(patch_grub_bios(target, *moved, sector_size=written.sector_size)))
+    elif written.table != "none":
+        step("checking GRUB's core image after the MBR", lambda: log(check_grub_gap(target, written)))
     if fresh_ids:
         step("giving it new ids", lambda: new_ids(target, log))
     step("adding the removable-media EFI loader", lambda: ensure_efi_fallback(target, log))

@@ -12,20 +12,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
 
-from rescue.errors import IntegrityError, RescueError, TooSmallError, UsageError
+from rescue.errors import RefusedError, RescueError, TooSmallError, UsageError
 from rescue.hw import blockdev
 from rescue.hw.partitions import read_layout
+from rescue.hw.scratch import default_dir as default_scratch_dir
+from rescue.hw.scratch import space as scratch_space
 from rescue.imaging import postrestore
-from rescue.imaging.apply import AreaFacts, AreaSource, Placement, staging_dir, write_drive
+from rescue.imaging.apply import AreaFacts, Placement, write_drive
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
-from rescue.imaging.verify import check_chunks, data_chunks, load_indexes
+from rescue.imaging.verify import check_chunks, data_chunks, image_source, load_indexes
+from rescue.model import gaps
+from rescue.model.extents import Extent, normalize
 from rescue.model.layout import DiskLayout
+from rescue.model.scratch import Scratch, shrink_need
 from rescue.model.plan import PartFacts, plan_layout
 from rescue.repo.index import Index, Kind
-from rescue.repo.manifest import Area, Manifest
+from rescue.repo.manifest import Manifest
 from rescue.repo.store import Repository, now_iso
 
 POLICIES = ("auto", "same", "proportional", "grow-last")
@@ -47,6 +51,17 @@ class RestorePlan:
     placements: dict[str, Placement]  # by area name
     notes: list[str] = field(default_factory=list)
     table: str = ""  # the plan as a person reads it
+    scratch: Scratch | None = None  # where shrinks keep the data past the new end; None: no shrink
+
+    def check(self) -> None:
+        """Refuse a plan that cannot be carried out, before anything is written."""
+        if self.scratch is not None and not self.scratch.fits:
+            raise RefusedError(self.reason)
+        if not self.fits:
+            raise TooSmallError(self.reason)
+
+    def scratch_dir(self) -> str:
+        return self.scratch.where if self.scratch else default_scratch_dir()
 
     def resizes(self) -> bool:
         return any(p.action in ("grow", "shrink") for p in self.placements.values())
@@ -83,18 +98,35 @@ def facts_of(areas: list[AreaFacts]) -> dict[int, PartFacts]:
 
 
 def plan_restore(repo: Repository, name: str, target: str, policy: str = "auto",
-                 manifest: Manifest | None = None, indexes: dict[str, Index] | None = None) -> RestorePlan:
+                 manifest: Manifest | None = None, indexes: dict[str, Index] | None = None,
+                 scratch_dir: str | None = None) -> RestorePlan:
     """The layout that would be written on `target`, and whether the data fits. Writes nothing."""
     if manifest is None or indexes is None:
         manifest, indexes = load_indexes(repo, name)
     write = sum(indexes[a.name].span(i)[1] for a in manifest.areas
                 for i, k in enumerate(indexes[a.name].kinds) if k in (Kind.DATA, Kind.ZERO))
-    areas = [AreaFacts(a.name, a.partition, a.size, a.fs) for a in manifest.areas]
-    return plan_onto(name, manifest.layout, areas, target, policy, write)
+    areas = [AreaFacts(a.name, a.partition, a.size, a.fs, _held(indexes[a.name])) for a in manifest.areas]
+    return plan_onto(name, manifest.layout, areas, target, policy, write, scratch_dir)
+
+
+def _held(index: Index) -> list[Extent]:
+    """The chunks of an area that hold data (DATA, and UNREADABLE: bytes the source had)."""
+    return normalize(index.span(i) for i, k in enumerate(index.kinds) if k in (Kind.DATA, Kind.UNREADABLE))
+
+
+def _keep_gaps(areas: list[AreaFacts]) -> dict[int | None, int]:
+    """Gaps that hold data, by the partition they follow (None: the head)."""
+    out: dict[int | None, int] = {}
+    for a in areas:
+        if a.partition is None and gaps.is_gap(a.name):
+            need = a.data_end()
+            if need:
+                out[None if a.name == gaps.HEAD else int(a.name[len("gap-p"):])] = need
+    return out
 
 
 def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str, policy: str,
-              write: int) -> RestorePlan:
+              write: int, scratch_dir: str | None = None) -> RestorePlan:
     """Plan `image` (an image's or a source drive's layout) onto `target`. Policy auto: the
     same layout on a drive of the same size, proportional otherwise."""
     if policy not in POLICIES:
@@ -113,18 +145,38 @@ def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str,
                            {areas[0].name: Placement(0, areas[0].size, "keep")}, table=reason)
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
-    lp = plan_layout(image, facts_of(areas), size, sector_size, policy)
+    lp = plan_layout(image, facts_of(areas), size, sector_size, policy, _keep_gaps(areas))
     moves = {m.number: m for m in lp.moves}
     placements = {}
     for area in areas:
-        if area.partition is None:
-            placements[area.name] = Placement(0, min(area.size, size), "keep")
+        if area.partition is None:  # bytes outside partitions: after what they followed
+            placements[area.name] = Placement(*gaps.place(area.name, area.size, lp.layout, size), "gap")
         else:
             m = moves[area.partition]
             placements[area.name] = Placement(m.new_start, m.new_size, m.action, (area.fs or {}).get("type"))
     reason = lp.reason if lp.fits else _too_small(target, size + lp.shortfall, size, lp.reason)
-    return RestorePlan(what, target, size, policy, lp.layout, current, lp.fits, reason, write,
+    plan = RestorePlan(what, target, size, policy, lp.layout, current, lp.fits, reason, write,
                        placements, list(lp.notes), lp.render())
+    plan.scratch = _scratch(areas, placements, scratch_dir)
+    if plan.scratch is not None:
+        plan.notes.append(plan.scratch.describe(fmt_bytes))
+        plan.table += f"\n  - {plan.notes[-1]}"
+        if plan.fits and not plan.scratch.fits:
+            plan.fits, plan.reason = False, plan.scratch.refusal(fmt_bytes)
+            plan.table += f"\n{plan.reason}"
+    return plan
+
+
+def _scratch(areas: list[AreaFacts], placements: dict[str, Placement], where: str | None) -> Scratch | None:
+    """The scratch space the plan's shrinks need (the largest; they run one at a time), and
+    what `where` (default: the temporary directory, RAM on the live system) can give."""
+    needs = [shrink_need(a.held, a.size, placements[a.name].size) for a in areas
+             if placements[a.name].action == "shrink"]
+    if not needs:
+        return None
+    where = where or default_scratch_dir()
+    free, ram = scratch_space(where)
+    return Scratch(max(needs), where, free, ram)
 
 
 def _too_small(target: str, need: int, have: int, detail: str = "") -> str:
@@ -135,15 +187,16 @@ def _too_small(target: str, need: int, have: int, detail: str = "") -> str:
 def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
             progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
             plan: RestorePlan | None = None, threads: int | None = None,
-            log_dir: Path | None = None, fresh_ids: bool = False) -> RestoreResult:
+            log_dir: Path | None = None, fresh_ids: bool = False, scratch_dir: str | None = None) -> RestoreResult:
     started = time.monotonic()
     manifest, indexes = load_indexes(repo, name)
     check_target_allowed(target, str(repo.path))
-    plan = plan or plan_restore(repo, name, target, manifest=manifest, indexes=indexes)
-    if not plan.fits:
-        raise TooSmallError(plan.reason)
+    plan = plan or plan_restore(repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir)
+    plan.check()
     log = JobLog(_log_path(repo, name, log_dir))
     log(f"restoring image {name} from {repo.path} onto {target} ({fmt_bytes(plan.target_size)})")
+    if plan.scratch:
+        log(plan.scratch.describe(fmt_bytes))
     workers = threads or os.cpu_count() or 1
     if preverify:
         refs = data_chunks(manifest, indexes)
@@ -151,30 +204,13 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
         check_chunks(repo, name, refs, meter, workers)
         log(f"image verified: {len(refs)} chunks")
     meter = Meter("restore", plan.write_bytes, progress, cancel)
-    sources = [_image_source(repo, name, area, indexes[area.name]) for area in manifest.areas]
-    write_drive(target, plan.layout, sources, plan.placements, meter, workers, log,
-                lambda: staging_dir(repo.path / ".staging"))
+    sources = [image_source(repo, name, area, indexes[area.name]) for area in manifest.areas]
+    write_drive(target, plan.layout, sources, plan.placements, meter, workers, log, plan.scratch_dir())
     warnings = postrestore.finish_drive(target, manifest.layout, plan.layout, log, fresh_ids=fresh_ids)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")
     return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""), warnings)
-
-
-def _image_source(repo: Repository, name: str, area: Area, index: Index) -> AreaSource:
-    local = threading.local()
-
-    def fetch(i: int) -> bytes:
-        start, length = index.span(i)
-        where = f"image {name}, {area.label}, chunk {i} at offset {start}"
-        dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
-        local.dctx = dctx
-        data = repo.read_chunk(index.digests[i], where, dctx)  # hash checked before writing
-        if len(data) != length:
-            raise IntegrityError(f"{where}: chunk has {len(data)} bytes, expected {length}")
-        return data
-
-    return AreaSource(area.name, area.label, area.size, area.fs, index, fetch)
 
 
 def check_target_allowed(target: str, repo_path: str) -> None:

@@ -1,4 +1,6 @@
-"""Verify: every chunk an image references is read, decompressed and hashed."""
+"""Verify: every chunk an image references is read, decompressed and hashed; and, given a
+drive the image was restored onto, the drive's bytes outside partitions compared with the
+image's (imaging/outside.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from dataclasses import dataclass
 import zstandard
 
 from rescue.errors import IntegrityError
+from rescue.imaging.apply import AreaSource
 from rescue.imaging.progress import Meter, ProgressCallback, no_progress
 from rescue.repo.index import Index, Kind
-from rescue.repo.manifest import Manifest
+from rescue.repo.manifest import Area, Manifest
 from rescue.repo.store import Repository
 
 
@@ -93,3 +96,55 @@ def verify_image(repo: Repository, name: str, *, progress: ProgressCallback = no
         raise
     repo.record_verify(name, True)
     return VerifyResult(name, len(refs), meter.total)
+
+
+def image_source(repo: Repository, name: str, area: Area, index: Index) -> AreaSource:
+    """An image area as a source of chunks, each hash-checked before its bytes are used."""
+    local = threading.local()
+
+    def fetch(i: int) -> bytes:
+        start, length = index.span(i)
+        where = f"image {name}, {area.label}, chunk {i} at offset {start}"
+        dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
+        local.dctx = dctx
+        data = repo.read_chunk(index.digests[i], where, dctx)  # hash checked before writing
+        if len(data) != length:
+            raise IntegrityError(f"{where}: chunk has {len(data)} bytes, expected {length}")
+        return data
+
+    return AreaSource(area.name, area.label, area.size, area.fs, index, fetch)
+
+
+def verify_drive(repo: Repository, name: str, drive: str) -> int:
+    """Compare the bytes outside partitions on `drive` (restored from image `name` earlier)
+    with the image, the new table's own structures excepted; GRUB's BIOS pointers count as
+    right when they point at a BIOS boot partition the restore moved. Returns the bytes
+    compared; raises IntegrityError naming the first byte that differs."""
+    from rescue.hw import blockdev
+    from rescue.hw.partitions import read_layout
+    from rescue.imaging import outside
+    from rescue.imaging.postrestore import expected_boot_code
+    from rescue.model import gaps
+
+    manifest, indexes = load_indexes(repo, name)
+    current = read_layout(drive)
+    fd = blockdev.open_drive(drive)
+    try:
+        size = blockdev.size_of(fd)
+        keep_out = outside.protected(drive, current, size)
+        compared = 0
+        for area in manifest.areas:
+            if not gaps.is_gap(area.name):
+                continue
+            src = image_source(repo, name, area, indexes[area.name])
+            offset, room = gaps.place(area.name, area.size, current, size)
+            allowed = outside.pieces(offset, room, current, keep_out)
+            fix = (lambda i, data: expected_boot_code(data, manifest.layout, current)
+                   if area.name == gaps.HEAD and i == 0 else data)
+            problem = outside.mismatch(fd, src, offset, allowed, drive, fix)
+            if problem:
+                raise IntegrityError(problem)
+            compared += sum(e.length for e in allowed)
+    finally:
+        os.close(fd)
+    return compared

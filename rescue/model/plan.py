@@ -140,15 +140,20 @@ def fixed_role(p: Partition, table: str, facts: PartFacts | None) -> str | None:
 
 
 def plan_layout(image: DiskLayout, facts: dict[int, PartFacts], target_size: int,
-                target_sector_size: int, policy: Policy = "proportional") -> LayoutPlan:
+                target_sector_size: int, policy: Policy = "proportional",
+                keep_gaps: dict[int | None, int] | None = None) -> LayoutPlan:
     """Plan the image's partitions on a target of `target_size` bytes. Never raises for a
-    target that is too small: the plan says fits=False, by how much and why."""
+    target that is too small: the plan says fits=False, by how much and why.
+
+    keep_gaps: bytes outside partitions that must find room again (model/gaps.py): after
+    partition N (key N), and before the first partition (key None). Only gaps that hold data
+    are passed (a gap of zeros needs no room)."""
     if policy not in POLICIES:
         raise UsageError(f"unknown layout policy {policy!r} (choose {', '.join(POLICIES)})")
     ss = target_sector_size
     if ss < 512 or ss > ALIGN or ss & (ss - 1):
         raise UsageError(f"unsupported sector size {ss} (expected 512 or 4096)")
-    return _Planner(image, facts, max(0, target_size), ss, policy).plan()
+    return _Planner(image, facts, max(0, target_size), ss, policy, keep_gaps or {}).plan()
 
 
 # -- internals ---------------------------------------------------------------------------
@@ -191,8 +196,9 @@ def _down(n: int, unit: int) -> int:
 
 class _Planner:
     def __init__(self, image: DiskLayout, facts: dict[int, PartFacts], target_size: int,
-                 ss: int, policy: str):
+                 ss: int, policy: str, keep_gaps: dict[int | None, int]):
         self.image, self.facts, self.policy = image, facts, policy
+        self.keep_gaps = keep_gaps
         self.size, self.ss = target_size, ss
         self.notes: list[str] = []
         sectors = target_size // ss
@@ -272,8 +278,12 @@ class _Planner:
         goes to the next 1 MiB boundary (plus the EBR gap for a logical). `exact` keeps the
         extended partition's own extent as in the image (policy "same")."""
         ss, starts, out_sizes = self.ss, {}, dict(sizes)
-        cursor = self.first
+        cursor = max(self.first, _up(self.keep_gaps.get(None, 0), ss))
         end = 0
+
+        def gap_after(top) -> int:
+            """Room kept after a top-level partition for the bytes its image gap holds."""
+            return _up(self.keep_gaps.get(top.number, 0), ss)
 
         def pick(pref: int | None, minimum: int, fallback: int) -> int:
             if pref is not None and pref % ss == 0 and pref >= minimum:
@@ -284,7 +294,7 @@ class _Planner:
             if isinstance(top, _Item):
                 s = pick(prefer.get(top.number), cursor, _up(cursor, ALIGN))
                 starts[top.number] = s
-                cursor = s + out_sizes[top.number]
+                cursor = s + out_sizes[top.number] + gap_after(top)
                 end = max(end, cursor)
                 continue
             ext = top
@@ -303,7 +313,7 @@ class _Planner:
                 lcur = old_end
             starts[ext.number] = es
             out_sizes[ext.number] = lcur - es
-            cursor = lcur
+            cursor = lcur + gap_after(ext)
             end = max(end, cursor)
         return _Placed(starts, out_sizes, end)
 
@@ -339,7 +349,7 @@ class _Planner:
         need = sum(it.lo for it in movable)
         self.notes.insert(0, "resizable partitions share the space left after the fixed ones in "
                              "proportion to their sizes in the image; each starts on a 1 MiB "
-                             "boundary and gaps between partitions are not kept")
+                             "boundary; gaps between partitions are kept only where they hold data")
         if need > avail or not movable:
             sizes = {**base, **{it.number: it.lo for it in movable}}
             placed = self.place(sizes, {}, exact=False)

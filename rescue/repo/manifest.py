@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from rescue.errors import IntegrityError
+from rescue.model import gaps
 from rescue.model.layout import DiskLayout
 
 FORMAT = "rescue-image"
@@ -16,7 +17,7 @@ VERSION = 1
 
 @dataclass
 class Area:
-    name: str  # "head" for the first MiB of the drive, "p<N>" for partition N
+    name: str  # "p<N>" for partition N; "head", "gap-p<N>" for bytes outside partitions (model/gaps.py)
     offset: int  # byte offset on the source drive
     size: int
     index: str  # index file name inside the image directory
@@ -27,8 +28,12 @@ class Area:
 
     @property
     def label(self) -> str:
-        kind = (self.fs or {}).get("type") or "raw"
-        return "disk head" if self.name == "head" else f"{self.name} ({kind})"
+        return area_label(self.name, (self.fs or {}).get("type"))
+
+
+def area_label(name: str, fstype: str | None) -> str:
+    """How logs and screens name an area: "p2 (ext4)", "disk head", "gap after partition 1"."""
+    return gaps.label(name) if gaps.is_gap(name) else f"{name} ({fstype or 'raw'})"
 
 
 @dataclass

@@ -15,7 +15,6 @@ one, which then boots alone. Each run takes a few minutes."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,9 @@ import pytest
 from disks import GiB, MiB, LoopRegistry, partition_table, rescue, sh
 from qemu import VM, Disk, text_pattern
 from sysdrive import boot_and_expect, build_system_drive
+from wizard import blank, clone_with_wizard, power_off, restore_with_wizard
 
 pytestmark = pytest.mark.vm
-WIZARD_BOOT_TIMEOUT = 420  # ISO boot to the wizard under TCG, on a loaded 2-core machine
-RESTORE_TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
@@ -71,57 +69,17 @@ def _vendor_loader_only(info: dict) -> None:
             subprocess.run(argv, check=True, env=env)
 
 
-def _restore_with_wizard(vm: VM) -> str:
-    """Walk the wizard through a restore; returns the target's drive name."""
-    vm.boot_rescue_on_serial()
-    vm.expect_text("rescue - disk imaging", timeout=WIZARD_BOOT_TIMEOUT)
-    vm.expect_text("Restore an image")
-    print(f"[e2e] wizard up {vm.elapsed:.0f}s after power-on", flush=True)
-    vm.sendkey("enter")
-    vm.expect_text("Restore: where are the images?", timeout=120)
-    vm.expect_text("rescue-images", timeout=60)  # found on the repository drive by itself
-    vm.sendkey("enter")
-    vm.expect_text("Restore: choose an image", timeout=60)
-    vm.expect_text("workstation")
-    vm.sendkey("enter")
-    vm.expect_text("Restore: choose the target drive", timeout=60)
-    vm.expect_text("holds the image repository", timeout=30)
-    vm.sendkey("enter")
-    vm.expect_text("Restore: the plan for", timeout=120)
-    vm.sendkey("enter")  # Continue has the focus
-    m = vm.expect(re.compile(rb"Type\W+(?:\x1b\[[0-9;]*[A-Za-z])*(vd[a-z])"), timeout=60, what="the typed-name prompt")
-    name = m.group(1).decode()
-    vm.send(name)
-    vm.sendkey("enter")
-    vm.expect_text("Restore: done", timeout=RESTORE_TIMEOUT)
-    vm.expect_text("Verification: passed")
-    return name
-
-
-def _power_off(vm: VM) -> None:
-    vm.sendkey("right", "right", "enter")  # Done: Main menu, Reboot, [Power off]
-    vm.expect_text("Switch the computer off now?", timeout=30)
-    vm.sendkey("left", "enter")  # the dialog's focus starts on Cancel
-    vm.wait_shutdown(timeout=180)
-
-
-def _blank(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
-
-
 @pytest.mark.parametrize("firmware, medium, size_mib", [("bios", "cdrom", 2048), ("uefi", "usb", 768)])
 def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium, size_mib):
     """Onto a blank drive larger (2 GiB) and smaller (768 MiB) than the 1 GiB original."""
     work, info, repo_img = drives
-    target = _blank(work / f"target-{firmware}.img", size_mib * MiB)
+    target = blank(work / f"target-{firmware}.img", size_mib * MiB)
     disks = [Disk(repo_img, "REPO0001"), Disk(target, "TARGET01")]
     kwargs = {"cdrom": iso} if medium == "cdrom" else {"usb": iso}
     with VM(work, firmware=firmware, disks=disks, name=f"iso-{firmware}", **kwargs) as vm:
-        name = _restore_with_wizard(vm)
+        name = restore_with_wizard(vm)
         print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
-        _power_off(vm)
+        power_off(vm)
     if firmware == "uefi":  # running on UEFI firmware, the restore added a boot entry
         assert "debian (restored)".encode("utf-16-le") in (work / f"iso-{firmware}-OVMF_VARS.fd").read_bytes()
     # The restored drive alone: it boots, finds its root by UUID and its files are intact.
@@ -135,29 +93,12 @@ def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium, si
 def test_clone_from_the_iso_boots_the_clone(iso, drives):
     """Main menu -> Clone: the system drive onto a blank, larger drive; the clone boots alone."""
     work, info, _ = drives
-    target = _blank(work / "clone-target.img", 2 * GiB)
+    target = blank(work / "clone-target.img", 2 * GiB)
     disks = [Disk(work / "system.img", "SYSTEM01", readonly=True), Disk(target, "TARGET01")]
     with VM(work, firmware="bios", cdrom=iso, disks=disks, name="iso-clone") as vm:
-        vm.boot_rescue_on_serial()
-        vm.expect_text("Clone a drive", timeout=WIZARD_BOOT_TIMEOUT)
-        vm.sendkey("down", "down", "enter")  # Restore, Capture, [Clone]
-        vm.expect_text("Clone: choose the drive to copy", timeout=60)
-        vm.expect_text("SYSTEM01", timeout=30)
-        vm.sendkey("enter")  # the first drive: vda, the system drive
-        vm.expect_text("Clone: choose the target drive", timeout=60)
-        vm.expect_text("it is the drive being copied", timeout=30)
-        vm.sendkey("enter")
-        vm.expect_text("Clone: the plan for", timeout=120)
-        vm.sendkey("enter")
-        m = vm.expect(re.compile(rb"Type\W+(?:\x1b\[[0-9;]*[A-Za-z])*(vd[a-z])"), timeout=60,
-                      what="the typed-name prompt")
-        assert m.group(1) == b"vdb", m.group(0)
-        vm.send("vdb")
-        vm.sendkey("enter")
-        vm.expect_text("Clone: done", timeout=RESTORE_TIMEOUT)
-        vm.expect_text("was copied onto vdb")
+        clone_with_wizard(vm, "SYSTEM01")
         print(f"[e2e] cloned at {vm.elapsed:.0f}s", flush=True)
-        _power_off(vm)
+        power_off(vm)
     result = boot_and_expect([target], firmware="bios", marker=info["expect"], timeout=300)
     assert result.found, result.tail()
     assert {info["root_uuid"], info["esp_uuid"], info["swap_uuid"]} <= _uuids(target)

@@ -1,0 +1,74 @@
+"""Driving the ISO's wizard over the serial line through whole jobs, shared by the QEMU tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from qemu import VM
+
+WIZARD_BOOT_TIMEOUT = 420  # ISO boot to the wizard under TCG, on a loaded 2-core machine
+RESTORE_TIMEOUT = 600  # a small system drive; big ones pass their own
+TYPED_NAME = re.compile(rb"Type\W+(?:\x1b\[[0-9;]*[A-Za-z])*(vd[a-z])")
+
+
+def restore_with_wizard(vm: VM, image: str = "workstation", timeout: float = RESTORE_TIMEOUT) -> str:
+    """Walk the wizard through a restore from the repository it finds by itself onto the
+    first drive it offers; returns the target's drive name."""
+    vm.boot_rescue_on_serial()
+    vm.expect_text("rescue - disk imaging", timeout=WIZARD_BOOT_TIMEOUT)
+    vm.expect_text("Restore an image")
+    print(f"[e2e] wizard up {vm.elapsed:.0f}s after power-on", flush=True)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: where are the images?", timeout=120)
+    vm.expect_text("rescue-images", timeout=60)  # found on the repository drive by itself
+    vm.sendkey("enter")
+    vm.expect_text("Restore: choose an image", timeout=60)
+    vm.expect_text(image)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: choose the target drive", timeout=60)
+    vm.expect_text("holds the image repository", timeout=30)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: the plan for", timeout=120)
+    vm.sendkey("enter")  # Continue has the focus
+    m = vm.expect(TYPED_NAME, timeout=60, what="the typed-name prompt")
+    name = m.group(1).decode()
+    vm.send(name)
+    vm.sendkey("enter")
+    vm.expect_text("Restore: done", timeout=timeout)
+    vm.expect_text("Verification: passed")
+    return name
+
+
+def clone_with_wizard(vm: VM, source_serial: str, timeout: float = RESTORE_TIMEOUT) -> None:
+    """Main menu -> Clone: the first drive (the source, vda) onto the second (vdb)."""
+    vm.boot_rescue_on_serial()
+    vm.expect_text("Clone a drive", timeout=WIZARD_BOOT_TIMEOUT)
+    vm.sendkey("down", "down", "enter")  # Restore, Capture, [Clone]
+    vm.expect_text("Clone: choose the drive to copy", timeout=60)
+    vm.expect_text(source_serial, timeout=30)
+    vm.sendkey("enter")  # the first drive: vda, the system drive
+    vm.expect_text("Clone: choose the target drive", timeout=60)
+    vm.expect_text("it is the drive being copied", timeout=30)
+    vm.sendkey("enter")
+    vm.expect_text("Clone: the plan for", timeout=120)
+    vm.sendkey("enter")
+    m = vm.expect(TYPED_NAME, timeout=60, what="the typed-name prompt")
+    assert m.group(1) == b"vdb", m.group(0)
+    vm.send("vdb")
+    vm.sendkey("enter")
+    vm.expect_text("Clone: done", timeout=timeout)
+    vm.expect_text("was copied onto vdb")
+
+
+def power_off(vm: VM) -> None:
+    vm.sendkey("right", "right", "enter")  # Done: Main menu, Reboot, [Power off]
+    vm.expect_text("Switch the computer off now?", timeout=30)
+    vm.sendkey("left", "enter")  # the dialog's focus starts on Cancel
+    vm.wait_shutdown(timeout=180)
+
+
+def blank(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
