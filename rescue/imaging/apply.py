@@ -73,13 +73,16 @@ def write_drive(target: str, layout: DiskLayout, sources: list[AreaSource], plac
     shrinks = [s for s in sources if placements[s.name].action == "shrink"]
     grows = [s for s in sources if placements[s.name].action == "grow"]
     keep_out: list[Extent] = []
+    written = False  # once anything reached the target, an error must say so
     try:
         if layout.table != "none":
+            written = True
             for note in apply_layout(target, layout):
                 log(note)
             log(f"partition table written ({layout.table}, {len(layout.partitions)} partitions)")
             keep_out = outside_bytes.protected(target, layout, layout.size)
         fd = blockdev.open_drive(target, write=True)
+        written = True
         try:
             for src in outside:  # after the table: writing a table clears the gap after the MBR
                 place = placements[src.name]
@@ -104,8 +107,13 @@ def write_drive(target: str, layout: DiskLayout, sources: list[AreaSource], plac
         if outside:
             log("bytes outside the partitions read back equal to the image")
     except RescueError as e:
-        log(f"FAILED: {e}; the target is partially written")
-        raise
+        if not written:
+            log(f"FAILED: {e}; nothing was written to {target}")
+            raise
+        log(f"FAILED: {e}; {target} is partly written")
+        err = type(e)(f"{e}; {target} is partly written: restore onto it again before using it")
+        err.exit_code = e.exit_code
+        raise err from None
     fd = blockdev.open_drive(target)
     try:
         blockdev.reread_partitions(fd)

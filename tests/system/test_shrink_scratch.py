@@ -134,3 +134,26 @@ def test_a_shrink_whose_scratch_cannot_fit_is_refused_before_writing(system, mlo
     assert "--scratch DIR" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     with open(mloops.root / "refused.img", "rb") as f:
         assert f.read(2 * MiB) == bytes(2 * MiB), "the target was written"
+
+
+def test_a_shrink_that_fails_half_way_names_the_file_and_says_the_target_is_partly_written(system, mloops):
+    """Scratch space taken by something else after the plan was made: the job fails with the
+    scratch file's name and the target's state, and leaves no scratch file behind."""
+    from rescue.errors import RescueError
+    from rescue.imaging.restore import plan_restore, restore
+    from rescue.repo.store import Repository
+
+    _, repo_path, _ = system
+    target = mloops.disk("half.img", TARGET_MIB * MiB)
+    repo = Repository.open(repo_path)
+    with mloops.mounted("tmpfs", "tmpfs", "size=64m") as scratch:
+        plan = plan_restore(repo, "sys", target, scratch_dir=str(scratch))
+        assert plan.fits and plan.scratch is not None, plan.reason
+        subprocess.run(["dd", "if=/dev/zero", f"of={scratch}/filler", "bs=1M"], stderr=subprocess.DEVNULL)
+        with pytest.raises(RescueError) as err:
+            restore(repo, "sys", target, plan=plan, preverify=False)
+        (scratch / "filler").unlink()
+        assert list(scratch.iterdir()) == [], "scratch file left behind"
+    msg = str(err.value)
+    assert str(scratch) in msg and "No space left on device" in msg, msg
+    assert f"{target} is partly written" in msg, msg
