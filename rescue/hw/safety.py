@@ -9,9 +9,33 @@ would change while they are read."""
 
 from __future__ import annotations
 
-from rescue.errors import RefusedError
+import functools
+from typing import Callable, TypeVar
+
+from rescue.errors import RefusedError, RescueError
 from rescue.hw import devices
 from rescue.hw.devices import LIVE_MEDIUM, Drive, Node, Snapshot
+
+
+F = TypeVar("F", bound=Callable[..., Drive])
+
+
+def _fails_closed(default_role: str) -> Callable[[F], F]:
+    """A rule that cannot be evaluated refuses: an unexpected error while reading the
+    kernel's state (an unparsable mount table, a vanished device) must never let a write
+    through unchecked."""
+    def wrap(check: F) -> F:
+        @functools.wraps(check)
+        def guarded(path: str, *args: object, **kwargs: object) -> Drive:
+            try:
+                return check(path, *args, **kwargs)
+            except RescueError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure of the check is a refusal
+                raise RefusedError(f"{kwargs.get('role', default_role)} {path}: the safety check could not be "
+                                   f"completed ({type(e).__name__}: {e}); refusing") from None
+        return guarded  # type: ignore[return-value]
+    return wrap
 
 
 def _node(drive: Drive, path: str) -> Node:
@@ -45,6 +69,7 @@ def _check_use(label: str, drive: Drive) -> None:
         raise RefusedError(f"{label} is in use by {', '.join(drive.holders)} (holders)")
 
 
+@_fails_closed("target")
 def check_target(path: str, *, repo_path: str | None = None, source: str | None = None,
                  role: str = "target", live_medium: str = LIVE_MEDIUM) -> Drive:
     """Refuse to write to `path` unless every rule allows it; returns the Drive it checked.
@@ -76,6 +101,7 @@ def check_target(path: str, *, repo_path: str | None = None, source: str | None 
     return drive
 
 
+@_fails_closed("source")
 def check_source(path: str, repo_path: str | None = None, *, role: str = "source") -> Drive:
     """Refuse to capture from `path` while its content can change under us. A filesystem
     mounted read-only is fine: nothing writes to it."""

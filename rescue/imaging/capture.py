@@ -334,10 +334,8 @@ def _source_facts(source: str, fd: int, layout: DiskLayout) -> dict:
 
 
 def _check_source(source: str, repo_path: str) -> None:
-    try:
-        from rescue.hw.safety import check_source
-    except ImportError:
-        return
+    from rescue.hw.safety import check_source
+
     check_source(source, repo_path=repo_path)
 
 

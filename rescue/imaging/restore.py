@@ -215,10 +215,8 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
 
 def check_target_allowed(target: str, repo_path: str) -> None:
     """The safety rules (rescue.hw.safety), applied before asking and again before writing."""
-    try:
-        from rescue.hw.safety import check_target
-    except ImportError:
-        return
+    from rescue.hw.safety import check_target
+
     check_target(target, repo_path=repo_path)
 
 
