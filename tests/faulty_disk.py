@@ -4,7 +4,10 @@ A small FUSE filesystem (llfuse, run in its own process) shows one file, `disk`,
 reads return a backing file's bytes, except that any read touching a bad range fails
 with EIO and any read touching a slow range is delayed. A read-only loop device over
 that file is then a block device whose bad sectors behave like a failing drive's: the
-error reaches the reader through the block layer, not through a mock.
+error reaches the reader through the block layer, not through a mock. Its twin without
+root or kernel is tests/unit/test_badpass.py's MemoryDevice, a block source for the
+bad-sector passes alone (rescue.model.badpass): this one tests the adapter, O_DIRECT and
+the timeouts of rescue.hw.badread on a real block device.
 
 Run as a program (the fixture does this):
     python3 tests/faulty_disk.py BACKING MOUNTPOINT --bad START:LEN ... --slow START:LEN:SECONDS

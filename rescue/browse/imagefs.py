@@ -6,7 +6,7 @@ the partition's bytes, so the kernel's own filesystem drivers (and ntfs-3g, mtoo
 the image as if it were the drive, and nothing is restored first.
 
 What a read returns, per chunk kind:
-  DATA        the chunk, read from the repository and hash-checked (Repository.read_chunk);
+  DATA        the chunk, read from the repository and checked (verify.fetch_chunk);
               a chunk that is missing or damaged makes every read touching it fail with EIO,
               and the first failure is logged once, naming the image, area, chunk and bytes.
               Never a short read: the kernel would fill the rest of the page with zeros,
@@ -39,10 +39,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-import zstandard
-
 from rescue.errors import IntegrityError, RescueError
-from rescue.imaging.verify import load_indexes
+from rescue.imaging.verify import fetch_chunk, load_indexes
 from rescue.repo.index import Index, Kind
 from rescue.repo.store import Repository
 
@@ -78,7 +76,6 @@ class ChunkCache:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
         self.entries: collections.OrderedDict[tuple[str, int], Future] = collections.OrderedDict()
         self.lock = threading.Lock()
-        self.local = threading.local()
 
     def get(self, area: AreaFile, i: int) -> Future:
         key = (area.name, i)
@@ -98,19 +95,11 @@ class ChunkCache:
             self.get(area, i)
 
     def _load(self, area: AreaFile, i: int) -> bytes:
-        dctx = getattr(self.local, "dctx", None)
-        if dctx is None:
-            dctx = self.local.dctx = zstandard.ZstdDecompressor()
-        start, length = area.index.span(i)
-        where = f"image {self.image}, area {area.name}, chunk {i} (bytes {start}-{start + length - 1} of the area)"
         try:
-            data = self.repo.read_chunk(area.index.digests[i], where, dctx)
-            if len(data) != length:
-                raise IntegrityError(f"{where}: chunk has {len(data)} bytes, the index expects {length}")
+            return fetch_chunk(self.repo, self.image, area.name, area.index, i)
         except IntegrityError as e:
             log(f"{e}; reads of these bytes fail with EIO (Input/output error)")
             raise
-        return data
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

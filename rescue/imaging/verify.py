@@ -9,8 +9,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import zstandard
-
 from rescue.errors import IntegrityError
 from rescue.imaging.apply import AreaSource
 from rescue.imaging.progress import Meter, ProgressCallback, no_progress
@@ -35,8 +33,22 @@ class ChunkRef:
     drive_offset: int
 
     def where(self, image: str) -> str:
-        return (f"image {image}, area {self.area}, chunk {self.i} at offset {self.offset} "
-                f"(drive byte {self.drive_offset})")
+        return chunk_where(image, self.area, self.i, self.offset, self.drive_offset)
+
+
+def chunk_where(image: str, area: str, i: int, offset: int, drive_offset: int | None = None) -> str:
+    """How every message about a stored chunk names it (Repository.read_chunk's `where`):
+    image, area, chunk number and its offset in the area, and where it came from on the
+    drive when that is known."""
+    where = f"image {image}, area {area}, chunk {i} at offset {offset}"
+    return where if drive_offset is None else f"{where} (drive byte {drive_offset})"
+
+
+def fetch_chunk(repo: Repository, image: str, area: str, index: Index, i: int) -> bytes:
+    """Chunk `i` of an area's index from the repository, hash- and length-checked
+    (Repository.read_chunk), named as chunk_where() names it when it is not right."""
+    start, length = index.span(i)
+    return repo.read_chunk(index.digests[i], chunk_where(image, area, i, start), length)
 
 
 def load_indexes(repo: Repository, name: str) -> tuple[Manifest, dict[str, Index]]:
@@ -60,16 +72,10 @@ def data_chunks(manifest: Manifest, indexes: dict[str, Index]) -> dict[bytes, Ch
 def check_chunks(repo: Repository, name: str, refs: dict[bytes, ChunkRef], meter: Meter,
                  threads: int | None = None) -> None:
     """Raise IntegrityError naming the first damaged chunk (and how many others are)."""
-    local = threading.local()
-
     def check(item: tuple[bytes, ChunkRef]) -> str | None:
         dig, ref = item
-        dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
-        local.dctx = dctx
         try:
-            data = repo.read_chunk(dig, ref.where(name), dctx)
-            if len(data) != ref.length:
-                return f"{ref.where(name)}: chunk has {len(data)} bytes, the index expects {ref.length}"
+            repo.read_chunk(dig, ref.where(name), ref.length)
         except IntegrityError as e:
             return str(e)
         finally:
@@ -100,17 +106,8 @@ def verify_image(repo: Repository, name: str, *, progress: ProgressCallback = no
 
 def image_source(repo: Repository, name: str, area: Area, index: Index) -> AreaSource:
     """An image area as a source of chunks, each hash-checked before its bytes are used."""
-    local = threading.local()
-
     def fetch(i: int) -> bytes:
-        start, length = index.span(i)
-        where = f"image {name}, {area.label}, chunk {i} at offset {start}"
-        dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
-        local.dctx = dctx
-        data = repo.read_chunk(index.digests[i], where, dctx)  # hash checked before writing
-        if len(data) != length:
-            raise IntegrityError(f"{where}: chunk has {len(data)} bytes, expected {length}")
-        return data
+        return fetch_chunk(repo, name, area.name, index, i)  # checked before it is written
 
     return AreaSource(area.name, area.label, area.size, area.fs, index, fetch)
 

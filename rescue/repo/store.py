@@ -1,11 +1,11 @@
 """A repository on disk: chunk files, image directories, atomic writes.
 
-    REPO/rescue-repo.json            format, version, chunk size, hash
-    REPO/chunks/ab/<64 hex>          chunk objects (rescue.repo.chunks)
-    REPO/images/<name>/manifest.json written last: an image without one does not exist
-    REPO/images/<name>/<area>.idx    chunk indexes
-    REPO/images/<name>/log.txt       what happened while capturing
-    REPO/images/<name>/verified.json result of the last full verify
+REPO/rescue-repo.json            format, version, chunk size, hash
+REPO/chunks/ab/<64 hex>          chunk objects (rescue.repo.chunks)
+REPO/images/<name>/manifest.json written last: an image without one does not exist
+REPO/images/<name>/<area>.idx    chunk indexes
+REPO/images/<name>/log.txt       what happened while capturing
+REPO/images/<name>/verified.json result of the last full verify
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TypedDict
 
 import zstandard
 
@@ -34,6 +36,17 @@ FORMAT = "rescue-repository"
 VERSION = 1
 MARKER = "rescue-repo.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+class RepoMeta(TypedDict):
+    """rescue-repo.json."""
+
+    format: str  # FORMAT
+    version: int  # VERSION
+    id: str  # uuid4, fixed at creation
+    chunk_size: int  # bytes, for every image in the repository
+    hash: str  # "sha256"
+    compression: str  # "zstd"
 
 
 @dataclass
@@ -69,21 +82,22 @@ def fsync_dir(path: Path) -> None:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise UsageError(f"invalid image name {name!r}: use letters, digits, '.', '_', '+', '-' "
-                         "(up to 128, not starting with a dot or dash)")
+        raise UsageError(
+            f"invalid image name {name!r}: use letters, digits, '.', '_', '+', '-' "
+            "(up to 128, not starting with a dot or dash)"
+        )
     return name
 
 
 class Repository:
-    def __init__(self, path: Path, meta: dict):
+    def __init__(self, path: Path, meta: RepoMeta):
         self.path = Path(path)
         self.meta = meta
         self.chunk_size: int = meta["chunk_size"]
-        self._dctx = zstandard.ZstdDecompressor()
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> "Repository":
+    def open(cls, path: str | Path) -> Repository:
         path = Path(path)
         marker = path / MARKER
         if not marker.is_file():
@@ -95,14 +109,16 @@ class Repository:
         if meta.get("format") != FORMAT:
             raise RepoError(f"{marker} is not a rescue repository description")
         if meta.get("version") != VERSION:
-            raise RepoError(f"{path}: repository version {meta.get('version')!r} is not supported "
-                            f"(this rescue reads version {VERSION})")
+            raise RepoError(
+                f"{path}: repository version {meta.get('version')!r} is not supported "
+                f"(this rescue reads version {VERSION})"
+            )
         if meta.get("hash") != "sha256" or not isinstance(meta.get("chunk_size"), int):
             raise RepoError(f"{marker}: unsupported hash or chunk size")
         return cls(path, meta)
 
     @classmethod
-    def create(cls, path: str | Path, chunk_size: int = 4 << 20) -> "Repository":
+    def create(cls, path: str | Path, chunk_size: int = 4 << 20) -> Repository:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if (path / MARKER).exists():
@@ -111,13 +127,19 @@ class Repository:
             raise RepoError(f"{path} is not empty and not a rescue repository")
         (path / "chunks").mkdir(exist_ok=True)
         (path / "images").mkdir(exist_ok=True)
-        meta = {"format": FORMAT, "version": VERSION, "id": str(uuid.uuid4()), "chunk_size": chunk_size,
-                "hash": "sha256", "compression": "zstd"}
+        meta: RepoMeta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "id": str(uuid.uuid4()),
+            "chunk_size": chunk_size,
+            "hash": "sha256",
+            "compression": "zstd",
+        }
         write_atomic(path / MARKER, (json.dumps(meta, indent=1) + "\n").encode())
         return cls(path, meta)
 
     @classmethod
-    def open_or_create(cls, path: str | Path, chunk_size: int = 4 << 20) -> "Repository":
+    def open_or_create(cls, path: str | Path, chunk_size: int = 4 << 20) -> Repository:
         return cls.open(path) if (Path(path) / MARKER).exists() else cls.create(path, chunk_size)
 
     @contextlib.contextmanager
@@ -149,16 +171,29 @@ class Repository:
         os.replace(tmp, final)
         return len(blob)
 
-    def read_chunk(self, digest: bytes, where: str, dctx: zstandard.ZstdDecompressor | None = None) -> bytes:
+    _threads = threading.local()  # a zstd decompressor per thread: they are not thread-safe
+
+    def read_chunk(self, digest: bytes, where: str, length: int | None = None) -> bytes:
+        """A stored chunk's bytes, checked: present, readable, decoded, of hash `digest`
+        and, when given, `length` bytes long (what the index expects). The one place that
+        reads stored chunks (restore, verify, browse, capture's re-read), so every check and
+        every message is the same: IntegrityError, starting with `where`. Thread-safe."""
         path = self.chunk_path(digest)
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
-            raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… is missing "
-                                 f"({path.relative_to(self.path)})") from None
+            raise IntegrityError(
+                f"{where}: chunk {digest.hex()[:16]}… is missing ({path.relative_to(self.path)})"
+            ) from None
         except OSError as e:
             raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… is unreadable ({e.strerror})") from None
-        return chunks.decode(blob, digest, where, dctx or self._dctx)
+        dctx: zstandard.ZstdDecompressor | None = getattr(self._threads, "dctx", None)
+        if dctx is None:
+            dctx = self._threads.dctx = zstandard.ZstdDecompressor()
+        data = chunks.decode(blob, digest, where, dctx)
+        if length is not None and len(data) != length:
+            raise IntegrityError(f"{where}: chunk has {len(data)} bytes, the index expects {length}")
+        return data
 
     # -- images --------------------------------------------------------------------------
     def image_dir(self, name: str) -> Path:
@@ -166,14 +201,16 @@ class Repository:
 
     def image_names(self) -> list[str]:
         images = self.path / "images"
-        return sorted(p.name for p in images.iterdir() if (p / "manifest.json").is_file()) \
-            if images.is_dir() else []
+        return sorted(p.name for p in images.iterdir() if (p / "manifest.json").is_file()) if images.is_dir() else []
 
     def incomplete_names(self) -> list[str]:
         """Leftovers of interrupted captures: a directory without a manifest."""
         images = self.path / "images"
-        return sorted(p.name for p in images.iterdir()
-                      if p.is_dir() and not (p / "manifest.json").exists()) if images.is_dir() else []
+        return (
+            sorted(p.name for p in images.iterdir() if p.is_dir() and not (p / "manifest.json").exists())
+            if images.is_dir()
+            else []
+        )
 
     def manifest(self, name: str) -> Manifest:
         path = self.image_dir(name) / "manifest.json"
@@ -206,11 +243,18 @@ class Repository:
                 m = self.manifest(name)
             except (IntegrityError, RepoError):
                 continue
-            out.append(ImageSummary(
-                name=name, created=m.created, source_model=m.source.get("model") or "",
-                source_serial=m.source.get("serial") or "", source_size=m.source.get("size", 0),
-                data_bytes=m.stats.get("data_bytes", 0), stored_bytes=m.stats.get("stored_bytes", 0),
-                verified=self.verified(name)))
+            out.append(
+                ImageSummary(
+                    name=name,
+                    created=m.created,
+                    source_model=m.source.get("model") or "",
+                    source_serial=m.source.get("serial") or "",
+                    source_size=m.source.get("size", 0),
+                    data_bytes=m.stats.get("data_bytes", 0),
+                    stored_bytes=m.stats.get("stored_bytes", 0),
+                    verified=self.verified(name),
+                )
+            )
         return sorted(out, key=lambda s: (s.created, s.name))
 
     def verified(self, name: str) -> bool | None:
@@ -222,8 +266,10 @@ class Repository:
     def record_verify(self, name: str, ok: bool, detail: str = "") -> None:
         """Remember the last verify result; silently skipped on a read-only repository."""
         try:
-            write_atomic(self.image_dir(name) / "verified.json",
-                         json.dumps({"ok": ok, "when": now_iso(), "detail": detail}).encode())
+            write_atomic(
+                self.image_dir(name) / "verified.json",
+                json.dumps({"ok": ok, "when": now_iso(), "detail": detail}).encode(),
+            )
         except OSError:
             pass
 

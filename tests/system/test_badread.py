@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from faulty_disk import faulty_block_device
-from rescue.errors import UsageError
+from rescue.errors import Cancelled, UsageError
 from rescue.hw.badread import TolerantReader
 from rescue.model.badmap import parse_mapfile
 from rescue.model.extents import normalize
@@ -263,6 +263,40 @@ def test_finish_reports_progress_per_pass(loops, backing):
         assert reader.map.bad_ranges() == want
         assert bytes(chunk) == image_with_holes(data, want)[8 * MiB:8 * MiB + CHUNK]
         assert "\n0x00000000     +               1\n" in reader.mapfile()
+
+
+def test_a_cancel_stops_before_the_next_read_and_finish_resumes(loops, backing):
+    """`check` is asked before every request to the drive: raising there (the engine's
+    cancel) stops the reader at once, in the middle of a chunk with bad sectors, and a
+    later finish() still gives every good byte and the exact map (rescue.model.badpass)."""
+    path, data = backing
+    bad = [(12 * MiB + 5 * 512, 512), (12 * MiB + 300 * KiB, 512)]
+    calls: list[int] = []
+
+    def check():
+        calls.append(reader.stats.reads)
+        if len(calls) == 6:  # chunks 0-2 and 3, chunk 3's pieces, then its first failed piece's blocks
+            raise Cancelled("capture cancelled by the user")
+
+    with faulty_block_device(loops, path, bad=bad) as dev:
+        want = expected_bad(bad, dio_granularity(dev))
+        with TolerantReader(dev, check=check) as reader:
+            image = bytearray(SIZE)
+            cancelled = []
+            for off in range(0, SIZE, CHUNK):
+                try:
+                    got = reader.read(off, CHUNK)
+                except Cancelled:
+                    cancelled.append(off)
+                    assert reader.stats.reads == calls[-1]  # nothing read after the cancel
+                    continue
+                image[off:off + len(got.data)] = got.data
+            assert cancelled == [12 * MiB]
+            for off, part in reader.finish():
+                image[off:off + len(part)] = part
+            assert reader.map.bad_ranges() == want
+            assert reader.sectors_lost * 512 == sum(n for _, n in want)
+            assert image == image_with_holes(data, want)
 
 
 def test_fixture_undoes_everything_when_the_test_fails(loops, backing):
