@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rescue.browse import mounts
 from rescue.errors import FilesystemError, IntegrityError, UsageError
+from rescue.filesystems import lookup
 from rescue.filesystems.fat import mtools_env
 from rescue.hw.run import run
 
@@ -117,16 +118,18 @@ def extract(repo_path: str, name: str, partition: int, paths: list[str], dest: s
     _, manifest = mounts.open_image(repo_path, name)
     area = mounts.select_areas(manifest, partition)[0]
     fstype = (area.fs or {}).get("type")
-    if not fstype or fstype == "raw" or fstype in mounts.NOT_MOUNTABLE:
+    fs = lookup(fstype)
+    if not fstype or fstype == "raw" or (fs is not None and fs.no_files):
         raise UsageError(f"partition {partition} of image {name} holds no filesystem with files "
                          f"({fstype or 'unformatted'})")
     out = _prepare_dest(dest)
     targets = _check_targets(out, paths)
+    with_mtools = fs is not None and fs.mtools  # FAT: read from the partition's file, not mounted
     state, mnt = mounts.open_private(repo_path, name, area, "extract", f"{name[:40]}-p{partition}-",
-                                     mount=fstype not in mounts.FAT_TYPES)
+                                     mount=not with_mtools)
     try:
         result = ExtractResult(area.name, fstype)
-        if fstype in mounts.FAT_TYPES:
+        if with_mtools:
             _copy_fat(state, area.name, paths, targets, out, result)
         else:
             _copy_tree(state, mnt / area.name, paths, targets, out, result)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rescue.errors import FilesystemError, RefusedError, RescueError, UsageError
+from rescue.filesystems import lookup
 from rescue.hw.run import run
 from rescue.imaging.verify import load_indexes
 from rescue.repo.manifest import Area, Manifest
@@ -50,21 +51,10 @@ from rescue.repo.store import Repository
 
 SERVER_MODULE = "rescue.browse.imagefs"
 START_TIMEOUT = 30.0
-FAT_TYPES = ("vfat", "fat", "fat12", "fat16", "fat32", "msdos")
 FUSEFAT = "fusefat"
 # -s: one thread (fusefat is old code; a race there could mean wrong bytes). It writes only
 # when given rw+; ro says so to the kernel too, which then refuses every write (EROFS).
 FUSEFAT_ARGS = ("-s", "-o", "ro,subtype=fusefat")
-MOUNT_OPTIONS = {  # filesystem type in the manifest -> (mount -t, -o)
-    **{t: ("vfat", "ro") for t in FAT_TYPES},  # vfat, never msdos: long names
-    "ext2": ("ext4", "ro,noload"),
-    "ext3": ("ext4", "ro,noload"),
-    "ext4": ("ext4", "ro,noload"),
-    "xfs": ("xfs", "ro,norecovery,nouuid"),
-    "btrfs": ("btrfs", "ro,rescue=nologreplay"),
-    "ntfs": ("ntfs-3g", "ro"),
-}
-NOT_MOUNTABLE = {"swap": "swap space holds no files"}
 
 
 def state_root() -> Path:
@@ -291,8 +281,11 @@ def attach_loop(state: MountState, area: str) -> str:
 
 
 def mount_fs(state: MountState, area: Area, dev: str, target: Path) -> None:
+    """Read-only, with the options its filesystem class gives for looking without writing
+    (Filesystem.mount_ro: no journal or log replay); a type no class knows gets plain ro."""
     fstype = (area.fs or {}).get("type") or ""
-    kind, opts = MOUNT_OPTIONS.get(fstype, (fstype, "ro"))
+    fs = lookup(fstype)
+    kind, opts = (fs.mount_type, fs.mount_ro or "ro") if fs is not None and fs.mount_type else (fstype, "ro")
     if not target.exists():
         target.mkdir()
         state.created_dirs.append(str(target))
@@ -477,13 +470,14 @@ def mount_areas(state: MountState, areas: list[Area], strict: bool, fusefat: boo
         if not fstype or fstype == "raw":
             out.append(PartMount(area.name, None, None, "no filesystem"))
             continue
-        if fstype in NOT_MOUNTABLE:
-            out.append(PartMount(area.name, fstype, None, NOT_MOUNTABLE[fstype]))
+        fs = lookup(fstype)
+        if fs is not None and fs.no_files:
+            out.append(PartMount(area.name, fstype, None, fs.no_files))
             continue
         target = root / area.name
         try:
             dev = attach_loop(state, area.name)
-            if fstype in FAT_TYPES and fusefat:
+            if fs is not None and fs.mtools and fusefat:  # FAT: the kernel's vfat, else fusefat
                 note = mount_fat(state, area, dev, target)
             else:
                 mount_fs(state, area, dev, target)

@@ -1,5 +1,7 @@
-"""btrfs: the used-block map from the extent tree, mapped to this device through the chunk
-tree (`btrfs inspect-internal dump-tree -t chunk` and `-t extent`).
+"""btrfs: everything we know about it, in the class `Btrfs`. The used-block map comes from
+the extent tree, mapped to this device through the chunk tree (`btrfs inspect-internal
+dump-tree -t chunk` and `-t extent`); `btrfs filesystem resize` resizes it while mounted,
+btrfstune renumbers it, and the same trees name the files a bad block hits.
 
 Every tree block and every data extent has an item in the extent tree: EXTENT_ITEM (key =
 logical bytenr, length) or, for tree blocks on skinny-metadata filesystems, METADATA_ITEM
@@ -34,16 +36,17 @@ import bisect
 import re
 import subprocess
 import tempfile
+import uuid as uuidlib
 from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import FsInfo, Volume
+from rescue.filesystems.badfiles import C_LOCALE, TOOL_TIMEOUT
+from rescue.filesystems.base import FREE, METADATA, Examined, Filesystem, FsInfo, Range, Volume, mib
+from rescue.filesystems.resize import tool
 from rescue.hw.run import run
-from rescue.model.extents import MiB, Extent, normalize
-
-TYPES = ("btrfs",)
+from rescue.model.extents import Extent, MiB, normalize
 
 SUPER_MIRRORS = (64 << 10, 64 << 20, 256 << 30, 1 << 50)
 SUPER_SPAN = 64 << 10  # the superblock is 4 KiB; keep the whole 64 KiB slot, it costs nothing
@@ -52,6 +55,8 @@ RESERVED = MiB  # btrfs allocates nothing below 1 MiB
 # still exist; one 1 GiB data chunk plus DUP metadata is a comfortable bound on big volumes.
 MIN_MARGIN = 256 * MiB
 MAX_MARGIN = 1536 * MiB
+# The kernel's btrfs_resize() answers EINVAL below this, whatever the data.
+MIN_RESIZE = 256 * MiB
 
 BLOCK_GROUP_TREE = "11"  # tree id of the block group tree (compat_ro BLOCK_GROUP_TREE)
 # Profiles whose every stripe is a whole copy of the chunk; the others stripe it.
@@ -167,21 +172,31 @@ _SUB = re.compile(r"\bnum_stripes (\d+) sub_stripes (\d+)")
 _STRIPE = re.compile(r"^\s*stripe \d+ devid (\d+) offset (\d+)")
 
 
+@dataclass
+class _ChunkItem:
+    """A CHUNK_ITEM while its lines are read."""
+
+    logical: int
+    length: int | None = None
+    flags: str = ""
+    sub: int = 1
+    stripes: list[tuple[int, int]] = field(default_factory=list)
+
+
 def parse_chunks(text: str) -> list[Chunk]:
     """CHUNK_ITEMs from `dump-tree -t chunk` output, sorted by logical address."""
     out: list[Chunk] = []
-    cur: dict | None = None
+    cur: _ChunkItem | None = None
 
     def flush() -> None:
-        if cur and "length" in cur and cur["stripes"]:
-            out.append(Chunk(cur["logical"], cur["length"], cur["flags"], tuple(cur["stripes"]),
-                             cur.get("sub", 1)))
+        if cur and cur.length is not None and cur.stripes:
+            out.append(Chunk(cur.logical, cur.length, cur.flags, tuple(cur.stripes), cur.sub))
 
     for line in text.splitlines():
         m = _CHUNK.search(line)
         if m:
             flush()
-            cur = {"logical": int(m.group(1)), "stripes": []}
+            cur = _ChunkItem(int(m.group(1)))
             continue
         if cur is None:
             continue
@@ -190,11 +205,11 @@ def parse_chunks(text: str) -> list[Chunk]:
             cur = None
             continue
         if m := _CHUNK_HEAD.match(line):
-            cur["length"], cur["flags"] = int(m.group(1)), m.group(2)
+            cur.length, cur.flags = int(m.group(1)), m.group(2)
         elif m := _SUB.search(line):
-            cur["sub"] = int(m.group(2))
+            cur.sub = int(m.group(2))
         elif m := _STRIPE.match(line):
-            cur["stripes"].append((int(m.group(1)), int(m.group(2))))
+            cur.stripes.append((int(m.group(1)), int(m.group(2))))
     flush()
     return sorted(out, key=lambda c: c.logical)
 
@@ -213,8 +228,8 @@ class ExtentScan:
     as its BLOCK_GROUP_ITEM states them. Runs are kept in two arrays of 64-bit integers,
     16 bytes each, so that millions of scattered extents fit in memory."""
 
-    starts: array = field(default_factory=lambda: array("Q"))
-    ends: array = field(default_factory=lambda: array("Q"))
+    starts: array[int] = field(default_factory=lambda: array("Q"))
+    ends: array[int] = field(default_factory=lambda: array("Q"))
     bg_used: dict[int, int] = field(default_factory=dict)  # logical start -> used bytes
     items: int = 0
     _unsorted: bool = False
@@ -231,11 +246,11 @@ class ExtentScan:
         self.starts.append(start)
         self.ends.append(end)
 
-    def merged(self) -> tuple[array, array]:
+    def merged(self) -> tuple[array[int], array[int]]:
         """Run starts and ends, sorted and merged (dump-tree prints keys in order, but a
         damaged tree need not)."""
         if self._unsorted:
-            runs = normalize((s, e - s) for s, e in zip(self.starts, self.ends))
+            runs = normalize((s, e - s) for s, e in zip(self.starts, self.ends, strict=True))
             self.starts, self.ends = array("Q", (e.start for e in runs)), array("Q", (e.end for e in runs))
             self._unsorted = False
         return self.starts, self.ends
@@ -398,10 +413,13 @@ def _fallback_reason(sup: Super) -> str | None:
     return None
 
 
+def read_super(dev: str) -> Super:
+    return parse_super(run(["btrfs", "inspect-internal", "dump-super", dev]).stdout.decode(errors="replace"))
+
+
 def analyse(vol: Volume) -> Analysis:
     with vol.device() as dev:
-        sup = parse_super(run(["btrfs", "inspect-internal", "dump-super", dev]).stdout.decode(
-            errors="replace"))
+        sup = read_super(dev)
         if sup.zoned:
             return Analysis(sup, [], SOURCE_ZONED)
         reason = _fallback_reason(sup)
@@ -428,11 +446,6 @@ def _map(sup: Super, extents: list[Extent], size: int) -> list[Extent]:
     return normalize(extents + extra, size)
 
 
-def used_extents(vol: Volume) -> list[Extent]:
-    a = analyse(vol)
-    return _map(a.sup, a.extents, vol.size)
-
-
 def estimate_min_size(dev_bytes_used: int, size: int) -> int:
     """What `btrfs filesystem resize` could plausibly shrink to: the reserved first MiB, the
     device extents in use (dev_item.bytes_used), and a margin for relocating chunks (10 %,
@@ -444,11 +457,242 @@ def estimate_min_size(dev_bytes_used: int, size: int) -> int:
     return min(need, size)
 
 
-def info(vol: Volume, fstype: str) -> FsInfo:
-    """Facts and the map's source. The source is only known by building the map (the extent
-    tree may turn out unreadable), so this walks it too: the price of an honest manifest."""
-    a = analyse(vol)
-    label = a.sup.fields.get("label") or None
-    dev_used = a.sup.num("dev_item.bytes_used")
-    return FsInfo(type=fstype, uuid=a.sup.fields.get("fsid"), label=label, used_bytes=a.sup.num("bytes_used"),
-                  min_size=estimate_min_size(dev_used, vol.size), map_source=a.source)
+class Btrfs(Filesystem):
+    """btrfs (one device of it: this volume's devid)."""
+
+    names = ("btrfs",)
+    can_grow = True
+    grow_fills = True
+    can_shrink = True
+    shrink_moves_data = True
+    resize_floor = MIN_RESIZE
+    mount_type = "btrfs"
+    mount_ro = "ro,rescue=nologreplay"  # no tree-log replay: nothing is written
+    mount_rw = "rw"
+    no_files = None
+    mtools = False
+    linux_config = True
+    can_renumber = True
+    can_name_files = True
+
+    def examine(self, vol: Volume, probed: Mapping[str, str] | None = None) -> Examined:
+        """The map's source is only known by building the map (the extent tree may turn out
+        unreadable), so the facts come from the same walk: one dump-tree, not two."""
+        a = analyse(vol)
+        label = a.sup.fields.get("label") or None
+        dev_used = a.sup.num("dev_item.bytes_used")
+        info = FsInfo(type=self.type, uuid=a.sup.fields.get("fsid"), label=label,
+                      used_bytes=a.sup.num("bytes_used"), min_size=estimate_min_size(dev_used, vol.size),
+                      map_source=a.source)
+        return Examined(info, _map(a.sup, a.extents, vol.size))
+
+    def shrink_check(self, min_size: int | None, new_size: int, *, current_size: int | None = None) -> None:
+        if new_size < self.resize_floor:
+            raise FilesystemError(f"cannot resize {self.type} to {mib(new_size)}: the kernel resizes btrfs to "
+                                  f"no less than {mib(self.resize_floor)}")
+        super().shrink_check(min_size, new_size, current_size=current_size)
+
+    def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
+        """Resized while mounted; to this device's size as the filesystem records it
+        (dev_item.total_bytes), in whole sectors."""
+        old = read_super(device).num("dev_item.total_bytes")
+        new = new_size // 4096 * 4096
+        if new < old:
+            self.shrink_check(None, new)
+        elif new < self.resize_floor:
+            # The kernel refuses any resize to less than 256 MiB, growing included; the
+            # filesystem stays valid at its old size inside the larger partition.
+            return (f"{self.type} on {device} kept at {mib(old)}: btrfs cannot be resized below "
+                    f"{mib(self.resize_floor)}")
+        if new != old:
+            with self.mounted(device) as mnt:
+                tool(["btrfs", "filesystem", "resize", str(new), mnt], device)
+        return self._done(device, old, read_super(device).num("dev_item.total_bytes"), "btrfs filesystem resize")
+
+    def new_uuid(self, device: str) -> str:
+        """-U rewrites the fsid in every metadata block (slower than -M, which only records a
+        metadata_uuid, but any kernel mounts the result). The kernel's cache of btrfs devices
+        still lists this one under the old fsid: forget it."""
+        new = str(uuidlib.uuid4())
+        _forget(device)
+        run(["btrfstune", "-f", "-U", new, device], timeout=None)
+        _forget(device)
+        return new
+
+    def _mount_options(self, device: str, options: str) -> str:
+        """A restored btrfs shares its fsid with the original and other copies: every
+        unmounted btrfs device the kernel saw is forgotten and this one is pinned (device=),
+        or the mount may use another."""
+        _forget()
+        return f"{options},device={device}"
+
+    def _unmounted(self, device: str) -> None:
+        """Forgotten again: a stale entry for a loop device detached next makes a later
+        mount pick it."""
+        _forget(device)
+
+    def files_at(self, device: str, ranges: Sequence[Range], max_blocks: int) -> dict[Range, list[str]]:
+        return _files_at(device, ranges)
+
+
+def _forget(device: str | None = None) -> None:
+    """`btrfs device scan --forget [DEV]`: drop unmounted devices from the kernel's list."""
+    run(["btrfs", "device", "scan", "--forget", *([device] if device else [])], check=False)
+
+
+# --- files hit by bad blocks ---------------------------------------------------------------------
+
+_ITEM_KEY = re.compile(r"^\s+item \d+ key \((\S+) (\S+) (\d+)\)")
+_ROOT_IDS = {"ROOT_TREE": 1, "EXTENT_TREE": 2, "CHUNK_TREE": 3, "DEV_TREE": 4, "FS_TREE": 5}
+_FS_ROOT_DIR = 256
+
+
+def _tree_text(device: str, tree: str | int) -> str:
+    return run(["btrfs", "inspect-internal", "dump-tree", "-t", str(tree), device], env=C_LOCALE,
+               check=False, timeout=TOOL_TIMEOUT).stdout.decode(errors="replace")
+
+
+def _files_at(device: str, ranges: Sequence[Range]) -> dict[Range, list[str]]:
+    """Physical -> logical through the chunk tree (single and DUP profiles: one device), then
+    the extent tree names the (subvolume, inode) owning a data extent, and the subvolume's
+    tree its path. All read with dump-tree, no mount: a failing drive is not mounted."""
+    spans: list[tuple[int, int, int, bool]] = []  # physical start, end, logical start, data?
+    for c in parse_chunks(_tree_text(device, "chunk")):
+        data = c.flags.split("|")[0] == "DATA"
+        for _devid, phys in c.stripes:
+            spans.append((phys, phys + c.length, c.logical, data))
+    if not spans:
+        return {}
+    names: dict[Range, set[str]] = {}
+    wanted: dict[Range, list[tuple[int, int]]] = {}  # logical intervals of data to resolve
+    for r in ranges:
+        lo, hi = r[0], r[0] + r[1]
+        got = names.setdefault(r, set())
+        covered = 0
+        for s, e, logical, data in spans:
+            a, b = max(s, lo), min(e, hi)
+            if a >= b:
+                continue
+            covered += b - a
+            if data:
+                wanted.setdefault(r, []).append((logical + a - s, logical + b - s))
+            else:
+                got.add(METADATA)
+        if lo < 1 << 20:
+            got.add(METADATA)  # the first MiB: superblock at 64 KiB, nothing else allocated
+        elif covered < hi - lo:
+            got.add(FREE)  # not in any chunk: unallocated
+    if wanted:
+        _data_owners(device, wanted, names)
+    return {r: sorted(n) for r, n in names.items() if n}
+
+
+def _data_owners(device: str, wanted: dict[Range, list[tuple[int, int]]], names: dict[Range, set[str]]) -> None:
+    extents: list[tuple[int, int]] = []  # logical start, length of data extents
+    owners: dict[int, set[tuple[int, int]]] = {}  # extent start -> (root, inode)
+    shared: set[int] = set()
+    current = 0
+    for line in _tree_text(device, "extent").splitlines():
+        m = _ITEM_KEY.match(line)
+        if m:
+            current = int(m.group(1)) if m.group(1).isdigit() else -1
+            if m.group(2) == "EXTENT_ITEM":
+                extents.append((current, int(m.group(3))))
+            continue
+        line = line.strip()
+        if line.startswith("extent data backref root "):
+            f = line.split()
+            owners.setdefault(current, set()).add((_root_id(f[4]), int(f[6])))
+        elif line.startswith("shared data backref "):
+            shared.add(current)
+    extents.sort()
+    starts = [s for s, _ in extents]
+    need: dict[Range, set[tuple[int, int]]] = {}
+    for r, intervals in wanted.items():
+        for lo, hi in intervals:
+            i = max(0, bisect.bisect_right(starts, lo) - 1)
+            pos = lo
+            while i < len(extents) and extents[i][0] < hi:
+                s, n = extents[i]
+                if s + n > lo:
+                    if s > pos:
+                        names[r].add(FREE)
+                    pos = max(pos, s + n)
+                    need.setdefault(r, set()).update(owners.get(s, ()))
+                    if s in shared and not owners.get(s):
+                        names[r].add("(shared extent: snapshot or reflink, owner not resolved)")
+                i += 1
+            if pos < hi:
+                names[r].add(FREE)  # allocated chunk, no extent there
+    roots = {root for pairs in need.values() for root, _ in pairs}
+    paths = _paths(device, roots)
+    for r, pairs in need.items():
+        for root, ino in pairs:
+            names[r].update(paths.get((root, ino)) or [f"(subvolume {root} inode {ino}, no name found)"])
+
+
+def _root_id(text: str) -> int:
+    return _ROOT_IDS.get(text) or int(text)
+
+
+def _paths(device: str, roots: set[int]) -> dict[tuple[int, int], list[str]]:
+    """(subvolume, inode) -> paths, from INODE_REF items; a subvolume's own path from its
+    ROOT_BACKREF (parent subvolume, directory, name) in the root tree."""
+    refs: dict[int, dict[int, list[tuple[int, str]]]] = {}  # root -> inode -> [(parent, name)]
+
+    def tree_refs(root: int) -> dict[int, list[tuple[int, str]]]:
+        if root not in refs:
+            out: dict[int, list[tuple[int, str]]] = {}
+            key: tuple[int, int] | None = None
+            for line in _tree_text(device, root).splitlines():
+                m = _ITEM_KEY.match(line)
+                if m:
+                    key = ((int(m.group(1)), int(m.group(3)))
+                           if m.group(2) == "INODE_REF" and m.group(1).isdigit() else None)
+                    continue
+                if key and "name: " in line:
+                    out.setdefault(key[0], []).append((key[1], line.split("name: ", 1)[1]))
+            refs[root] = out
+        return refs[root]
+
+    backrefs: dict[int, tuple[int, int, str]] = {}  # subvolume -> (parent root, dir inode, name)
+    if any(r != 5 for r in roots):
+        bkey: tuple[int, int] | None = None
+        for line in _tree_text(device, "root").splitlines():
+            m = _ITEM_KEY.match(line)
+            if m:
+                bkey = (_root_id(m.group(1)), int(m.group(3))) if m.group(2) == "ROOT_BACKREF" else None
+                continue
+            mm = re.search(r"dirid (\d+) sequence \d+ name (.*)$", line)
+            if bkey and mm:
+                backrefs[bkey[0]] = (bkey[1], int(mm.group(1)), mm.group(2))
+
+    def dir_path(root: int, ino: int, depth: int = 0) -> str | None:
+        if depth > 64:
+            return None
+        if ino == _FS_ROOT_DIR:
+            if root == 5:
+                return ""
+            if root not in backrefs:
+                return f"(subvolume {root})"
+            parent, dirid, name = backrefs[root]
+            above = dir_path(parent, dirid, depth + 1)
+            return None if above is None else f"{above}/{name}"
+        up = tree_refs(root).get(ino)
+        if not up:
+            return None
+        parent, name = up[0]
+        above = dir_path(root, parent, depth + 1)
+        return None if above is None else f"{above}/{name}"
+
+    out: dict[tuple[int, int], list[str]] = {}
+    for root in roots:
+        for ino, ups in tree_refs(root).items():
+            paths = []
+            for parent, name in ups:
+                above = dir_path(root, parent)
+                if above is not None:
+                    paths.append(f"{above}/{name}")
+            if paths:
+                out[(root, ino)] = [" = ".join(sorted(paths))]
+    return out

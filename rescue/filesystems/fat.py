@@ -1,8 +1,10 @@
-"""FAT12/16/32: the used-block map read from the FAT itself.
+"""FAT12/16/32: everything we know about it, in the class `Fat`. The used-block map is read
+from the FAT itself; rescue resizes it (see Fat._resize) and gives it a new volume id by
+writing the boot sector; mtools reads its files without a kernel driver.
 
 We parse the boot sector and the FAT in Python rather than trusting partclone, whose 0.3.23
 release decodes FAT12's packed 12-bit entries wrongly and marks used data clusters free.
-The parsing functions take bytes and return values; only `used_extents` and `info` read.
+The parsing functions take bytes and return values; only the class (Fat) and the read_* helpers read.
 
 What counts as used:
 - everything before the data area: reserved sectors (boot sector, FAT32's FSInfo and backup
@@ -21,21 +23,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import secrets
 import struct
 import sys
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import FsInfo, Volume
-from rescue.model.extents import MiB, Extent, normalize
-
-TYPES = ("vfat", "msdos", "fat", "fat12", "fat16", "fat32")
+from rescue.filesystems.base import Examined, Filesystem, FsInfo, Volume, device_size, mib
+from rescue.model.extents import Extent, MiB, normalize
 
 MAX_FAT12_CLUSTERS = 4084  # dosfstools' MAX_FAT12: more clusters than this is FAT16
 MIN_FAT16_CLUSTERS = 4085
 MIN_FAT32_CLUSTERS = 65525  # below this a resizer must switch type; we don't plan for that
 BAD = {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}
+FLOOR = {12: 1, 16: MIN_FAT16_CLUSTERS, 32: MIN_FAT32_CLUSTERS}  # fewer clusters changes the type
 _LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
 
 
@@ -95,9 +98,12 @@ class Bpb:
     @property
     def uuid(self) -> str | None:
         """The volume id as blkid and mdir print it: "1234-ABCD"."""
-        if self.volume_id is None:
-            return None
-        return f"{self.volume_id >> 16:04X}-{self.volume_id & 0xFFFF:04X}"
+        return None if self.volume_id is None else volume_id_text(self.volume_id)
+
+
+def volume_id_text(volume_id: int) -> str:
+    """blkid's spelling of a FAT volume id: "47F0-C63C"."""
+    return f"{volume_id >> 16:04X}-{volume_id & 0xFFFF:04X}"
 
 
 def mtools_env() -> dict[str, str]:
@@ -162,7 +168,7 @@ def fat12_entry(fat: bytes, n: int) -> int:
     return pair >> 4 if n & 1 else pair & 0xFFF
 
 
-def fat_entries(fat: bytes, fat_bits: int, count: int) -> array:
+def fat_entries(fat: bytes, fat_bits: int, count: int) -> array[int]:
     """The first `count` entries (including the two reserved ones) as integers; FAT32's
     reserved top four bits are masked off, as the spec says they must be."""
     if fat_bits == 12:
@@ -224,13 +230,12 @@ def extents_from(bpb: Bpb, flags: bytes) -> list[Extent]:
 
 
 def min_size(bpb: Bpb, flags: bytes) -> int:
-    """An estimate, until FAT resizing exists: the size after moving every used cluster to
-    the front while keeping the current reserved/FAT/root layout, but never so few clusters
-    that the FAT type would change (a shrink below that needs a reformat, not a resize).
-    Rounded up to 1 MiB. Shrinking without moving data needs `end_of_used` instead."""
+    """The size after moving every used cluster to the front while keeping the current
+    reserved/FAT/root layout, but never so few clusters that the FAT type would change (a
+    shrink below that needs a reformat, not a resize). Rounded up to 1 MiB. Fat._resize
+    moves no data (Fat.shrink_moves_data is False): what it can reach is `end_of_used`."""
     used = flags.count(1)
-    floor = {12: 1, 16: MIN_FAT16_CLUSTERS, 32: MIN_FAT32_CLUSTERS}[bpb.fat_bits]
-    size = bpb.data_offset + max(used, floor) * bpb.cluster_bytes
+    size = bpb.data_offset + max(used, FLOOR[bpb.fat_bits]) * bpb.cluster_bytes
     return min(-(-size // MiB) * MiB, bpb.total_sectors * bpb.bytes_per_sector)
 
 
@@ -294,15 +299,143 @@ def read_label(vol: Volume, bpb: Bpb, fat: bytes) -> str | None:
     return bpb.bpb_label
 
 
-def used_extents(vol: Volume) -> list[Extent]:
-    bpb = read_bpb(vol)
-    return extents_from(bpb, used_flags_all(bpb, read_fats(vol, bpb)))
+class Fat(Filesystem):
+    """FAT12/16/32, whatever a tool calls it: blkid says vfat (msdos for some old volumes),
+    parted and lsblk fat16/fat32."""
+
+    names = ("vfat", "msdos", "fat", "fat12", "fat16", "fat32")
+    can_grow = True  # left as it is in the larger partition (see _resize)
+    grow_fills = False
+    can_shrink = True
+    shrink_moves_data = False  # cut short only where no used cluster lies past the new end
+    resize_floor = 0
+    mount_type = "vfat"  # never msdos: long names
+    mount_ro = "ro"
+    mount_rw = "rw"
+    no_files = None
+    mtools = True
+    linux_config = False
+    can_renumber = True
+    can_name_files = False  # no per-block owner index short of walking every chain
+
+    def examine(self, vol: Volume, probed: Mapping[str, str] | None = None) -> Examined:
+        bpb = read_bpb(vol)
+        fats = read_fats(vol, bpb)
+        flags = used_flags_all(bpb, fats)
+        info = FsInfo(type=self.type, uuid=bpb.uuid, label=read_label(vol, bpb, fats[bpb.active_fat or 0]),
+                      used_bytes=bpb.data_offset + flags.count(1) * bpb.cluster_bytes,
+                      min_size=min_size(bpb, flags), map_source=f"FAT{bpb.fat_bits} table")
+        return Examined(info, extents_from(bpb, flags))
+
+    def used_extents(self, vol: Volume) -> list[Extent]:
+        bpb = read_bpb(vol)
+        return extents_from(bpb, used_flags_all(bpb, read_fats(vol, bpb)))
+
+    def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
+        """fatresize (libparted's FAT code) was tried and is not fit for this: on a device
+        without a partition table it aborts (libparted assertion); given a partition table it
+        refuses 512-byte and 2 KiB clusters ("cannot resize this partition to this size"),
+        silently converts FAT16 to FAT32 (breaking boot code), and once made a filesystem
+        larger than the size it was asked for, ending past its partition.
+
+        So, without moving any data:
+        - grow: the filesystem is left as it is. It stays valid in a larger partition (the
+          boot sector says how big it is); making it larger needs a larger FAT, which moves
+          the data area and every cluster.
+        - shrink: allowed when every used cluster already lies below the new end and the
+          cluster count stays within its FAT type (Windows decides FAT12/16/32 by the count
+          alone). The boot sector, its FAT32 backup and the FSInfo free count are rewritten;
+          the FAT keeps its size (larger than needed is valid) and its unused tail."""
+        vol = Volume(device, 0, device_size(device))
+        bpb = read_bpb(vol)
+        bps = bpb.bytes_per_sector
+        old = bpb.total_sectors * bps
+        new_sectors = new_size // bps
+        if new_sectors >= bpb.total_sectors:
+            return (f"{self.type} on {device} left at {mib(old)} in {mib(new_size)}: growing FAT needs a larger "
+                    f"table and moving every cluster; the filesystem is valid as it is")
+        flags = used_flags_all(bpb, read_fats(vol, bpb))
+        used_end = end_of_used(bpb, flags)
+        new_clusters = (new_sectors - bpb.first_data_sector) // bpb.sectors_per_cluster
+        floor = FLOOR[bpb.fat_bits]
+        if used_end > new_size:
+            raise FilesystemError(f"cannot shrink FAT{bpb.fat_bits} on {device} to {mib(new_size)} ({new_size} "
+                                  f"bytes): data lies up to {mib(used_end)} ({used_end} bytes) and FAT is not "
+                                  f"shrunk by moving data")
+        if new_clusters < floor:
+            least = bpb.data_offset + floor * bpb.cluster_bytes
+            raise FilesystemError(f"cannot shrink FAT{bpb.fat_bits} on {device} to {mib(new_size)} ({new_size} "
+                                  f"bytes): FAT{bpb.fat_bits} needs at least {floor} clusters, {mib(least)} "
+                                  f"({least} bytes)")
+        new_sectors = bpb.first_data_sector + new_clusters * bpb.sectors_per_cluster  # no partial cluster
+        free = new_clusters - flags.count(1)
+        fd = os.open(device, os.O_RDWR)
+        try:
+            boot = bytearray(os.pread(fd, bps, 0))
+            _set_total(boot, new_sectors, bpb.fat_bits)
+            os.pwrite(fd, bytes(boot), 0)
+            if bpb.fat_bits == 32:
+                fsinfo, backup = struct.unpack_from("<HH", boot, 48)
+                for sector in (fsinfo, backup + 1 if backup not in (0, 0xFFFF) else 0):
+                    if 0 < sector < bpb.reserved_sectors:
+                        _update_fsinfo(fd, sector * bps, free, new_clusters)
+                if backup not in (0, 0xFFFF) and backup < bpb.reserved_sectors:
+                    copy = bytearray(os.pread(fd, bps, backup * bps))
+                    if copy[510:512] == b"\x55\xaa":
+                        _set_total(copy, new_sectors, 32)
+                        os.pwrite(fd, bytes(copy), backup * bps)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._done(device, old, new_sectors * bps, "boot sector rewritten, no data moved")
+
+    def new_uuid(self, device: str) -> str:
+        """No tool here rewrites a FAT volume id (mlabel -N would, but also touches the
+        label), so the 4 bytes are written in the boot sector, and in FAT32's backup boot
+        sector."""
+        bpb = read_bpb(Volume(device, 0, device_size(device)))
+        if bpb.volume_id is None:
+            raise FilesystemError(f"FAT on {device}: no extended boot signature, so no volume id to change")
+        at = 0x43 if bpb.fat_bits == 32 else 0x27
+        new_id = secrets.randbits(32)
+        bps = bpb.bytes_per_sector
+        fd = os.open(device, os.O_RDWR)
+        try:
+            sectors = [0]
+            if bpb.fat_bits == 32:
+                backup = int.from_bytes(os.pread(fd, bps, 0)[0x32:0x34], "little")
+                if 0 < backup < bpb.reserved_sectors:
+                    sectors.append(backup)
+            for s in sectors:
+                sector = bytearray(os.pread(fd, bps, s * bps))
+                if s and sector[510:512] != b"\x55\xaa":
+                    continue  # no valid backup there: leave whatever it is
+                sector[at:at + 4] = new_id.to_bytes(4, "little")
+                os.pwrite(fd, bytes(sector), s * bps)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return volume_id_text(new_id)
 
 
-def info(vol: Volume, fstype: str) -> FsInfo:
-    bpb = read_bpb(vol)
-    fats = read_fats(vol, bpb)
-    flags = used_flags_all(bpb, fats)
-    return FsInfo(type=fstype, uuid=bpb.uuid, label=read_label(vol, bpb, fats[bpb.active_fat or 0]),
-                  used_bytes=bpb.data_offset + flags.count(1) * bpb.cluster_bytes,
-                  min_size=min_size(bpb, flags), map_source=f"FAT{bpb.fat_bits} table")
+def _set_total(boot: bytearray, sectors: int, fat_bits: int) -> None:
+    """Both total-sector fields: the 16-bit one when it fits (FAT12/16), else the 32-bit one."""
+    if fat_bits != 32 and sectors < 0x10000:
+        struct.pack_into("<H", boot, 19, sectors)
+        struct.pack_into("<I", boot, 32, 0)
+    else:
+        struct.pack_into("<H", boot, 19, 0)
+        struct.pack_into("<I", boot, 32, sectors)
+
+
+def _update_fsinfo(fd: int, offset: int, free: int, clusters: int) -> None:
+    """FSInfo's free count and next-free hint are only hints, but Windows trusts them: a
+    free count past the new end would promise space that does not exist."""
+    info = bytearray(os.pread(fd, 512, offset))
+    if info[0:4] != b"RRaA" or info[484:488] != b"rrAa":
+        return
+    hint = struct.unpack_from("<I", info, 492)[0]
+    if hint != 0xFFFFFFFF and hint >= clusters + 2:
+        hint = 0xFFFFFFFF
+    struct.pack_into("<II", info, 488, free, hint)
+    os.pwrite(fd, bytes(info), offset)

@@ -1,5 +1,8 @@
-"""NTFS: the used-block map from $Bitmap (MFT record 6, one bit per cluster, least significant
-bit first), read with `ntfscat`, plus the two boot sectors.
+"""NTFS: everything we know about it, in the class `Ntfs`. The used-block map comes from
+$Bitmap (MFT record 6, one bit per cluster, least significant bit first), read with
+`ntfscat`, plus the two boot sectors; ntfsresize resizes it, ntfslabel renumbers it,
+ntfscluster names the files a bad sector hits. Mounted through ntfs-3g (FUSE): no kernel
+driver here.
 
 $Bitmap knows clusters only. The boot sector is cluster 0 (always marked), but the backup
 boot sector lies past the last cluster: NTFS's sector count stops one sector short of the
@@ -9,16 +12,22 @@ partition): Windows refuses a volume whose backup boot sector is missing."""
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import struct
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import FsInfo, Volume
-from rescue.hw.run import run
+from rescue.filesystems.badfiles import C_LOCALE, TOOL_TIMEOUT
+from rescue.filesystems.base import FREE, METADATA, Examined, Filesystem, FsInfo, Range, Volume, probe
+from rescue.filesystems.resize import tool
+from rescue.hw.run import output, run
 from rescue.model.extents import Extent, normalize
 
-TYPES = ("ntfs",)
+NTFS_SECONDS = 120.0  # ntfscluster scans the whole MFT per range: stop asking after this
 
 
 @dataclass(frozen=True)
@@ -125,24 +134,118 @@ def read_bitmap(dev: str, boot: Boot) -> bytes:
     return bitmap
 
 
-def used_extents(vol: Volume) -> list[Extent]:
-    boot = read_boot(vol)
-    with vol.device() as dev:
-        bitmap = read_bitmap(dev, boot)
-    return extents_from(boot, bitmap, vol.size)
+class Ntfs(Filesystem):
+    names = ("ntfs",)
+    can_grow = True
+    grow_fills = True
+    can_shrink = True
+    shrink_moves_data = True
+    resize_floor = 0
+    mount_type = "ntfs-3g"  # FUSE: no NTFS kernel driver here
+    mount_ro = "ro"
+    mount_rw = "rw"
+    no_files = None
+    mtools = False
+    linux_config = False
+    can_renumber = True
+    can_name_files = True
+
+    def examine(self, vol: Volume, probed: Mapping[str, str] | None = None) -> Examined:
+        """Label from blkid (it reads $Volume itself; the caller's probe when it has one);
+        min_size from ntfsresize, None when ntfsresize cannot tell (an unclean or hibernated
+        volume): unknown, not zero."""
+        boot = read_boot(vol)
+        with vol.device() as dev:
+            bitmap = read_bitmap(dev, boot)
+            resize = run(["ntfsresize", "--info", "--force", "--no-action", dev], check=False, timeout=1800)
+        used = sum(n for _, n in bitmap_runs(bitmap, boot.clusters)) * boot.cluster_bytes
+        label = (probed or probe(vol)).get("LABEL") or None
+        info = FsInfo(type=self.type, uuid=boot.uuid, label=label, used_bytes=used,
+                      min_size=parse_min_size(resize.stdout.decode(errors="replace")),
+                      map_source="ntfscat $Bitmap")
+        return Examined(info, extents_from(boot, bitmap, vol.size))
+
+    def used_extents(self, vol: Volume) -> list[Extent]:
+        boot = read_boot(vol)
+        with vol.device() as dev:
+            bitmap = read_bitmap(dev, boot)
+        return extents_from(boot, bitmap, vol.size)
+
+    def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
+        """ntfsresize marks the volume dirty so that Windows runs chkdsk at the next boot.
+        When the volume was clean before, we clear that flag again with `ntfsfix -d`:
+        ntfsresize checked the whole volume before touching it and refuses an inconsistent
+        one, so the chkdsk would only cost the person a long first boot (ntfs-3g mounts it
+        either way). A volume that Windows itself had marked for chkdsk keeps the mark."""
+        old = _size(device)
+        if old == new_size:
+            return self._done(device, old, old, "ntfsresize not needed")
+        was_dirty = _dirty(device)
+        base = ["ntfsresize", "--force", "--no-progress-bar", "--size", str(new_size)]
+        tool(base + ["--no-action", device], device, input=b"y\n")
+        tool(base + [device], device, input=b"y\n")
+        if not was_dirty:
+            tool(["ntfsfix", "--clear-dirty", device], device)
+        note = "; still marked for chkdsk, as before" if was_dirty else ""
+        return self._done(device, old, _size(device), "ntfsresize") + note
+
+    def new_uuid(self, device: str) -> str:
+        new = f"{secrets.randbits(64):016X}"
+        run(["ntfslabel", f"--new-serial={new}", device])
+        return new
+
+    def files_at(self, device: str, ranges: Sequence[Range], max_blocks: int) -> dict[Range, list[str]]:
+        """ntfscluster --sector A-B per range: every MFT record with a run on those sectors.
+        It scans the whole MFT each time, so a time budget, not a block budget."""
+        fd = os.open(device, os.O_RDONLY)
+        try:
+            sector = parse_boot(os.pread(fd, 512, 0)).bytes_per_sector
+        finally:
+            os.close(fd)
+        out: dict[Range, list[str]] = {}
+        deadline = time.monotonic() + NTFS_SECONDS
+        for r in ranges:
+            if time.monotonic() > deadline:
+                break
+            first, last = r[0] // sector, (r[0] + r[1] - 1) // sector
+            proc = run(["ntfscluster", "--force", "--sector", f"{first}-{last}", device], env=C_LOCALE,
+                       check=False, timeout=TOOL_TIMEOUT)
+            text = proc.stdout.decode(errors="replace")
+            names = {file_name(int(m.group(1)), m.group(2)) for m in _HIT.finditer(text)}
+            if names:
+                out[r] = sorted(names)
+            elif proc.returncode == 0 and "no inode found" in text:
+                # Every allocated cluster of NTFS belongs to a file (metadata files included).
+                out[r] = [FREE]
+        return out
 
 
-def info(vol: Volume, fstype: str) -> FsInfo:
-    """Label from blkid (it reads $Volume itself); min_size from ntfsresize, None when
-    ntfsresize cannot tell (an unclean or hibernated volume): unknown, not zero."""
-    from rescue.filesystems import probe
+def _size(device: str) -> int:
+    """Bytes the volume spans: its sector count plus the backup boot sector after them."""
+    with open(device, "rb") as f:
+        boot = parse_boot(f.read(512))
+    return (boot.total_sectors + 1) * boot.bytes_per_sector
 
-    boot = read_boot(vol)
-    with vol.device() as dev:
-        bitmap = read_bitmap(dev, boot)
-        resize = run(["ntfsresize", "--info", "--force", "--no-action", dev], check=False, timeout=1800)
-    used = sum(n for _, n in bitmap_runs(bitmap, boot.clusters)) * boot.cluster_bytes
-    label = probe(vol).get("LABEL") or None
-    return FsInfo(type=fstype, uuid=boot.uuid, label=label, used_bytes=used,
-                  min_size=parse_min_size(resize.stdout.decode(errors="replace")),
-                  map_source="ntfscat $Bitmap")
+
+def _dirty(device: str) -> bool:
+    """Whether the volume is marked for chkdsk (--force: ntfsinfo refuses such a volume)."""
+    found = re.search(r"Volume Flags:\s*0x([0-9a-fA-F]+)", output(["ntfsinfo", "--force", "--mft", device]))
+    if not found:
+        raise FilesystemError(f"ntfsinfo gave no volume flags for {device}")
+    return bool(int(found.group(1), 16) & 0x0001)
+
+
+_HIT = re.compile(r"^Inode (\d+) (.*)$", re.M)
+
+
+def file_name(ino: int, text: str) -> str:
+    """What ntfscluster names a record: '/dir/file.txt/$DATA' -> '/dir/file.txt'; the
+    $-files (inodes below 16, $Extend/...) are the filesystem's own metadata."""
+    path = text.strip()
+    head, _, last = path.rpartition("/")
+    if last.startswith("$") and head:
+        path = head
+    top = path.lstrip("/").split("/", 1)[0]
+    if ino < 16 or top.startswith("$"):
+        return METADATA
+    return path or "/"

@@ -1,25 +1,27 @@
-"""Linux swap: nothing but the header page is worth keeping; the rest is scratch space the
-kernel rewrites after boot.
+"""Linux swap, in the class `Swap`: nothing but the header page is worth keeping; the rest is
+scratch space the kernel rewrites after boot. Resizing it is running mkswap again with the
+same UUID and label; it holds no files to browse.
 
 The header is the first page: the "SWAPSPACE2" magic in its last 10 bytes, UUID and label
 inside it. The page size is that of the machine that ran mkswap (4 KiB on x86, up to 64 KiB
 elsewhere), so we find the magic rather than assume, and always keep the first 64 KiB.
 
 A hibernation image replaces the magic (blkid then says TYPE="swsuspend"), which is not one
-of our TYPES: such an area is imaged whole, never cut down to a header that would make the
+of Swap.names: such an area is imaged whole, never cut down to a header that would make the
 restored machine resume from half an image."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import uuid as uuidlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import FsInfo, Volume
+from rescue.filesystems.base import Examined, Filesystem, FsInfo, Volume, mib
+from rescue.hw.run import run
 from rescue.model.extents import Extent
-
-TYPES = ("swap",)
 
 HEADER_SPAN = 64 * 1024  # the largest page size mkswap uses; always kept
 PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)
@@ -56,15 +58,49 @@ def parse_header(data: bytes) -> SwapHeader:
         label=raw_label.decode(errors="replace") or None)
 
 
-def used_extents(vol: Volume) -> list[Extent]:
-    header = parse_header(vol.pread(HEADER_SPAN, 0))
-    return [Extent(0, min(vol.size, max(HEADER_SPAN, header.page_size)))]
+class Swap(Filesystem):
+    names = ("swap",)
+    can_grow = True  # recreated at the new size
+    grow_fills = True
+    can_shrink = True
+    shrink_moves_data = False  # nothing in it survives a reboot
+    resize_floor = 0  # mkswap's ten pages are FsInfo.min_size
+    mount_type = None
+    mount_ro = None
+    mount_rw = None
+    no_files = "swap space holds no files"
+    mtools = False
+    linux_config = False
+    can_renumber = True
+    can_name_files = False
 
+    def examine(self, vol: Volume, probed: Mapping[str, str] | None = None) -> Examined:
+        """used_bytes is the header page. min_size is mkswap's smallest swap area (ten pages):
+        restoring into less space than the original means running mkswap again with the same
+        UUID and label, since the header's last_page must not point past the partition."""
+        header = parse_header(vol.pread(HEADER_SPAN, 0))
+        info = FsInfo(type=self.type, uuid=header.uuid, label=header.label, used_bytes=header.page_size,
+                      min_size=MIN_PAGES * header.page_size, map_source="swap header")
+        return Examined(info, [Extent(0, min(vol.size, max(HEADER_SPAN, header.page_size)))])
 
-def info(vol: Volume, fstype: str) -> FsInfo:
-    """used_bytes is the header page. min_size is mkswap's smallest swap area (ten pages):
-    restoring into less space than the original means running mkswap again with the same
-    UUID and label, since the header's last_page must not point past the partition."""
-    header = parse_header(vol.pread(HEADER_SPAN, 0))
-    return FsInfo(type=fstype, uuid=header.uuid, label=header.label, used_bytes=header.page_size,
-                  min_size=MIN_PAGES * header.page_size, map_source="swap header")
+    def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
+        """Nothing in swap survives a reboot; a fresh header of the new size is the resize."""
+        if uuid is None or label is None:
+            with open(device, "rb") as f:
+                head = f.read(HEADER_SPAN)
+            with contextlib.suppress(FilesystemError):
+                old = parse_header(head)
+                uuid = uuid or old.uuid
+                label = label if label is not None else old.label
+        argv = ["mkswap"]
+        if uuid:
+            argv += ["-U", uuid]
+        if label:
+            argv += ["-L", label]
+        run(argv + [device, str(new_size // 1024)])  # size in KiB, not the device's
+        return f"swap on {device} recreated with {mib(new_size)} (mkswap, same UUID and label)"
+
+    def new_uuid(self, device: str) -> str:
+        new = str(uuidlib.uuid4())
+        run(["swaplabel", "-U", new, device])
+        return new

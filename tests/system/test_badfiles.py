@@ -15,9 +15,10 @@ import pytest
 
 from disks import MiB, partition_table, rescue, sh
 from faulty_disk import faulty_block_device
-from rescue.filesystems.badfiles import (BADFILES, FREE, METADATA, MORE, _ntfs_name, annotate,
+from rescue.filesystems.badfiles import (BADFILES, FREE, METADATA, MORE, annotate,
                                          damaged_files, files_hit, range_key, read_badfiles,
                                          write_badfiles)
+from rescue.filesystems.ntfs import file_name as ntfs_name
 from rescue.model.badmap import parse_mapfile
 
 root = pytest.mark.root
@@ -40,10 +41,10 @@ def test_badfiles_json_round_trip_and_damage(tmp_path):
 
 
 def test_ntfs_attribute_suffixes_and_system_files():
-    assert _ntfs_name(64, "/docs/a.txt/$DATA") == "/docs/a.txt"
-    assert _ntfs_name(70, "/docs/$INDEX_ALLOCATION($I30)") == "/docs"
-    assert _ntfs_name(0, "/$MFT/$DATA") == METADATA
-    assert _ntfs_name(30, "/$Extend/$UsnJrnl/$DATA($J)") == METADATA
+    assert ntfs_name(64, "/docs/a.txt/$DATA") == "/docs/a.txt"
+    assert ntfs_name(70, "/docs/$INDEX_ALLOCATION($I30)") == "/docs"
+    assert ntfs_name(0, "/$MFT/$DATA") == METADATA
+    assert ntfs_name(30, "/$Extend/$UsnJrnl/$DATA($J)") == METADATA
 
 
 def write_tree(root: Path) -> dict[str, int]:

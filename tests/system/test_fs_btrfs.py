@@ -21,9 +21,11 @@ import pytest
 from disks import MiB, sh
 from fscheck import check_against_partclone, check_copy_restores, copy_mapped, make_fs
 from partclone_domain import uncovered
-from rescue.filesystems import btrfs, identify, probe
+from rescue.filesystems import btrfs, identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total, with_edges
+
+BTRFS = lookup("btrfs")  # the class the registry hands out for this filesystem
 
 pytestmark = pytest.mark.root
 
@@ -108,11 +110,11 @@ def test_map_is_the_allocated_extents_and_copy_is_identical(loops, tmp_path, cas
     mkfs, size, offset, options = CASES[case]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, "btrfs", options)
 
-    ours = normalize(btrfs.used_extents(vol))
+    ours = normalize(BTRFS.used_extents(vol))
     assert ours and ours[-1].end <= vol.size
     if "space_cache=v1" in options:
         assert "data disk byte" in dump(dev, "-t", "root")  # the cache inodes' contents
-    assert btrfs.info(vol, "btrfs").map_source == btrfs.SOURCE_EXTENTS  # no chunk mapped whole
+    assert BTRFS.info(vol).map_source == btrfs.SOURCE_EXTENTS  # no chunk mapped whole
     # Exactly what the trees reference (every copy), plus the first MiB and superblocks.
     expected = normalize(reachable(dev) + overhead(vol.size), vol.size)
     assert uncovered(expected, ours) == []
@@ -135,7 +137,7 @@ def test_damaged_extent_tree_falls_back_to_device_extents(loops, tmp_path):
     empty map."""
     mkfs, size, offset, options = CASES["btrfs-512m"]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, "btrfs", options)
-    precise = btrfs.used_extents(vol)
+    precise = BTRFS.used_extents(vol)
     devid = super_field(dev, "dev_item.devid")
     whole = normalize(btrfs.parse_dev_extents(dump(dev, "-t", "dev"), devid) + overhead(vol.size), vol.size)
     assert total(precise) < total(whole)
@@ -153,15 +155,16 @@ def test_damaged_extent_tree_falls_back_to_device_extents(loops, tmp_path):
         os.close(fd)
     subprocess.run(["sync"])
 
-    assert normalize(btrfs.used_extents(vol)) == whole
-    assert btrfs.info(vol, "btrfs").map_source.startswith(btrfs.SOURCE_DEV)
+    assert normalize(BTRFS.used_extents(vol)) == whole
+    assert BTRFS.info(vol).map_source.startswith(btrfs.SOURCE_DEV)
 
 
 def test_info_matches_blkid(loops, tmp_path):
     mkfs, size, offset, options = CASES["btrfs-512m"]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, "btrfs", options)
-    fi = btrfs.info(vol, "btrfs")
-    assert identify(vol) == (fi, btrfs)  # the engine's lookup finds this module
+    fi = BTRFS.info(vol)
+    found = identify(vol)  # the engine's lookup finds this class, and the map from the same read
+    assert (found.info, found.fs, found.extents) == (fi, BTRFS, BTRFS.used_extents(vol))
     found = probe(vol)
     assert (fi.type, fi.uuid, fi.label) == ("btrfs", found["UUID"], "data")
     assert fi.map_source == btrfs.SOURCE_EXTENTS
@@ -183,7 +186,7 @@ def test_two_devices_raid0_data_raid1_metadata(loops, tmp_path):
         populate(mnt, seed=5, files=30)
         hashes = tree_hashes(mnt)
     vols = [Volume(str(p), 0, 256 * MiB) for p in paths]
-    maps = [normalize(btrfs.used_extents(v)) for v in vols]
+    maps = [normalize(BTRFS.used_extents(v)) for v in vols]
     text = dump(devs[0], "-t", "chunk")
     chunks = btrfs.parse_chunks(text)
     assert {c.profile for c in chunks} >= {"raid0", "raid1"}
@@ -193,7 +196,7 @@ def test_two_devices_raid0_data_raid1_metadata(loops, tmp_path):
         extents = btrfs.parse_dev_extents(sh("btrfs", "inspect-internal", "dump-tree", "-t", "dev", dev), devid)
         assert uncovered(ours, normalize(extents + overhead(256 * MiB))) == []
         assert total(ours) < total(extents)  # the RAID1 chunks are not mapped whole
-        assert btrfs.info(vols[devid - 1], "btrfs").map_source.startswith(btrfs.SOURCE_EXTENTS + " (")
+        assert BTRFS.info(vols[devid - 1]).map_source.startswith(btrfs.SOURCE_EXTENTS + " (")
 
     copies = [tmp_path / f"copy{i}.img" for i in (1, 2)]
     for vol, ours, copy in zip(vols, maps, copies):
@@ -311,5 +314,5 @@ def test_not_btrfs_is_a_one_line_error(loops, tmp_path):
 
     path = loops.file("blank.img", 16 * MiB)
     with pytest.raises(FilesystemError) as err:
-        btrfs.used_extents(Volume(str(path), 0, 16 * MiB))
+        BTRFS.used_extents(Volume(str(path), 0, 16 * MiB))
     assert "\n" not in str(err.value)

@@ -7,9 +7,11 @@ import pytest
 
 from disks import MiB, populate, sh
 from fscheck import check_against_partclone, check_copy_restores, make_fs
-from rescue.filesystems import identify, ext, probe
+from rescue.filesystems import identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total
+
+EXT4 = lookup("ext4")  # the class the registry hands out for this filesystem
 
 pytestmark = pytest.mark.root
 
@@ -44,7 +46,7 @@ def test_map_covers_partclone_and_copy_is_identical(loops, tmp_path, case):
     mkfs, size, offset, fstype, tool = CASES[case]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, fstype)
 
-    ours = normalize(ext.used_extents(vol))
+    ours = normalize(EXT4.used_extents(vol))
     assert ours and ours[-1].end <= vol.size
     assert total(ours) == superblock_used(dev)
     if tool:
@@ -56,12 +58,13 @@ def test_map_covers_partclone_and_copy_is_identical(loops, tmp_path, case):
 def test_info_matches_blkid_and_superblock(loops, tmp_path):
     mkfs, size, offset, fstype, _ = CASES["ext4-4k-groups"]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, fstype)
-    fi = ext.info(vol, "ext4")
-    assert identify(vol) == (fi, ext)  # the engine's lookup finds this module
+    fi = EXT4.info(vol)
+    found = identify(vol)  # the engine's lookup finds this class, and the map from the same read
+    assert (found.info, found.fs, found.extents) == (fi, EXT4, EXT4.used_extents(vol))
     found = probe(vol)
     assert (fi.type, fi.uuid, fi.label) == ("ext4", found["UUID"], "root")
     assert fi.map_source == "dumpe2fs"
-    assert fi.used_bytes == superblock_used(dev) == total(ext.used_extents(vol))
+    assert fi.used_bytes == superblock_used(dev) == total(EXT4.used_extents(vol))
     assert 12 * MiB < fi.used_bytes < vol.size // 2  # populate() left over 12 MiB of files
     # resize2fs -P: room for the data, less than the volume.
     assert fi.used_bytes // 2 < fi.min_size < vol.size
@@ -77,9 +80,9 @@ def test_journal_needing_recovery_maps_everything(loops, tmp_path):
     with loops.mounted(dev, "ext4") as mnt:
         populate(mnt, seed=3, files=10)
         sh("sync")
-        assert ext.used_extents(vol) == [Extent(0, vol.size)]
-        assert "whole volume" in ext.info(vol, "ext4").map_source
-    assert total(ext.used_extents(vol)) < vol.size // 2
+        assert EXT4.used_extents(vol) == [Extent(0, vol.size)]
+        assert "whole volume" in EXT4.info(vol).map_source
+    assert total(EXT4.used_extents(vol)) < vol.size // 2
 
 
 def test_not_ext_is_a_one_line_error(loops, tmp_path):
@@ -87,5 +90,5 @@ def test_not_ext_is_a_one_line_error(loops, tmp_path):
 
     path = loops.file("blank.img", 16 * MiB)
     with pytest.raises(FilesystemError) as err:
-        ext.used_extents(Volume(str(path), 0, 16 * MiB))
+        EXT4.used_extents(Volume(str(path), 0, 16 * MiB))
     assert "\n" not in str(err.value)

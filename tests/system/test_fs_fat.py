@@ -16,9 +16,11 @@ import pytest
 from disks import MiB, populate, sh, tree_hashes
 from partclone_domain import partclone_used, uncovered
 from rescue.errors import FilesystemError
-from rescue.filesystems import fat, identify, probe
+from rescue.filesystems import fat, identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, in_range, normalize, total
+
+VFAT = lookup("vfat")  # the class the registry hands out for this filesystem
 
 root = pytest.mark.root
 
@@ -252,7 +254,7 @@ def test_map_covers_every_file_and_partclone(loops, tmp_path, bits):
     vol = make_fat(loops, tmp_path, bits)
     bpb = fat.read_bpb(vol)
     assert bpb.fat_bits == bits
-    ours = normalize(fat.used_extents(vol))
+    ours = normalize(VFAT.used_extents(vol))
 
     truth = normalize([Extent(0, bpb.data_offset)] + file_clusters(vol, bpb))
     assert uncovered(truth, ours) == []
@@ -274,7 +276,7 @@ def test_map_covers_every_file_and_partclone(loops, tmp_path, bits):
         assert uncovered(pc, ours) == []
 
     # the facts agree with blkid and fsck.vfat
-    facts = fat.info(vol, "vfat")
+    facts = VFAT.info(vol)
     seen = probe(vol)
     assert (facts.uuid, facts.label) == (seen["UUID"], seen["LABEL"]) == ("C0DE-%04X" % bits, f"FAT{bits}LBL")
     m = re.search(r"(\d+)/(\d+) clusters", fsck_clean(vol))
@@ -287,7 +289,7 @@ def test_map_covers_every_file_and_partclone(loops, tmp_path, bits):
 @pytest.mark.parametrize("bits", [12, 16, 32])
 def test_copy_of_only_the_map_has_every_file(loops, tmp_path, bits):
     vol = make_fat(loops, tmp_path, bits)
-    copy = copy_extents(vol, fat.used_extents(vol), tmp_path / "copy.img")
+    copy = copy_extents(vol, VFAT.used_extents(vol), tmp_path / "copy.img")
 
     fsck_clean(copy)
     seen, again = probe(vol), probe(copy)
@@ -311,8 +313,8 @@ def test_copy_of_only_the_map_has_every_file(loops, tmp_path, bits):
 def test_fat16_inside_a_bigger_file_at_an_offset(loops, tmp_path):
     offset = 7 * MiB + 3 * 512
     vol = make_fat(loops, tmp_path, 16, offset=offset, container=80 * MiB)
-    assert identify(vol)[0].type == "vfat"
-    ours = fat.used_extents(vol)
+    assert identify(vol).info.type == "vfat"
+    ours = VFAT.used_extents(vol)
     assert all(e.end <= vol.size for e in ours)
     dev = loops.attach(vol.path, offset=vol.offset, size=vol.size, readonly=True)
     assert uncovered(partclone_used("partclone.fat", dev, tmp_path), ours) == []
@@ -322,4 +324,4 @@ def test_fat16_inside_a_bigger_file_at_an_offset(loops, tmp_path):
     want = source_hashes(tmp_path)
     assert extracted(vol, tmp_path / "out-orig") == want
     assert extracted(copy, tmp_path / "out-copy") == want
-    assert fat.info(copy, "vfat") == fat.info(vol, "vfat")
+    assert VFAT.info(copy) == VFAT.info(vol)

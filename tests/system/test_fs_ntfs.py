@@ -19,9 +19,11 @@ import pytest
 from disks import MiB, populate, sh, tree_hashes, umount
 from partclone_domain import partclone_used, uncovered
 from rescue.errors import FilesystemError
-from rescue.filesystems import identify, ntfs, probe
+from rescue.filesystems import identify, lookup, ntfs, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total
+
+NTFS = lookup("ntfs")  # the class the registry hands out for this filesystem
 
 root = pytest.mark.root
 
@@ -191,7 +193,7 @@ def files_of(loops, vol: Volume) -> dict[str, str]:
 @root
 def test_map_covers_partclone_and_copy_has_every_file(loops, tmp_path):
     vol = make_ntfs(loops, tmp_path)
-    ours = normalize(ntfs.used_extents(vol))
+    ours = normalize(NTFS.used_extents(vol))
 
     dev = loops.attach(vol.path, readonly=True)
     pc = partclone_used("partclone.ntfs", dev, tmp_path)
@@ -199,7 +201,7 @@ def test_map_covers_partclone_and_copy_has_every_file(loops, tmp_path):
     assert uncovered(pc, ours) == []
     assert total(ours) <= total(pc) * 1.1 + 2 * MiB
 
-    facts = ntfs.info(vol, "ntfs")
+    facts = NTFS.info(vol)
     seen = probe(vol)
     assert (facts.uuid, facts.label) == (seen["UUID"], seen["LABEL"])
     assert facts.label == "NTFSLBL" and len(facts.uuid) == 16
@@ -220,7 +222,7 @@ def test_backup_boot_sector_is_in_the_map(loops, tmp_path):
     """The last sector is no cluster: without it the copy's backup boot sector is missing,
     which ntfsfix reports (the check above can fail)."""
     vol = make_ntfs(loops, tmp_path, size=64 * MiB)
-    ours = normalize(ntfs.used_extents(vol))
+    ours = normalize(NTFS.used_extents(vol))
     assert ours[-1].end == vol.size
     boot = ntfs.read_boot(vol)
     without = normalize([e for e in ours if e.start < boot.total_sectors * boot.bytes_per_sector], vol.size - 512)
@@ -233,8 +235,8 @@ def test_backup_boot_sector_is_in_the_map(loops, tmp_path):
 def test_ntfs_inside_a_bigger_file_at_an_offset(loops, tmp_path):
     size = 160 * MiB
     vol = make_ntfs(loops, tmp_path, size=size, offset=9 * MiB + 512, container=176 * MiB)
-    assert identify(vol)[0].uuid == ntfs.info(vol, "ntfs").uuid
-    ours = ntfs.used_extents(vol)
+    assert identify(vol).info.uuid == NTFS.info(vol).uuid
+    ours = NTFS.used_extents(vol)
     assert max(e.end for e in ours) == size
     dev = loops.attach(vol.path, offset=vol.offset, size=vol.size, readonly=True)
     assert uncovered(partclone_used("partclone.ntfs", dev, tmp_path), ours) == []

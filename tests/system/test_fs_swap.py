@@ -12,9 +12,11 @@ import pytest
 
 from disks import MiB, sh
 from rescue.errors import FilesystemError
-from rescue.filesystems import identify, module_for, probe, swap
+from rescue.filesystems import identify, lookup, probe, swap
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent
+
+SWAP = lookup("swap")  # the class the registry hands out for this filesystem
 
 root = pytest.mark.root
 UUID = "0b5e2a3c-93c4-4f7e-a1d2-5c6b7a8f9e01"
@@ -44,7 +46,7 @@ def test_hibernation_image_is_not_swap():
     """A suspended system's image must be imaged whole, never cut to the header."""
     with pytest.raises(FilesystemError):
         swap.parse_header(header(magic=b"S1SUSPEND\x00"))
-    assert module_for("swsuspend") is None
+    assert lookup("swsuspend") is None
 
 
 def test_old_or_missing_signature_is_one_line_error():
@@ -83,13 +85,13 @@ def test_copy_of_the_header_is_the_same_swap(tmp_path):
     sh("mkswap", "-L", "rescue-swap", "-U", UUID, str(path))
     vol = Volume(str(path), 0, 32 * MiB)
 
-    assert swap.used_extents(vol) == [Extent(0, 64 * 1024)]
-    facts = swap.info(vol, "swap")
+    assert SWAP.used_extents(vol) == [Extent(0, 64 * 1024)]
+    facts = SWAP.info(vol)
     seen = probe(vol)
     assert (facts.uuid, facts.label) == (seen["UUID"], seen["LABEL"]) == (UUID, "rescue-swap")
     assert (facts.used_bytes, facts.min_size, facts.map_source) == (4096, 40960, "swap header")
 
-    copy = copy_extents(vol, swap.used_extents(vol), tmp_path / "copy.img")
+    copy = copy_extents(vol, SWAP.used_extents(vol), tmp_path / "copy.img")
     again = probe(copy)
     assert (again["TYPE"], again["UUID"], again["LABEL"]) == ("swap", UUID, "rescue-swap")
     assert swaplabel(copy.path) == swaplabel(str(path))
@@ -106,9 +108,9 @@ def test_swap_inside_a_bigger_file_at_an_offset(loops, tmp_path):
     sh("mkswap", "-L", "inner", "-U", UUID, dev)
     vol = Volume(str(path), offset, size)
 
-    found, mod = identify(vol)
-    assert mod is swap and (found.type, found.uuid, found.label) == ("swap", UUID, "inner")
-    copy = copy_extents(vol, swap.used_extents(vol), tmp_path / "copy.img")
+    found = identify(vol)
+    assert found.fs == SWAP and (found.info.type, found.info.uuid, found.info.label) == ("swap", UUID, "inner")
+    copy = copy_extents(vol, SWAP.used_extents(vol), tmp_path / "copy.img")
     again = probe(copy)
     assert (again["TYPE"], again["UUID"], again["LABEL"]) == ("swap", UUID, "inner")
     assert "LABEL: inner" in swaplabel(copy.path)

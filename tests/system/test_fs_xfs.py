@@ -7,9 +7,11 @@ import pytest
 
 from disks import MiB, populate, sh
 from fscheck import check_against_partclone, check_copy_restores, make_fs
-from rescue.filesystems import identify, probe, xfs
+from rescue.filesystems import identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total
+
+XFS = lookup("xfs")  # the class the registry hands out for this filesystem
 
 pytestmark = pytest.mark.root
 
@@ -28,7 +30,7 @@ def test_map_covers_partclone_and_copy_is_identical(loops, tmp_path, case):
     mkfs, size, offset = CASES[case]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, "xfs")
 
-    ours = normalize(xfs.used_extents(vol))
+    ours = normalize(XFS.used_extents(vol))
     assert ours and ours[-1].end <= vol.size
     mine, theirs = check_against_partclone("partclone.xfs", dev, ours, tmp_path)
     print(f"{case}: ours {mine} bytes, partclone {theirs} bytes")
@@ -38,12 +40,13 @@ def test_map_covers_partclone_and_copy_is_identical(loops, tmp_path, case):
 def test_info_matches_blkid(loops, tmp_path):
     mkfs, size, offset = CASES["xfs-512m"]
     vol, dev, hashes = make_fs(loops, mkfs, size, offset, "xfs")
-    fi = xfs.info(vol, "xfs")
-    assert identify(vol) == (fi, xfs)  # the engine's lookup finds this module
+    fi = XFS.info(vol)
+    found = identify(vol)  # the engine's lookup finds this class, and the map from the same read
+    assert (found.info, found.fs, found.extents) == (fi, XFS, XFS.used_extents(vol))
     found = probe(vol)
     assert (fi.type, fi.uuid, fi.label) == ("xfs", found["UUID"], "data")
     assert fi.map_source == "xfs_db freesp"
-    assert fi.used_bytes == total(normalize(xfs.used_extents(vol)))
+    assert fi.used_bytes == total(normalize(XFS.used_extents(vol)))
     assert 12 * MiB < fi.used_bytes < vol.size // 2  # populate() left over 12 MiB of files
     assert fi.min_size == vol.size  # XFS cannot shrink
 
@@ -57,9 +60,9 @@ def test_dirty_log_maps_everything(loops, tmp_path):
     with loops.mounted(dev, "xfs") as mnt:
         populate(mnt, seed=3, files=10)
         sh("sync")
-        assert xfs.used_extents(vol) == [Extent(0, vol.size)]
-        assert "whole volume" in xfs.info(vol, "xfs").map_source
-    assert total(xfs.used_extents(vol)) < vol.size // 2
+        assert XFS.used_extents(vol) == [Extent(0, vol.size)]
+        assert "whole volume" in XFS.info(vol).map_source
+    assert total(XFS.used_extents(vol)) < vol.size // 2
 
 
 def test_not_xfs_is_a_one_line_error(loops, tmp_path):
@@ -67,5 +70,5 @@ def test_not_xfs_is_a_one_line_error(loops, tmp_path):
 
     path = loops.file("blank.img", 16 * MiB)
     with pytest.raises(FilesystemError) as err:
-        xfs.used_extents(Volume(str(path), 0, 16 * MiB))
+        XFS.used_extents(Volume(str(path), 0, 16 * MiB))
     assert "\n" not in str(err.value)

@@ -20,7 +20,7 @@ import pytest
 
 from disks import MiB, populate, sh, tree_hashes
 from rescue.errors import FilesystemError
-from rescue.filesystems import identify
+from rescue.filesystems import identify, lookup
 from rescue.filesystems.base import Volume
 from rescue.filesystems.resize import resize_filesystem, shrink_plan_check
 from rescue.hw.splitdev import split_device
@@ -188,10 +188,9 @@ def copy_ranges(src: str, dst: str, ranges, dst_offset: int = 0) -> None:
 
 def used_ranges(path: str, size: int) -> list[tuple[int, int]]:
     """What the restore engine would copy: the filesystem's used map plus the first and last MiB."""
-    vol = Volume(path, 0, size)
-    info, mod = identify(vol)
-    assert mod is not None, f"no filesystem module for {path}"
-    ranges = [(e.start, e.length) for e in mod.used_extents(vol)]
+    found = identify(Volume(path, 0, size))
+    assert found.extents is not None, f"no filesystem class for {path}"
+    ranges = [(e.start, e.length) for e in found.extents]
     return ranges + [(0, MiB), (size - MiB, MiB)]
 
 
@@ -230,8 +229,8 @@ def test_grow_fills_the_larger_partition(loops, tmp_path, name):
     said = resize_filesystem(name, part, new)
     assert part in said
 
-    # FAT is left at its size on purpose (see rescue.filesystems.resize._fat).
-    expect = old if name == "vfat" else new
+    # FAT is left at its size on purpose (see rescue.filesystems.fat.Fat._resize).
+    expect = new if lookup(name).grow_fills else old
     assert_user_checks(loops, tmp_path, fs, target, new, ids, hashes, expect)
 
 
@@ -288,7 +287,7 @@ def test_xfs_shrink_is_refused_without_touching_it(loops):
 def test_shrink_below_minimum_is_refused_before_any_write(loops, tmp_path):
     fs = FILESYSTEMS["ext4"]
     source, _, _ = make_source(loops, fs, OLD_SHRINK)
-    info, _ = identify(Volume(str(source), 0, OLD_SHRINK))
+    info = identify(Volume(str(source), 0, OLD_SHRINK)).info
     assert info.min_size and info.min_size > 60 * MiB
     too_small = info.min_size - 8 * MiB
     with pytest.raises(FilesystemError) as err:
