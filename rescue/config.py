@@ -1,20 +1,33 @@
 """Defaults from a readable TOML file; command-line flags override them.
 
-Search order: $RESCUE_CONFIG, /etc/rescue/rescue.toml (the ISO), config/rescue.toml beside the
-package (a source checkout). Built-in values apply only when no file is found."""
+Search order: $RESCUE_CONFIG, then /etc/rescue/rescue.toml (the ISO installs the shipped
+defaults there, for people to edit). When neither exists, the defaults shipped inside the
+package apply: rescue/defaults.toml, read through importlib.resources so that an installed
+package has them too. That file is the one source of the default values (config/rescue.toml of
+a checkout is a link to it); a file that sets only some keys gets the others from it."""
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from rescue.errors import UsageError
+
+SHIPPED = "defaults.toml"  # inside the rescue package
+SYSTEM = Path("/etc/rescue/rescue.toml")
+
+T = TypeVar("T")
 
 
 @dataclass
 class Config:
+    # The same values as rescue/defaults.toml (tests/unit/test_config.py holds them equal), for
+    # code that builds a Config itself; load() always takes them from the file.
     level: int = 3
     threads: int = 0
     chunk_mib: int = 4
@@ -26,39 +39,77 @@ class Config:
 
 
 def candidates() -> list[Path]:
+    """Configuration files to look for, first found wins."""
     paths = []
     if os.environ.get("RESCUE_CONFIG"):
         paths.append(Path(os.environ["RESCUE_CONFIG"]))
-    paths.append(Path("/etc/rescue/rescue.toml"))
-    paths.append(Path(__file__).resolve().parent.parent / "config" / "rescue.toml")
+    paths.append(SYSTEM)
     return paths
 
 
-def load(path: Path | None = None) -> Config:
-    for candidate in [path] if path else candidates():
+def shipped() -> tuple[str, str]:
+    """(text, name) of the defaults shipped inside the package."""
+    resource = resources.files("rescue").joinpath(SHIPPED)
+    return resource.read_text(encoding="utf-8"), f"{resource} (shipped defaults)"
+
+
+def load(path: Path | None = None, search: Sequence[Path] | None = None) -> Config:
+    """The configuration from `path` (which must exist), else from the first file of `search`
+    (default: candidates()) that exists, else the shipped defaults."""
+    for candidate in [path] if path else (candidates() if search is None else search):
         if candidate.is_file():
             return parse(candidate.read_text(), str(candidate))
         if path:
             raise UsageError(f"config file {path} does not exist")
-    return Config()
+    return parse(*shipped())
 
 
 def parse(text: str, source: str) -> Config:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{source}: {e}") from None
-    cap, res = data.get("capture", {}), data.get("restore", {})
-    cfg = Config(level=cap.get("level", 3), threads=cap.get("threads", 0),
-                 chunk_mib=cap.get("chunk_mib", 4), preverify=res.get("preverify", True), source=source)
+    """A configuration file's values over the shipped defaults."""
+    base_text, base_source = shipped()
+    base = _toml(base_text, base_source)
+    data = _toml(text, source)
+    cap = {**base["capture"], **data["capture"]}
+    res = {**base["restore"], **data["restore"]}
+    cfg = Config(
+        level=_typed(cap["level"], int, source, "capture.level"),
+        threads=_typed(cap["threads"], int, source, "capture.threads"),
+        chunk_mib=_typed(cap["chunk_mib"], int, source, "capture.chunk_mib"),
+        preverify=_typed(res["preverify"], bool, source, "restore.preverify"),
+        source=source,
+    )
     validate(cfg)
     return cfg
 
 
+def _typed(value: object, kind: type[T], source: str, key: str) -> T:
+    # bool is an int in Python: `level = true` is not a level.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = "true or false" if kind is bool else "a whole number"
+        raise UsageError(f"{source}: {key} must be {expected}, not {value!r}")
+    return value
+
+
+def _toml(text: str, source: str) -> dict[str, dict[str, object]]:
+    """The [capture] and [restore] tables of a file (empty when absent)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{source}: {e}") from None
+    tables: dict[str, dict[str, object]] = {}
+    for section in ("capture", "restore"):
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise UsageError(f"{source}: {section} must be a [{section}] table")
+        tables[section] = table
+    return tables
+
+
 def validate(cfg: Config) -> None:
-    if not (isinstance(cfg.level, int) and 1 <= cfg.level <= 19):
+    """Ranges; also for a Config built from command-line flags."""
+    if not 1 <= cfg.level <= 19:
         raise UsageError(f"{cfg.source}: compression level must be 1..19, not {cfg.level!r}")
-    if not (isinstance(cfg.threads, int) and 0 <= cfg.threads <= 256):
+    if not 0 <= cfg.threads <= 256:
         raise UsageError(f"{cfg.source}: threads must be 0..256, not {cfg.threads!r}")
     if cfg.chunk_mib not in (1, 2, 4, 8, 16):
         raise UsageError(f"{cfg.source}: chunk_mib must be 1, 2, 4, 8 or 16, not {cfg.chunk_mib!r}")

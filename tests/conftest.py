@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,23 @@ sys.path.insert(0, os.path.dirname(__file__))
 from disks import LoopRegistry  # noqa: E402
 
 
+# Test tiers (Makefile): `make check` runs tests/unit and tests/tui without root, less what is
+# marked root or vm; `make test` then runs the root tier (`-m "root and not vm"`) and the vm
+# tier. Every test elsewhere (tests/system, ...) drives loop devices and filesystem tools, so
+# it is marked root here, whether or not it says so.
+WITHOUT_ROOT = ("unit", "tui")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these marks
 def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        try:
+            tier = item.path.relative_to(here).parts[0]
+        except ValueError:
+            tier = ""
+        if tier not in WITHOUT_ROOT and "vm" not in item.keywords and "root" not in item.keywords:
+            item.add_marker(pytest.mark.root)
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason="needs root for loop devices")
         for item in items:

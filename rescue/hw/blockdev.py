@@ -52,7 +52,8 @@ def _ioctl_int(fd: int, request: int, default: int) -> int:
     if not is_block(fd):
         return default
     buf = fcntl.ioctl(fd, request, b"\0" * 4)
-    return struct.unpack("I", buf)[0]
+    (value,) = struct.unpack("I", buf)
+    return int(value)
 
 
 def logical_sector_size(fd: int) -> int:

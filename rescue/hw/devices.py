@@ -16,8 +16,12 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from rescue.errors import DeviceError
+
+if TYPE_CHECKING:
+    import pyudev
 
 SECTOR = 512  # sysfs `size` is always in 512-byte units, whatever the logical sector size
 LIVE_MEDIUM = "/run/live/medium"
@@ -26,7 +30,26 @@ LIVE_MEDIUM = "/run/live/medium"
 _NOT_DRIVES = ("ram", "zram", "fd", "sr", "dm-", "md", "mtdblock", "nbd")
 
 # A node in the graph of "what sits on what": a block device or a regular file.
-Node = tuple  # ("dev", devnum) | ("file", st_dev, st_ino)
+DevNode = tuple[Literal["dev"], int]  # ("dev", devnum)
+FileNode = tuple[Literal["file"], int, int]  # ("file", st_dev, st_ino)
+Node = DevNode | FileNode
+
+
+class DeviceDict(TypedDict):
+    """One block device as plain data: what _device_to_dict reads through pyudev, and all
+    that the rest of this module looks at. Recordable (JSON) and built by hand in tests."""
+
+    name: str  # kernel name: "sda", "sda1", "loop3"
+    node: str  # "/dev/sda"
+    devtype: str  # "disk" | "partition"
+    devnum: int  # os.makedev(major, minor)
+    sys_path: str
+    attrs: dict[str, str]  # sysfs attributes of _ATTRS that exist, stripped
+    props: dict[str, str]  # udev properties of _PROPS that are set (none without a udev daemon)
+    holders: list[str]  # sysfs holders/ entries
+    parent: str | None  # the whole disk's kernel name, for a partition
+    partitions: list[str]  # kernel names of its partitions
+    ancestors: list[str]  # subsystems of the sysfs ancestors: "usb", "scsi", "nvme" ...
 
 
 @dataclass
@@ -72,8 +95,8 @@ def _unescape(s: str) -> str:
         return s
     out, i = [], 0
     while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(s[i])
@@ -91,9 +114,15 @@ def parse_mountinfo(text: str) -> list[Mount]:
         if len(f) < 6 or len(r) < 2:
             continue
         major, minor = f[2].split(":")
-        mounts.append(Mount(devnum=os.makedev(int(major), int(minor)), source=_unescape(r[1]),
-                            mountpoint=_unescape(f[4]), fstype=r[0],
-                            read_only="ro" in f[5].split(",")))
+        mounts.append(
+            Mount(
+                devnum=os.makedev(int(major), int(minor)),
+                source=_unescape(r[1]),
+                mountpoint=_unescape(f[4]),
+                fstype=r[0],
+                read_only="ro" in f[5].split(","),
+            )
+        )
     return mounts
 
 
@@ -148,16 +177,16 @@ class Snapshot:
 
     mounts: list[Mount]
     swaps: list[str]
-    devices: dict[int, dict]  # devnum -> device dict, every block device
+    devices: dict[int, DeviceDict]  # devnum -> device dict, every block device
     loops: list[Loop]
 
     def mounts_of(self, devnum: int) -> list[Mount]:
         return [m for m in self.mounts if mount_device(m) == devnum]
 
-    def swap_nodes(self) -> set:
+    def swap_nodes(self) -> set[Node]:
         return {n for n in (identity(p) for p in self.swaps) if n}
 
-    def by_name(self, name: str) -> dict | None:
+    def by_name(self, name: str) -> DeviceDict | None:
         for d in self.devices.values():
             if d["name"] == name:
                 return d
@@ -184,8 +213,11 @@ class Snapshot:
                 # the same bytes. Only for the starting node: overlap is not transitive.
                 me = next((lo for lo in self.loops if lo.devnum == n[1]), None)
                 if me and me.backing:
-                    todo += [("dev", lo.devnum) for lo in self.loops
-                             if lo.backing == me.backing and lo is not me and _overlap(me, lo)]
+                    todo += [
+                        ("dev", lo.devnum)
+                        for lo in self.loops
+                        if lo.backing == me.backing and lo is not me and _overlap(me, lo)
+                    ]
         return out
 
     def underlying(self, node: Node, path: str | None = None, through_files: bool = True) -> list[Node]:
@@ -232,7 +264,7 @@ class Snapshot:
         m = self.mount_of_path(path)
         return mount_device(m) if m else None
 
-    def whole_disk(self, devnum: int) -> dict | None:
+    def whole_disk(self, devnum: int) -> DeviceDict | None:
         d = self.devices.get(devnum)
         if d and d["parent"]:
             return self.by_name(d["parent"]) or d
@@ -258,16 +290,39 @@ def _overlap(a: Loop, b: Loop) -> bool:
 
 # --------------------------------------------------------------------------- the pyudev seam
 
-_ATTRS = ("size", "ro", "removable", "queue/logical_block_size", "queue/physical_block_size",
-          "device/model", "device/vendor", "device/serial", "device/type", "serial",
-          "loop/backing_file", "loop/offset", "loop/sizelimit")
-_PROPS = ("ID_MODEL", "ID_MODEL_ENC", "ID_VENDOR", "ID_SERIAL", "ID_SERIAL_SHORT", "ID_BUS",
-          "ID_FS_TYPE", "ID_FS_LABEL", "ID_FS_UUID", "ID_FS_USAGE", "ID_DRIVE_FLASH_SD")
+_ATTRS = (
+    "size",
+    "ro",
+    "removable",
+    "queue/logical_block_size",
+    "queue/physical_block_size",
+    "device/model",
+    "device/vendor",
+    "device/serial",
+    "device/type",
+    "serial",
+    "loop/backing_file",
+    "loop/offset",
+    "loop/sizelimit",
+)
+_PROPS = (
+    "ID_MODEL",
+    "ID_MODEL_ENC",
+    "ID_VENDOR",
+    "ID_SERIAL",
+    "ID_SERIAL_SHORT",
+    "ID_BUS",
+    "ID_FS_TYPE",
+    "ID_FS_LABEL",
+    "ID_FS_UUID",
+    "ID_FS_USAGE",
+    "ID_DRIVE_FLASH_SD",
+)
 
 
-def _device_to_dict(dev) -> dict:
+def _device_to_dict(dev: pyudev.Device) -> DeviceDict:
     """Everything this module needs from one pyudev Device, as plain strings."""
-    attrs = {}
+    attrs: dict[str, str] = {}
     for a in _ATTRS:
         value = dev.attributes.get(a)
         if value is not None:
@@ -296,7 +351,7 @@ def _device_to_dict(dev) -> dict:
     }
 
 
-def _all_block_devices() -> dict[int, dict]:
+def _all_block_devices() -> dict[int, DeviceDict]:
     import pyudev
 
     ctx = pyudev.Context()
@@ -311,11 +366,22 @@ def snapshot() -> Snapshot:
         if not d["name"].startswith("loop") or not backing:
             continue
         ident = None if backing.endswith(" (deleted)") else identity(backing)
-        loops.append(Loop(name=d["name"], devnum=d["devnum"], backing_file=backing, backing=ident,
-                          offset=int(d["attrs"].get("loop/offset") or 0),
-                          sizelimit=int(d["attrs"].get("loop/sizelimit") or 0)))
-    return Snapshot(mounts=parse_mountinfo(_read("/proc/self/mountinfo")),
-                    swaps=parse_swaps(_read("/proc/swaps")), devices=devices, loops=loops)
+        loops.append(
+            Loop(
+                name=d["name"],
+                devnum=d["devnum"],
+                backing_file=backing,
+                backing=ident,
+                offset=int(d["attrs"].get("loop/offset") or 0),
+                sizelimit=int(d["attrs"].get("loop/sizelimit") or 0),
+            )
+        )
+    return Snapshot(
+        mounts=parse_mountinfo(_read("/proc/self/mountinfo")),
+        swaps=parse_swaps(_read("/proc/swaps")),
+        devices=devices,
+        loops=loops,
+    )
 
 
 # --------------------------------------------------------------------------- dict -> Drive
@@ -326,9 +392,9 @@ def _udev_unescape(s: str) -> str:
     out, i = bytearray(), 0
     raw = s.encode()
     while i < len(raw):
-        if raw[i:i + 2] == b"\\x" and i + 4 <= len(raw):
+        if raw[i : i + 2] == b"\\x" and i + 4 <= len(raw):
             try:
-                out.append(int(raw[i + 2:i + 4], 16))
+                out.append(int(raw[i + 2 : i + 4], 16))
                 i += 4
                 continue
             except ValueError:
@@ -338,7 +404,7 @@ def _udev_unescape(s: str) -> str:
     return out.decode(errors="replace")
 
 
-def bus_of(d: dict) -> str:
+def bus_of(d: DeviceDict) -> str:
     """Where the drive hangs. USB mass storage also sits under scsi, so usb is asked first."""
     name, ancestors = d["name"], d["ancestors"]
     if name.startswith("loop"):
@@ -359,7 +425,7 @@ def bus_of(d: dict) -> str:
     return "unknown"
 
 
-def model_of(d: dict) -> str | None:
+def model_of(d: DeviceDict) -> str | None:
     props, attrs = d["props"], d["attrs"]
     if props.get("ID_MODEL_ENC"):
         return _udev_unescape(props["ID_MODEL_ENC"]).strip()
@@ -381,7 +447,7 @@ def model_of(d: dict) -> str | None:
     return None
 
 
-def serial_of(d: dict) -> str | None:
+def serial_of(d: DeviceDict) -> str | None:
     props, attrs = d["props"], d["attrs"]
     for key in ("ID_SERIAL_SHORT", "ID_SERIAL"):
         if props.get(key):
@@ -392,7 +458,7 @@ def serial_of(d: dict) -> str | None:
     return None
 
 
-def removable_of(d: dict) -> bool:
+def removable_of(d: DeviceDict) -> bool:
     """`removable` in sysfs means removable media (card readers, CD); most USB sticks say 0,
     so the bus decides. SD cards are removable, soldered eMMC (device/type MMC) is not."""
     if d["attrs"].get("removable") == "1":
@@ -404,7 +470,7 @@ def removable_of(d: dict) -> bool:
     return False
 
 
-def drive_from_dict(d: dict, snap: Snapshot) -> Drive:
+def drive_from_dict(d: DeviceDict, snap: Snapshot) -> Drive:
     attrs, props = d["attrs"], d["props"]
     node: Node = ("dev", d["devnum"])
     views = snap.views(node)
@@ -419,21 +485,33 @@ def drive_from_dict(d: dict, snap: Snapshot) -> Drive:
     holders: list[str] = []
     for dn in dev_views:
         vd = snap.devices.get(dn)
-        for h in (vd["holders"] if vd else []):
+        for h in vd["holders"] if vd else []:
             if h not in holders:
                 holders.append(h)
     loops = [lo.name for lo in snap.loops if ("dev", lo.devnum) in views and lo.devnum != d["devnum"]]
     return Drive(
-        name=d["name"], path=d["node"], model=model_of(d), serial=serial_of(d),
+        name=d["name"],
+        path=d["node"],
+        model=model_of(d),
+        serial=serial_of(d),
         size=int(attrs.get("size") or 0) * SECTOR,
         logical_sector_size=int(attrs.get("queue/logical_block_size") or SECTOR),
         physical_sector_size=int(attrs.get("queue/physical_block_size") or SECTOR),
-        bus=bus_of(d), removable=removable_of(d), read_only=attrs.get("ro") == "1",
-        partitions=list(d["partitions"]), mounts=mounts, holders=holders,
+        bus=bus_of(d),
+        removable=removable_of(d),
+        read_only=attrs.get("ro") == "1",
+        partitions=list(d["partitions"]),
+        mounts=mounts,
+        holders=holders,
         swap=bool(snap.swap_nodes().intersection(views)),
         backing_file=attrs.get("loop/backing_file") or None,
-        fs_type=props.get("ID_FS_TYPE") or None, label=props.get("ID_FS_LABEL") or None,
-        uuid=props.get("ID_FS_UUID") or None, loops=loops, parent=d["parent"], devnum=d["devnum"])
+        fs_type=props.get("ID_FS_TYPE") or None,
+        label=props.get("ID_FS_LABEL") or None,
+        uuid=props.get("ID_FS_UUID") or None,
+        loops=loops,
+        parent=d["parent"],
+        devnum=d["devnum"],
+    )
 
 
 def file_drive(path: str, snap: Snapshot) -> Drive:
@@ -441,22 +519,33 @@ def file_drive(path: str, snap: Snapshot) -> Drive:
     st = os.stat(path)
     node: Node = ("file", st.st_dev, st.st_ino)
     views = snap.views(node)
-    mounts, holders = [], []
+    mounts: list[tuple[str, str]] = []
+    holders: list[str] = []
     for n in views[1:]:
-        vd = snap.devices.get(n[1]) or {"node": "?", "holders": []}
+        vd = snap.devices.get(n[1])
+        shown = vd["node"] if vd else "?"
         for m in snap.mounts_of(n[1]):
-            mounts.append((m.source if m.source.startswith("/dev/") else vd["node"], m.mountpoint))
-        holders += [h for h in vd["holders"] if h not in holders]
-    return Drive(name=os.path.basename(path), path=path, model="Image file", serial=None,
-                 size=st.st_size, bus="file", read_only=not os.access(path, os.W_OK),
-                 mounts=mounts, holders=holders, swap=bool(snap.swap_nodes().intersection(views)),
-                 loops=[lo.name for lo in snap.loops if ("dev", lo.devnum) in views])
+            mounts.append((m.source if m.source.startswith("/dev/") else shown, m.mountpoint))
+        holders += [h for h in (vd["holders"] if vd else []) if h not in holders]
+    return Drive(
+        name=os.path.basename(path),
+        path=path,
+        model="Image file",
+        serial=None,
+        size=st.st_size,
+        bus="file",
+        read_only=not os.access(path, os.W_OK),
+        mounts=mounts,
+        holders=holders,
+        swap=bool(snap.swap_nodes().intersection(views)),
+        loops=[lo.name for lo in snap.loops if ("dev", lo.devnum) in views],
+    )
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def _is_drive(d: dict, include_loop: bool) -> bool:
+def _is_drive(d: DeviceDict, include_loop: bool) -> bool:
     name = d["name"]
     if d["devtype"] != "disk":
         return False

@@ -24,8 +24,17 @@ MARKER = "rescue-repo.json"  # the file that makes a directory a repository (res
 # blkid TYPE -> mount -t value, where they differ (no NTFS kernel driver: ntfs-3g over FUSE).
 _MOUNT_TYPE = {"ntfs": "ntfs-3g"}
 # Skipped outright: not filesystems, or nothing a repository could be stored on.
-_NOT_FS = {"swap", "LVM2_member", "linux_raid_member", "crypto_LUKS", "zfs_member", "squashfs",
-           "bcache", "ddf_raid_member", "isw_raid_member"}
+_NOT_FS = {
+    "swap",
+    "LVM2_member",
+    "linux_raid_member",
+    "crypto_LUKS",
+    "zfs_member",
+    "squashfs",
+    "bcache",
+    "ddf_raid_member",
+    "isw_raid_member",
+}
 _SKIP_NAMES = ("ram", "zram", "fd", "dm-", "md", "mtdblock", "nbd")
 
 
@@ -57,7 +66,7 @@ def repo_dirs(top: str) -> list[str]:
     return found
 
 
-def fs_type(d: dict) -> str | None:
+def fs_type(d: hwdev.DeviceDict) -> str | None:
     """The filesystem on a device: udev's ID_FS_TYPE in the live system, a low-level blkid
     probe where the udev database is empty."""
     props = d["props"]
@@ -74,7 +83,7 @@ def fs_type(d: dict) -> str | None:
     return found.get("TYPE")
 
 
-def _candidates(snap: hwdev.Snapshot, paths: list[str] | None, include_loop: bool) -> list[dict]:
+def _candidates(snap: hwdev.Snapshot, paths: list[str] | None, include_loop: bool) -> list[hwdev.DeviceDict]:
     if paths is not None:
         out = []
         for p in paths:
@@ -96,14 +105,21 @@ def _candidates(snap: hwdev.Snapshot, paths: list[str] | None, include_loop: boo
     return sorted(out, key=lambda d: d["name"])
 
 
-def _location(path: str, d: dict, snap: hwdev.Snapshot, mountpoint: str, ours: bool,
-              ro: bool) -> RepoLocation:
+def _location(
+    path: str, d: hwdev.DeviceDict, snap: hwdev.Snapshot, mountpoint: str, ours: bool, ro: bool
+) -> RepoLocation:
     whole = snap.whole_disk(d["devnum"])
-    return RepoLocation(path=path, drive=whole["name"] if whole else None, device=d["node"],
-                        mountpoint=mountpoint, mounted_by_us=ours, read_only=ro)
+    return RepoLocation(
+        path=path,
+        drive=whole["name"] if whole else None,
+        device=d["node"],
+        mountpoint=mountpoint,
+        mounted_by_us=ours,
+        read_only=ro,
+    )
 
 
-def _mount_ro(d: dict, fstype: str, run_dir: str) -> str | None:
+def _mount_ro(d: hwdev.DeviceDict, fstype: str, run_dir: str) -> str | None:
     target = os.path.join(run_dir, d["name"])
     os.makedirs(target, exist_ok=True)
     if os.path.ismount(target):  # something else is mounted there: never stack on it
@@ -136,8 +152,9 @@ def _umount(mountpoint: str) -> bool:
     return True
 
 
-def find_repositories(run_dir: str = RUN_DIR, devices: list[str] | None = None, *,
-                      include_loop: bool = False) -> list[RepoLocation]:
+def find_repositories(
+    run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_loop: bool = False
+) -> list[RepoLocation]:
     """Every repository on the machine's filesystems. `devices` limits the search to those
     device paths (loop devices included); otherwise every drive and partition is tried,
     loop devices only with include_loop. Filesystems this mounts and finds no repository
@@ -148,8 +165,7 @@ def find_repositories(run_dir: str = RUN_DIR, devices: list[str] | None = None, 
         mounted = snap.mounts_of(d["devnum"])
         if mounted:
             for m in mounted[:1]:
-                found += [_location(p, d, snap, m.mountpoint, False, m.read_only)
-                          for p in repo_dirs(m.mountpoint)]
+                found += [_location(p, d, snap, m.mountpoint, False, m.read_only) for p in repo_dirs(m.mountpoint)]
             continue
         fstype = fs_type(d)
         if not fstype or fstype in _NOT_FS:

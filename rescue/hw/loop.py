@@ -5,7 +5,7 @@ with --offset/--sizelimit instead of a partition node."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from rescue.errors import DeviceError
 from rescue.hw.run import output, run

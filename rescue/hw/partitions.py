@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from typing import TypedDict
 
 import parted
 
@@ -28,10 +29,25 @@ class TableError(RescueError):
     exit_code = 4
 
 
-def _device(path: str) -> "parted.Device":
+class _SfdiskEntry(TypedDict, total=False):
+    """One partition of `sfdisk --json`, the keys read here."""
+
+    start: int  # sector
+    type: str  # GPT type GUID, or the MBR id in hex
+    uuid: str  # GPT partition GUID
+    attrs: str  # GPT attribute names
+    bootable: bool  # MBR active flag
+
+
+def _device(path: str) -> parted.Device:
+    """libparted keeps every device it opened in a cache keyed by path, with the size it had
+    then: a drive swapped under the same name (a USB disk replugged, a loop device reused)
+    would be written with the old geometry. So each look is a fresh one."""
     try:
+        dev = parted.getDevice(path)
+        dev.removeFromCache()
         return parted.getDevice(path)
-    except Exception as e:  # pyparted raises several unrelated classes here
+    except Exception as e:  # noqa: BLE001 - pyparted raises several unrelated classes here
         raise DeviceError(f"{path}: cannot open with parted ({e})") from None
 
 
@@ -40,17 +56,17 @@ def read_layout(path: str) -> DiskLayout:
     size = dev.length * dev.sectorSize
     try:
         disk = parted.newDisk(dev)
-    except Exception:
+    except Exception:  # noqa: BLE001 - pyparted's way of saying "no (readable) table"
         return DiskLayout(table="none", sector_size=dev.sectorSize, size=size,
                           physical_sector_size=dev.physicalSectorSize)
     if disk.type not in ("gpt", "msdos"):
         raise TableError(f"{path}: partition table type {disk.type!r} is not supported (GPT and MBR are)")
-    extra = _sfdisk_details(path)
+    disk_id, extra = _sfdisk_details(path)
     parts = []
     for p in disk.partitions:
         flags = sorted(name for code, name in parted.partitionFlag.items()
                        if p.isFlagAvailable(code) and p.getFlag(code))
-        sf = extra.get(p.geometry.start, {})
+        sf = extra.get(p.geometry.start) or _SfdiskEntry()
         part = Partition(number=p.number, start=p.geometry.start, end=p.geometry.end,
                          kind=_KIND.get(p.type, "primary"), flags=flags)
         if disk.type == "gpt":
@@ -62,21 +78,19 @@ def read_layout(path: str) -> DiskLayout:
             part.mbr_type = int(sf["type"], 16) if "type" in sf else None
             part.bootable = bool(sf.get("bootable", False))
         parts.append(part)
-    return DiskLayout(table=disk.type, sector_size=dev.sectorSize, size=size, disk_id=extra.get("id"),
+    return DiskLayout(table=disk.type, sector_size=dev.sectorSize, size=size, disk_id=disk_id,
                       partitions=sorted(parts, key=lambda q: q.number),
                       physical_sector_size=dev.physicalSectorSize)
 
 
-def _sfdisk_details(path: str) -> dict:
-    """GUIDs, attributes and MBR ids by start sector, plus 'id' for the disk id."""
+def _sfdisk_details(path: str) -> tuple[str | None, dict[int, _SfdiskEntry]]:
+    """The disk id, and GUIDs, attributes and MBR ids by start sector."""
     proc = run(["sfdisk", "--json", path], check=False, error=DeviceError)
     if proc.returncode != 0:
-        return {}
+        return None, {}
     table = json.loads(proc.stdout)["partitiontable"]
-    out: dict = {"id": table.get("id")}
-    for p in table.get("partitions", []):
-        out[p["start"]] = p
-    return out
+    by_start: dict[int, _SfdiskEntry] = {p["start"]: p for p in table.get("partitions", [])}
+    return table.get("id"), by_start
 
 
 def apply_layout(path: str, layout: DiskLayout) -> list[str]:
@@ -108,11 +122,11 @@ def apply_layout(path: str, layout: DiskLayout) -> list[str]:
         disk.commitToDevice()
     except RescueError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any pyparted failure: the table was not written
         raise TableError(f"{path}: writing the partition table failed ({e})") from None
     try:
         disk.commitToOS()
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: the table is on the drive either way
         notes.append("the kernel was not told about the new partitions (drive busy or a loop device)")
     _set_ids(path, layout)
     return notes

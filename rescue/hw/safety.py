@@ -10,31 +10,37 @@ would change while they are read."""
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec
 
 from rescue.errors import RefusedError, RescueError
 from rescue.hw import devices
 from rescue.hw.devices import LIVE_MEDIUM, Drive, Node, Snapshot
 
+P = ParamSpec("P")
+Check = Callable[Concatenate[str, P], Drive]  # a rule over a path; returns the Drive it checked
 
-F = TypeVar("F", bound=Callable[..., Drive])
 
-
-def _fails_closed(default_role: str) -> Callable[[F], F]:
+def _fails_closed(default_role: str) -> Callable[[Check[P]], Check[P]]:
     """A rule that cannot be evaluated refuses: an unexpected error while reading the
     kernel's state (an unparsable mount table, a vanished device) must never let a write
     through unchecked."""
-    def wrap(check: F) -> F:
+
+    def wrap(check: Check[P]) -> Check[P]:
         @functools.wraps(check)
-        def guarded(path: str, *args: object, **kwargs: object) -> Drive:
+        def guarded(path: str, /, *args: P.args, **kwargs: P.kwargs) -> Drive:
             try:
                 return check(path, *args, **kwargs)
             except RescueError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of the check is a refusal
-                raise RefusedError(f"{kwargs.get('role', default_role)} {path}: the safety check could not be "
-                                   f"completed ({type(e).__name__}: {e}); refusing") from None
-        return guarded  # type: ignore[return-value]
+                role = kwargs.get("role", default_role)
+                raise RefusedError(
+                    f"{role} {path}: the safety check could not be completed ({type(e).__name__}: {e}); refusing"
+                ) from None
+
+        return guarded
+
     return wrap
 
 
@@ -70,8 +76,14 @@ def _check_use(label: str, drive: Drive) -> None:
 
 
 @_fails_closed("target")
-def check_target(path: str, *, repo_path: str | None = None, source: str | None = None,
-                 role: str = "target", live_medium: str = LIVE_MEDIUM) -> Drive:
+def check_target(
+    path: str,
+    *,
+    repo_path: str | None = None,
+    source: str | None = None,
+    role: str = "target",
+    live_medium: str = LIVE_MEDIUM,
+) -> Drive:
     """Refuse to write to `path` unless every rule allows it; returns the Drive it checked.
     `live_medium` is where the live system's boot medium is mounted."""
     snap = devices.snapshot()
@@ -116,7 +128,6 @@ def check_source(path: str, repo_path: str | None = None, *, role: str = "source
             rw += [m for m in snap.mounts_of(n[1]) if not m.read_only]
     if rw:
         shown = [(m.source, m.mountpoint) for m in rw]
-        raise RefusedError(f"{label} has a mounted filesystem ({_mount_text(shown)}); "
-                           "unmount it or mount it read-only")
+        raise RefusedError(f"{label} has a mounted filesystem ({_mount_text(shown)}); unmount it or mount it read-only")
     _check_use(label, drive)
     return drive

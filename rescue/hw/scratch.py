@@ -19,8 +19,9 @@ def default_dir() -> str:
 
 
 def _fs_type(path: str) -> str:
-    proc = subprocess.run(["stat", "-f", "-c", "%T", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True)
+    proc = subprocess.run(
+        ["stat", "-f", "-c", "%T", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     return proc.stdout.strip()
 
 

@@ -57,9 +57,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 from rescue.errors import DeviceError, RescueError
 from rescue.hw import loop
@@ -111,8 +112,16 @@ class SplitIO:
     tool would take them for data. A read or write that cannot be completed raises OSError
     whose message names the file and its byte."""
 
-    def __init__(self, target: str, target_fd: int, target_offset: int, new_size: int, old_size: int,
-                 scratch: str, scratch_fd: int):
+    def __init__(
+        self,
+        target: str,
+        target_fd: int,
+        target_offset: int,
+        new_size: int,
+        old_size: int,
+        scratch: str,
+        scratch_fd: int,
+    ):
         self.target, self.tfd, self.target_offset = target, target_fd, target_offset
         self.scratch, self.sfd = scratch, scratch_fd
         self.new_size, self.old_size = new_size, old_size
@@ -131,7 +140,7 @@ class SplitIO:
         view = memoryview(data)
         for piece in split_range(pos, len(view), self.new_size, self.target_offset):
             fd, name = self._where(piece)
-            _pwrite_full(fd, view[piece.start:piece.start + piece.length], piece.offset, name)
+            _pwrite_full(fd, view[piece.start : piece.start + piece.length], piece.offset, name)
 
     def fsync(self) -> None:
         for fd, name in ((self.tfd, self.target), (self.sfd, self.scratch)):
@@ -191,6 +200,7 @@ def check_sizes(target_offset: int, new_size: int, old_size: int) -> None:
 
 # -- the server (its own process) ------------------------------------------------------------
 
+
 def _io_flusher() -> str:
     """Mark this process as part of the I/O path (PR_SET_IO_FLUSHER, Linux 5.6, root):
     its allocations then never wait for the writeback of the device it serves. Called
@@ -210,8 +220,12 @@ def _detach_loops_over(path: str) -> None:
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         with contextlib.suppress(OSError):
             if backing.read_text().strip() == path:
-                subprocess.run(["losetup", "--detach", f"/dev/{backing.parts[3]}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+                subprocess.run(
+                    ["losetup", "--detach", f"/dev/{backing.parts[3]}"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=60,
+                )
 
 
 def _watch_owner(owner: int, mountpoint: str, scratch: str, orphaned: threading.Event) -> None:
@@ -232,8 +246,7 @@ def _watch_owner(owner: int, mountpoint: str, scratch: str, orphaned: threading.
             except ProcessLookupError:
                 break
             time.sleep(1)
-    log(f"the owner process {owner} is gone: detaching loop devices over {mountpoint}/{DEV_NAME} "
-        "and stopping")
+    log(f"the owner process {owner} is gone: detaching loop devices over {mountpoint}/{DEV_NAME} and stopping")
     _detach_loops_over(os.path.join(mountpoint, DEV_NAME))
     with contextlib.suppress(OSError):
         os.unlink(scratch)
@@ -241,8 +254,16 @@ def _watch_owner(owner: int, mountpoint: str, scratch: str, orphaned: threading.
     os.kill(os.getpid(), signal.SIGTERM)  # llfuse.main returns on SIGTERM
 
 
-def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch: str, mountpoint: str,
-          owner: int | None = None, workers: int = SERVER_THREADS) -> int:
+def serve(
+    target: str,
+    target_offset: int,
+    new_size: int,
+    old_size: int,
+    scratch: str,
+    mountpoint: str,
+    owner: int | None = None,
+    workers: int = SERVER_THREADS,
+) -> int:
     """Serve the split file until unmounted. Returns the exit status: 0, or 1 when any
     I/O failed (each failure was logged)."""
     import llfuse  # only the server process needs it
@@ -258,24 +279,27 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
         os.close(tfd)
         raise DeviceError(f"cannot open the scratch file {scratch}: {e.strerror}") from None
     if _file_size(tfd) < target_offset + new_size:
-        raise DeviceError(f"{target} holds {_file_size(tfd)} bytes, less than offset {target_offset} + "
-                          f"new size {new_size}")
+        raise DeviceError(
+            f"{target} holds {_file_size(tfd)} bytes, less than offset {target_offset} + new size {new_size}"
+        )
     if _file_size(sfd) < old_size - new_size:
-        raise DeviceError(f"scratch file {scratch} holds {_file_size(sfd)} bytes, less than the "
-                          f"{old_size - new_size} past the new end")
+        raise DeviceError(
+            f"scratch file {scratch} holds {_file_size(sfd)} bytes, less than the "
+            f"{old_size - new_size} past the new end"
+        )
     io = SplitIO(target, tfd, target_offset, new_size, old_size, scratch, sfd)
     started = time.time_ns()
     failures = [0]
 
-    def failed(what: str, e: OSError) -> "llfuse.FUSEError":
+    def failed(what: str, e: OSError) -> llfuse.FUSEError:
         failures[0] += 1
         log(f"error: {what}: {e.strerror or e}")
         # ENOSPC stays ENOSPC (the loop driver turns it into BLK_STS_NOSPC and the tool says
         # "No space left"); every other failure is EIO, as a failing drive would give.
         return llfuse.FUSEError(errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO)
 
-    class SplitFS(llfuse.Operations):
-        def _attr(self, inode: int) -> "llfuse.EntryAttributes":
+    class SplitFS(llfuse.Operations):  # type: ignore[misc]  # llfuse has no type information
+        def _attr(self, inode: int) -> llfuse.EntryAttributes:
             a = llfuse.EntryAttributes()
             a.st_ino = inode
             if inode == llfuse.ROOT_INODE:
@@ -289,12 +313,19 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
             a.attr_timeout = a.entry_timeout = 3600
             return a
 
-        def getattr(self, inode, ctx=None):
+        def getattr(self, inode: int, ctx: llfuse.RequestContext | None = None) -> llfuse.EntryAttributes:
             if inode not in (llfuse.ROOT_INODE, DEV_INODE):
                 raise llfuse.FUSEError(errno.ENOENT)
             return self._attr(inode)
 
-        def setattr(self, inode, attr, fields, fh, ctx):
+        def setattr(
+            self,
+            inode: int,
+            attr: llfuse.EntryAttributes,
+            fields: llfuse.SetattrFields,
+            fh: int | None,
+            ctx: llfuse.RequestContext,
+        ) -> llfuse.EntryAttributes:
             # The device's size is fixed: a truncate to another size is refused, times are
             # accepted and ignored.
             if inode != DEV_INODE and fields.update_size:
@@ -303,26 +334,26 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
                 raise llfuse.FUSEError(errno.EPERM)
             return self._attr(inode)
 
-        def lookup(self, parent, name, ctx=None):
+        def lookup(self, parent: int, name: bytes, ctx: llfuse.RequestContext | None = None) -> llfuse.EntryAttributes:
             if parent != llfuse.ROOT_INODE or name != DEV_NAME.encode():
                 raise llfuse.FUSEError(errno.ENOENT)
             return self._attr(DEV_INODE)
 
-        def opendir(self, inode, ctx):
+        def opendir(self, inode: int, ctx: llfuse.RequestContext) -> int:
             if inode != llfuse.ROOT_INODE:
                 raise llfuse.FUSEError(errno.ENOTDIR)
             return inode
 
-        def readdir(self, fh, off):
+        def readdir(self, fh: int, off: int) -> Iterator[tuple[bytes, llfuse.EntryAttributes, int]]:
             if off == 0:
                 yield DEV_NAME.encode(), self._attr(DEV_INODE), 1
 
-        def open(self, inode, flags, ctx):
+        def open(self, inode: int, flags: int, ctx: llfuse.RequestContext) -> int:
             if inode != DEV_INODE:
                 raise llfuse.FUSEError(errno.EISDIR)
             return inode
 
-        def read(self, fh, off, size):
+        def read(self, fh: int, off: int, size: int) -> bytes:
             size = min(size, old_size - off)
             if size <= 0:
                 return b""
@@ -332,7 +363,7 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
             except OSError as e:
                 raise failed(f"read of {size} bytes at device byte {off}", e) from None
 
-        def write(self, fh, off, buf):
+        def write(self, fh: int, off: int, buf: bytes) -> int:
             if off + len(buf) > old_size:
                 log(f"error: write of {len(buf)} bytes at device byte {off} goes past the end ({old_size})")
                 failures[0] += 1
@@ -344,10 +375,10 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
                 raise failed(f"write of {len(buf)} bytes at device byte {off}", e) from None
             return len(buf)
 
-        def fsync(self, fh, datasync):
+        def fsync(self, fh: int, datasync: bool) -> None:
             self._sync()
 
-        def flush(self, fh):
+        def flush(self, fh: int) -> None:
             self._sync()
 
         def _sync(self) -> None:
@@ -357,10 +388,10 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
             except OSError as e:
                 raise failed("fsync", e) from None
 
-        def release(self, fh):
+        def release(self, fh: int) -> None:
             pass
 
-        def statfs(self, ctx):
+        def statfs(self, ctx: llfuse.RequestContext) -> llfuse.StatvfsData:
             s = llfuse.StatvfsData()
             s.f_bsize = s.f_frsize = SECTOR
             s.f_blocks = old_size // SECTOR
@@ -372,12 +403,18 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
     why = _io_flusher()
     if why:
         log(f"PR_SET_IO_FLUSHER not set ({why}); continuing")
-    options = set(llfuse.default_options) | {"fsname=rescue-splitdev", "subtype=rescue-splitdev",
-                                             f"max_write={MAX_IO}", f"max_read={MAX_IO}"}
+    options = set(llfuse.default_options) | {
+        "fsname=rescue-splitdev",
+        "subtype=rescue-splitdev",
+        f"max_write={MAX_IO}",
+        f"max_read={MAX_IO}",
+    }
     options.discard("default_permissions")  # only root uses it, and no check is needed per call
     llfuse.init(SplitFS(), mountpoint, options)
-    log(f"serving {target} bytes {target_offset}+{new_size} and {scratch} as a {old_size}-byte device at "
-        f"{mountpoint}/{DEV_NAME} (pid {os.getpid()})")
+    log(
+        f"serving {target} bytes {target_offset}+{new_size} and {scratch} as a {old_size}-byte device at "
+        f"{mountpoint}/{DEV_NAME} (pid {os.getpid()})"
+    )
     orphaned = threading.Event()
     if owner is not None:
         threading.Thread(target=_watch_owner, args=(owner, mountpoint, scratch, orphaned), daemon=True).start()
@@ -399,8 +436,9 @@ def serve(target: str, target_offset: int, new_size: int, old_size: int, scratch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=f"python3 -m {SERVER_MODULE}",
-                                description="Serve a target range plus a scratch file as one file (FUSE).")
+    p = argparse.ArgumentParser(
+        prog=f"python3 -m {SERVER_MODULE}", description="Serve a target range plus a scratch file as one file (FUSE)."
+    )
     p.add_argument("target")
     p.add_argument("offset", type=int)
     p.add_argument("new_size", type=int)
@@ -411,8 +449,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=SERVER_THREADS)
     args = p.parse_args(argv)
     try:
-        return serve(args.target, args.offset, args.new_size, args.old_size, args.scratch, args.mountpoint,
-                     args.owner, max(1, args.threads))
+        return serve(
+            args.target,
+            args.offset,
+            args.new_size,
+            args.old_size,
+            args.scratch,
+            args.mountpoint,
+            args.owner,
+            max(1, args.threads),
+        )
     except RescueError as e:
         log(f"error: {e}")
         return e.exit_code
@@ -422,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- the caller's side -----------------------------------------------------------------------
+
 
 def _python() -> str:
     """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
@@ -451,7 +498,7 @@ def _first_error(path: Path, *, any_line: bool = True) -> str:
     except OSError:
         return ""
     ours = [ln.split(f"{PROGRAM}: ", 1)[1] for ln in lines if f"{PROGRAM}: " in ln]
-    errors = [ln[len("error: "):] for ln in ours if ln.startswith("error: ")]
+    errors = [ln[len("error: ") :] for ln in ours if ln.startswith("error: ")]
     other = [ln.strip() for ln in lines if f"{PROGRAM}: " not in ln] if any_line else []
     return errors[0] if errors else other[-1] if other else ""
 
@@ -475,8 +522,9 @@ class SplitDevice:
     @property
     def path(self) -> str:
         if self._loop is None:
-            raise DeviceError(f"the split device over {self.target} has no loop device yet "
-                              "(write_into runs before it is attached)")
+            raise DeviceError(
+                f"the split device over {self.target} has no loop device yet (write_into runs before it is attached)"
+            )
         return self._loop
 
     @property
@@ -505,8 +553,10 @@ class SplitDevice:
         device at the same moment, or that was written through the device and not yet
         synced, can still hold the old bytes: never mix the two ways of writing a range."""
         if pos < 0 or pos + len(data) > self.old_size:
-            raise DeviceError(f"split device over {self.target}: write of {len(data)} bytes at {pos} is outside "
-                              f"its {self.old_size} bytes")
+            raise DeviceError(
+                f"split device over {self.target}: write of {len(data)} bytes at {pos} is outside "
+                f"its {self.old_size} bytes"
+            )
         try:
             self._io.write(pos, data)
         except OSError as e:
@@ -555,7 +605,7 @@ class _Session:
         self.scratch: Path | None = None
         self.tfd: int | None = None
         self.sfd: int | None = None
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.loop: str | None = None
 
     @property
@@ -571,23 +621,26 @@ class _Session:
         why = _first_error(self.log)
         return f"the split-device server for {self.target} {how}" + (f": {why}" if why else "")
 
-    def start_server(self, argv: list[str]) -> None:
+    def start_server(self, argv: list[str]) -> int:
+        """Start the server process and wait until its FUSE file is there; its pid."""
         self.mnt.mkdir()
         pkg_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/",
-                                         start_new_session=True)
+            proc = self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/", start_new_session=True
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             gone = self.server_gone()
             if gone:
                 raise DeviceError(gone)
             if _mounted(str(self.mnt)) and self.fuse_file.exists():
-                return
+                return proc.pid
             time.sleep(0.02)
-        raise DeviceError(f"the split-device server for {self.target} did not start within {START_TIMEOUT:.0f} s "
-                          f"(see {self.log})")
+        raise DeviceError(
+            f"the split-device server for {self.target} did not start within {START_TIMEOUT:.0f} s (see {self.log})"
+        )
 
     def attach(self) -> tuple[str, bool]:
         """A loop device over the FUSE file, with direct I/O when the kernel takes it. Why
@@ -677,7 +730,12 @@ class _Session:
         dead = self.server_gone()  # before teardown: the cause comes first, not its effects
         problems: list[str] = [dead] if dead else []
         steps: list[Callable[[], list[str] | None]] = [
-            self.sync_loop, self.sync_own, self.detach_loop, self.unmount, self.stop_server, self.remove_files,
+            self.sync_loop,
+            self.sync_own,
+            self.detach_loop,
+            self.unmount,
+            self.stop_server,
+            self.remove_files,
         ]
         for step in steps:
             try:
@@ -726,8 +784,14 @@ def _work_root() -> str | None:
 
 
 @contextlib.contextmanager
-def split_device(target: str, target_offset: int, new_size: int, old_size: int, scratch_dir: str | os.PathLike,
-                 write_into: Callable[[SplitDevice], None] | None = None) -> Iterator[SplitDevice]:
+def split_device(
+    target: str,
+    target_offset: int,
+    new_size: int,
+    old_size: int,
+    scratch_dir: str | os.PathLike[str],
+    write_into: Callable[[SplitDevice], None] | None = None,
+) -> Iterator[SplitDevice]:
     """A block device of old_size bytes: [0, new_size) is `target` from byte target_offset,
     [new_size, old_size) a sparse scratch file in scratch_dir. Shrink a filesystem on
     SplitDevice.path to at most new_size (e.g. resize.resize_filesystem) and its bytes are
@@ -760,13 +824,35 @@ def split_device(target: str, target_offset: int, new_size: int, old_size: int, 
         try:
             os.ftruncate(fd, old_size - new_size)
         except OSError as e:
-            raise DeviceError(f"cannot size the scratch file {name} to {old_size - new_size} bytes: "
-                              f"{e.strerror} (it needs sparse files)") from None
-        sess.start_server([_python(), "-m", SERVER_MODULE, target, str(target_offset), str(new_size),
-                           str(old_size), name, str(sess.mnt), "--owner", str(os.getpid())])
-        sd = SplitDevice(target, target_offset, new_size, old_size, sess.scratch, sess.proc.pid,
-                         SplitIO(target, sess.tfd, target_offset, new_size, old_size, name, fd),
-                         fuse_file=sess.fuse_file)
+            raise DeviceError(
+                f"cannot size the scratch file {name} to {old_size - new_size} bytes: "
+                f"{e.strerror} (it needs sparse files)"
+            ) from None
+        pid = sess.start_server(
+            [
+                _python(),
+                "-m",
+                SERVER_MODULE,
+                target,
+                str(target_offset),
+                str(new_size),
+                str(old_size),
+                name,
+                str(sess.mnt),
+                "--owner",
+                str(os.getpid()),
+            ]
+        )
+        sd = SplitDevice(
+            target,
+            target_offset,
+            new_size,
+            old_size,
+            sess.scratch,
+            pid,
+            SplitIO(target, sess.tfd, target_offset, new_size, old_size, name, fd),
+            fuse_file=sess.fuse_file,
+        )
         if write_into is not None:
             write_into(sd)
         sd._loop, sd._dio = sess.attach()

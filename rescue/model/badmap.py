@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from rescue.errors import IntegrityError
 
@@ -71,7 +71,7 @@ class BadSectorMap:
         return self._starts
 
     @classmethod
-    def new(cls, size: int, status: str = NON_TRIED) -> "BadSectorMap":
+    def new(cls, size: int, status: str = NON_TRIED) -> BadSectorMap:
         return cls(size, [Block(0, size, status)] if size > 0 else [])
 
     def _check(self) -> None:
@@ -157,13 +157,29 @@ class BadSectorMap:
 
     # -- ddrescue's text format --------------------------------------------------------------
 
-    def to_mapfile(self, current_pos: int = 0, current_status: str = FINISHED, current_pass: int = 1, *,
-                   program: str = "rescue", command_line: str | None = None, start_time: str | None = None,
-                   current_time: str | None = None) -> str:
+    def to_mapfile(
+        self,
+        current_pos: int = 0,
+        current_status: str = FINISHED,
+        current_pass: int = 1,
+        *,
+        program: str = "rescue",
+        command_line: str | None = None,
+        start_time: str | None = None,
+        current_time: str | None = None,
+    ) -> str:
         """The map as a ddrescue mapfile. Times are passed in (not read from the clock) so the
         text is a function of its arguments; lines whose value is None are left out."""
-        return to_mapfile(self, current_pos, current_status, current_pass, program=program,
-                          command_line=command_line, start_time=start_time, current_time=current_time)
+        return to_mapfile(
+            self,
+            current_pos,
+            current_status,
+            current_pass,
+            program=program,
+            command_line=command_line,
+            start_time=start_time,
+            current_time=current_time,
+        )
 
 
 def _merged(blocks: Iterable[Block]) -> list[Block]:
@@ -176,9 +192,17 @@ def _merged(blocks: Iterable[Block]) -> list[Block]:
     return out
 
 
-def to_mapfile(badmap: BadSectorMap, current_pos: int = 0, current_status: str = FINISHED, current_pass: int = 1,
-               *, program: str = "rescue", command_line: str | None = None, start_time: str | None = None,
-               current_time: str | None = None) -> str:
+def to_mapfile(
+    badmap: BadSectorMap,
+    current_pos: int = 0,
+    current_status: str = FINISHED,
+    current_pass: int = 1,
+    *,
+    program: str = "rescue",
+    command_line: str | None = None,
+    start_time: str | None = None,
+    current_time: str | None = None,
+) -> str:
     """Layout as GNU ddrescue 1.27 writes it: comment heading, the status line
     `0x<pos>     <status>               <pass>`, then one `0x<pos>  0x<size>  <status>` line per
     merged block, hex upper case, at least 8 digits."""

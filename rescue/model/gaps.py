@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rescue.model.extents import MiB, Extent, normalize
-from rescue.model.layout import DiskLayout
+from rescue.model.extents import Extent, MiB, normalize
+from rescue.model.layout import DiskLayout, Partition
 
 GAP_WHOLE = 64 * MiB  # gaps up to this size are imaged whole
 GAP_PART = MiB  # of a larger gap, only the first MiB
@@ -45,7 +45,7 @@ def is_gap(name: str) -> bool:
 
 def label(name: str) -> str:
     """How logs and screens name a gap area."""
-    return "disk head" if name == HEAD else f"gap after partition {name[len('gap-p'):]}"
+    return "disk head" if name == HEAD else f"gap after partition {name[len('gap-p') :]}"
 
 
 def _occupied(layout: DiskLayout) -> list[Extent]:
@@ -54,7 +54,7 @@ def _occupied(layout: DiskLayout) -> list[Extent]:
     return normalize([(p.offset(ss), p.size(ss)) for p in layout.partitions])
 
 
-def _top(layout: DiskLayout) -> list:
+def _top(layout: DiskLayout) -> list[Partition]:
     """Primary and extended partitions by start: what a gap can follow."""
     return sorted((p for p in layout.partitions if p.kind != "logical"), key=lambda p: p.start)
 
@@ -79,7 +79,7 @@ def gaps(layout: DiskLayout) -> list[Gap]:
         return [Gap(HEAD, 0, min(MiB, layout.size), None)]
     out = [Gap(HEAD, 0, _imaged(top[0].offset(ss)), None)] if top[0].offset(ss) > 0 else []
     ends = _end_room(layout, layout.size)
-    for p, nxt in zip(top, top[1:] + [None]):
+    for p, nxt in zip(top, top[1:] + [None], strict=True):
         start = (p.end + 1) * ss
         stop = nxt.offset(ss) if nxt is not None else ends
         if stop > start:
@@ -95,7 +95,7 @@ def place(name: str, size: int, written: DiskLayout, target_size: int) -> tuple[
     if name == HEAD:
         room = top[0].offset(ss) if top else target_size
         return 0, max(0, min(size, room))
-    number = int(name[len("gap-p"):])
+    number = int(name[len("gap-p") :])
     p = next((q for q in top if q.number == number), None)
     if p is None:
         return 0, 0

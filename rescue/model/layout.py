@@ -3,7 +3,35 @@ target. Sizes are in bytes or sectors as named; sectors are logical sectors of t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import NotRequired, TypedDict, cast
+
+
+class PartitionDict(TypedDict):
+    """A Partition as JSON (manifest.json); keys with a default may be absent."""
+
+    number: int
+    start: int
+    end: int
+    type_guid: NotRequired[str | None]
+    mbr_type: NotRequired[int | None]
+    kind: NotRequired[str]
+    name: NotRequired[str]
+    flags: NotRequired[list[str]]
+    uuid: NotRequired[str | None]
+    attrs: NotRequired[str]
+    bootable: NotRequired[bool]
+
+
+class LayoutDict(TypedDict):
+    """A DiskLayout as JSON (manifest.json); keys with a default may be absent."""
+
+    table: str
+    sector_size: int
+    size: int
+    disk_id: NotRequired[str | None]
+    partitions: NotRequired[list[PartitionDict]]
+    physical_sector_size: NotRequired[int]
 
 
 @dataclass
@@ -39,13 +67,26 @@ class DiskLayout:
     partitions: list[Partition] = field(default_factory=list)
     physical_sector_size: int = 512
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> LayoutDict:
+        return cast(LayoutDict, asdict(self))  # asdict gives exactly the fields, recursively
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DiskLayout":
-        parts = [Partition(**p) for p in d.get("partitions", [])]
-        return cls(**{**d, "partitions": parts})
+    def from_dict(cls, d: LayoutDict) -> DiskLayout:
+        """The inverse of to_dict. An unknown key is a TypeError, as for Partition(**p)."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unexpected layout keys {sorted(unknown)}")
+        layout = cls(
+            table=d["table"],
+            sector_size=d["sector_size"],
+            size=d["size"],
+            partitions=[Partition(**p) for p in d.get("partitions", [])],
+        )
+        if "disk_id" in d:
+            layout.disk_id = d["disk_id"]
+        if "physical_sector_size" in d:
+            layout.physical_sector_size = d["physical_sector_size"]
+        return layout
 
     def data_partitions(self) -> list[Partition]:
         """Partitions that hold data (not the MBR extended container)."""

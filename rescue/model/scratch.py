@@ -9,9 +9,10 @@ and each deletes its scratch file, so a plan needs the largest of them, not the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from rescue.model.extents import MiB, Extent
+from rescue.model.extents import Extent, MiB
 
 # The resize tools move data out of the tail and write their metadata in front (resize2fs,
 # ntfsresize, btrfs's relocation, our FAT cut); this covers the little they may write past
@@ -43,13 +44,17 @@ class Scratch:
     def fits(self) -> bool:
         return self.need <= self.free
 
-    def describe(self, human) -> str:
+    def describe(self, human: Callable[[int], str]) -> str:
         place = f"RAM ({self.where})" if self.ram else self.where
-        return (f"scratch space for shrinking: up to {human(self.need)} (the data past the new end), "
-                f"in {place}, {human(self.free)} free")
+        return (
+            f"scratch space for shrinking: up to {human(self.need)} (the data past the new end), "
+            f"in {place}, {human(self.free)} free"
+        )
 
-    def refusal(self, human) -> str:
-        return (f"shrinking needs up to {human(self.need)} of scratch space for the data past the new "
-                f"end, and {'RAM' if self.ram else self.where} has only {human(self.free)} free: choose "
-                f"scratch space on a writable drive other than the target (--scratch DIR), or a "
-                f"larger target, or --layout grow-last")
+    def refusal(self, human: Callable[[int], str]) -> str:
+        return (
+            f"shrinking needs up to {human(self.need)} of scratch space for the data past the new "
+            f"end, and {'RAM' if self.ram else self.where} has only {human(self.free)} free: choose "
+            f"scratch space on a writable drive other than the target (--scratch DIR), or a "
+            f"larger target, or --layout grow-last"
+        )

@@ -44,7 +44,7 @@ def decode(blob: bytes, expected: bytes, where: str, dctx: zstandard.ZstdDecompr
     magic, version, codec, _, length = HEADER.unpack_from(blob)
     if magic != MAGIC or version != VERSION:
         raise IntegrityError(f"{where}: chunk {expected.hex()[:16]}… has a bad header")
-    payload = memoryview(blob)[HEADER.size:]
+    payload = memoryview(blob)[HEADER.size :]
     if codec == CODEC_STORED:
         data = bytes(payload)
     elif codec == CODEC_ZSTD:

@@ -38,7 +38,7 @@ class Index:
     digests: list[bytes] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, chunk_size: int, area_size: int) -> "Index":
+    def empty(cls, chunk_size: int, area_size: int) -> Index:
         count = (area_size + chunk_size - 1) // chunk_size
         return cls(chunk_size, area_size, [Kind.UNUSED] * count, [NO_DIGEST] * count)
 
@@ -55,12 +55,12 @@ class Index:
 
     def to_bytes(self) -> bytes:
         body = bytearray(HEADER.pack(MAGIC, VERSION, 32, self.chunk_size, self.area_size, self.count))
-        for kind, dig in zip(self.kinds, self.digests):
+        for kind, dig in zip(self.kinds, self.digests, strict=True):
             body += ENTRY.pack(int(kind), dig)
         return bytes(body) + hashlib.sha256(body).digest()
 
     @classmethod
-    def from_bytes(cls, blob: bytes, where: str) -> "Index":
+    def from_bytes(cls, blob: bytes, where: str) -> Index:
         if len(blob) < HEADER.size + 32:
             raise IntegrityError(f"{where}: index file is truncated")
         magic, version, dsize, chunk_size, area_size, count = HEADER.unpack_from(blob)

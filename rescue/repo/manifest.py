@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 from rescue.errors import IntegrityError
 from rescue.model import gaps
@@ -13,6 +15,53 @@ from rescue.model.layout import DiskLayout
 
 FORMAT = "rescue-image"
 VERSION = 1
+
+
+class FsFacts(TypedDict, total=False):
+    """A filesystem's facts as captured (rescue.filesystems.base.FsInfo as a dict)."""
+
+    type: str  # ext4, xfs, btrfs, vfat, ntfs, swap ...
+    uuid: str | None
+    label: str | None
+    used_bytes: int | None
+    min_size: int | None  # smallest partition it can be shrunk to, if known
+    map_source: str | None  # how the used-block map was obtained
+
+
+class AreaStats(TypedDict, total=False):
+    """Chunk counts of an area's index by kind (Kind names, lower case), and bytes."""
+
+    data: int
+    zero: int
+    unused: int
+    unreadable: int
+    data_bytes: int  # bytes in DATA chunks
+    mapped_bytes: int  # bytes the used-block map asked to read
+    map: str  # "whole", or where the used-block map came from
+
+
+class SourceFacts(TypedDict, total=False):
+    """The drive an image was captured from."""
+
+    path: str
+    model: str
+    serial: str
+    bus: str
+    size: int  # bytes
+    logical_sector_size: int
+    physical_sector_size: int
+
+
+class ImageStats(TypedDict, total=False):
+    """Totals of a capture."""
+
+    read_bytes: int
+    data_bytes: int
+    stored_bytes: int  # chunk bytes this image added to the repository
+    new_chunks: int
+    seconds: float
+    sectors_lost: int  # unreadable sectors, zero-filled
+    bad_map: str | None  # the ddrescue mapfile beside the manifest, when sectors were lost
 
 
 @dataclass
@@ -23,8 +72,8 @@ class Area:
     index: str  # index file name inside the image directory
     index_sha256: str
     partition: int | None = None
-    fs: dict | None = None  # FsInfo as a dict, None when unformatted or unknown
-    stats: dict = field(default_factory=dict)  # chunk counts by kind, mapped bytes, new stored bytes
+    fs: FsFacts | None = None  # None when unformatted or unknown
+    stats: AreaStats = field(default_factory=lambda: AreaStats())
 
     @property
     def label(self) -> str:
@@ -43,10 +92,10 @@ class Manifest:
     rescue_version: str
     chunk_size: int
     hash: str
-    source: dict  # path, model, serial, size, logical/physical sector size
+    source: SourceFacts
     layout: DiskLayout
     areas: list[Area]
-    stats: dict = field(default_factory=dict)  # totals: read, data, stored, seconds
+    stats: ImageStats = field(default_factory=lambda: ImageStats())
 
     def to_json(self) -> str:
         body = {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -54,7 +103,7 @@ class Manifest:
         return json.dumps(body, indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "Manifest":
+    def from_json(cls, text: str, where: str) -> Manifest:
         try:
             body = json.loads(text)
         except ValueError:
@@ -68,10 +117,16 @@ class Manifest:
             raise IntegrityError(f"{where}: manifest checksum mismatch (edited or damaged)")
         try:
             return cls(
-                name=body["name"], created=body["created"], rescue_version=body["rescue_version"],
-                chunk_size=body["chunk_size"], hash=body["hash"], source=body["source"],
+                name=body["name"],
+                created=body["created"],
+                rescue_version=body["rescue_version"],
+                chunk_size=body["chunk_size"],
+                hash=body["hash"],
+                source=body["source"],
                 layout=DiskLayout.from_dict(body["layout"]),
-                areas=[Area(**a) for a in body["areas"]], stats=body.get("stats", {}))
+                areas=[Area(**a) for a in body["areas"]],
+                stats=body.get("stats", {}),
+            )
         except (KeyError, TypeError) as e:
             raise IntegrityError(f"{where}: manifest lacks or mangles {e}") from None
 
@@ -82,6 +137,6 @@ class Manifest:
         raise KeyError(name)
 
 
-def _checksum(body: dict) -> str:
+def _checksum(body: Mapping[str, object]) -> str:
     clean = {k: v for k, v in body.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()
