@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from rescue import __version__, config
+from rescue import __version__, config, planview
 from rescue.browse import cli_commands as browse_cli
 from rescue.errors import Cancelled, RefusedError, RescueError
 from rescue.imaging.progress import TerminalProgress, fmt_bytes
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("disk")
     _layout_option(s)
     _scratch_option(s)
+    _new_ids_option(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plan)
 
@@ -357,15 +358,16 @@ def cmd_restore(args) -> int:
 
     cfg = _cfg(args)
     repo = Repository.open(args.repo)
-    plan = plan_restore(repo, args.name, args.disk, policy=args.layout, scratch_dir=args.scratch)
-    print(plan.table)
+    plan = plan_restore(repo, args.name, args.disk, policy=args.layout, scratch_dir=args.scratch,
+                        fresh_ids=args.new_ids)
+    print(planview.text(plan))
     if plan.fits:
         check_target_allowed(args.disk, str(repo.path))
         confirm_target(args.disk, args.yes)
     bar = TerminalProgress()
     try:
         result = restore(repo, args.name, args.disk, preverify=cfg.preverify and not args.no_preverify,
-                         progress=bar, plan=plan, fresh_ids=args.new_ids)
+                         progress=bar, plan=plan)
     finally:
         bar.close()
     print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
@@ -381,15 +383,14 @@ def cmd_clone(args) -> int:
 
     check_source(args.source)
     check_target(args.target, source=args.source)
-    plan = plan_clone(args.source, args.target, args.layout, scratch_dir=args.scratch)
-    print(plan.table)
+    plan = plan_clone(args.source, args.target, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids)
+    print(planview.text(plan))
     if not plan.fits:
         return 1
     confirm_target(args.target, args.yes)
     bar = TerminalProgress()
     try:
-        result = clone(args.source, args.target, policy=args.layout, retries=args.bad_sectors, progress=bar,
-                       fresh_ids=args.new_ids, scratch_dir=args.scratch)
+        result = clone(args.source, args.target, retries=args.bad_sectors, progress=bar, plan=plan)
     finally:
         bar.close()
     print(f"cloned {args.source} onto {args.target}: wrote {fmt_bytes(result.bytes_written)} in "
@@ -407,14 +408,11 @@ def cmd_plan(args) -> int:
     from rescue.repo.store import Repository
 
     plan = plan_restore(Repository.open(args.repo), args.name, args.disk, policy=args.layout,
-                        scratch_dir=args.scratch)
+                        scratch_dir=args.scratch, fresh_ids=args.new_ids)
     if args.json:
-        _print_json({"fits": plan.fits, "reason": plan.reason, "policy": plan.policy,
-                     "scratch": asdict(plan.scratch) if plan.scratch else None,
-                     "target_size": plan.target_size, "layout": plan.layout.to_dict(),
-                     "placements": {k: asdict(v) for k, v in plan.placements.items()}, "notes": plan.notes})
+        _print_json(planview.to_json(plan))
     else:
-        print(plan.table)
+        print(planview.text(plan))
     return 0 if plan.fits else 1
 
 

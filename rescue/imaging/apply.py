@@ -1,17 +1,18 @@
 """Writing a planned layout onto a drive, from any source of chunks: an image (restore) or
 another drive (clone). The only engine code that writes to a target drive.
 
-Order: the partition table, the bytes outside partitions (imaging/outside.py: boot code in
-the gap after the MBR, which writing a table clears), every partition's chunks at its planned
-offset; then, with the drive closed, filesystems grown in place or shrunk (never writing past
-the end of a smaller partition: a shrink writes the bytes past the new end to a scratch file,
-hw/splitdev.py); last, the bytes outside partitions read back and compared."""
+It executes a confirmed plan's actions (model/actions.py) in their order and nothing else:
+the partition table, the bytes outside partitions (imaging/outside.py: boot code in the gap
+after the MBR, which writing a table clears), every partition's chunks at its planned offset,
+filesystems grown in place or shrunk on the target (never writing past the end of a smaller
+partition: a shrink writes the bytes past the new end to a scratch file, hw/splitdev.py), the
+bytes outside partitions read back and compared, then the steps that make the drive boot."""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from rescue.errors import RescueError
@@ -19,21 +20,14 @@ from rescue.hw import blockdev
 from rescue.hw.loop import attached
 from rescue.hw.partitions import apply_layout
 from rescue.imaging import outside as outside_bytes
+from rescue.imaging import postrestore
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, fmt_bytes
-from rescue.model.extents import Extent, total
+from rescue.model import actions
+from rescue.model.actions import Action, Placement
+from rescue.model.extents import Extent
 from rescue.model.layout import DiskLayout
 from rescue.repo.index import Index, Kind
-
-
-@dataclass
-class Placement:
-    """Where one area lands on the target and what happens to its filesystem."""
-
-    offset: int  # bytes on the target
-    size: int  # bytes of the new partition (the area's own size when not resized)
-    action: str  # keep | move | grow | shrink
-    fstype: str | None = None
 
 
 @dataclass
@@ -67,58 +61,134 @@ class AreaSource:
         return sum(self.index.span(i)[1] for i, k in enumerate(self.index.kinds) if k in (Kind.DATA, Kind.ZERO))
 
 
-def write_drive(target: str, layout: DiskLayout, sources: list[AreaSource], placements: dict[str, Placement],
-                meter: Meter, workers: int, log: JobLog, scratch_dir: str) -> None:
-    outside = [s for s in sources if placements[s.name].action == "gap"]
-    shrinks = [s for s in sources if placements[s.name].action == "shrink"]
-    grows = [s for s in sources if placements[s.name].action == "grow"]
-    keep_out: list[Extent] = []
-    written = False  # once anything reached the target, an error must say so
-    try:
-        if layout.table != "none":
-            written = True
-            for note in apply_layout(target, layout):
-                log(note)
-            log(f"partition table written ({layout.table}, {len(layout.partitions)} partitions)")
-            keep_out = outside_bytes.protected(target, layout, layout.size)
-        fd = blockdev.open_drive(target, write=True)
-        written = True
+@dataclass
+class Job:
+    """What executing a confirmed plan needs besides its actions."""
+
+    target: str
+    image: DiskLayout  # the source's layout (image or drive)
+    layout: DiskLayout  # the layout being written
+    placements: dict[str, Placement]
+    sources: dict[str, AreaSource]  # by area name
+    meter: Meter
+    workers: int
+    log: JobLog
+    scratch_dir: str
+    recovered: Callable[[], None] = lambda: None  # clone: rewrite what later passes recovered
+    keep_out: list[Extent] = field(default_factory=list)  # the new table's own structures
+
+
+def execute(job: Job, actions: list[Action]) -> tuple[list[str], list[Action]]:
+    """Carry out `actions` (model/actions.py) in their order, each exactly as planned.
+    A failing action that aborts stops the job (its error says whether the target is partly
+    written); one that warns is logged and returned as a warning. Returns (warnings, the
+    actions executed)."""
+    warnings: list[str] = []
+    done: list[Action] = []
+    reread = False
+    for act in actions:
+        if not act.aborts and not reread:  # the steps after writing see the new table
+            _reread(job.target)
+            reread = True
+        job.log(f"step {len(done) + 1}/{len(actions)}: {act.what}")
         try:
-            for src in outside:  # after the table: writing a table clears the gap after the MBR
-                place = placements[src.name]
-                allowed = outside_bytes.pieces(place.offset, place.size, layout, keep_out)
-                outside_bytes.write(fd, src, place.offset, allowed, meter)
-                log(f"{src.label}: {fmt_bytes(total(allowed))} written at byte {place.offset}")
-            for src in sources:
-                if src not in outside and src not in shrinks:
-                    place = placements[src.name]
-                    write_area(fd, src, place.offset, meter, workers)
-                    log(f"{src.label}: written at byte {place.offset}")
-            blockdev.flush(fd)
-        finally:
-            os.close(fd)
-        # Resizing goes through loop devices over the new partitions, with the drive closed:
-        # the resize tools write through their own device.
-        for src in grows:
-            log(_resize_in_place(target, src, placements[src.name]))
-        for src in shrinks:
-            _write_shrunk(target, src, placements[src.name], meter, workers, log, scratch_dir)
-        outside_bytes.check(target, outside, placements, layout, keep_out)
-        if outside:
-            log("bytes outside the partitions read back equal to the image")
-    except RescueError as e:
-        if not written:
-            log(f"FAILED: {e}; nothing was written to {target}")
-            raise
-        log(f"FAILED: {e}; {target} is partly written")
-        err = type(e)(f"{e}; {target} is partly written: restore onto it again before using it")
-        err.exit_code = e.exit_code
-        raise err from None
+            _HANDLERS[act.kind](job, act)
+        except (RescueError, OSError) as e:
+            if act.aborts:
+                if isinstance(e, RescueError):
+                    raise _partly_written(job, e, done) from None
+                raise
+            warnings.append(f"the drive is written, but this step failed ({act.what}): {e}")
+            job.log(f"WARNING: {warnings[-1]}")
+        done.append(act)
+    if not reread:
+        _reread(job.target)
+    return warnings, done
+
+
+def _partly_written(job: Job, e: RescueError, done: list[Action]) -> RescueError:
+    if not done:
+        job.log(f"FAILED: {e}; nothing was written to {job.target}")
+        return e
+    job.log(f"FAILED: {e}; {job.target} is partly written")
+    err = type(e)(f"{e}; {job.target} is partly written: restore onto it again before using it")
+    err.exit_code = e.exit_code
+    return err
+
+
+def _reread(target: str) -> None:
     fd = blockdev.open_drive(target)
     try:
         blockdev.reread_partitions(fd)
     finally:
         os.close(fd)
+
+
+def _table(job: Job, act: Action) -> None:
+    for note in apply_layout(job.target, job.layout):
+        job.log(note)
+    job.keep_out = outside_bytes.protected(job.target, job.layout, job.layout.size)
+
+
+def _with_drive(job: Job, write: Callable[[int], None]) -> None:
+    fd = blockdev.open_drive(job.target, write=True)
+    try:
+        write(fd)
+        blockdev.flush(fd)
+    finally:
+        os.close(fd)
+
+
+def _gap(job: Job, act: Action) -> None:
+    """After the table: writing a table clears the gap after the MBR."""
+    src, place = job.sources[act.area], job.placements[act.area]
+    allowed = outside_bytes.pieces(place.offset, place.size, job.layout, job.keep_out)
+    _with_drive(job, lambda fd: outside_bytes.write(fd, src, place.offset, allowed, job.meter))
+
+
+def _write(job: Job, act: Action) -> None:
+    src, place = job.sources[act.area], job.placements[act.area]
+    _with_drive(job, lambda fd: write_area(fd, src, place.offset, job.meter, job.workers))
+
+
+def _grow(job: Job, act: Action) -> None:
+    """Written, then grown through a loop device over the new partition (the drive closed:
+    the resize tool writes through its own device)."""
+    _write(job, act)
+    job.log(_resize_in_place(job.target, job.sources[act.area], job.placements[act.area]))
+
+
+def _shrink(job: Job, act: Action) -> None:
+    _write_shrunk(job.target, job.sources[act.area], job.placements[act.area], job.meter, job.workers, job.log,
+                  job.scratch_dir)
+
+
+def _check_gaps(job: Job, act: Action) -> None:
+    outside = [job.sources[n] for n, p in job.placements.items() if p.action == "gap"]
+    outside_bytes.check(job.target, outside, job.placements, job.layout, job.keep_out)
+    job.log("bytes outside the partitions read back equal to the source")
+
+
+def _grub_pointers(job: Job, act: Action) -> None:
+    moved = actions.bios_boot_moved(job.image, job.layout)
+    assert moved is not None  # planned only when it moved
+    job.log(postrestore.patch_grub_bios(job.target, *moved, sector_size=job.layout.sector_size))
+
+
+_HANDLERS: dict[str, Callable[[Job, Action], None]] = {
+    actions.TABLE: _table,
+    actions.GAP: _gap,
+    actions.WRITE: _write,
+    actions.GROW: _grow,
+    actions.SHRINK: _shrink,
+    actions.RECOVERED: lambda job, act: job.recovered(),
+    actions.CHECK_GAPS: _check_gaps,
+    actions.GRUB_POINTERS: _grub_pointers,
+    actions.GRUB_GAP: lambda job, act: job.log(postrestore.check_grub_gap(job.target, job.layout)),
+    actions.NEW_IDS: lambda job, act: postrestore.new_ids(job.target, job.log),
+    actions.EFI_FALLBACK: lambda job, act: postrestore.ensure_efi_fallback(job.target, job.log),
+    actions.BOOT_ENTRY: lambda job, act: postrestore.add_boot_entry(job.target, job.log),
+}
 
 
 def write_area(fd: int, src: AreaSource, base: int, meter: Meter, workers: int) -> None:
@@ -148,11 +218,11 @@ def write_chunks(src: AreaSource, put: Callable[[bytes, int], None], zero: Calla
 
 
 def _resize_in_place(target: str, src: AreaSource, place: Placement) -> str:
-    from rescue.filesystems.resize import resize_filesystem
+    from rescue.filesystems.resize import resizer
 
     fs = src.fs or {}
     with attached(target, offset=place.offset, size=place.size) as dev:
-        return resize_filesystem(fs["type"], dev, place.size, label=fs.get("label"), uuid=fs.get("uuid"))
+        return resizer(fs["type"]).resize(dev, place.size, label=fs.get("label"), uuid=fs.get("uuid"))
 
 
 def _write_shrunk(target: str, src: AreaSource, place: Placement, meter: Meter, workers: int, log: JobLog,
@@ -161,11 +231,12 @@ def _write_shrunk(target: str, src: AreaSource, place: Placement, meter: Meter, 
     the new partition go straight to their final place, those past its end to a scratch file
     in scratch_dir; the resize tool sees both as one device of the old size (hw/splitdev.py)
     and moves the tail into the partition. Nothing past the new partition's end is touched."""
-    from rescue.filesystems.resize import resize_filesystem, shrink_plan_check
+    from rescue.filesystems.resize import resizer
     from rescue.hw.splitdev import split_device
 
     fs = src.fs or {}
-    shrink_plan_check(fs["type"], None, place.size, current_size=src.size)
+    filesystem = resizer(fs["type"])
+    filesystem.shrink_check(None, place.size, current_size=src.size)
 
     def write_into(sd) -> None:
         def zero(pos: int, n: int) -> None:  # past the new end the scratch file is a hole already
@@ -177,6 +248,6 @@ def _write_shrunk(target: str, src: AreaSource, place: Placement, meter: Meter, 
     log(f"{src.label}: shrinking {fmt_bytes(src.size)} -> {fmt_bytes(place.size)} on the target, "
         f"scratch in {scratch_dir}")
     with split_device(target, place.offset, place.size, src.size, scratch_dir, write_into) as sd:
-        log(resize_filesystem(fs["type"], sd.path, place.size, label=fs.get("label"), uuid=fs.get("uuid")))
+        log(filesystem.resize(sd.path, place.size, label=fs.get("label"), uuid=fs.get("uuid")))
         peak = sd.scratch_bytes()
     log(f"{src.label}: shrunk in place; scratch space used {fmt_bytes(peak)}")

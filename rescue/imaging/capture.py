@@ -24,9 +24,11 @@ from rescue.filesystems.base import FsInfo, Volume
 from rescue.hw import blockdev
 from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
+from rescue.imaging.chunkread import UsedChunkReader, keep_only, patch, used_parts
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
-from rescue.model.extents import Extent, in_range, total, with_edges
+from rescue.imaging.verify import chunk_where
+from rescue.model.extents import Extent, total, with_edges
 from rescue.model.gaps import gaps
 from rescue.model.layout import DiskLayout
 from rescue.repo import chunks
@@ -92,9 +94,10 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
     for name, number, vol in spans:
         area = AreaPlan(name, vol.offset, vol.size, partition=number)
         try:
-            area.fs, mod = identify(vol)
-            if mod is not None:
-                area.used = with_edges(mod.used_extents(vol), vol.size)
+            found = identify(vol)  # facts and used-block map from one read of the metadata
+            area.fs = found.info
+            if found.extents is not None:
+                area.used = with_edges(found.extents, vol.size)
         except RescueError as e:
             # A damaged filesystem is still imaged, whole: losing bytes is worse than time.
             log(f"{area.name}: cannot map used blocks ({e}); imaging every byte")
@@ -156,13 +159,14 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
         plan = plan_capture(source, log)
         meter = Meter("capture", plan.read_bytes(), progress, cancel)
         storer = _Storer(repo, level)
-        with TolerantReader(source, retries=retries, timeout=read_timeout) as reader:
+        with TolerantReader(source, retries=retries, timeout=read_timeout, check=meter.check_cancel) as reader:
             facts = _source_facts(source, reader.fd, plan.layout)
             deferred: dict[tuple[int, int], bytes] = {}
+            chunk_reader = UsedChunkReader(reader, repo.chunk_size)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                indexes = [_capture_area(reader, a, ap, repo, storer, pool, meter, log, workers, deferred)
+                indexes = [_capture_area(chunk_reader, a, ap, repo, storer, pool, meter, log, workers, deferred)
                            for a, ap in enumerate(plan.areas)]
-                lost = _finish_bad_sectors(reader, plan, indexes, repo, storer, pool, deferred, meter, log,
+                lost = _finish_bad_sectors(reader, name, plan, indexes, repo, storer, pool, deferred, meter, log,
                                            workers)
             bad = list(reader.map.bad_ranges())
             if bad:
@@ -189,7 +193,7 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
                          str(image_dir / "log.txt"), lost, bad)
 
 
-def _capture_area(reader: TolerantReader, a: int, ap: AreaPlan, repo: Repository, storer: _Storer,
+def _capture_area(chunk_reader: UsedChunkReader, a: int, ap: AreaPlan, repo: Repository, storer: _Storer,
                   pool: ThreadPoolExecutor, meter: Meter, log: JobLog, workers: int,
                   deferred: dict[tuple[int, int], bytes]) -> Index:
     """Read and store one area's used chunks. A chunk whose bad sectors the reader left for
@@ -197,16 +201,16 @@ def _capture_area(reader: TolerantReader, a: int, ap: AreaPlan, repo: Repository
     twice: once with holes now, once completed after finish()."""
     index = Index.empty(repo.chunk_size, ap.size)
     zero = bytes(repo.chunk_size)
+    reader = chunk_reader.reader
     pending: list[tuple[Index, int, Future]] = []
     meter.begin_area(ap.label, ap.read_bytes())
     for i in range(index.count):
         start, length = index.span(i)
-        parts = _used_parts(ap, start, length)
-        if not parts:
+        got = chunk_reader.read(ap, start, length)
+        if got is None:
             continue  # Index.empty() marks every chunk UNUSED
-        got = reader.read(ap.offset + start, length)
-        data = got.data if len(parts) == 1 and parts[0].length == length else _keep_only(got.data, parts)
-        meter.advance(sum(p.length for p in parts))
+        data = got.data
+        meter.advance(got.used)
         if got.bad and reader.unsettled(ap.offset + start, ap.offset + start + length) \
                 and len(deferred) * repo.chunk_size < DEFER_BYTES:
             deferred[(a, i)] = data
@@ -232,13 +236,9 @@ def _settle(pending: list[tuple[Index, int, Future]], limit: int) -> None:
         index.set(i, Kind.DATA, fut.result())
 
 
-def _used_parts(ap: AreaPlan, start: int, length: int) -> list[Extent]:
-    return [Extent(0, length)] if ap.used is None else in_range(ap.used, start, start + length)
-
-
-def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list[Index], repo: Repository,
-                        storer: _Storer, pool: ThreadPoolExecutor, deferred: dict[tuple[int, int], bytes],
-                        meter: Meter, log: JobLog, workers: int) -> int:
+def _finish_bad_sectors(reader: TolerantReader, name: str, plan: CapturePlan, indexes: list[Index],
+                        repo: Repository, storer: _Storer, pool: ThreadPoolExecutor,
+                        deferred: dict[tuple[int, int], bytes], meter: Meter, log: JobLog, workers: int) -> int:
     """ddrescue's later passes over what the first pass could not read, then store the
     deferred chunks and, completed, the chunks already stored whose bytes were recovered.
     Returns the sectors still unreadable."""
@@ -258,20 +258,17 @@ def _finish_bad_sectors(reader: TolerantReader, plan: CapturePlan, indexes: list
     for a, i in sorted(set(touched) | set(deferred)):
         ap, index = plan.areas[a], indexes[a]
         start, length = index.span(i)
-        parts = _used_parts(ap, start, length)
+        parts = used_parts(ap, start, length)
         if not parts:
             continue
         base = ap.offset + start
         if (a, i) in deferred:
-            chunk = bytearray(deferred.pop((a, i)))
+            chunk = deferred.pop((a, i))
         elif index.kinds[i] == Kind.DATA:
-            chunk = bytearray(repo.read_chunk(index.digests[i], f"{ap.name} chunk {i}"))
+            chunk = repo.read_chunk(index.digests[i], chunk_where(name, ap.name, i, start), length)
         else:
-            chunk = bytearray(length)
-        for offset, data in touched.get((a, i), []):
-            lo, hi = max(offset, base), min(offset + len(data), base + length)
-            chunk[lo - base:hi - base] = data[lo - offset:hi - offset]
-        patched = _keep_only(bytes(chunk), parts)
+            chunk = bytes(length)
+        patched = keep_only(patch(chunk, base, touched.get((a, i), [])), parts)
         if sum(n for _, n in reader.map.missing_ranges(base, base + length)) >= length:
             index.set(i, Kind.UNREADABLE)
         elif patched == bytes(length):
@@ -309,15 +306,6 @@ def _area_record(ap: AreaPlan, index: Index, image_dir: Path) -> Area:
                 fs=dict(vars(ap.fs)) if ap.fs is not None else None,
                 stats={**counts, "data_bytes": data_bytes, "mapped_bytes": ap.read_bytes(),
                        "map": "whole" if ap.used is None else (ap.fs.map_source if ap.fs else "map")})
-
-
-def _keep_only(data: bytes, parts: list[Extent]) -> bytes:
-    """Zero the bytes the filesystem does not use: better compression and deduplication."""
-    out = bytearray(len(data))
-    view = memoryview(data)
-    for p in parts:
-        out[p.start:p.end] = view[p.start:p.end]
-    return bytes(out)
 
 
 def _source_facts(source: str, fd: int, layout: DiskLayout) -> dict:

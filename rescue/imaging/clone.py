@@ -11,13 +11,16 @@ from pathlib import Path
 
 from rescue.errors import RefusedError
 from rescue.hw.badread import TolerantReader
-from rescue.imaging import postrestore
-from rescue.imaging.apply import AreaFacts, AreaSource, write_drive
-from rescue.imaging.capture import CapturePlan, _keep_only, _used_parts, plan_capture
+from rescue.imaging.apply import AreaFacts, AreaSource, Job, execute
+from rescue.imaging.capture import AreaPlan, CapturePlan, plan_capture
+from rescue.imaging.chunkread import UsedChunkReader
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.restore import RestorePlan, plan_onto
-from rescue.repo.index import Index, Kind
+from rescue.model.actions import Action
+from rescue.repo.index import Index
+
+CHUNK = 4 << 20  # the size clone reads the source in, as capture's default chunk
 
 
 @dataclass
@@ -29,65 +32,69 @@ class CloneResult:
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)
     log_path: str = ""
     warnings: list[str] = field(default_factory=list)  # steps after writing that failed
+    actions: list[Action] = field(default_factory=list)  # the plan's actions, as executed
 
 
 def plan_clone(source: str, target: str, policy: str = "auto", capture_plan: CapturePlan | None = None,
-               scratch_dir: str | None = None) -> RestorePlan:
+               scratch_dir: str | None = None, fresh_ids: bool = False) -> RestorePlan:
     if os.path.realpath(source) == os.path.realpath(target):
         raise RefusedError(f"the target {target} is the source drive")
     cap = capture_plan or plan_capture(source)
     areas = [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None, a.used) for a in cap.areas]
-    return plan_onto(source, cap.layout, areas, target, policy, cap.read_bytes(), scratch_dir)
+    plan = plan_onto(source, cap.layout, areas, target, policy, cap.read_bytes(), scratch_dir,
+                     fresh_ids=fresh_ids, clone=True)
+    plan.capture = cap
+    return plan
 
 
 def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, read_timeout: float = 30.0,
           progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
           threads: int | None = None, log_dir: Path | None = None, fresh_ids: bool = False,
-          scratch_dir: str | None = None) -> CloneResult:
+          scratch_dir: str | None = None, plan: RestorePlan | None = None) -> CloneResult:
+    """Clone `source` onto `target`: exactly the confirmed `plan` when given (from plan_clone;
+    policy, fresh_ids and scratch_dir are then the plan's), else a plan made here."""
     from rescue.hw.safety import check_source, check_target
 
     started = time.monotonic()
     check_source(source)
     check_target(target, source=source)
     log = JobLog(_log_path(log_dir))
-    cap = plan_capture(source, log)
-    plan = plan_clone(source, target, policy, cap, scratch_dir)
+    if plan is None:
+        plan = plan_clone(source, target, policy, plan_capture(source, log), scratch_dir, fresh_ids)
+    cap = plan.capture
+    assert cap is not None, "a clone plan comes from plan_clone"
     plan.check()
     log(f"cloning {source} onto {target} ({fmt_bytes(plan.target_size)}), layout {plan.policy}")
     meter = Meter("clone", plan.write_bytes, progress, cancel)
-    with TolerantReader(source, retries=retries, timeout=read_timeout) as reader:
-        lock = threading.Lock()
-        sources = []
+    with TolerantReader(source, retries=retries, timeout=read_timeout, check=meter.check_cancel) as reader:
+        chunk_reader = UsedChunkReader(reader, CHUNK)
+        sources = {}
         for ap in cap.areas:
-            index = Index.empty(1 << 22, ap.size)
-            for i in range(index.count):
-                start, length = index.span(i)
-                if _used_parts(ap, start, length):
-                    index.set(i, Kind.DATA)
+            index = chunk_reader.index(ap)
 
-            def fetch(i: int, ap=ap, index=index) -> bytes:
+            def fetch(i: int, ap: AreaPlan = ap, index: Index = index) -> bytes:
                 start, length = index.span(i)
-                with lock:  # the reader is not thread-safe; writing still overlaps
-                    got = reader.read(ap.offset + start, length)
-                parts = _used_parts(ap, start, length)
-                return got.data if len(parts) == 1 and parts[0].length == length else _keep_only(got.data, parts)
+                got = chunk_reader.read(ap, start, length)  # reads take turns; writing still overlaps
+                return got.data if got is not None else bytes(length)  # the index asks for used chunks only
 
             fs = dict(vars(ap.fs)) if ap.fs else None
-            sources.append(AreaSource(ap.name, ap.label, ap.size, fs, index, fetch))
-        write_drive(target, plan.layout, sources, plan.placements, meter, threads or os.cpu_count() or 1,
-                    log, plan.scratch_dir())
-        # Bad sectors met on the way: a last trim and retry pass, then the recovered bytes
-        # go to where their area now lives.
-        lost = 0
-        if reader.sectors_lost:
-            _rewrite_recovered(reader, cap, plan, target, log)
-            lost = reader.sectors_lost
+            sources[ap.name] = AreaSource(ap.name, ap.label, ap.size, fs, index, fetch)
+
+        def recovered() -> None:
+            """Bad sectors met on the way: a last trim and retry pass, then the recovered
+            bytes go to where their area now lives."""
+            if reader.sectors_lost:
+                _rewrite_recovered(reader, cap, plan, target, log)
+
+        job = Job(target, cap.layout, plan.layout, plan.placements, sources, meter, threads or os.cpu_count() or 1,
+                  log, plan.scratch_dir(), recovered)
+        warnings, done = execute(job, plan.actions)
+        lost = reader.sectors_lost
         bad = list(reader.map.bad_ranges())
-    warnings = postrestore.finish_drive(target, cap.layout, plan.layout, log, fresh_ids=fresh_ids)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s, {lost} unreadable sectors")
-    return CloneResult(target, meter.done, seconds, lost, bad, str(log.path or ""), warnings)
+    return CloneResult(target, meter.done, seconds, lost, bad, str(log.path or ""), warnings, done)
 
 
 def _rewrite_recovered(reader: TolerantReader, cap: CapturePlan, plan: RestorePlan, target: str, log: JobLog) -> None:

@@ -32,23 +32,19 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rescue.errors import DeviceError, FilesystemError, RescueError
-from rescue.filesystems import probe
+from rescue.filesystems import lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.filesystems.fat import mtools_env
-from rescue.filesystems.resize import private_mount
 from rescue.hw.loop import attached
 from rescue.hw.partitions import read_layout
 from rescue.hw.run import output, run
+from rescue.model.actions import bios_boot_moved
 from rescue.model.layout import DiskLayout, Partition
 
 Log = Callable[[str], None]
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ESP_MBR = 0xEF
-EXT = ("ext2", "ext3", "ext4")
-FAT = ("vfat", "msdos")
-# Filesystems that may hold /etc/fstab or a /boot, mounted read-write to fix references.
-LINUX_FS = EXT + ("xfs", "btrfs")
 # Files that name filesystems or partitions by UUID, relative to a filesystem's root: a root
 # filesystem (etc/..., boot/...) or a separate /boot (grub/...).
 REFERENCE_FILES = ("etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline",
@@ -74,11 +70,6 @@ def _partition(target: str, layout: DiskLayout, p: Partition) -> Iterator[str]:
 def mbr_partuuid(disk_id: str, number: int) -> str:
     """The PARTUUID Linux gives an MBR partition: the disk id in hex and the number."""
     return f"{int(disk_id, 16):08x}-{number:02x}"
-
-
-def vfat_uuid(volume_id: int) -> str:
-    """blkid's spelling of a FAT volume id."""
-    return f"{volume_id >> 16:04X}-{volume_id & 0xFFFF:04X}"
 
 
 def new_ids(target: str, log: Log) -> dict[str, str]:
@@ -146,96 +137,21 @@ def _new_table_ids(target: str, layout: DiskLayout, log: Log) -> dict[str, str]:
 
 
 def _new_fs_uuid(target: str, layout: DiskLayout, p: Partition, fstype: str, old: str, log: Log) -> str | None:
+    """The filesystem's class renumbers it (Filesystem.new_uuid) through a loop device over
+    the partition; blkid must then read the new UUID back."""
     where = f"partition {p.number} ({fstype})"
     vol = _volume(target, layout, p)
-    if fstype in FAT:
-        new = _new_fat_id(vol)
-    elif fstype in _METHODS:
-        with _partition(target, layout, p) as dev:
-            new = _METHODS[fstype](dev)
-    else:
+    fs = lookup(fstype)
+    if fs is None or not fs.can_renumber:
         log(f"new ids: {where} UUID {old} left as is (no way to renumber {fstype})")
         return None
+    with _partition(target, layout, p) as dev:
+        new = fs.new_uuid(dev)
     after = probe(vol).get("UUID", "")
     if after.lower() != new.lower():
         raise FilesystemError(f"{where}: UUID is {after or 'gone'} after renumbering, expected {new}")
     log(f"new ids: {where} UUID {old} -> {new}")
     return new
-
-
-def _ext(dev: str) -> str:
-    # tune2fs -U on a metadata_csum filesystem rewrites every checksum and insists on a freshly
-    # checked filesystem; 0 clean, 1 corrected, anything else is not fit to touch.
-    proc = run(["e2fsck", "-fy", dev], check=False, timeout=None)
-    if proc.returncode not in (0, 1):
-        raise FilesystemError(f"e2fsck found errors it could not fix on {dev} (exit {proc.returncode})")
-    new = str(uuidlib.uuid4())
-    run(["tune2fs", "-U", new, dev], timeout=None)
-    return new
-
-
-def _xfs(dev: str) -> str:
-    new = str(uuidlib.uuid4())
-    run(["xfs_admin", "-U", new, dev], timeout=None)
-    return new
-
-
-def _btrfs(dev: str) -> str:
-    """-U rewrites the fsid in every metadata block (slower than -M, which only records a
-    metadata_uuid, but any kernel mounts the result). The kernel's cache of btrfs devices
-    still lists this one under the old fsid: forget it."""
-    new = str(uuidlib.uuid4())
-    run(["btrfs", "device", "scan", "--forget", dev], check=False)
-    run(["btrfstune", "-f", "-U", new, dev], timeout=None)
-    run(["btrfs", "device", "scan", "--forget", dev], check=False)
-    return new
-
-
-def _ntfs(dev: str) -> str:
-    new = f"{secrets.randbits(64):016X}"
-    run(["ntfslabel", f"--new-serial={new}", dev])
-    return new
-
-
-def _swap(dev: str) -> str:
-    new = str(uuidlib.uuid4())
-    run(["swaplabel", "-U", new, dev])
-    return new
-
-
-_METHODS: dict[str, Callable[[str], str]] = {
-    **{t: _ext for t in EXT}, "xfs": _xfs, "btrfs": _btrfs, "ntfs": _ntfs, "swap": _swap}
-
-
-def _new_fat_id(vol: Volume) -> str:
-    """No tool here rewrites a FAT volume id (mlabel -N would, but also touches the label),
-    so the 4 bytes are written in the boot sector, and in FAT32's backup boot sector."""
-    from rescue.filesystems import fat
-
-    bpb = fat.read_bpb(vol)
-    if bpb.volume_id is None:
-        raise FilesystemError(f"FAT at byte {vol.offset}: no extended boot signature, so no volume id to change")
-    at = 0x43 if bpb.fat_bits == 32 else 0x27
-    new_id = secrets.randbits(32)
-    bps = bpb.bytes_per_sector
-    fd = os.open(vol.path, os.O_RDWR)
-    try:
-        sectors = [0]
-        if bpb.fat_bits == 32:
-            boot = os.pread(fd, bps, vol.offset)
-            backup = int.from_bytes(boot[0x32:0x34], "little")
-            if 0 < backup < bpb.reserved_sectors:
-                sectors.append(backup)
-        for s in sectors:
-            sector = bytearray(os.pread(fd, bps, vol.offset + s * bps))
-            if s and sector[510:512] != b"\x55\xaa":
-                continue  # no valid backup there: leave whatever it is
-            sector[at:at + 4] = new_id.to_bytes(4, "little")
-            os.pwrite(fd, bytes(sector), vol.offset + s * bps)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return vfat_uuid(new_id)
 
 
 # --- references to the old ids -----------------------------------------------------------------
@@ -290,14 +206,17 @@ def _fix_references(target: str, layout: DiskLayout, fs_types: dict[int, str], m
     already new, and the other partitions' references must still follow them."""
     for p in layout.data_partitions():
         fstype = fs_types.get(p.number)
+        fs = lookup(fstype)
+        if fs is None:
+            continue
         try:
-            if fstype in LINUX_FS:
-                with _partition(target, layout, p) as dev, _mounted_rw(dev, fstype) as mnt:
+            if fs.linux_config:  # may hold fstab or a /boot: a private read-write mount
+                with _partition(target, layout, p) as dev, fs.mounted(dev) as mnt:
                     for path in _reference_files(Path(mnt)):
                         n = _rewrite_file(path, mapping)
                         if n:
                             log(f"new ids: partition {p.number}: /{path.relative_to(mnt)}: {n} id(s) rewritten")
-            elif fstype in FAT:
+            elif fs.mtools:  # an ESP's EFI/<vendor>/grub.cfg, through mtools
                 with _partition(target, layout, p) as dev:
                     for name in _fat_grub_cfgs(dev):
                         n = _rewrite_fat_file(dev, name, mapping)
@@ -305,11 +224,6 @@ def _fix_references(target: str, layout: DiskLayout, fs_types: dict[int, str], m
                             log(f"new ids: partition {p.number}: {name[3:]}: {n} id(s) rewritten")
         except (RescueError, OSError) as e:
             log(f"WARNING: new ids: partition {p.number} ({fstype}): references to the old ids not checked: {e}")
-
-
-def _mounted_rw(dev: str, fstype: str):
-    """A private read-write mount; xfs gets nouuid, since the original may be mounted too."""
-    return private_mount(dev, fstype, "rw,nouuid" if fstype == "xfs" else "rw")
 
 
 def _mdir(dev: str, path: str) -> list[str]:
@@ -382,7 +296,8 @@ def ensure_efi_fallback(target: str, log: Log) -> bool:
     layout = read_layout(target)
     changed = False
     for p in esp_partitions(layout):
-        if probe(_volume(target, layout, p)).get("TYPE") not in FAT:
+        fs = lookup(probe(_volume(target, layout, p)).get("TYPE"))
+        if fs is None or not fs.mtools:  # mtools is how the loader gets copied
             log(f"EFI fallback: partition {p.number} is an ESP without a FAT filesystem; skipped")
             continue
         with _partition(target, layout, p) as dev:
@@ -573,53 +488,13 @@ def check_grub_gap(target: str, written: DiskLayout) -> str:
             f"first partition (sector {first}); it finds /boot through the partition table")
 
 
-def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] | None:
-    """(old, new) start sector of the BIOS boot partition when a restore placed it elsewhere."""
-    def start(layout: DiskLayout) -> dict[int, int]:
-        return {p.number: p.start for p in layout.partitions if "bios_grub" in p.flags
-                or (p.type_guid or "").upper() == "21686148-6449-6E6F-744E-656564454649"}
-
-    old, new = start(image), start(written)
-    for number, s in old.items():
-        if number in new and new[number] != s:
-            return s, new[number]
-    return None
-
-
 def expected_boot_code(head: bytes, image: DiskLayout, written: DiskLayout) -> bytes:
     """The image's first bytes as they should stand on a drive restored onto `written`: with
-    GRUB's boot.img pointer moved along with a moved BIOS boot partition (what finish_drive
-    does on purpose)."""
+    GRUB's boot.img pointer moved along with a moved BIOS boot partition (the
+    grub-bios-pointers action does that on purpose)."""
     moved = bios_boot_moved(image, written)
     if not moved or grub_bios_pointers(head) != moved[0]:
         return head
     out = bytearray(head)
     out[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8] = moved[1].to_bytes(8, "little")
     return bytes(out)
-
-
-def finish_drive(target: str, image: DiskLayout, written: DiskLayout, log: Log, *,
-                 fresh_ids: bool = False) -> list[str]:
-    """Everything a written drive needs before it boots: restore and clone call this once the
-    bytes are on the target. A step that fails does not undo the written data: it comes back
-    as a warning (also in the log) for the person to act on."""
-    warnings: list[str] = []
-
-    def step(what: str, action: Callable[[], object]) -> None:
-        try:
-            action()
-        except (RescueError, OSError) as e:
-            warnings.append(f"the drive is written, but {what} failed: {e}")
-            log(f"WARNING: {warnings[-1]}")
-
-    moved = bios_boot_moved(image, written)
-    if moved:
-        step("pointing GRUB's BIOS boot code at its moved core image",
-             lambda: log(patch_grub_bios(target, *moved, sector_size=written.sector_size)))
-    elif written.table != "none":
-        step("checking GRUB's core image after the MBR", lambda: log(check_grub_gap(target, written)))
-    if fresh_ids:
-        step("giving it new ids", lambda: new_ids(target, log))
-    step("adding the removable-media EFI loader", lambda: ensure_efi_fallback(target, log))
-    step("adding a UEFI boot entry", lambda: add_boot_entry(target, log))
-    return warnings

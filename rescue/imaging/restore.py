@@ -11,30 +11,34 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from rescue.errors import RefusedError, RescueError, TooSmallError, UsageError
+from rescue.filesystems import lookup
 from rescue.hw import blockdev
 from rescue.hw.partitions import read_layout
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.hw.scratch import space as scratch_space
-from rescue.imaging import postrestore
-from rescue.imaging.apply import AreaFacts, Placement, write_drive
+from rescue.hw.firmware import uefi_firmware
+from rescue.imaging.apply import AreaFacts, Job, execute
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import check_chunks, data_chunks, image_source, load_indexes
 from rescue.model import gaps
+from rescue.model.actions import Action, Placement, plan_actions
 from rescue.model.extents import Extent, normalize
 from rescue.model.layout import DiskLayout
 from rescue.model.scratch import Scratch, shrink_need
-from rescue.model.plan import PartFacts, plan_layout
+from rescue.model.plan import LayoutPlan, PartFacts, plan_layout
 from rescue.repo.index import Index, Kind
-from rescue.repo.manifest import Manifest
+from rescue.repo.manifest import Manifest, area_label
 from rescue.repo.store import Repository, now_iso
 
+if TYPE_CHECKING:
+    from rescue.imaging.capture import CapturePlan
+
 POLICIES = ("auto", "same", "proportional", "grow-last")
-GROWABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "ntfs", "vfat", "swap"}
-SHRINKABLE = {"ext2", "ext3", "ext4", "btrfs", "ntfs", "vfat", "swap"}
 
 
 @dataclass
@@ -50,15 +54,30 @@ class RestorePlan:
     write_bytes: int
     placements: dict[str, Placement]  # by area name
     notes: list[str] = field(default_factory=list)
-    table: str = ""  # the plan as a person reads it
     scratch: Scratch | None = None  # where shrinks keep the data past the new end; None: no shrink
+    source_layout: DiskLayout | None = None  # the image's (or source drive's) table
+    actions: list[Action] = field(default_factory=list)  # exactly what executing it does, in order
+    layout_plan: LayoutPlan | None = None  # the planner's answer, for renderers
+    capture: CapturePlan | None = None  # a clone's reading plan of its source
 
     def check(self) -> None:
-        """Refuse a plan that cannot be carried out, before anything is written."""
+        """Refuse a plan that cannot be carried out, before anything is written; and a plan
+        made for a target that has changed since (another drive under the same name, a new
+        table written by someone else): the person confirmed what they were shown."""
         if self.scratch is not None and not self.scratch.fits:
             raise RefusedError(self.reason)
         if not self.fits:
             raise TooSmallError(self.reason)
+        size, sector_size = target_geometry(self.target_path)
+        try:
+            now: DiskLayout | None = read_layout(self.target_path)
+        except RescueError:
+            now = None
+        was = self.current.to_dict() if self.current else None
+        if (size, sector_size) != (self.target_size, self.layout.sector_size) or \
+                (now.to_dict() if now else None) != was:
+            raise RefusedError(f"{self.target_path} changed since the plan was made (its size or partition "
+                               f"table is not what the plan was shown with); plan again")
 
     def scratch_dir(self) -> str:
         return self.scratch.where if self.scratch else default_scratch_dir()
@@ -75,6 +94,7 @@ class RestoreResult:
     verified: bool
     log_path: str
     warnings: list[str] = field(default_factory=list)  # steps after writing that failed
+    actions: list[Action] = field(default_factory=list)  # the plan's actions, as executed
 
 
 def target_geometry(path: str) -> tuple[int, int]:
@@ -87,26 +107,29 @@ def target_geometry(path: str) -> tuple[int, int]:
 
 
 def facts_of(areas: list[AreaFacts]) -> dict[int, PartFacts]:
-    """What the planner may do with each partition, from what capture recorded."""
+    """What the planner may do with each partition, from what capture recorded and what its
+    filesystem class allows (nothing, for contents no class knows)."""
     out = {}
     for area in areas:
         if area.partition is not None:
             fstype = (area.fs or {}).get("type")
+            fs = lookup(fstype)
             out[area.partition] = PartFacts(fstype=fstype, min_size=(area.fs or {}).get("min_size"),
-                                            can_shrink=fstype in SHRINKABLE, can_grow=fstype in GROWABLE)
+                                            can_shrink=fs is not None and fs.can_shrink,
+                                            can_grow=fs is not None and fs.can_grow)
     return out
 
 
 def plan_restore(repo: Repository, name: str, target: str, policy: str = "auto",
                  manifest: Manifest | None = None, indexes: dict[str, Index] | None = None,
-                 scratch_dir: str | None = None) -> RestorePlan:
+                 scratch_dir: str | None = None, fresh_ids: bool = False) -> RestorePlan:
     """The layout that would be written on `target`, and whether the data fits. Writes nothing."""
     if manifest is None or indexes is None:
         manifest, indexes = load_indexes(repo, name)
     write = sum(indexes[a.name].span(i)[1] for a in manifest.areas
                 for i, k in enumerate(indexes[a.name].kinds) if k in (Kind.DATA, Kind.ZERO))
     areas = [AreaFacts(a.name, a.partition, a.size, a.fs, _held(indexes[a.name])) for a in manifest.areas]
-    return plan_onto(name, manifest.layout, areas, target, policy, write, scratch_dir)
+    return plan_onto(name, manifest.layout, areas, target, policy, write, scratch_dir, fresh_ids=fresh_ids)
 
 
 def _held(index: Index) -> list[Extent]:
@@ -126,7 +149,8 @@ def _keep_gaps(areas: list[AreaFacts]) -> dict[int | None, int]:
 
 
 def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str, policy: str,
-              write: int, scratch_dir: str | None = None) -> RestorePlan:
+              write: int, scratch_dir: str | None = None, *, fresh_ids: bool = False,
+              clone: bool = False) -> RestorePlan:
     """Plan `image` (an image's or a source drive's layout) onto `target`. Policy auto: the
     same layout on a drive of the same size, proportional otherwise."""
     if policy not in POLICIES:
@@ -141,8 +165,9 @@ def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str,
         reason = (f"fits: {what} needs {fmt_bytes(image.size)}, {target} has {fmt_bytes(size)}" if fits
                   else _too_small(target, image.size, size))
         layout = DiskLayout.from_dict({**image.to_dict(), "size": size})
-        return RestorePlan(what, target, size, "same", layout, current, fits, reason, write,
-                           {areas[0].name: Placement(0, areas[0].size, "keep")}, table=reason)
+        whole = {areas[0].name: Placement(0, areas[0].size, "keep")}
+        return RestorePlan(what, target, size, "same", layout, current, fits, reason, write, whole,
+                           source_layout=image, actions=plan_actions(image, layout, whole, _labels(areas)))
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
     lp = plan_layout(image, facts_of(areas), size, sector_size, policy, _keep_gaps(areas))
@@ -156,15 +181,19 @@ def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str,
             placements[area.name] = Placement(m.new_start, m.new_size, m.action, (area.fs or {}).get("type"))
     reason = lp.reason if lp.fits else _too_small(target, size + lp.shortfall, size, lp.reason)
     plan = RestorePlan(what, target, size, policy, lp.layout, current, lp.fits, reason, write,
-                       placements, list(lp.notes), lp.render())
+                       placements, list(lp.notes), source_layout=image, layout_plan=lp)
     plan.scratch = _scratch(areas, placements, scratch_dir)
+    plan.actions = plan_actions(image, lp.layout, placements, _labels(areas), fresh_ids=fresh_ids,
+                                uefi=uefi_firmware(), clone=clone, scratch=plan.scratch_dir())
     if plan.scratch is not None:
         plan.notes.append(plan.scratch.describe(fmt_bytes))
-        plan.table += f"\n  - {plan.notes[-1]}"
         if plan.fits and not plan.scratch.fits:
             plan.fits, plan.reason = False, plan.scratch.refusal(fmt_bytes)
-            plan.table += f"\n{plan.reason}"
     return plan
+
+
+def _labels(areas: list[AreaFacts]) -> dict[str, str]:
+    return {a.name: area_label(a.name, (a.fs or {}).get("type")) for a in areas}
 
 
 def _scratch(areas: list[AreaFacts], placements: dict[str, Placement], where: str | None) -> Scratch | None:
@@ -191,7 +220,8 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
     started = time.monotonic()
     manifest, indexes = load_indexes(repo, name)
     check_target_allowed(target, str(repo.path))
-    plan = plan or plan_restore(repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir)
+    plan = plan or plan_restore(repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir,
+                                fresh_ids=fresh_ids)
     plan.check()
     log = JobLog(_log_path(repo, name, log_dir))
     log(f"restoring image {name} from {repo.path} onto {target} ({fmt_bytes(plan.target_size)})")
@@ -204,13 +234,13 @@ def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
         check_chunks(repo, name, refs, meter, workers)
         log(f"image verified: {len(refs)} chunks")
     meter = Meter("restore", plan.write_bytes, progress, cancel)
-    sources = [image_source(repo, name, area, indexes[area.name]) for area in manifest.areas]
-    write_drive(target, plan.layout, sources, plan.placements, meter, workers, log, plan.scratch_dir())
-    warnings = postrestore.finish_drive(target, manifest.layout, plan.layout, log, fresh_ids=fresh_ids)
+    sources = {area.name: image_source(repo, name, area, indexes[area.name]) for area in manifest.areas}
+    job = Job(target, manifest.layout, plan.layout, plan.placements, sources, meter, workers, log, plan.scratch_dir())
+    warnings, done = execute(job, plan.actions)
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")
-    return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""), warnings)
+    return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""), warnings, done)
 
 
 def check_target_allowed(target: str, repo_path: str) -> None:

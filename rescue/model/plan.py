@@ -81,32 +81,6 @@ class LayoutPlan:
     reason: str = ""
     notes: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
-        """The plan as a person reads it before confirming: a table and the reasons."""
-        head = (f"plan ({self.policy}) for a {human(self.target_size)} target, "
-                f"{self.layout.table}, {self.sector_size}-byte sectors: "
-                f"{'fits' if self.fits else 'DOES NOT FIT'}")
-        rows = [("#", "partition", "old start", "old size", "new start", "new size", "action")]
-        moves = {m.number: m for m in self.moves}
-        for p in sorted(self.layout.partitions, key=lambda p: p.start):  # extended first
-            m = moves.get(p.number)
-            if m is None:
-                rows.append((str(p.number), "extended", "", "", _mib(p.offset(self.sector_size)),
-                             _mib(p.size(self.sector_size)), "holds the logicals"))
-                continue
-            rows.append((str(m.number), _short_label(p, m.fstype),
-                         _mib(m.old_start), _mib(m.old_size), _mib(m.new_start), _mib(m.new_size),
-                         m.action))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [head]
-        for r in rows:
-            cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1])]
-            cells += [c.rjust(w) for c, w in zip(r[2:6], widths[2:6])]
-            cells.append(r[6])
-            lines.append("  " + "  ".join(cells).rstrip())
-        lines.append(self.reason)
-        lines += [f"  - {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 def resize_margin(min_size: int) -> int:
@@ -251,6 +225,7 @@ class _Planner:
         if f.can_shrink and f.min_size is not None:
             shrink_to = _up(f.min_size + resize_margin(f.min_size), ALIGN)
         if shrink_to is not None and shrink_to < old:
+            assert f.min_size is not None  # shrink_to is computed from it
             it.lo = shrink_to
             it.why_lo = (f"can shrink to {human(shrink_to)}: minimum {human(f.min_size)} "
                          f"+ margin {human(resize_margin(f.min_size))}")
@@ -266,7 +241,7 @@ class _Planner:
                 it.why_lo = (f"cannot shrink: minimum {human(f.min_size)} + margin "
                              f"{human(resize_margin(f.min_size))} leaves no room")
         it.hi = None if f.can_grow else _down(old, ALIGN)
-        if not f.can_grow and it.lo >= it.hi:
+        if it.hi is not None and it.lo >= it.hi:
             it.fixed = f"{f.fstype or 'its contents'} can neither grow nor shrink usefully"
             it.lo = it.hi = kept
 
@@ -281,7 +256,7 @@ class _Planner:
         cursor = max(self.first, _up(self.keep_gaps.get(None, 0), ss))
         end = 0
 
-        def gap_after(top) -> int:
+        def gap_after(top: _Item | Partition) -> int:
             """Room kept after a top-level partition for the bytes its image gap holds."""
             return _up(self.keep_gaps.get(top.number, 0), ss)
 
@@ -328,7 +303,7 @@ class _Planner:
     def _old_sizes(self) -> dict[int, int]:
         return {it.number: _up(it.old_size, self.ss) for it in self.items}
 
-    def _same(self):
+    def _same(self) -> tuple[_Placed, int]:
         prefer = {it.number: it.old_start for it in self.items}
         if self.ext is not None:
             prefer[self.ext.number] = self.ext.start * self.image.sector_size
@@ -337,11 +312,11 @@ class _Planner:
         for it in self.items:
             if placed.starts[it.number] != it.old_start:
                 self.notes.append(f"{label(it.part, it.facts)} moves to "
-                                  f"{_mib(placed.starts[it.number])}: its image start is not "
+                                  f"{mib(placed.starts[it.number])}: its image start is not "
                                   f"usable on the target ({self.ss}-byte sectors)")
         return placed, max(0, placed.end - self.usable_end)
 
-    def _proportional(self):
+    def _proportional(self) -> tuple[_Placed, int]:
         movable = [it for it in self.items if not it.fixed]
         base = {it.number: (0 if not it.fixed else it.lo) for it in self.items}
         empty = self.place(base, {}, exact=False)
@@ -357,7 +332,7 @@ class _Planner:
         share = _share(avail // ALIGN, [it.old_size for it in movable],
                        [it.lo // ALIGN for it in movable],
                        [None if it.hi is None else it.hi // ALIGN for it in movable])
-        sizes = {**base, **{it.number: n * ALIGN for it, n in zip(movable, share)}}
+        sizes = {**base, **{it.number: n * ALIGN for it, n in zip(movable, share, strict=True)}}
         placed = self._keep_near(sizes, movable, {})
         smaller = self.size < self.image.size
         for it in movable:
@@ -370,7 +345,7 @@ class _Planner:
                 self.notes.append(f"{name} cannot grow: keeps {human(new)}")
         return placed, 0
 
-    def _grow_last(self):
+    def _grow_last(self) -> tuple[_Placed, int]:
         """The last resizable partition takes the difference. When it cannot give back
         enough, the one before it is tried, and so on; when it cannot grow, an earlier one
         that can grows instead. First with the image's starts kept up to the changing
@@ -380,8 +355,9 @@ class _Planner:
                              "which takes or gives back the difference")
         best_short: tuple[int, _Placed] | None = None
         for keep_starts in (True, False):
-            capped = None
-            for cand in list(reversed(movable)) or [None]:
+            capped: tuple[_Item, dict[int, int], dict[int, int], int, int] | None = None
+            candidates: list[_Item | None] = [*reversed(movable)] or [None]
+            for cand in candidates:
                 prefer = self._prefix_starts(cand) if keep_starts else {}
                 sizes = self._old_sizes()
                 for it in movable:  # whole MiB keeps the arithmetic linear; see _keep_near
@@ -391,7 +367,7 @@ class _Planner:
                 if cand is not None and avail >= cand.lo:
                     new = max(_down(avail, ALIGN), cand.lo)
                     if cand.hi is not None and new > cand.hi:
-                        capped = capped or (cand, prefer, sizes, avail)
+                        capped = capped or (cand, prefer, sizes, avail, cand.hi)
                         continue
                     sizes[cand.number] = new
                     return self._grown(cand, movable, prefer, sizes, keep_starts), 0
@@ -404,10 +380,10 @@ class _Planner:
                 if best_short is None or short < best_short[0]:
                     best_short = (short, placed)
             if capped is not None:
-                cand, prefer, sizes, avail = capped
-                sizes[cand.number] = cand.hi
+                cand, prefer, sizes, avail, hi = capped
+                sizes[cand.number] = hi
                 self.notes.append(f"no resizable partition can grow: "
-                                  f"{human(avail - cand.hi)} stays unallocated")
+                                  f"{human(avail - hi)} stays unallocated")
                 return self._grown(cand, movable, prefer, sizes, keep_starts), 0
         assert best_short is not None
         return best_short[1], best_short[0]
@@ -516,7 +492,7 @@ class _Planner:
             if m.action in ("grow", "shrink"):
                 a, b = human(m.old_size), human(m.new_size)
                 if a == b:
-                    a, b = _mib(m.old_size), _mib(m.new_size)
+                    a, b = mib(m.old_size), mib(m.new_size)
                 changes.append(f"{name} {m.action}s {a} → {b}")
             elif m.action == "move":
                 changes.append(f"{name} moves")
@@ -550,18 +526,19 @@ def _share(total: int, weights: list[int], lo: list[int], hi: list[int | None]) 
     factor k with sum(clamp(k·w)) == total on the piecewise linear curve, then hands the
     rounding remainder to the largest fractions. The caller guarantees sum(lo) <= total."""
     n = len(weights)
-    if all(h is not None for h in hi) and sum(hi) <= total:  # type: ignore[arg-type]
-        return list(hi)  # type: ignore[arg-type]
+    caps = [h for h in hi if h is not None]
+    if len(caps) == n and sum(caps) <= total:
+        return caps
 
     def at(k: Fraction) -> list[Fraction]:
         out = []
-        for w, l, h in zip(weights, lo, hi):
-            x = max(k * w, Fraction(l))
+        for w, low, h in zip(weights, lo, hi, strict=True):
+            x = max(k * w, Fraction(low))
             out.append(x if h is None else min(x, Fraction(h)))
         return out
 
-    points = sorted({Fraction(l, w) for l, w in zip(lo, weights)}
-                    | {Fraction(h, w) for h, w in zip(hi, weights) if h is not None})
+    points = sorted({Fraction(low, w) for low, w in zip(lo, weights, strict=True)}
+                    | {Fraction(h, w) for h, w in zip(hi, weights, strict=True) if h is not None})
     k_lo, k_hi = Fraction(0), None
     for b in points:
         if sum(at(b)) >= total:
@@ -569,9 +546,15 @@ def _share(total: int, weights: list[int], lo: list[int], hi: list[int | None]) 
             break
         k_lo = b
     mid = k_lo + 1 if k_hi is None else (k_lo + k_hi) / 2
-    slope = sum(w for w, l, h in zip(weights, lo, hi)
-                if mid * w > l and (h is None or mid * w < h))
-    k = k_hi if slope == 0 else k_lo + (total - sum(at(k_lo))) / slope
+    slope = sum(w for w, low, h in zip(weights, lo, hi, strict=True)
+                if mid * w > low and (h is None or mid * w < h))
+    if slope == 0:
+        # Flat only at a breakpoint that reached total: were every size capped below it,
+        # the early return above would have answered.
+        assert k_hi is not None
+        k = k_hi
+    else:
+        k = k_lo + (total - sum(at(k_lo), Fraction(0))) / slope
     exact = at(k)
     sizes = [math.floor(x) for x in exact]
     left = total - sum(sizes)
@@ -584,7 +567,7 @@ def _share(total: int, weights: list[int], lo: list[int], hi: list[int | None]) 
 # ---- words --------------------------------------------------------------------------------
 
 
-def _names(p: Partition, fstype: str | None) -> list[str]:
+def names(p: Partition, fstype: str | None) -> list[str]:
     bits = [p.name] if p.name else []
     if fstype and fstype.lower() != p.name.lower():
         bits.append(fstype)
@@ -593,15 +576,8 @@ def _names(p: Partition, fstype: str | None) -> list[str]:
 
 def label(p: Partition, facts: PartFacts | None = None) -> str:
     """How a partition is named to the person: number, then name and filesystem if known."""
-    bits = _names(p, facts.fstype if facts else None)
+    bits = names(p, facts.fstype if facts else None)
     return f"#{p.number} ({', '.join(bits)})" if bits else f"#{p.number}"
-
-
-def _short_label(p: Partition, fstype: str | None) -> str:
-    bits = _names(p, fstype)
-    if p.kind == "logical":
-        bits.append("logical")
-    return ", ".join(bits) or "-"
 
 
 def human(n: int, rounding: str = "nearest") -> str:
@@ -617,7 +593,8 @@ def human(n: int, rounding: str = "nearest") -> str:
     return f"{n} bytes"
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
+    """Positions and sizes in plan tables and notes: whole MiB, or two decimals when not."""
     if n % MiB == 0:
         return f"{n // MiB} MiB"
     return f"{n / MiB:.2f} MiB"

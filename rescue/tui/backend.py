@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 
 from rescue.errors import (Cancelled, FilesystemError, IntegrityError, RefusedError, RepoError,
                            RescueError, UsageError)
+from rescue import planview
 from rescue.model.layout import DiskLayout
 
 ProgressFn = Callable[[object], None]  # receives rescue.imaging.progress.Progress
@@ -62,7 +63,6 @@ class ImageInfo:
 
 
 POLICIES = ("auto", "same", "proportional", "grow-last")  # the engine's layout policies
-FAT_TYPES = ("vfat", "fat", "fat12", "fat16", "fat32", "msdos")
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Plan:
     write_bytes: int
     new_fs: dict[int, str] = field(default_factory=dict)  # partition number -> filesystem type
     policy: str = "same"  # as resolved by the engine ("auto" becomes same or proportional)
-    table: str = ""  # the engine's plan as text (may be wider than the screen)
+    lines: list[tuple[str, str]] = field(default_factory=list)  # rescue.planview's lines: (kind, text)
     notes: list[str] = field(default_factory=list)
     engine_plan: Any = None  # handed back to the engine unchanged
 
@@ -125,7 +125,11 @@ class ImagePart:
 
     @property
     def fat(self) -> bool:
-        return self.fstype in FAT_TYPES
+        """FAT (the filesystem class says mtools reads it): listed only through the kernel's
+        vfat, else copied whole with mtools."""
+        from rescue.filesystems import lookup
+        fs = lookup(self.fstype)
+        return fs is not None and fs.mtools
 
 
 @dataclass
@@ -410,7 +414,7 @@ class RealBackend:
     def _plan(p, areas: list[tuple[int | None, dict | None]]) -> Plan:
         new_fs = {n: fs["type"] for n, fs in areas if n is not None and fs and fs.get("type")}
         return Plan(p.target_path, p.target_size, p.layout, p.current, p.fits, ascii_text(p.reason),
-                    p.write_bytes, new_fs, p.policy, ascii_text(p.table),
+                    p.write_bytes, new_fs, p.policy, [(k, ascii_text(t)) for k, t in planview.plan_lines(p)],
                     [ascii_text(n) for n in p.notes], engine_plan=p)
 
     def plan_restore(self, repo_path: str, name: str, target_path: str, policy: str = "auto") -> Plan:
@@ -475,7 +479,7 @@ class RealBackend:
 
     # browse -----------------------------------------------------------------------------------
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
-        from rescue.browse.mounts import NOT_MOUNTABLE
+        from rescue.filesystems import lookup
         from rescue.repo.store import Repository
         out = []
         m = Repository.open(repo_path).manifest(name)
@@ -488,8 +492,8 @@ class RealBackend:
             refused = None
             if not fstype or fstype == "raw":
                 refused = "no filesystem"
-            elif fstype in NOT_MOUNTABLE:
-                refused = NOT_MOUNTABLE[fstype]
+            elif (kind := lookup(fstype)) is not None and kind.no_files:
+                refused = kind.no_files
             part = by_number.get(a.partition)
             label = fs.get("label") or (part.name if part else "") or ""
             out.append(ImagePart(a.partition, a.size, fstype, label, fs.get("used_bytes"), refused))

@@ -30,6 +30,7 @@ import threading
 import time
 
 from rescue.errors import Cancelled, RefusedError, RepoError, UsageError
+from rescue.filesystems import lookup
 from rescue.imaging.progress import Progress, fmt_bytes
 from rescue.model.layout import DiskLayout, Partition
 from rescue.tui.backend import (BrowseSession, CaptureOutcome, CloneOutcome, CopyOutcome, DriveInfo,
@@ -39,9 +40,12 @@ from rescue.tui.backend import (BrowseSession, CaptureOutcome, CloneOutcome, Cop
 MiB = 1 << 20
 SECTOR = 512
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-RESIZABLE = {"ext2", "ext3", "ext4", "btrfs", "ntfs", "vfat", "swap"}  # as the engine says
-GROW_ONLY = {"xfs"}
-NOT_BROWSABLE = {"swap": "swap space holds no files"}
+
+
+def _is_fat(fstype: str | None) -> bool:
+    """An ESP is FAT: the filesystem class that mtools reads."""
+    kind = lookup(fstype)
+    return kind is not None and kind.mtools
 
 
 def _layout_of(parts: list[dict], disk_size: int) -> DiskLayout:
@@ -49,7 +53,7 @@ def _layout_of(parts: list[dict], disk_size: int) -> DiskLayout:
     start, out = MiB // SECTOR, []
     for i, p in enumerate(parts, 1):
         length = int(p["size"]) // SECTOR
-        esp = p.get("fstype") == "vfat" and p.get("label", "").upper() == "EFI"
+        esp = _is_fat(p.get("fstype")) and p.get("label", "").upper() == "EFI"
         out.append(Partition(number=i, start=start, end=start + length - 1, name=p.get("label", ""),
                              type_guid=ESP_GUID if esp else None))
         start += length
@@ -63,9 +67,11 @@ def _facts(parts: list[dict]) -> dict:
     out = {}
     for i, p in enumerate(parts, 1):
         fs = p.get("fstype") or None
+        kind = lookup(fs)
         used = p.get("used", p["size"] // 4)
         out[i] = PartFacts(fs, int(p.get("min_size", used + used // 4)) if fs else None,
-                           can_shrink=fs in RESIZABLE, can_grow=fs in RESIZABLE | GROW_ONLY)
+                           can_shrink=kind is not None and kind.can_shrink,
+                           can_grow=kind is not None and kind.can_grow)
     return out
 
 
@@ -87,8 +93,10 @@ def _plan(what: str, parts: list[dict], source_size: int, target: DriveInfo, pol
                   f"{fmt_bytes(target.size)}, short by {fmt_bytes(lp.shortfall)} ({lp.shortfall} bytes)"
                   + (f"; {lp.reason}" if lp.reason else ""))
     new_fs = {i: p.get("fstype", "") for i, p in enumerate(parts, 1)}
+    from rescue import planview
+    shown = planview.lines(lp, image, reason, lp.notes, [])
     return Plan(target.path, target.size, lp.layout, current, lp.fits, ascii_text(reason), write, new_fs,
-                policy, ascii_text(lp.render()), [ascii_text(n) for n in lp.notes])
+                policy, [(k, ascii_text(t)) for k, t in shown], [ascii_text(n) for n in lp.notes])
 
 
 def _entry(path: str, name: str, node: dict) -> FileEntry:
@@ -245,7 +253,8 @@ class DryRunBackend:
         out = []
         for i, p in enumerate(self._image(repo_path, name).get("partitions", []), 1):
             fs = p.get("fstype", "")
-            refused = "no filesystem" if not fs else NOT_BROWSABLE.get(fs)
+            kind = lookup(fs)
+            refused = "no filesystem" if not fs else kind.no_files if kind is not None else None
             out.append(ImagePart(i, int(p["size"]), fs, p.get("label", ""), p.get("used"), refused))
         return out
 

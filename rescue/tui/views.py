@@ -164,28 +164,25 @@ def squeeze_table(lines: list[str], width: int = WIDTH) -> list[str]:
 
 
 def plan_lines(plan: Plan, width: int = WIDTH) -> list[Any]:
-    """The engine's plan text for the screen: the table rows narrowed as one block, the other
-    lines (heading, reason, notes) left to wrap."""
-    lines = plan.table.splitlines() or [plan.reason]
+    """The engine's plan lines (rescue.planview) for the screen: table rows narrowed as one
+    block, the bars clipped, notes and steps left to wrap. The verdict is shown above the
+    table already, in the plan's own words."""
     out: list[Any] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("  ") and not line.startswith("  - "):
-            j = i
-            while j < len(lines) and lines[j].startswith("  ") and not lines[j].startswith("  - "):
-                j += 1
-            out += [("table", r) for r in squeeze_table(lines[i:j], width)]
-            i = j
+    block: list[str] = []
+    for kind, line in plan.lines or [("reason", plan.reason)]:
+        if kind == "table":
+            block.append(line)
             continue
-        if line.startswith("  - "):
-            out.append(("note", line))
-        elif out and out[-1][0] == "table" and i + 1 < len(lines) and lines[i + 1].startswith("  - ") \
-                or line.strip() in plan.reason or i == len(lines) - 1 and out and out[-1][0] == "table":
-            pass  # the planner's verdict: shown above the table, in the plan's own words
-        else:
+        if block:
+            out += [("table", r) for r in squeeze_table(block, width)]
+            block = []
+        if kind == "bar":
+            out.append(("table", clip(line, width)))
+        elif kind == "note":
+            out.append(("note", "  - " + line))
+        elif kind != "reason":
             out.append(("text", line))
-        i += 1
+    out += [("table", r) for r in squeeze_table(block, width)] if block else []
     return out
 
 

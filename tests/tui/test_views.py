@@ -71,18 +71,19 @@ def test_plan_view_with_many_partitions_and_a_wide_table_still_fits():
         return f"  {n:>2}    {label:<20}" + "".join(f"    {c:>13}" for c in sizes) + f"    {action}"
     rows = "\n".join(row(str(i), f"data number {i:>2}, ntfs", f"{i * 1000} MiB", f"{i * 9000} MiB",
                           f"{i * 1000} MiB", f"{i * 9000} MiB", "shrink") for i in range(1, 40))
-    table = ("plan (proportional) for a 931.3 GiB target, gpt, 512-byte sectors: fits\n"
-             + row("#", "partition", "old start", "old size", "new start", "new size", "action") + "\n"
-             + rows + "\nfits in 931.3 GiB\n  - a note that is long enough to wrap " + "x " * 40)
+    table = [row("#", "partition", "old start", "old size", "new start", "new size", "action")] + rows.splitlines()
+    shown = ([("heading", "plan (proportional) for a 931.3 GiB target, gpt, 512-byte sectors: fits")]
+             + [("table", r) for r in table] + [("reason", "fits in 931.3 GiB"),
+                                                ("note", "a note that is long enough to wrap " + "x " * 40)])
     plan = Plan("/dev/sda", SDA.size, lay, lay, True, "fits in 931.3 GiB", 1 << 30, policy="proportional",
-                table=table)
+                lines=shown)
     c = ctrl(controllers.PlanStep)
     v = views.PlanView(c, "Restore: the plan for sda", "Image x onto sda:", SDA, plan, "auto",
                        [PartInfo(f"sda{i}", 1 << 20) for i in range(30)])
     lines = render(v)
     assert len(lines) == 24 and all(len(l) <= 80 for l in lines)
     assert "< Continue >" in "\n".join(lines)
-    assert len(table.splitlines()[2]) > 80
+    assert len(table[1]) > 80
     row = next(l for l in lines if "number  1," in l)
     assert row.rstrip().endswith("shrink"), "the table was cut instead of narrowed"
     keys(v, "page down")

@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import pytest
 
+from rescue.planview import layout_text
 from rescue.errors import UsageError
 from rescue.model.layout import DiskLayout, Partition
 from rescue.model.plan import (ESP_GUID, MSR_GUID, SWAP_GUID, WINRE_GUID, BIOS_BOOT_GUID,
@@ -189,12 +190,12 @@ def test_four_gib_image(name, policy, gib, fits, actions, sizes, starts):
     image, facts = image_of(), facts_of()
     plan = plan_layout(image, facts, gib * GiB, 512, policy)
     check(plan, image, facts)
-    assert plan.fits is fits, plan.render()
-    assert tuple(m.action for m in plan.moves) == actions, plan.render()
+    assert plan.fits is fits, layout_text(plan)
+    assert tuple(m.action for m in plan.moves) == actions, layout_text(plan)
     if sizes is not None:
-        assert [m.new_size for m in plan.moves] == [s * MiB for s in sizes], plan.render()
+        assert [m.new_size for m in plan.moves] == [s * MiB for s in sizes], layout_text(plan)
     if starts is not None:
-        assert [m.new_start for m in plan.moves] == [s * MiB for s in starts], plan.render()
+        assert [m.new_start for m in plan.moves] == [s * MiB for s in starts], layout_text(plan)
     if fits:
         assert plan.reason.startswith("fits")
 
@@ -237,7 +238,7 @@ def test_cannot_fit(name, policy, target, shortfall, named):
     plan = plan_layout(image, facts, target, 512, policy)
     check(plan, image, facts)
     assert not plan.fits
-    assert plan.shortfall == shortfall, (plan.shortfall - shortfall, plan.render())
+    assert plan.shortfall == shortfall, (plan.shortfall - shortfall, layout_text(plan))
     assert "needs at least" in plan.reason and "short by" in plan.reason
     for n in named:
         assert n in plan.reason, plan.reason
@@ -263,7 +264,7 @@ def test_tiny_targets_never_raise(name, policy, target):
     plan = plan_layout(image, facts, target, 512, policy)
     assert not plan.fits and plan.shortfall > 0
     check(plan, image, facts)
-    assert plan.render()
+    assert layout_text(plan)
 
 
 # ---- MBR --------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def test_mbr_logicals(policy, gib):
     image, facts = mbr4(), mbr4_facts()
     plan = plan_layout(image, facts, gib * GiB, 512, policy)
     check(plan, image, facts)
-    assert plan.fits is (gib >= 4 or policy != "same"), plan.render()
+    assert plan.fits is (gib >= 4 or policy != "same"), layout_text(plan)
     lay = {p.number: p for p in plan.layout.partitions}
     ext, logicals = lay[2], [lay[5], lay[6], lay[7]]
     assert ext.kind == "extended" and all(p.kind == "logical" for p in logicals)
@@ -496,7 +497,7 @@ def test_random_layouts(seed):
         check(plan, image, facts)
         if not plan.fits:
             bigger = plan_layout(image, facts, target + plan.shortfall, ss, policy)
-            assert bigger.fits, plan.render()
+            assert bigger.fits, layout_text(plan)
             assert not plan_layout(image, facts, target + plan.shortfall - ss, ss, policy).fits
 
 
@@ -509,7 +510,7 @@ def test_bad_input_is_a_usage_error():
 
 def test_render_shows_every_partition():
     plan = plan_layout(mbr4(), mbr4_facts(), 3 * GiB, 512, "proportional")
-    text = plan.render()
+    text = layout_text(plan)
     assert "fits" in text.splitlines()[0]
     for n in ("1", "2", "5", "6", "7"):
         assert any(line.split()[0] == n for line in text.splitlines()[1:8])

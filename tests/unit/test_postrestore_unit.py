@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rescue.imaging.postrestore import (add_boot_entry, bios_boot_moved, blocklist, efibootmgr_argv,
+from rescue.model.actions import bios_boot_moved
+from rescue.imaging.postrestore import (add_boot_entry, blocklist, efibootmgr_argv,
                                         esp_partitions, grub_bios_pointers, mbr_partuuid, patch_diskboot,
-                                        replace_ids, vfat_uuid)
+                                        replace_ids)
 from rescue.model.layout import DiskLayout, Partition
 
 BOOT_IMG = Path("/usr/lib/grub/i386-pc/boot.img")
@@ -25,8 +26,10 @@ def test_mbr_partuuid_is_disk_id_and_number_in_hex():
 
 
 def test_vfat_uuid_is_spelled_like_blkid():
-    assert vfat_uuid(0x47F0C63C) == "47F0-C63C"
-    assert vfat_uuid(0x0000000A) == "0000-000A"
+    from rescue.filesystems.fat import volume_id_text
+
+    assert volume_id_text(0x47F0C63C) == "47F0-C63C"
+    assert volume_id_text(0x0000000A) == "0000-000A"
 
 
 # --- rewriting references -----------------------------------------------------------------------------
