@@ -3,7 +3,7 @@ data past the new end in scratch) against restoring the same image onto a drive 
 size, in one run.
 
 The image is the bench drive of imaging.py (2.5 GiB, ext4, ~1.1 GiB in use). Each round
-restores it onto a blank same-size drive and onto a blank 1.75 GiB drive, the order alternating
+restores it onto a blank same-size drive and onto a blank 2.3 GiB drive, the order alternating
 between rounds, page cache dropped before each run; every result is checked (fsck clean, the
 same files as the source). Prints each run, the medians, and shrink throughput as a share of
 the same-size restore's (target: at least 70%)."""
@@ -11,6 +11,7 @@ the same-size restore's (target: at least 70%)."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imaging import DRIVE_SIZE, PART_START, VENV_PY, WORK, MiB, _losetup, build_drive, drop_caches, say  # noqa: E402
 
 ROUNDS = 3
-SMALLER = 1792 * MiB
+SMALLER = 2368 * MiB  # resize2fs -P puts this filesystem's minimum at 2.1 GiB (+5% margin)
 
 
 def _restore(repo: Path, size: int, name: str) -> tuple[float, Path]:
@@ -40,7 +41,7 @@ def _restore(repo: Path, size: int, name: str) -> tuple[float, Path]:
     finally:
         subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL)
         subprocess.run(["losetup", "-d", dev])
-    assert ("shrink" in out) == (size < DRIVE_SIZE), out
+    assert bool(re.search(r"\sshrink$", out, re.M)) == (size < DRIVE_SIZE), out  # the table's action column
     return seconds, target
 
 
@@ -53,7 +54,7 @@ def _tree(image: Path) -> str:
     mnt.mkdir(exist_ok=True)
     try:
         subprocess.run(["e2fsck", "-fn", dev], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["mount", "-o", "ro", dev, str(mnt)], check=True)
+        subprocess.run(["mount", "-o", "ro,noload", dev, str(mnt)], check=True)
         try:
             return subprocess.run(["bash", "-c", "find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum"],
                                   cwd=mnt, check=True, stdout=subprocess.PIPE, text=True).stdout.split()[0]
@@ -93,7 +94,7 @@ def main() -> int:
     print()
     print(f"image data {data / MiB:.0f} MiB; {ROUNDS} rounds, order alternated; medians:")
     print(f"  restore onto the same size:        {same:6.2f} s  {data / same / 1e6:6.0f} MB/s")
-    print(f"  restore onto 1.75 GiB (shrinking): {small:6.2f} s  {data / small / 1e6:6.0f} MB/s")
+    print(f"  restore onto 2.3 GiB (shrinking):  {small:6.2f} s  {data / small / 1e6:6.0f} MB/s")
     print(f"shrink-restore throughput vs same-size restore: {same / small:.0%} (target >= 70%)")
     return 0
 
