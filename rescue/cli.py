@@ -43,91 +43,133 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rescue",
         description="Capture, restore, verify and browse whole-drive images. "
-                    "Images live in a repository directory: deduplicated, zstd-compressed chunks, "
-                    "each checked on every read.")
+        "Images live in a repository directory: deduplicated, zstd-compressed chunks, "
+        "each checked on every read.",
+    )
     p.add_argument("--version", action="version", version=f"rescue {__version__}")
-    p.add_argument("--config", help="configuration file (default: $RESCUE_CONFIG, /etc/rescue/rescue.toml, "
-                                     "or config/rescue.toml of a source checkout)")
+    p.add_argument(
+        "--config",
+        help="configuration file (default: $RESCUE_CONFIG, /etc/rescue/rescue.toml, "
+        "or config/rescue.toml of a source checkout)",
+    )
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 
-    s = sub.add_parser("disks", help="list drives", description="List drives with model, serial, size, "
-                       "bus, whether removable, and what uses them (mounts, holders, swap).")
+    s = sub.add_parser(
+        "disks",
+        help="list drives",
+        description="List drives with model, serial, size, "
+        "bus, whether removable, and what uses them (mounts, holders, swap).",
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_disks)
 
-    s = sub.add_parser("capture", help="image a drive into a repository",
-                       description="Image DISK into the repository REPO (created if missing). Only blocks "
-                       "the filesystems use are read; chunks the repository already holds are not stored "
-                       "again, so a second capture of the same drive is incremental.")
+    s = sub.add_parser(
+        "capture",
+        help="image a drive into a repository",
+        description="Image DISK into the repository REPO (created if missing). Only blocks "
+        "the filesystems use are read; chunks the repository already holds are not stored "
+        "again, so a second capture of the same drive is incremental.",
+    )
     s.add_argument("disk", help="source drive, e.g. /dev/sda (or an image file)")
     s.add_argument("repo", help="repository directory")
     s.add_argument("--name", help="image name (default: drive model and date)")
     s.add_argument("--level", type=int, help="zstd level 1-19 (config: capture.level)")
     s.add_argument("--threads", type=int, help="compression threads, 0 = one per core (config: capture.threads)")
-    s.add_argument("--bad-sectors", default="retry=1", metavar="skip|retry=N", type=_bad_sector_policy,
-                   help="unreadable sectors are zero-filled and listed in the image's badsectors.map; "
-                        "'skip' reads around them once, 'retry=N' adds N retry passes at the end "
-                        "(default: retry=1)")
+    s.add_argument(
+        "--bad-sectors",
+        default="retry=1",
+        metavar="skip|retry=N",
+        type=_bad_sector_policy,
+        help="unreadable sectors are zero-filled and listed in the image's badsectors.map; "
+        "'skip' reads around them once, 'retry=N' adds N retry passes at the end "
+        "(default: retry=1)",
+    )
     s.set_defaults(func=cmd_capture)
 
-    s = sub.add_parser("list", help="list images in a repository",
-                       description="Images in REPO: name, date, source drive, size, data captured, and the "
-                       "bytes each image added to the repository (its new bytes).")
+    s = sub.add_parser(
+        "list",
+        help="list images in a repository",
+        description="Images in REPO: name, date, source drive, size, data captured, and the "
+        "bytes each image added to the repository (its new bytes).",
+    )
     s.add_argument("repo")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("info", help="show an image's partition table and areas",
-                       description="The partition table and per-partition details of image NAME.")
+    s = sub.add_parser(
+        "info",
+        help="show an image's partition table and areas",
+        description="The partition table and per-partition details of image NAME.",
+    )
     s.add_argument("repo")
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("verify", help="check every chunk of an image",
-                       description="Read, decompress and hash every chunk of image NAME. Exit status 1 "
-                       "names the area and offset of the first damage. With DISK (a drive the image "
-                       "was restored onto), also compare the drive's bytes outside its partitions (boot "
-                       "code after the MBR, gaps) with the image, the partition table excepted.")
+    s = sub.add_parser(
+        "verify",
+        help="check every chunk of an image",
+        description="Read, decompress and hash every chunk of image NAME. Exit status 1 "
+        "names the area and offset of the first damage. With DISK (a drive the image "
+        "was restored onto), also compare the drive's bytes outside its partitions (boot "
+        "code after the MBR, gaps) with the image, the partition table excepted.",
+    )
     s.add_argument("repo")
     s.add_argument("name")
     s.add_argument("disk", nargs="?", help="a drive restored from this image, read only")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("restore", help="write an image onto a drive",
-                       description="Recreate the partition table of image NAME on DISK and write its data. "
-                       "Everything on DISK is lost. The whole image is verified first unless "
-                       "--no-preverify. Asks you to type the drive's name unless --yes.")
+    s = sub.add_parser(
+        "restore",
+        help="write an image onto a drive",
+        description="Recreate the partition table of image NAME on DISK and write its data. "
+        "Everything on DISK is lost. The whole image is verified first unless "
+        "--no-preverify. Asks you to type the drive's name unless --yes.",
+    )
     s.add_argument("repo")
     s.add_argument("name")
     s.add_argument("disk", help="target drive, e.g. /dev/sdb")
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    s.add_argument("--no-preverify", action="store_true",
-                   help="skip the full check of the image before writing (every chunk is still checked "
-                        "before its bytes reach the drive)")
+    s.add_argument(
+        "--no-preverify",
+        action="store_true",
+        help="skip the full check of the image before writing (every chunk is still checked "
+        "before its bytes reach the drive)",
+    )
     _layout_option(s)
     _scratch_option(s)
     _new_ids_option(s)
     s.set_defaults(func=cmd_restore)
 
-    s = sub.add_parser("clone", help="copy a drive straight onto another",
-                       description="Copy SOURCE onto TARGET without a repository: only used blocks are "
-                       "read, partitions are resized to the target like restore does, unreadable sectors are "
-                       "zero-filled and reported. Everything on TARGET is lost. Asks you to type the "
-                       "target's name unless --yes.")
+    s = sub.add_parser(
+        "clone",
+        help="copy a drive straight onto another",
+        description="Copy SOURCE onto TARGET without a repository: only used blocks are "
+        "read, partitions are resized to the target like restore does, unreadable sectors are "
+        "zero-filled and reported. Everything on TARGET is lost. Asks you to type the "
+        "target's name unless --yes.",
+    )
     s.add_argument("source")
     s.add_argument("target")
     _layout_option(s)
-    s.add_argument("--bad-sectors", default="retry=1", metavar="skip|retry=N", type=_bad_sector_policy,
-                   help="as for capture (default: retry=1)")
+    s.add_argument(
+        "--bad-sectors",
+        default="retry=1",
+        metavar="skip|retry=N",
+        type=_bad_sector_policy,
+        help="as for capture (default: retry=1)",
+    )
     _scratch_option(s)
     _new_ids_option(s)
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.set_defaults(func=cmd_clone)
 
-    s = sub.add_parser("plan", help="show the layout a restore would write",
-                       description="The partition layout that restoring image NAME onto DISK would write, "
-                       "next to the image's, and whether the data fits. Nothing is written.")
+    s = sub.add_parser(
+        "plan",
+        help="show the layout a restore would write",
+        description="The partition layout that restoring image NAME onto DISK would write, "
+        "next to the image's, and whether the data fits. Nothing is written.",
+    )
     s.add_argument("repo")
     s.add_argument("name")
     s.add_argument("disk")
@@ -139,35 +181,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     browse_cli.add_commands(sub)
 
-    s = sub.add_parser("wizard", help="the interactive text-mode wizard",
-                       description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
-                       "--repo REPO (skip the repository screen), --include-loop (offer loop devices), "
-                       "--machine JSON (dry run against a recorded machine).")
+    s = sub.add_parser(
+        "wizard",
+        help="the interactive text-mode wizard",
+        description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
+        "--repo REPO (skip the repository screen), --include-loop (offer loop devices), "
+        "--machine JSON (dry run against a recorded machine).",
+    )
     s.set_defaults(func=cmd_wizard)
     return p
 
 
 def _scratch_option(s) -> None:
-    s.add_argument("--scratch", metavar="DIR",
-                   help="where a shrink keeps the data that lies past a partition's new end (default: the "
-                        "temporary directory, RAM on the rescue system); a directory on a writable drive "
-                        "other than the target")
+    s.add_argument(
+        "--scratch",
+        metavar="DIR",
+        help="where a shrink keeps the data that lies past a partition's new end (default: the "
+        "temporary directory, RAM on the rescue system); a directory on a writable drive "
+        "other than the target",
+    )
 
 
 def _layout_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--layout", default="auto", choices=("auto", "same", "proportional", "grow-last"),
-                   help="same: partitions as in the image; proportional: resizable partitions share the "
-                        "target's space in proportion (EFI, BIOS boot, swap, recovery keep their size); "
-                        "grow-last: only the last resizable partition changes. auto (default): same on a "
-                        "drive of the same size, proportional otherwise")
+    s.add_argument(
+        "--layout",
+        default="auto",
+        choices=("auto", "same", "proportional", "grow-last"),
+        help="same: partitions as in the image; proportional: resizable partitions share the "
+        "target's space in proportion (EFI, BIOS boot, swap, recovery keep their size); "
+        "grow-last: only the last resizable partition changes. auto (default): same on a "
+        "drive of the same size, proportional otherwise",
+    )
 
 
 def _new_ids_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--new-ids", action="store_true",
-                   help="give the copy new disk, partition and filesystem ids (and update fstab, crypttab "
-                        "and GRUB's configuration to match), for a copy that stays in the same machine as "
-                        "its source; by default every id is kept so the copy replaces the original. "
-                        "Not for Windows drives: Windows finds its boot partition by these ids")
+    s.add_argument(
+        "--new-ids",
+        action="store_true",
+        help="give the copy new disk, partition and filesystem ids (and update fstab, crypttab "
+        "and GRUB's configuration to match), for a copy that stays in the same machine as "
+        "its source; by default every id is kept so the copy replaces the original. "
+        "Not for Windows drives: Windows finds its boot partition by these ids",
+    )
 
 
 def _cfg(args) -> config.Config:
@@ -192,8 +247,10 @@ def cmd_disks(args) -> int:
     for d in drives:
         use = [m for _, m in d.mounts] + list(d.holders) + (["swap"] if d.swap else [])
         rm = " (removable)" if d.removable else ""
-        print(f"{d.path:<12} {fmt_bytes(d.size):>10}  {d.bus or '':<7} {(d.model or '')[:24]:<24} "
-              f"{(d.serial or '')[:20]:<20} {', '.join(use) or '-'}{rm}")
+        print(
+            f"{d.path:<12} {fmt_bytes(d.size):>10}  {d.bus or '':<7} {(d.model or '')[:24]:<24} "
+            f"{(d.serial or '')[:20]:<20} {', '.join(use) or '-'}{rm}"
+        )
     return 0
 
 
@@ -231,20 +288,33 @@ def cmd_capture(args) -> int:
     name = args.name or default_name(args.disk)
     bar = TerminalProgress()
     try:
-        result = capture(args.disk, args.repo, name, level=level, threads=threads or None,
-                         chunk_size=cfg.chunk_mib << 20, retries=args.bad_sectors, progress=bar)
+        result = capture(
+            args.disk,
+            args.repo,
+            name,
+            level=level,
+            threads=threads or None,
+            chunk_size=cfg.chunk_mib << 20,
+            retries=args.bad_sectors,
+            progress=bar,
+        )
     finally:
         bar.close()
-    print(f"captured {args.disk} as {result.name}: read {fmt_bytes(result.bytes_read)}, "
-          f"stored {fmt_bytes(result.stored_bytes)} new, {result.seconds:.1f} s")
+    print(
+        f"captured {args.disk} as {result.name}: read {fmt_bytes(result.bytes_read)}, "
+        f"stored {fmt_bytes(result.stored_bytes)} new, {result.seconds:.1f} s"
+    )
     if result.sectors_lost:
         from rescue.filesystems.badfiles import damaged_files, read_badfiles
         from rescue.repo.store import Repository
 
         hit = damaged_files(read_badfiles(Repository.open(args.repo).image_dir(result.name)))
-        print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
-              f"{len(result.bad_ranges)} places" + (f", hitting {len(hit)} file{'s' if len(hit) > 1 else ''}" if hit else "")
-              + "; the map is badsectors.map in the image (rescue info shows them)")
+        print(
+            f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
+            f"{len(result.bad_ranges)} places"
+            + (f", hitting {len(hit)} file{'s' if len(hit) > 1 else ''}" if hit else "")
+            + "; the map is badsectors.map in the image (rescue info shows them)"
+        )
     return 0
 
 
@@ -259,8 +329,10 @@ def cmd_list(args) -> int:
     print(f"{'NAME':<32} {'DATE':<20} {'SOURCE':<24} {'SIZE':>10} {'DATA':>10} {'NEW':>10}  VERIFIED")
     for i in images:
         ok = {True: "yes", False: "DAMAGED", None: "-"}[i.verified]
-        print(f"{i.name:<32} {i.created:<20} {i.source_model[:24]:<24} {fmt_bytes(i.source_size):>10} "
-              f"{fmt_bytes(i.data_bytes):>10} {fmt_bytes(i.stored_bytes):>10}  {ok}")
+        print(
+            f"{i.name:<32} {i.created:<20} {i.source_model[:24]:<24} {fmt_bytes(i.source_size):>10} "
+            f"{fmt_bytes(i.data_bytes):>10} {fmt_bytes(i.stored_bytes):>10}  {ok}"
+        )
     for name in repo.incomplete_names():
         print(f"{name:<32} (incomplete: capture was interrupted; not restorable)")
     return 0
@@ -275,9 +347,11 @@ def cmd_info(args) -> int:
         return 0
     src = m.source
     print(f"image {m.name}, captured {m.created} by rescue {m.rescue_version}")
-    print(f"source: {src.get('path')} {src.get('model') or ''} {src.get('serial') or ''} "
-          f"{fmt_bytes(src.get('size', 0))}, {src.get('logical_sector_size')}/"
-          f"{src.get('physical_sector_size')}-byte sectors")
+    print(
+        f"source: {src.get('path')} {src.get('model') or ''} {src.get('serial') or ''} "
+        f"{fmt_bytes(src.get('size', 0))}, {src.get('logical_sector_size')}/"
+        f"{src.get('physical_sector_size')}-byte sectors"
+    )
     lay = m.layout
     print(f"table: {lay.table}" + (f", id {lay.disk_id}" if lay.disk_id else ""))
     print(f"{'#':>3} {'START':>10} {'END':>10} {'SIZE':>10}  {'TYPE':<38} {'FS':<6} {'LABEL':<12} USED")
@@ -285,11 +359,17 @@ def cmd_info(args) -> int:
         area = next((a for a in m.areas if a.partition == p.number), None)
         fs = (area.fs or {}) if area else {}
         ptype = p.type_guid or (f"0x{p.mbr_type:02x}" if p.mbr_type is not None else "")
-        used = fmt_bytes(fs["used_bytes"]) if fs.get("used_bytes") is not None else "-"
-        print(f"{p.number:>3} {p.start:>10} {p.end:>10} {fmt_bytes(p.size(lay.sector_size)):>10}  "
-              f"{ptype:<38} {fs.get('type') or '-':<6} {(fs.get('label') or '')[:12]:<12} {used}")
-        extra = [f"name {p.name!r}" if p.name else "", f"flags {','.join(p.flags)}" if p.flags else "",
-                 f"uuid {fs['uuid']}" if fs.get("uuid") else ""]
+        used_bytes = fs.get("used_bytes")
+        used = fmt_bytes(used_bytes) if used_bytes is not None else "-"
+        print(
+            f"{p.number:>3} {p.start:>10} {p.end:>10} {fmt_bytes(p.size(lay.sector_size)):>10}  "
+            f"{ptype:<38} {fs.get('type') or '-':<6} {(fs.get('label') or '')[:12]:<12} {used}"
+        )
+        extra = [
+            f"name {p.name!r}" if p.name else "",
+            f"flags {','.join(p.flags)}" if p.flags else "",
+            f"uuid {fs['uuid']}" if fs.get("uuid") else "",
+        ]
         if any(extra):
             print("      " + "; ".join(e for e in extra if e))
     print(f"data {fmt_bytes(m.stats.get('data_bytes', 0))}, stored new {fmt_bytes(m.stats.get('stored_bytes', 0))}")
@@ -313,8 +393,10 @@ def _print_bad_ranges(repo, m, limit: int = 20) -> None:
         area = next((a for a in m.areas if a.offset <= start < a.offset + a.size), None)
         where = f"{area.name}+{start - area.offset}" if area else "outside partitions"
         files = hits.get(range_key(start, length))
-        print(f"  bytes {start}-{start + length - 1} ({length // 512} sectors) in {where}"
-              + (f"; hits: {', '.join(files)}" if files else ""))
+        print(
+            f"  bytes {start}-{start + length - 1} ({length // 512} sectors) in {where}"
+            + (f"; hits: {', '.join(files)}" if files else "")
+        )
     if len(bad) > limit:
         print(f"  ... and {len(bad) - limit} more ranges")
     if damaged := damaged_files(hits):
@@ -358,20 +440,24 @@ def cmd_restore(args) -> int:
 
     cfg = _cfg(args)
     repo = Repository.open(args.repo)
-    plan = plan_restore(repo, args.name, args.disk, policy=args.layout, scratch_dir=args.scratch,
-                        fresh_ids=args.new_ids)
+    plan = plan_restore(
+        repo, args.name, args.disk, policy=args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids
+    )
     print(planview.text(plan))
     if plan.fits:
         check_target_allowed(args.disk, str(repo.path))
         confirm_target(args.disk, args.yes)
     bar = TerminalProgress()
     try:
-        result = restore(repo, args.name, args.disk, preverify=cfg.preverify and not args.no_preverify,
-                         progress=bar, plan=plan)
+        result = restore(
+            repo, args.name, args.disk, preverify=cfg.preverify and not args.no_preverify, progress=bar, plan=plan
+        )
     finally:
         bar.close()
-    print(f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
-          f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
+    print(
+        f"restored {args.name} onto {args.disk}: wrote {fmt_bytes(result.bytes_written)} in "
+        f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else "")
+    )
     for w in result.warnings:
         print(f"WARNING: {w}")
     return 0
@@ -393,11 +479,15 @@ def cmd_clone(args) -> int:
         result = clone(args.source, args.target, retries=args.bad_sectors, progress=bar, plan=plan)
     finally:
         bar.close()
-    print(f"cloned {args.source} onto {args.target}: wrote {fmt_bytes(result.bytes_written)} in "
-          f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else ""))
+    print(
+        f"cloned {args.source} onto {args.target}: wrote {fmt_bytes(result.bytes_written)} in "
+        f"{result.seconds:.1f} s" + (f"; log: {result.log_path}" if result.log_path else "")
+    )
     if result.sectors_lost:
-        print(f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
-              f"{len(result.bad_ranges)} places")
+        print(
+            f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
+            f"{len(result.bad_ranges)} places"
+        )
     for w in result.warnings:
         print(f"WARNING: {w}")
     return 0
@@ -407,8 +497,14 @@ def cmd_plan(args) -> int:
     from rescue.imaging.restore import plan_restore
     from rescue.repo.store import Repository
 
-    plan = plan_restore(Repository.open(args.repo), args.name, args.disk, policy=args.layout,
-                        scratch_dir=args.scratch, fresh_ids=args.new_ids)
+    plan = plan_restore(
+        Repository.open(args.repo),
+        args.name,
+        args.disk,
+        policy=args.layout,
+        scratch_dir=args.scratch,
+        fresh_ids=args.new_ids,
+    )
     if args.json:
         _print_json(planview.to_json(plan))
     else:

@@ -55,12 +55,22 @@ def table(lp: LayoutPlan) -> list[str]:
     for p in sorted(lp.layout.partitions, key=lambda q: q.start):  # extended first
         m = moves.get(p.number)
         if m is None:
-            rows.append((str(p.number), "extended", "", "", mib(p.offset(lp.sector_size)),
-                         mib(p.size(lp.sector_size)), "holds the logicals"))
+            rows.append(
+                (
+                    str(p.number),
+                    "extended",
+                    "",
+                    "",
+                    mib(p.offset(lp.sector_size)),
+                    mib(p.size(lp.sector_size)),
+                    "holds the logicals",
+                )
+            )
             continue
         name = ", ".join(names(p, m.fstype) + (["logical"] if p.kind == "logical" else [])) or "-"
-        rows.append((str(m.number), name, mib(m.old_start), mib(m.old_size), mib(m.new_start),
-                     mib(m.new_size), m.action))
+        rows.append(
+            (str(m.number), name, mib(m.old_start), mib(m.old_size), mib(m.new_start), mib(m.new_size), m.action)
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:
@@ -71,13 +81,24 @@ def table(lp: LayoutPlan) -> list[str]:
     return out
 
 
-def lines(lp: LayoutPlan | None, before: DiskLayout | None, reason: str, notes: list[str],
-          actions: list[Action], width: int = WIDTH) -> list[Line]:
+def lines(
+    lp: LayoutPlan | None,
+    before: DiskLayout | None,
+    reason: str,
+    notes: list[str],
+    actions: list[Action],
+    width: int = WIDTH,
+) -> list[Line]:
     """Everything a person reads before confirming, in order."""
     out: list[Line] = []
     if lp is not None:
-        out.append(("heading", f"plan ({lp.policy}) for a {human(lp.target_size)} target, {lp.layout.table}, "
-                               f"{lp.sector_size}-byte sectors: {'fits' if lp.fits else 'DOES NOT FIT'}"))
+        out.append(
+            (
+                "heading",
+                f"plan ({lp.policy}) for a {human(lp.target_size)} target, {lp.layout.table}, "
+                f"{lp.sector_size}-byte sectors: {'fits' if lp.fits else 'DOES NOT FIT'}",
+            )
+        )
         if before is not None:
             fstypes = {m.number: m.fstype for m in lp.moves}
             out += [("bar", b) for b in bars(before, lp.layout, fstypes, width)]
@@ -86,8 +107,10 @@ def lines(lp: LayoutPlan | None, before: DiskLayout | None, reason: str, notes: 
     out += [("note", n) for n in notes]
     if actions:
         out.append(("heading", "steps:"))
-        out += [("step", f"{i}. {a.what}" + ("" if a.aborts else " (a failure is a warning)"))
-                for i, a in enumerate(actions, 1)]
+        out += [
+            ("step", f"{i}. {a.what}" + ("" if a.aborts else " (a failure is a warning)"))
+            for i, a in enumerate(actions, 1)
+        ]
     return out
 
 
@@ -109,8 +132,15 @@ def text(plan: RestorePlan) -> str:
 def to_json(plan: RestorePlan) -> dict[str, object]:
     from dataclasses import asdict
 
-    return {"fits": plan.fits, "reason": plan.reason, "policy": plan.policy, "target": plan.target_path,
-            "target_size": plan.target_size, "layout": plan.layout.to_dict(),
-            "placements": {k: asdict(v) for k, v in plan.placements.items()},
-            "scratch": asdict(plan.scratch) if plan.scratch else None, "notes": plan.notes,
-            "actions": [a.to_dict() for a in plan.actions]}
+    return {
+        "fits": plan.fits,
+        "reason": plan.reason,
+        "policy": plan.policy,
+        "target": plan.target_path,
+        "target_size": plan.target_size,
+        "layout": plan.layout.to_dict(),
+        "placements": {k: asdict(v) for k, v in plan.placements.items()},
+        "scratch": asdict(plan.scratch) if plan.scratch else None,
+        "notes": plan.notes,
+        "actions": [a.to_dict() for a in plan.actions],
+    }

@@ -13,7 +13,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from disks import LoopRegistry  # noqa: E402
 
-
 # Test tiers (Makefile): `make check` runs tests/unit and tests/tui without root, less what is
 # marked root or vm; `make test` then runs the root tier (`-m "root and not vm"`) and the vm
 # tier. Every test elsewhere (tests/system, ...) drives loop devices and filesystem tools, so

@@ -7,15 +7,15 @@ import contextlib
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 
 def sh(*argv: str, input: bytes | None = None) -> str:
-    proc = subprocess.run(argv, input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run(argv, input=input, capture_output=True)
     if proc.returncode != 0:
         raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
     return proc.stdout.decode(errors="replace")
@@ -35,8 +35,7 @@ class LoopRegistry:
             f.truncate(size)
         return path
 
-    def attach(self, path: Path | str, *, offset: int = 0, size: int | None = None,
-               readonly: bool = False) -> str:
+    def attach(self, path: Path | str, *, offset: int = 0, size: int | None = None, readonly: bool = False) -> str:
         argv = ["losetup", "--find", "--show", "--offset", str(offset)]
         if size is not None:
             argv += ["--sizelimit", str(size)]
@@ -82,8 +81,9 @@ class LoopRegistry:
             subprocess.run(["losetup", "--detach", dev], stderr=subprocess.DEVNULL)
         self.devices.clear()  # a second cleanup must not detach a loop someone else reuses
         # Anything else still attached to a file of ours (e.g. a loop the product forgot).
-        out = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-                             stdout=subprocess.PIPE, text=True).stdout
+        out = subprocess.run(
+            ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"], stdout=subprocess.PIPE, text=True
+        ).stdout
         for line in out.splitlines():
             parts = line.split(None, 1)
             if len(parts) == 2 and parts[1].startswith(str(self.root)):
@@ -94,8 +94,7 @@ def rescue(*args: str, check: bool = False, input: str | None = None) -> subproc
     """The `rescue` command as a user runs it (a separate process, text output)."""
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "rescue", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, input=input)
+    proc = subprocess.run([sys.executable, "-m", "rescue", *args], capture_output=True, text=True, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"rescue {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc

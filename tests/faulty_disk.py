@@ -36,8 +36,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 SECTOR = 512
 DISK_INODE = 2
@@ -62,8 +62,9 @@ class _Ranges:
         return out
 
 
-def _serve(backing: str, mountpoint: str, bad: list[tuple[int, int]], slow: list[tuple[int, int, float]],
-           log: str | None) -> None:
+def _serve(
+    backing: str, mountpoint: str, bad: list[tuple[int, int]], slow: list[tuple[int, int, float]], log: str | None
+) -> None:
     import llfuse  # only the server process needs it
 
     fd = os.open(backing, os.O_RDONLY)
@@ -73,7 +74,7 @@ def _serve(backing: str, mountpoint: str, bad: list[tuple[int, int]], slow: list
     logf = open(log, "a", buffering=1) if log else None
 
     class Faulty(llfuse.Operations):
-        def _attr(self, inode: int) -> "llfuse.EntryAttributes":
+        def _attr(self, inode: int) -> llfuse.EntryAttributes:
             a = llfuse.EntryAttributes()
             a.st_ino = inode
             if inode == llfuse.ROOT_INODE:
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -228,9 +229,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def faulty_block_device(loops, backing_path: str | os.PathLike, bad: Sequence[tuple[int, int]] = (),
-                        slow: Sequence[tuple[int, int, float]] = (), log: str | os.PathLike | None = None
-                        ) -> Iterator[str]:
+def faulty_block_device(
+    loops,
+    backing_path: str | os.PathLike,
+    bad: Sequence[tuple[int, int]] = (),
+    slow: Sequence[tuple[int, int, float]] = (),
+    log: str | os.PathLike | None = None,
+) -> Iterator[str]:
     """Yield "/dev/loopN": a read-only block device with the bytes of `backing_path`, where
     reads touching a `bad` (start, length) byte range fail with EIO and reads touching a
     `slow` (start, length, seconds) range are delayed.

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from disks import MiB, populate, sh, tree_hashes
 from partclone_domain import partclone_used, uncovered
+
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, total, with_edges
 
 
-def make_fs(loops, mkfs: Sequence[str], size: int, offset: int = 0, fstype: str | None = None,
-            options: str = "") -> tuple[Volume, str, dict[str, str]]:
+def make_fs(
+    loops, mkfs: Sequence[str], size: int, offset: int = 0, fstype: str | None = None, options: str = ""
+) -> tuple[Volume, str, dict[str, str]]:
     """mkfs on a sparse file (at `offset` inside it, with room after it: a partition is
     rarely the end of its drive), fill it, delete some files so the allocation maps have
     holes, unmount (`options` are for that mount). Returns the volume, its loop device, and the file hashes."""
@@ -52,9 +54,16 @@ def copy_mapped(vol: Volume, extents: list[Extent], dest: Path) -> None:
         os.close(dst)
 
 
-def check_against_partclone(tool: str, dev: str, ours: list[Extent], workdir: Path, *,
-                            factor: float = 1.1, slack: int = 2 * MiB,
-                            must_cover: bool = True) -> tuple[int, int]:
+def check_against_partclone(
+    tool: str,
+    dev: str,
+    ours: list[Extent],
+    workdir: Path,
+    *,
+    factor: float = 1.1,
+    slack: int = 2 * MiB,
+    must_cover: bool = True,
+) -> tuple[int, int]:
     """Our map holds everything partclone's does (when partclone is right about what is
     used) and is at most `factor` times its size plus `slack`. Returns (ours, partclone's)
     in bytes."""
@@ -65,9 +74,16 @@ def check_against_partclone(tool: str, dev: str, ours: list[Extent], workdir: Pa
     return total(ours), total(ref)
 
 
-def check_copy_restores(loops, vol: Volume, ours: list[Extent], hashes: dict[str, str], workdir: Path,
-                        fsck: Sequence[str], fstype: str,
-                        also: Callable[[Path], None] | None = None) -> None:
+def check_copy_restores(
+    loops,
+    vol: Volume,
+    ours: list[Extent],
+    hashes: dict[str, str],
+    workdir: Path,
+    fsck: Sequence[str],
+    fstype: str,
+    also: Callable[[Path], None] | None = None,
+) -> None:
     """Restore only the mapped bytes (plus the first and last MiB, as capture does) into a
     fresh file: `fsck` must accept it, and mounted read-only it must hold the same files.
     `also` gets the mount point for checks of its own."""

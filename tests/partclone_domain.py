@@ -25,8 +25,12 @@ def parse_domain(text: str) -> list[Extent]:
 def partclone_used(tool: str, device: str, workdir: Path) -> list[Extent]:
     """Run e.g. tool='partclone.ext4' in domain mode on `device`."""
     out = Path(workdir) / f"{tool}.domain"
-    subprocess.run([tool, "-D", "-s", device, "-o", str(out), "-L", "/dev/null"],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        [tool, "-D", "-s", device, "-o", str(out), "-L", "/dev/null"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
     return parse_domain(out.read_text())
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 
 
-def add_commands(sub: "argparse._SubParsersAction") -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
-        "mount", help="browse an image's partitions read-only",
+        "mount",
+        help="browse an image's partitions read-only",
         description="Show the files of image NAME without restoring it: each partition's filesystem "
         "appears read-only under MOUNTPOINT/pN (ext2/3/4, XFS, btrfs, NTFS, FAT). Chunks are read from "
         "the repository on demand and checked; a damaged chunk makes reads of its bytes fail with an I/O "
         "error (logged), never return wrong data. FAT is mounted with the kernel's vfat driver, or with "
         "fusefat where the kernel has none (short names then show in capitals, and times may be off); "
         "if neither works, copy from it with 'rescue extract'. Nothing is written to the repository. "
-        "Undo with 'rescue umount MOUNTPOINT'.")
+        "Undo with 'rescue umount MOUNTPOINT'.",
+    )
     s.add_argument("repo", help="repository directory")
     s.add_argument("name", help="image name")
     s.add_argument("mountpoint", help="an existing directory; partitions appear as MOUNTPOINT/p1, p2, ...")
@@ -23,24 +25,27 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     s.set_defaults(func=cmd_mount)
 
     s = sub.add_parser(
-        "umount", help="unmount an image mounted with 'rescue mount'",
+        "umount",
+        help="unmount an image mounted with 'rescue mount'",
         description="Unmount every partition under MOUNTPOINT, detach the loop devices and stop the "
-        "image file system. Also clears what a crashed or killed browsing session left behind.")
+        "image file system. Also clears what a crashed or killed browsing session left behind.",
+    )
     s.add_argument("mountpoint")
     s.set_defaults(func=cmd_umount)
 
     s = sub.add_parser(
-        "extract", help="copy files and folders out of an image",
+        "extract",
+        help="copy files and folders out of an image",
         description="Copy PATH (files or folders, as seen from the root of partition N) out of image "
         "NAME into DIR, keeping permissions, owners, times and symlinks. Each PATH lands as "
         "DIR/<its last name>; '/' copies the whole filesystem into DIR. Existing files in DIR are "
-        "never overwritten. FAT partitions are read with mtools (times kept; FAT has no owners).")
+        "never overwritten. FAT partitions are read with mtools (times kept; FAT has no owners).",
+    )
     s.add_argument("repo", help="repository directory")
     s.add_argument("name", help="image name")
     s.add_argument("paths", nargs="+", metavar="PATH", help="file or folder inside the partition")
     s.add_argument("--partition", type=int, metavar="N", required=True, help="partition number")
-    s.add_argument("--to", required=True, metavar="DIR", dest="dest",
-                   help="destination folder (created if missing)")
+    s.add_argument("--to", required=True, metavar="DIR", dest="dest", help="destination folder (created if missing)")
     s.set_defaults(func=cmd_extract)
 
 
@@ -54,8 +59,10 @@ def cmd_mount(args) -> int:
             print(f"{p.area:<4} {kind:<6} {p.path}" + (f" ({p.note})" if p.note else ""))
         else:
             print(f"{p.area:<4} {kind:<6} not mounted: {p.note}")
-    print(f"image {args.name} is mounted read-only at {result.state.mountpoint}; damaged chunks are logged "
-          f"in {result.state.log}; run 'rescue umount {result.state.mountpoint}' when done")
+    print(
+        f"image {args.name} is mounted read-only at {result.state.mountpoint}; damaged chunks are logged "
+        f"in {result.state.log}; run 'rescue umount {result.state.mountpoint}' when done"
+    )
     return 0
 
 

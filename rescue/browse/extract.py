@@ -106,8 +106,9 @@ def _report(state: mounts.MountState, failed: list[str], other: list[str]) -> No
         damage = mounts.damage_lines(state.log)
         cause = damage[0].split("; reads of")[0] if damage else "the image could not be read there"
         shown = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-        raise IntegrityError(f"{len(failed)} file(s) could not be read and were not copied ({shown}): "
-                             f"the image is damaged: {cause}")
+        raise IntegrityError(
+            f"{len(failed)} file(s) could not be read and were not copied ({shown}): the image is damaged: {cause}"
+        )
     if other:
         raise FilesystemError(other[0] + (f" (and {len(other) - 1} more errors)" if len(other) > 1 else ""))
 
@@ -120,13 +121,15 @@ def extract(repo_path: str, name: str, partition: int, paths: list[str], dest: s
     fstype = (area.fs or {}).get("type")
     fs = lookup(fstype)
     if not fstype or fstype == "raw" or (fs is not None and fs.no_files):
-        raise UsageError(f"partition {partition} of image {name} holds no filesystem with files "
-                         f"({fstype or 'unformatted'})")
+        raise UsageError(
+            f"partition {partition} of image {name} holds no filesystem with files ({fstype or 'unformatted'})"
+        )
     out = _prepare_dest(dest)
     targets = _check_targets(out, paths)
     with_mtools = fs is not None and fs.mtools  # FAT: read from the partition's file, not mounted
-    state, mnt = mounts.open_private(repo_path, name, area, "extract", f"{name[:40]}-p{partition}-",
-                                     mount=not with_mtools)
+    state, mnt = mounts.open_private(
+        repo_path, name, area, "extract", f"{name[:40]}-p{partition}-", mount=not with_mtools
+    )
     try:
         result = ExtractResult(area.name, fstype)
         if with_mtools:
@@ -138,8 +141,9 @@ def extract(repo_path: str, name: str, partition: int, paths: list[str], dest: s
         mounts.close_private(state, mnt)
 
 
-def _copy_tree(state: mounts.MountState, root: Path, paths: list[str], targets: list[Path | None],
-               out: Path, result: ExtractResult) -> None:
+def _copy_tree(
+    state: mounts.MountState, root: Path, paths: list[str], targets: list[Path | None], out: Path, result: ExtractResult
+) -> None:
     sources = []
     for p in paths:
         src = resolve_inside(root, p)
@@ -171,8 +175,9 @@ def _copy_tree(state: mounts.MountState, root: Path, paths: list[str], targets: 
     _report(state, failed, other)
 
 
-def _copy_fat(state: mounts.MountState, area: str, paths: list[str], targets: list[Path | None],
-              out: Path, result: ExtractResult) -> None:
+def _copy_fat(
+    state: mounts.MountState, area: str, paths: list[str], targets: list[Path | None], out: Path, result: ExtractResult
+) -> None:
     image = str(state.fuse_dir / area)
     env = mtools_env()
     failed: list[str] = []

@@ -35,9 +35,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 from rescue.errors import IntegrityError, RescueError
 from rescue.imaging.verify import fetch_chunk, load_indexes
@@ -117,8 +117,9 @@ def open_areas(repo: Repository, name: str, wanted: Sequence[str] | None = None)
     return [AreaFile(n, FIRST_AREA_INODE + k, indexes[n]) for k, n in enumerate(names)]
 
 
-def read_range(area: AreaFile, cache: ChunkCache, off: int, length: int, readahead: int,
-               wait=lambda fut: fut.result()) -> bytes:
+def read_range(
+    area: AreaFile, cache: ChunkCache, off: int, length: int, readahead: int, wait=lambda fut: fut.result()
+) -> bytes:
     """Bytes [off, off+length) of an area (clamped to its end), or IntegrityError /
     OSError(EIO) when any chunk in the range is damaged or unreadable. `wait` lets the
     FUSE handler release llfuse's global lock while a chunk is decoded."""
@@ -146,8 +147,15 @@ def read_range(area: AreaFile, cache: ChunkCache, off: int, length: int, readahe
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def serve(repo_path: str, name: str, mountpoint: str, wanted: Sequence[str] | None, cache_mib: int,
-          readahead: int, workers: int) -> None:
+def serve(
+    repo_path: str,
+    name: str,
+    mountpoint: str,
+    wanted: Sequence[str] | None,
+    cache_mib: int,
+    readahead: int,
+    workers: int,
+) -> None:
     import llfuse  # only the server process needs it
 
     repo = Repository.open(repo_path)
@@ -169,7 +177,7 @@ def serve(repo_path: str, name: str, mountpoint: str, wanted: Sequence[str] | No
         return fut.result()
 
     class ImageFS(llfuse.Operations):
-        def _attr(self, inode: int) -> "llfuse.EntryAttributes":
+        def _attr(self, inode: int) -> llfuse.EntryAttributes:
             a = llfuse.EntryAttributes()
             a.st_ino = inode
             if inode == llfuse.ROOT_INODE:
@@ -240,8 +248,7 @@ def serve(repo_path: str, name: str, mountpoint: str, wanted: Sequence[str] | No
 
     options = set(llfuse.default_options) | {"ro", f"fsname=rescue:{name}", "subtype=rescue"}
     llfuse.init(ImageFS(), mountpoint, options)
-    log(f"serving image {name} of {repo.path} at {mountpoint}: {', '.join(a.name for a in areas)} "
-        f"(pid {os.getpid()})")
+    log(f"serving image {name} of {repo.path} at {mountpoint}: {', '.join(a.name for a in areas)} (pid {os.getpid()})")
     try:
         llfuse.main(workers=4)
     finally:
@@ -251,8 +258,9 @@ def serve(repo_path: str, name: str, mountpoint: str, wanted: Sequence[str] | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m rescue.browse.imagefs",
-                                description="Serve an image's areas as read-only files (FUSE).")
+    p = argparse.ArgumentParser(
+        prog="python3 -m rescue.browse.imagefs", description="Serve an image's areas as read-only files (FUSE)."
+    )
     p.add_argument("repo")
     p.add_argument("name")
     p.add_argument("mountpoint")
@@ -262,8 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="chunk decoding threads")
     args = p.parse_args(argv)
     try:
-        serve(args.repo, args.name, args.mountpoint, args.areas.split(",") if args.areas else None,
-              args.cache_mib, args.readahead, max(1, args.threads))
+        serve(
+            args.repo,
+            args.name,
+            args.mountpoint,
+            args.areas.split(",") if args.areas else None,
+            args.cache_mib,
+            args.readahead,
+            max(1, args.threads),
+        )
     except RescueError as e:
         log(str(e))
         return e.exit_code

@@ -38,9 +38,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from rescue.errors import FilesystemError, RefusedError, RescueError, UsageError
 from rescue.filesystems import lookup
@@ -98,7 +98,7 @@ class MountState:
         os.replace(tmp, self.file)
 
     @classmethod
-    def load(cls, path: Path) -> "MountState | None":
+    def load(cls, path: Path) -> MountState | None:
         try:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
@@ -118,6 +118,7 @@ def key_for(mountpoint: str) -> str:
 
 
 # -- what the kernel says ------------------------------------------------------------------
+
 
 def _unescape(text: str) -> str:
     return text.encode().decode("unicode_escape") if "\\" in text else text
@@ -176,6 +177,7 @@ def is_stale(state: MountState) -> bool:
 
 # -- locking and leftovers ---------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def locked() -> Iterator[None]:
     """Mounting and unmounting one at a time (not the browsing in between)."""
@@ -211,6 +213,7 @@ def find_state(mountpoint: str) -> MountState | None:
 
 # -- setting up ----------------------------------------------------------------------------
 
+
 def _python() -> str:
     """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
     else Debian's."""
@@ -224,13 +227,13 @@ def _python() -> str:
 def start_server(state: MountState, areas: list[str]) -> None:
     state.work.mkdir(parents=True, exist_ok=True)
     state.fuse_dir.mkdir(exist_ok=True)
-    argv = [_python(), "-m", SERVER_MODULE, state.repo, state.image, str(state.fuse_dir),
-            "--areas", ",".join(areas)]
+    argv = [_python(), "-m", SERVER_MODULE, state.repo, state.image, str(state.fuse_dir), "--areas", ",".join(areas)]
     pkg_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
     with open(state.log, "ab") as logf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/",
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/", start_new_session=True
+        )
     state.fuse_pid = proc.pid
     state.save()
     deadline = time.monotonic() + START_TIMEOUT
@@ -240,8 +243,7 @@ def start_server(state: MountState, areas: list[str]) -> None:
         if str(state.fuse_dir) in mount_table() and all((state.fuse_dir / a).exists() for a in areas):
             return
         time.sleep(0.05)
-    raise FilesystemError(f"the image file system did not start within {START_TIMEOUT:.0f} s "
-                          f"(see {state.log})")
+    raise FilesystemError(f"the image file system did not start within {START_TIMEOUT:.0f} s (see {state.log})")
 
 
 def last_log_line(log: Path) -> str:
@@ -260,8 +262,7 @@ def damage_lines(log: Path) -> list[str]:
         text = log.read_text(errors="replace")
     except OSError:
         return []
-    return [ln.split("rescue imagefs: ", 1)[-1] for ln in text.splitlines()
-            if "fail with EIO" in ln]
+    return [ln.split("rescue imagefs: ", 1)[-1] for ln in text.splitlines() if "fail with EIO" in ln]
 
 
 def attach_loop(state: MountState, area: str) -> str:
@@ -295,14 +296,19 @@ def mount_fs(state: MountState, area: Area, dev: str, target: Path) -> None:
     if proc.returncode != 0:
         state.mounts.remove(str(target))
         state.save()
-        lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()
-                 if ln.strip() and "dmesg(1)" not in ln]
+        lines = [
+            ln.strip()
+            for ln in proc.stderr.decode(errors="replace").splitlines()
+            if ln.strip() and "dmesg(1)" not in ln
+        ]
         raise FilesystemError(f"mounting {area.name} ({fstype}) failed: {lines[0] if lines else 'see dmesg'}")
     found = mount_table().get(str(target))
     if not found or os.path.realpath(found[1]) != os.path.realpath(dev):
         umount_one(str(target), lazy=True)
-        raise RefusedError(f"{target}: the kernel mounted {found[1] if found else 'nothing'} instead of the "
-                           f"image's {area.name} (a mounted filesystem with the same UUID?); unmounted again")
+        raise RefusedError(
+            f"{target}: the kernel mounted {found[1] if found else 'nothing'} instead of the "
+            f"image's {area.name} (a mounted filesystem with the same UUID?); unmounted again"
+        )
 
 
 def kernel_has(fs: str) -> bool:
@@ -351,8 +357,9 @@ def mount_fusefat(state: MountState, area: Area, dev: str, target: Path) -> None
         state.save()
     found = mount_table().get(str(target))
     if not found or os.path.realpath(found[1]) != os.path.realpath(dev):
-        raise FilesystemError(f"fusefat did not mount {area.name} (the kernel shows "
-                              f"{found[1] if found else 'nothing'} at {target})")
+        raise FilesystemError(
+            f"fusefat did not mount {area.name} (the kernel shows {found[1] if found else 'nothing'} at {target})"
+        )
 
 
 def _fusefat_reason(proc: subprocess.CompletedProcess) -> str:
@@ -406,8 +413,9 @@ def open_image(repo_path: str, name: str) -> tuple[Repository, Manifest]:
     return repo, manifest
 
 
-def start_session(repo_path: str, name: str, mountpoint: Path, areas: list[Area],
-                  owner_pid: int | None = None) -> MountState:
+def start_session(
+    repo_path: str, name: str, mountpoint: Path, areas: list[Area], owner_pid: int | None = None
+) -> MountState:
     """Clear leftovers, refuse a mount point in use, start the FUSE server. Lock held by caller."""
     clear_stale()
     existing = find_state(str(mountpoint))
@@ -415,8 +423,9 @@ def start_session(repo_path: str, name: str, mountpoint: Path, areas: list[Area]
         raise UsageError(f"{mountpoint} already shows image {existing.image}: run 'rescue umount {mountpoint}' first")
     if str(mountpoint) in mount_table():
         raise UsageError(f"{mountpoint} is already a mount point; choose an empty directory")
-    state = MountState(str(mountpoint), str(Path(repo_path).resolve()), name, key_for(str(mountpoint)),
-                       owner_pid=owner_pid)
+    state = MountState(
+        str(mountpoint), str(Path(repo_path).resolve()), name, key_for(str(mountpoint)), owner_pid=owner_pid
+    )
     state.save()
     try:
         start_server(state, [a.name for a in areas])
@@ -426,8 +435,9 @@ def start_session(repo_path: str, name: str, mountpoint: Path, areas: list[Area]
     return state
 
 
-def open_private(repo_path: str, name: str, area: Area, kind: str, prefix: str, *, mount: bool = True,
-                 fusefat: bool = True) -> tuple[MountState, Path]:
+def open_private(
+    repo_path: str, name: str, area: Area, kind: str, prefix: str, *, mount: bool = True, fusefat: bool = True
+) -> tuple[MountState, Path]:
     """One partition of an image for this process alone (extract, the wizard's browsing), in
     a fresh directory under /run/rescue/<kind>: the image filesystem, and with `mount` the
     partition mounted at <dir>/<area>. Whatever was set up is undone if a step fails."""
@@ -527,13 +537,15 @@ def mount_image(repo_path: str, name: str, mountpoint: str, partition: int | Non
 
 # -- tearing down --------------------------------------------------------------------------
 
+
 def umount_one(path: str, lazy: bool) -> None:
     proc = run(["umount", path], check=False)
     if proc.returncode == 0 or path not in mount_table():
         return
     if not lazy:
-        raise RefusedError(f"{path} is in use (a shell or program has files open there): close it and "
-                           "run 'rescue umount' again")
+        raise RefusedError(
+            f"{path} is in use (a shell or program has files open there): close it and run 'rescue umount' again"
+        )
     run(["umount", "-l", path], check=False)
 
 

@@ -23,8 +23,7 @@ from rescue.filesystems.swap import Swap
 from rescue.filesystems.xfs import Xfs
 from rescue.model.extents import Extent
 
-__all__ = ["FILESYSTEMS", "Examined", "Filesystem", "FsInfo", "Identified", "Volume", "identify", "lookup",
-           "probe"]
+__all__ = ["FILESYSTEMS", "Examined", "Filesystem", "FsInfo", "Identified", "Volume", "identify", "lookup", "probe"]
 
 # The registration: one entry per filesystem class.
 FILESYSTEMS: tuple[type[Filesystem], ...] = (Ext, Xfs, Btrfs, Fat, Ntfs, Swap)

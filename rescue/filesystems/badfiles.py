@@ -40,8 +40,21 @@ from typing import Protocol
 from rescue.errors import RescueError
 from rescue.filesystems.base import FREE, METADATA, MORE, Range
 
-__all__ = ["BADFILES", "FREE", "METADATA", "MORE", "MAX_BLOCKS", "Range", "annotate", "damaged_files",
-           "files_hit", "range_key", "read_badfiles", "supported", "write_badfiles"]
+__all__ = [
+    "BADFILES",
+    "FREE",
+    "METADATA",
+    "MORE",
+    "MAX_BLOCKS",
+    "Range",
+    "annotate",
+    "damaged_files",
+    "files_hit",
+    "range_key",
+    "read_badfiles",
+    "supported",
+    "write_badfiles",
+]
 
 BADFILES = "badfiles.json"
 
@@ -51,8 +64,9 @@ TOOL_TIMEOUT = 300.0
 C_LOCALE = {**os.environ, "LC_ALL": "C"}  # the tools' English output is what is parsed
 
 
-def files_hit(fstype: str, device: str, ranges: Sequence[Range], *,
-              max_blocks: int = MAX_BLOCKS) -> dict[Range, list[str]]:
+def files_hit(
+    fstype: str, device: str, ranges: Sequence[Range], *, max_blocks: int = MAX_BLOCKS
+) -> dict[Range, list[str]]:
     """For each (offset, length) byte range of the filesystem on `device` (a block device or
     a file holding exactly the partition), the sorted names of the files it hits, or FREE /
     METADATA. A range the lookup could not answer is absent."""
@@ -83,6 +97,7 @@ def _order(name: str) -> tuple[int, str]:
 
 # --- shared by the block-based lookups (ext, XFS) ----------------------------------------------
 
+
 def blocks_of(ranges: Sequence[Range], block_size: int, budget: int) -> tuple[dict[Range, list[int]], set[Range]]:
     """Filesystem blocks per range, within `budget` blocks in all; the ranges cut short."""
     out: dict[Range, list[int]] = {}
@@ -101,8 +116,9 @@ def blocks_of(ranges: Sequence[Range], block_size: int, budget: int) -> tuple[di
     return out, cut
 
 
-def collect(per_range: dict[Range, list[int]], cut: set[Range],
-            name: Callable[[int], str | None]) -> dict[Range, list[str]]:
+def collect(
+    per_range: dict[Range, list[int]], cut: set[Range], name: Callable[[int], str | None]
+) -> dict[Range, list[str]]:
     """Each range's names: those of its blocks (None: unknown), MORE when it was cut short."""
     out: dict[Range, list[str]] = {}
     for r, blocks in per_range.items():
@@ -125,6 +141,7 @@ def runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
 
 # --- a whole drive -----------------------------------------------------------------------------
 
+
 def range_key(start: int, length: int) -> str:
     """How a range is named in badfiles.json and by `rescue info`: first-last byte, inclusive."""
     return f"{start}-{start + length - 1}"
@@ -136,8 +153,12 @@ class _AreaLike(Protocol):
     size: int
 
 
-def annotate(source_path: str, areas: Iterable[_AreaLike], bad_ranges: Sequence[Range],
-             log: Callable[[str], None] = lambda m: None) -> dict[str, list[str]]:
+def annotate(
+    source_path: str,
+    areas: Iterable[_AreaLike],
+    bad_ranges: Sequence[Range],
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, list[str]]:
     """Files hit by each bad range of a drive: "first-last" (drive byte offsets, inclusive,
     see range_key) → names. `areas` are capture's AreaPlans or a manifest's Areas (name,
     offset, size, fs). Each area with a known filesystem is looked at through a read-only loop
@@ -170,8 +191,10 @@ def annotate(source_path: str, areas: Iterable[_AreaLike], bad_ranges: Sequence[
             key = range_key(*local[r])
             merged = result.setdefault(key, [])
             merged.extend(n for n in names if n not in merged)
-        log(f"{area.name}: files hit by bad sectors looked up for {len(found)} of {len(local)} ranges "
-            f"({time.monotonic() - began:.1f} s)")
+        log(
+            f"{area.name}: files hit by bad sectors looked up for {len(found)} of {len(local)} ranges "
+            f"({time.monotonic() - began:.1f} s)"
+        )
     return result
 
 

@@ -78,8 +78,7 @@ class Examined:
 
 def probe(vol: Volume) -> dict[str, str]:
     """blkid's low-level probe of the volume (works without udev and without a loop device)."""
-    proc = run(["blkid", "-p", "-o", "export", "-O", str(vol.offset), "-S", str(vol.size), vol.path],
-               check=False)
+    proc = run(["blkid", "-p", "-o", "export", "-O", str(vol.offset), "-S", str(vol.size), vol.path], check=False)
     out = {}
     for line in proc.stdout.decode(errors="replace").splitlines():
         key, sep, value = line.partition("=")
@@ -104,8 +103,19 @@ def mib(n: int) -> str:
 # Every class answers each of these (a class attribute, no default in the base): the registry
 # refuses a class that leaves one out, so a new filesystem cannot forget one silently.
 CAPABILITIES = (
-    "names", "can_grow", "grow_fills", "can_shrink", "shrink_moves_data", "resize_floor",
-    "mount_type", "mount_ro", "mount_rw", "no_files", "mtools", "linux_config", "can_renumber",
+    "names",
+    "can_grow",
+    "grow_fills",
+    "can_shrink",
+    "shrink_moves_data",
+    "resize_floor",
+    "mount_type",
+    "mount_ro",
+    "mount_rw",
+    "no_files",
+    "mtools",
+    "linux_config",
+    "can_renumber",
     "can_name_files",
 )
 
@@ -180,8 +190,10 @@ class Filesystem:
         current_size lets a filesystem that cannot shrink be refused here rather than halfway
         through."""
         if min_size is not None and new_size < min_size:
-            raise FilesystemError(f"cannot shrink {self.type} to {mib(new_size)} ({new_size} bytes): "
-                                  f"it needs at least {mib(min_size)} ({min_size} bytes)")
+            raise FilesystemError(
+                f"cannot shrink {self.type} to {mib(new_size)} ({new_size} bytes): "
+                f"it needs at least {mib(min_size)} ({min_size} bytes)"
+            )
 
     def resize(self, device: str, new_size: int, *, label: str | None = None, uuid: str | None = None) -> str:
         """Make the filesystem on `device` fill new_size bytes (rounded down to what the
@@ -194,8 +206,9 @@ class Filesystem:
             raise FilesystemError(f"cannot resize a {self.type} filesystem: no resize method for this type")
         have = device_size(device)
         if have < new_size:
-            raise FilesystemError(f"cannot resize {self.type} on {device} to {mib(new_size)}: "
-                                  f"the device holds only {mib(have)}")
+            raise FilesystemError(
+                f"cannot resize {self.type} on {device} to {mib(new_size)}: the device holds only {mib(have)}"
+            )
         return self._resize(device, new_size, label, uuid)
 
     def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:

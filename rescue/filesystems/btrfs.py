@@ -158,8 +158,9 @@ class Chunk:
     def stripe_length(self) -> int:
         """Bytes of one stripe on its device (the DEV_EXTENT length)."""
         n = len(self.stripes)
-        data_stripes = {"raid0": n, "raid10": n // max(1, self.sub_stripes), "raid5": n - 1,
-                        "raid6": n - 2}.get(self.profile, 1)
+        data_stripes = {"raid0": n, "raid10": n // max(1, self.sub_stripes), "raid5": n - 1, "raid6": n - 2}.get(
+            self.profile, 1
+        )
         return -(-self.length // max(1, data_stripes))
 
     def on_device(self, devid: int) -> list[int]:
@@ -218,7 +219,8 @@ def parse_chunks(text: str) -> list[Chunk]:
 
 _ITEM = re.compile(
     rb"\titem \d+ key \((\d+) (EXTENT_ITEM|METADATA_ITEM|BLOCK_GROUP_ITEM) (\d+)\)[^\n]*\n"
-    rb"(?:\s*block group used (\d+))?")
+    rb"(?:\s*block group used (\d+))?"
+)
 _ITEM_START = b"\n\titem "
 
 
@@ -271,7 +273,7 @@ def scan_extent_tree(blocks: Iterable[bytes], nodesize: int, scan: ExtentScan | 
             tail = buf
             continue
         tail = buf[cut:]
-        _feed(scan, buf[:cut + 1], nodesize)
+        _feed(scan, buf[: cut + 1], nodesize)
     _feed(scan, tail + b"\n", nodesize)
     return scan
 
@@ -387,8 +389,10 @@ def _extent_tree_map(dev: str, sup: Super) -> Mapped:
     # device has allocated, or a chunk was missed (and its data with it).
     on_device = sum(c.stripe_length() * len(c.on_device(devid)) for c in chunks)
     if on_device != sup.num("dev_item.bytes_used"):
-        raise FilesystemError(f"btrfs chunk tree puts {on_device} bytes on this device, "
-                              f"the superblock says {sup.num('dev_item.bytes_used')}")
+        raise FilesystemError(
+            f"btrfs chunk tree puts {on_device} bytes on this device, "
+            f"the superblock says {sup.num('dev_item.bytes_used')}"
+        )
     scan = scan_extent_tree(_stream(_dump_tree(dev, "extent", sup)), sup.num("nodesize"))
     if "BLOCK_GROUP_TREE" in sup.flags("compat_ro_flags"):
         scan_block_groups(run(_dump_tree(dev, BLOCK_GROUP_TREE, sup)).stdout, scan)
@@ -481,15 +485,22 @@ class Btrfs(Filesystem):
         a = analyse(vol)
         label = a.sup.fields.get("label") or None
         dev_used = a.sup.num("dev_item.bytes_used")
-        info = FsInfo(type=self.type, uuid=a.sup.fields.get("fsid"), label=label,
-                      used_bytes=a.sup.num("bytes_used"), min_size=estimate_min_size(dev_used, vol.size),
-                      map_source=a.source)
+        info = FsInfo(
+            type=self.type,
+            uuid=a.sup.fields.get("fsid"),
+            label=label,
+            used_bytes=a.sup.num("bytes_used"),
+            min_size=estimate_min_size(dev_used, vol.size),
+            map_source=a.source,
+        )
         return Examined(info, _map(a.sup, a.extents, vol.size))
 
     def shrink_check(self, min_size: int | None, new_size: int, *, current_size: int | None = None) -> None:
         if new_size < self.resize_floor:
-            raise FilesystemError(f"cannot resize {self.type} to {mib(new_size)}: the kernel resizes btrfs to "
-                                  f"no less than {mib(self.resize_floor)}")
+            raise FilesystemError(
+                f"cannot resize {self.type} to {mib(new_size)}: the kernel resizes btrfs to "
+                f"no less than {mib(self.resize_floor)}"
+            )
         super().shrink_check(min_size, new_size, current_size=current_size)
 
     def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
@@ -502,8 +513,7 @@ class Btrfs(Filesystem):
         elif new < self.resize_floor:
             # The kernel refuses any resize to less than 256 MiB, growing included; the
             # filesystem stays valid at its old size inside the larger partition.
-            return (f"{self.type} on {device} kept at {mib(old)}: btrfs cannot be resized below "
-                    f"{mib(self.resize_floor)}")
+            return f"{self.type} on {device} kept at {mib(old)}: btrfs cannot be resized below {mib(self.resize_floor)}"
         if new != old:
             with self.mounted(device) as mnt:
                 tool(["btrfs", "filesystem", "resize", str(new), mnt], device)
@@ -548,8 +558,12 @@ _FS_ROOT_DIR = 256
 
 
 def _tree_text(device: str, tree: str | int) -> str:
-    return run(["btrfs", "inspect-internal", "dump-tree", "-t", str(tree), device], env=C_LOCALE,
-               check=False, timeout=TOOL_TIMEOUT).stdout.decode(errors="replace")
+    return run(
+        ["btrfs", "inspect-internal", "dump-tree", "-t", str(tree), device],
+        env=C_LOCALE,
+        check=False,
+        timeout=TOOL_TIMEOUT,
+    ).stdout.decode(errors="replace")
 
 
 def _files_at(device: str, ranges: Sequence[Range]) -> dict[Range, list[str]]:
@@ -647,8 +661,11 @@ def _paths(device: str, roots: set[int]) -> dict[tuple[int, int], list[str]]:
             for line in _tree_text(device, root).splitlines():
                 m = _ITEM_KEY.match(line)
                 if m:
-                    key = ((int(m.group(1)), int(m.group(3)))
-                           if m.group(2) == "INODE_REF" and m.group(1).isdigit() else None)
+                    key = (
+                        (int(m.group(1)), int(m.group(3)))
+                        if m.group(2) == "INODE_REF" and m.group(1).isdigit()
+                        else None
+                    )
                     continue
                 if key and "name: " in line:
                     out.setdefault(key[0], []).append((key[1], line.split("name: ", 1)[1]))

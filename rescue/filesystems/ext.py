@@ -111,8 +111,9 @@ def parse(text: str, *, groups: bool = True) -> Dump:
     tail = d.cluster_size // d.block_size - 1 if "bigalloc" in d.features and d.cluster_size else 0
     d.free = [(a, b - a + 1 + tail) for a, b in ranges]
     if free_lines != d.groups:
-        raise FilesystemError(f"dumpe2fs printed free blocks for {free_lines} of {d.groups} groups "
-                              "(unreadable bitmaps?)")
+        raise FilesystemError(
+            f"dumpe2fs printed free blocks for {free_lines} of {d.groups} groups (unreadable bitmaps?)"
+        )
     return d
 
 
@@ -181,8 +182,14 @@ class Ext(Filesystem):
         else:
             source = "dumpe2fs"
             used = sum(e.length for e in _extents(d, vol.size))
-        info = FsInfo(type=self.type, uuid=d.uuid, label=d.label, used_bytes=used,
-                      min_size=blocks * d.block_size if blocks is not None else None, map_source=source)
+        info = FsInfo(
+            type=self.type,
+            uuid=d.uuid,
+            label=d.label,
+            used_bytes=used,
+            min_size=blocks * d.block_size if blocks is not None else None,
+            map_source=source,
+        )
         return Examined(info, normalize(_extents(d, vol.size), vol.size))
 
     def used_extents(self, vol: Volume) -> list[Extent]:
@@ -196,8 +203,10 @@ class Ext(Filesystem):
         proc = run(["e2fsck", "-fy", device], check=False, timeout=None)
         if proc.returncode not in (0, 1):
             last = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()
-            raise FilesystemError(f"e2fsck found errors it could not fix on {device} (exit {proc.returncode})"
-                                  + (f": {last[-1]}" if last else ""))
+            raise FilesystemError(
+                f"e2fsck found errors it could not fix on {device} (exit {proc.returncode})"
+                + (f": {last[-1]}" if last else "")
+            )
 
     def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
         """e2fsck -fy first (see check), then resize2fs to an explicit size."""
@@ -207,8 +216,7 @@ class Ext(Filesystem):
         new_blocks = new_size // bsize
         if new_blocks != head.block_count:
             tool(["resize2fs", device, f"{new_blocks * bsize // 1024}K"], device)
-        return self._done(device, head.block_count * bsize, dump(device, header=True).block_count * bsize,
-                          "resize2fs")
+        return self._done(device, head.block_count * bsize, dump(device, header=True).block_count * bsize, "resize2fs")
 
     def new_uuid(self, device: str) -> str:
         self.check(device)
@@ -221,6 +229,7 @@ class Ext(Filesystem):
 
 
 # --- files hit by bad blocks ---------------------------------------------------------------------
+
 
 def _files_at(device: str, ranges: Sequence[Range], budget: int) -> dict[Range, list[str]]:
     """debugfs icheck (block -> inode), testb (an unowned block: metadata or free), ncheck
@@ -260,8 +269,9 @@ def _files_at(device: str, ranges: Sequence[Range], budget: int) -> dict[Range, 
 
 
 def _debugfs(device: str, *args: str) -> str:
-    return run(["debugfs", *args, device], env=C_LOCALE, check=False,
-               timeout=TOOL_TIMEOUT).stdout.decode(errors="replace")
+    return run(["debugfs", *args, device], env=C_LOCALE, check=False, timeout=TOOL_TIMEOUT).stdout.decode(
+        errors="replace"
+    )
 
 
 def _used(device: str, blocks: list[int]) -> dict[int, bool]:
@@ -288,7 +298,7 @@ def _paths(device: str, inodes: list[int]) -> dict[int, str]:
         out[2] = "/"
     rest = [i for i in inodes if i != 2]
     for start in range(0, len(rest), 2000):
-        text = _debugfs(device, "-R", "ncheck " + " ".join(map(str, rest[start:start + 2000])))
+        text = _debugfs(device, "-R", "ncheck " + " ".join(map(str, rest[start : start + 2000])))
         for m in re.finditer(r"^(\d+)\t(.+)$", text, re.M):
             ino, path = int(m.group(1)), re.sub("/+", "/", m.group(2))
             if ino in out and path not in out[ino].split(" = "):

@@ -148,7 +148,7 @@ def parse_bpb(boot: bytes) -> Bpb:
     if boot[ext + 2] in (0x28, 0x29):
         volume_id = struct.unpack_from("<I", boot, ext + 3)[0]
         if boot[ext + 2] == 0x29:
-            label = _label(boot[ext + 7:ext + 18])
+            label = _label(boot[ext + 7 : ext + 18])
     bpb = Bpb(bits, bps, spc, rsvd, nfats, root_ent, total, fat_sectors, root_cluster, active, volume_id, label)
     if total <= bpb.first_data_sector or bpb.cluster_count < 1:
         raise FilesystemError("not a FAT boot sector: no room for a data area")
@@ -175,7 +175,7 @@ def fat_entries(fat: bytes, fat_bits: int, count: int) -> array[int]:
         return array("I", (fat12_entry(fat, n) for n in range(count)))
     code = "H" if fat_bits == 16 else "I"
     width = 2 if fat_bits == 16 else 4
-    raw = bytes(fat[:count * width])
+    raw = bytes(fat[: count * width])
     if fat_bits == 32:  # clear the top nibble of each entry's last byte, at C speed
         buf = bytearray(raw)
         buf[3::4] = buf[3::4].translate(_LOW_NIBBLE)
@@ -248,7 +248,7 @@ def end_of_used(bpb: Bpb, flags: bytes) -> int:
 def _dir_label(entries: bytes) -> tuple[bool, str | None]:
     """(seen the end of the directory, label) from raw 32-byte directory entries."""
     for off in range(0, len(entries) - 31, 32):
-        entry = entries[off:off + 32]
+        entry = entries[off : off + 32]
         if entry[0] == 0:
             return True, None
         if entry[0] == 0xE5 or entry[11] & 0x0F == 0x0F:  # deleted, or a long-name slot
@@ -265,18 +265,23 @@ def root_label(bpb: Bpb, root_dir: bytes) -> str | None:
 
 # --- the thin I/O part ---------------------------------------------------------------------
 
+
 def read_bpb(vol: Volume) -> Bpb:
     boot = vol.pread(512, 0)
     bpb = parse_bpb(boot)
     if bpb.total_sectors * bpb.bytes_per_sector > vol.size:
-        raise FilesystemError(f"FAT filesystem ({bpb.total_sectors * bpb.bytes_per_sector} bytes) "
-                              f"is larger than its partition ({vol.size} bytes)")
+        raise FilesystemError(
+            f"FAT filesystem ({bpb.total_sectors * bpb.bytes_per_sector} bytes) "
+            f"is larger than its partition ({vol.size} bytes)"
+        )
     return bpb
 
 
 def read_fats(vol: Volume, bpb: Bpb) -> list[bytes]:
-    fats = [vol.pread(bpb.fat_bytes, (bpb.first_fat_sector + i * bpb.fat_sectors) * bpb.bytes_per_sector)
-            for i in range(bpb.num_fats)]
+    fats = [
+        vol.pread(bpb.fat_bytes, (bpb.first_fat_sector + i * bpb.fat_sectors) * bpb.bytes_per_sector)
+        for i in range(bpb.num_fats)
+    ]
     if any(len(f) < bpb.fat_bytes for f in fats):
         raise FilesystemError("FAT table is truncated")
     return fats
@@ -286,8 +291,9 @@ def read_label(vol: Volume, bpb: Bpb, fat: bytes) -> str | None:
     """The root directory's label entry, else the boot sector's. FAT32's root directory is a
     cluster chain; we follow it (bounded, in case the chain loops)."""
     if bpb.fat_bits != 32:
-        found = root_label(bpb, vol.pread(bpb.root_dir_sectors * bpb.bytes_per_sector,
-                                          bpb.root_dir_sector * bpb.bytes_per_sector))
+        found = root_label(
+            bpb, vol.pread(bpb.root_dir_sectors * bpb.bytes_per_sector, bpb.root_dir_sector * bpb.bytes_per_sector)
+        )
         return found or bpb.bpb_label
     cluster, seen = bpb.root_cluster, 0
     while 2 <= cluster < bpb.cluster_count + 2 and seen < 4096:
@@ -322,9 +328,14 @@ class Fat(Filesystem):
         bpb = read_bpb(vol)
         fats = read_fats(vol, bpb)
         flags = used_flags_all(bpb, fats)
-        info = FsInfo(type=self.type, uuid=bpb.uuid, label=read_label(vol, bpb, fats[bpb.active_fat or 0]),
-                      used_bytes=bpb.data_offset + flags.count(1) * bpb.cluster_bytes,
-                      min_size=min_size(bpb, flags), map_source=f"FAT{bpb.fat_bits} table")
+        info = FsInfo(
+            type=self.type,
+            uuid=bpb.uuid,
+            label=read_label(vol, bpb, fats[bpb.active_fat or 0]),
+            used_bytes=bpb.data_offset + flags.count(1) * bpb.cluster_bytes,
+            min_size=min_size(bpb, flags),
+            map_source=f"FAT{bpb.fat_bits} table",
+        )
         return Examined(info, extents_from(bpb, flags))
 
     def used_extents(self, vol: Volume) -> list[Extent]:
@@ -352,21 +363,27 @@ class Fat(Filesystem):
         old = bpb.total_sectors * bps
         new_sectors = new_size // bps
         if new_sectors >= bpb.total_sectors:
-            return (f"{self.type} on {device} left at {mib(old)} in {mib(new_size)}: growing FAT needs a larger "
-                    f"table and moving every cluster; the filesystem is valid as it is")
+            return (
+                f"{self.type} on {device} left at {mib(old)} in {mib(new_size)}: growing FAT needs a larger "
+                f"table and moving every cluster; the filesystem is valid as it is"
+            )
         flags = used_flags_all(bpb, read_fats(vol, bpb))
         used_end = end_of_used(bpb, flags)
         new_clusters = (new_sectors - bpb.first_data_sector) // bpb.sectors_per_cluster
         floor = FLOOR[bpb.fat_bits]
         if used_end > new_size:
-            raise FilesystemError(f"cannot shrink FAT{bpb.fat_bits} on {device} to {mib(new_size)} ({new_size} "
-                                  f"bytes): data lies up to {mib(used_end)} ({used_end} bytes) and FAT is not "
-                                  f"shrunk by moving data")
+            raise FilesystemError(
+                f"cannot shrink FAT{bpb.fat_bits} on {device} to {mib(new_size)} ({new_size} "
+                f"bytes): data lies up to {mib(used_end)} ({used_end} bytes) and FAT is not "
+                f"shrunk by moving data"
+            )
         if new_clusters < floor:
             least = bpb.data_offset + floor * bpb.cluster_bytes
-            raise FilesystemError(f"cannot shrink FAT{bpb.fat_bits} on {device} to {mib(new_size)} ({new_size} "
-                                  f"bytes): FAT{bpb.fat_bits} needs at least {floor} clusters, {mib(least)} "
-                                  f"({least} bytes)")
+            raise FilesystemError(
+                f"cannot shrink FAT{bpb.fat_bits} on {device} to {mib(new_size)} ({new_size} "
+                f"bytes): FAT{bpb.fat_bits} needs at least {floor} clusters, {mib(least)} "
+                f"({least} bytes)"
+            )
         new_sectors = bpb.first_data_sector + new_clusters * bpb.sectors_per_cluster  # no partial cluster
         free = new_clusters - flags.count(1)
         fd = os.open(device, os.O_RDWR)
@@ -410,7 +427,7 @@ class Fat(Filesystem):
                 sector = bytearray(os.pread(fd, bps, s * bps))
                 if s and sector[510:512] != b"\x55\xaa":
                     continue  # no valid backup there: leave whatever it is
-                sector[at:at + 4] = new_id.to_bytes(4, "little")
+                sector[at : at + 4] = new_id.to_bytes(4, "little")
                 os.pwrite(fd, bytes(sector), s * bps)
             os.fsync(fd)
         finally:

@@ -53,8 +53,8 @@ def parse_boot(boot: bytes) -> Boot:
     if len(boot) < 512 or boot[3:11] != b"NTFS    ":
         raise FilesystemError("not an NTFS boot sector")
     bps, spc = struct.unpack_from("<HB", boot, 0x0B)
-    total, = struct.unpack_from("<Q", boot, 0x28)
-    serial, = struct.unpack_from("<Q", boot, 0x48)
+    (total,) = struct.unpack_from("<Q", boot, 0x28)
+    (serial,) = struct.unpack_from("<Q", boot, 0x48)
     if bps not in (256, 512, 1024, 2048, 4096):
         raise FilesystemError(f"NTFS boot sector: {bps} bytes per sector is not valid")
     if spc > 0x80:
@@ -69,8 +69,7 @@ def parse_boot(boot: bytes) -> Boot:
 
 
 # One entry per byte value: the runs of set bits inside it, as (first bit, count).
-_BYTE_RUNS = [[(m.start(), m.end() - m.start()) for m in re.finditer("1+", f"{b:08b}"[::-1])]
-              for b in range(256)]
+_BYTE_RUNS = [[(m.start(), m.end() - m.start()) for m in re.finditer("1+", f"{b:08b}"[::-1])] for b in range(256)]
 
 
 def bitmap_runs(bitmap: bytes, nbits: int) -> list[tuple[int, int]]:
@@ -86,7 +85,7 @@ def bitmap_runs(bitmap: bytes, nbits: int) -> list[tuple[int, int]]:
         else:
             runs.append([start, count])
 
-    view = bitmap[:(nbits + 7) // 8]
+    view = bitmap[: (nbits + 7) // 8]
     for m in re.finditer(rb"\xff+|[\x01-\xfe]+", view):
         if m.group()[0] == 0xFF:
             add(m.start() * 8, (m.end() - m.start()) * 8)
@@ -118,19 +117,23 @@ def parse_min_size(text: str) -> int | None:
 
 # --- the thin I/O part ---------------------------------------------------------------------
 
+
 def read_boot(vol: Volume) -> Boot:
     boot = parse_boot(vol.pread(512, 0))
     if boot.total_sectors * boot.bytes_per_sector > vol.size:
-        raise FilesystemError(f"NTFS filesystem ({boot.total_sectors * boot.bytes_per_sector} bytes) "
-                              f"is larger than its partition ({vol.size} bytes)")
+        raise FilesystemError(
+            f"NTFS filesystem ({boot.total_sectors * boot.bytes_per_sector} bytes) "
+            f"is larger than its partition ({vol.size} bytes)"
+        )
     return boot
 
 
 def read_bitmap(dev: str, boot: Boot) -> bytes:
     bitmap = run(["ntfscat", "--force", "--inode", "6", dev], timeout=1800).stdout
     if len(bitmap) * 8 < boot.clusters:
-        raise FilesystemError(f"NTFS $Bitmap on {dev} covers {len(bitmap) * 8} clusters, "
-                              f"the boot sector says {boot.clusters}")
+        raise FilesystemError(
+            f"NTFS $Bitmap on {dev} covers {len(bitmap) * 8} clusters, the boot sector says {boot.clusters}"
+        )
     return bitmap
 
 
@@ -160,9 +163,14 @@ class Ntfs(Filesystem):
             resize = run(["ntfsresize", "--info", "--force", "--no-action", dev], check=False, timeout=1800)
         used = sum(n for _, n in bitmap_runs(bitmap, boot.clusters)) * boot.cluster_bytes
         label = (probed or probe(vol)).get("LABEL") or None
-        info = FsInfo(type=self.type, uuid=boot.uuid, label=label, used_bytes=used,
-                      min_size=parse_min_size(resize.stdout.decode(errors="replace")),
-                      map_source="ntfscat $Bitmap")
+        info = FsInfo(
+            type=self.type,
+            uuid=boot.uuid,
+            label=label,
+            used_bytes=used,
+            min_size=parse_min_size(resize.stdout.decode(errors="replace")),
+            map_source="ntfscat $Bitmap",
+        )
         return Examined(info, extents_from(boot, bitmap, vol.size))
 
     def used_extents(self, vol: Volume) -> list[Extent]:
@@ -208,8 +216,12 @@ class Ntfs(Filesystem):
             if time.monotonic() > deadline:
                 break
             first, last = r[0] // sector, (r[0] + r[1] - 1) // sector
-            proc = run(["ntfscluster", "--force", "--sector", f"{first}-{last}", device], env=C_LOCALE,
-                       check=False, timeout=TOOL_TIMEOUT)
+            proc = run(
+                ["ntfscluster", "--force", "--sector", f"{first}-{last}", device],
+                env=C_LOCALE,
+                check=False,
+                timeout=TOOL_TIMEOUT,
+            )
             text = proc.stdout.decode(errors="replace")
             names = {file_name(int(m.group(1)), m.group(2)) for m in _HIT.finditer(text)}
             if names:

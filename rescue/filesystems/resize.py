@@ -42,15 +42,15 @@ def resizer(fstype: str) -> Filesystem:
     return fs
 
 
-def resize_filesystem(fstype: str, device: str, new_size: int, *, label: str | None = None,
-                      uuid: str | None = None) -> str:
+def resize_filesystem(
+    fstype: str, device: str, new_size: int, *, label: str | None = None, uuid: str | None = None
+) -> str:
     """`lookup(fstype).resize(...)` for callers that hold only a type name; an unknown type is
     refused with the same words as a known one that cannot be resized."""
     return resizer(fstype).resize(device, new_size, label=label, uuid=uuid)
 
 
-def shrink_plan_check(fstype: str, min_size: int | None, new_size: int, *,
-                      current_size: int | None = None) -> None:
+def shrink_plan_check(fstype: str, min_size: int | None, new_size: int, *, current_size: int | None = None) -> None:
     """`lookup(fstype).shrink_check(...)` for callers that hold only a type name."""
     resizer(fstype).shrink_check(min_size, new_size, current_size=current_size)
 

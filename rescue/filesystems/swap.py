@@ -43,7 +43,7 @@ def parse_header(data: bytes) -> SwapHeader:
     Layout (linux/swap.h, union swap_header): bootbits[1024], version, last_page,
     nr_badpages (u32 each), uuid[16], volume_name[16]; magic at page_size - 10."""
     for page in PAGE_SIZES:
-        if len(data) >= page and data[page - 10:page] == MAGIC:
+        if len(data) >= page and data[page - 10 : page] == MAGIC:
             break
     else:
         raise FilesystemError("no swap signature (SWAPSPACE2) found")
@@ -53,9 +53,12 @@ def parse_header(data: bytes) -> SwapHeader:
     raw_uuid = data[1036:1052]
     raw_label = data[1052:1068].split(b"\x00", 1)[0]
     return SwapHeader(
-        page_size=page, version=version, last_page=last_page,
+        page_size=page,
+        version=version,
+        last_page=last_page,
         uuid=str(uuidlib.UUID(bytes=raw_uuid)) if any(raw_uuid) else None,
-        label=raw_label.decode(errors="replace") or None)
+        label=raw_label.decode(errors="replace") or None,
+    )
 
 
 class Swap(Filesystem):
@@ -79,8 +82,14 @@ class Swap(Filesystem):
         restoring into less space than the original means running mkswap again with the same
         UUID and label, since the header's last_page must not point past the partition."""
         header = parse_header(vol.pread(HEADER_SPAN, 0))
-        info = FsInfo(type=self.type, uuid=header.uuid, label=header.label, used_bytes=header.page_size,
-                      min_size=MIN_PAGES * header.page_size, map_source="swap header")
+        info = FsInfo(
+            type=self.type,
+            uuid=header.uuid,
+            label=header.label,
+            used_bytes=header.page_size,
+            min_size=MIN_PAGES * header.page_size,
+            map_source="swap header",
+        )
         return Examined(info, [Extent(0, min(vol.size, max(HEADER_SPAN, header.page_size)))])
 
     def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:

@@ -89,8 +89,9 @@ def dump(dev: str, *, freesp: bool = True) -> Dump:
     """The superblock and label, and with `freesp` the free extents (which walks every
     allocation group's btree: the superblock alone is what resize needs)."""
     argv = ["xfs_db", "-r", "-c", "sb 0", "-c", "p " + " ".join(_SB_FIELDS), "-c", "label"]
-    return parse(run(argv + (["-c", "freesp -d"] if freesp else []) + [dev],
-                     env=C_LOCALE).stdout.decode(errors="replace"))
+    return parse(
+        run(argv + (["-c", "freesp -d"] if freesp else []) + [dev], env=C_LOCALE).stdout.decode(errors="replace")
+    )
 
 
 def log_dirty(dev: str, d: Dump) -> bool:
@@ -139,14 +140,17 @@ class Xfs(Filesystem):
         d, dirty = _read(vol)
         used = sum(n for _, n in d.used_blocks()) * d.num("blocksize")
         source = "xfs_db freesp (log dirty: whole volume)" if dirty else "xfs_db freesp"
-        info = FsInfo(type=self.type, uuid=d.sb["uuid"], label=d.label, used_bytes=used, min_size=d.size,
-                      map_source=source)
+        info = FsInfo(
+            type=self.type, uuid=d.sb["uuid"], label=d.label, used_bytes=used, min_size=d.size, map_source=source
+        )
         return Examined(info, normalize(_extents(d, dirty, vol.size), vol.size))
 
     def shrink_check(self, min_size: int | None, new_size: int, *, current_size: int | None = None) -> None:
         if current_size is not None and new_size < current_size:
-            raise FilesystemError(f"cannot shrink {self.type} from {mib(current_size)} to {mib(new_size)}: "
-                                  f"XFS can only grow; choose a partition of at least {mib(current_size)}")
+            raise FilesystemError(
+                f"cannot shrink {self.type} from {mib(current_size)} to {mib(new_size)}: "
+                f"XFS can only grow; choose a partition of at least {mib(current_size)}"
+            )
         super().shrink_check(min_size, new_size, current_size=current_size)
 
     def _resize(self, device: str, new_size: int, label: str | None, uuid: str | None) -> str:
@@ -189,8 +193,9 @@ def _files_at(device: str, ranges: Sequence[Range], budget: int) -> dict[Range, 
     # One command per block: `blockuse -c N` stops at an AG's end, and daddr (512-byte units,
     # linear) spares us the AG-encoded fsblock numbers.
     script = "blockget -n\n" + "".join(f"daddr {b * bs // 512}\nblockuse -n\n" for b in blocks)
-    text = run(["xfs_db", "-r", device], input=script.encode(), env=C_LOCALE, check=False,
-               timeout=TOOL_TIMEOUT).stdout.decode(errors="replace")
+    text = run(
+        ["xfs_db", "-r", device], input=script.encode(), env=C_LOCALE, check=False, timeout=TOOL_TIMEOUT
+    ).stdout.decode(errors="replace")
     kinds: dict[int, str] = {}
     for m in _BLOCKUSE.finditer(text):
         block = int(m.group(1)) * agblocks + int(m.group(2))

@@ -18,10 +18,12 @@ from rescue.errors import DeviceError, RescueError
 from rescue.hw.run import output, run
 from rescue.model.layout import DiskLayout, Partition
 
-_KIND = {parted.PARTITION_NORMAL: "primary", parted.PARTITION_LOGICAL: "logical",
-         parted.PARTITION_EXTENDED: "extended"}
-_PED_TYPE = {"primary": parted.PARTITION_NORMAL, "logical": parted.PARTITION_LOGICAL,
-             "extended": parted.PARTITION_EXTENDED}
+_KIND = {parted.PARTITION_NORMAL: "primary", parted.PARTITION_LOGICAL: "logical", parted.PARTITION_EXTENDED: "extended"}
+_PED_TYPE = {
+    "primary": parted.PARTITION_NORMAL,
+    "logical": parted.PARTITION_LOGICAL,
+    "extended": parted.PARTITION_EXTENDED,
+}
 _FLAG_BY_NAME = {name: code for code, name in parted.partitionFlag.items()}
 
 
@@ -57,18 +59,21 @@ def read_layout(path: str) -> DiskLayout:
     try:
         disk = parted.newDisk(dev)
     except Exception:  # noqa: BLE001 - pyparted's way of saying "no (readable) table"
-        return DiskLayout(table="none", sector_size=dev.sectorSize, size=size,
-                          physical_sector_size=dev.physicalSectorSize)
+        return DiskLayout(
+            table="none", sector_size=dev.sectorSize, size=size, physical_sector_size=dev.physicalSectorSize
+        )
     if disk.type not in ("gpt", "msdos"):
         raise TableError(f"{path}: partition table type {disk.type!r} is not supported (GPT and MBR are)")
     disk_id, extra = _sfdisk_details(path)
     parts = []
     for p in disk.partitions:
-        flags = sorted(name for code, name in parted.partitionFlag.items()
-                       if p.isFlagAvailable(code) and p.getFlag(code))
+        flags = sorted(
+            name for code, name in parted.partitionFlag.items() if p.isFlagAvailable(code) and p.getFlag(code)
+        )
         sf = extra.get(p.geometry.start) or _SfdiskEntry()
-        part = Partition(number=p.number, start=p.geometry.start, end=p.geometry.end,
-                         kind=_KIND.get(p.type, "primary"), flags=flags)
+        part = Partition(
+            number=p.number, start=p.geometry.start, end=p.geometry.end, kind=_KIND.get(p.type, "primary"), flags=flags
+        )
         if disk.type == "gpt":
             part.name = p.name or ""
             part.type_guid = sf.get("type")
@@ -78,9 +83,14 @@ def read_layout(path: str) -> DiskLayout:
             part.mbr_type = int(sf["type"], 16) if "type" in sf else None
             part.bootable = bool(sf.get("bootable", False))
         parts.append(part)
-    return DiskLayout(table=disk.type, sector_size=dev.sectorSize, size=size, disk_id=disk_id,
-                      partitions=sorted(parts, key=lambda q: q.number),
-                      physical_sector_size=dev.physicalSectorSize)
+    return DiskLayout(
+        table=disk.type,
+        sector_size=dev.sectorSize,
+        size=size,
+        disk_id=disk_id,
+        partitions=sorted(parts, key=lambda q: q.number),
+        physical_sector_size=dev.physicalSectorSize,
+    )
 
 
 def _sfdisk_details(path: str) -> tuple[str | None, dict[int, _SfdiskEntry]]:
@@ -148,6 +158,7 @@ def gpt_usable(path: str, sector_size: int) -> tuple[int, int] | None:
 
 def _set_ids(path: str, layout: DiskLayout) -> None:
     """What pyparted cannot set: disk id, GUIDs, type ids, attributes, exact MBR types."""
+
     def sfdisk(*args: str) -> None:
         output(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", *args], error=TableError)
 

@@ -11,9 +11,9 @@ bytes outside partitions read back and compared, then the steps that make the dr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from rescue.errors import RescueError
 from rescue.hw import blockdev
@@ -159,8 +159,9 @@ def _grow(job: Job, act: Action) -> None:
 
 
 def _shrink(job: Job, act: Action) -> None:
-    _write_shrunk(job.target, job.sources[act.area], job.placements[act.area], job.meter, job.workers, job.log,
-                  job.scratch_dir)
+    _write_shrunk(
+        job.target, job.sources[act.area], job.placements[act.area], job.meter, job.workers, job.log, job.scratch_dir
+    )
 
 
 def _check_gaps(job: Job, act: Action) -> None:
@@ -192,12 +193,18 @@ _HANDLERS: dict[str, Callable[[Job, Action], None]] = {
 
 
 def write_area(fd: int, src: AreaSource, base: int, meter: Meter, workers: int) -> None:
-    write_chunks(src, lambda data, pos: blockdev.write_all(fd, data, base + pos),
-                 lambda pos, n: blockdev.zero_range(fd, base + pos, n), meter, workers)
+    write_chunks(
+        src,
+        lambda data, pos: blockdev.write_all(fd, data, base + pos),
+        lambda pos, n: blockdev.zero_range(fd, base + pos, n),
+        meter,
+        workers,
+    )
 
 
-def write_chunks(src: AreaSource, put: Callable[[bytes, int], None], zero: Callable[[int, int], None],
-                 meter: Meter, workers: int) -> None:
+def write_chunks(
+    src: AreaSource, put: Callable[[bytes, int], None], zero: Callable[[int, int], None], meter: Meter, workers: int
+) -> None:
     """Every DATA chunk of `src` through put(bytes, area position), every ZERO chunk through
     zero(position, length), on `workers` threads (fetching checks and decompresses)."""
     index = src.index
@@ -225,8 +232,9 @@ def _resize_in_place(target: str, src: AreaSource, place: Placement) -> str:
         return resizer(fs["type"]).resize(dev, place.size, label=fs.get("label"), uuid=fs.get("uuid"))
 
 
-def _write_shrunk(target: str, src: AreaSource, place: Placement, meter: Meter, workers: int, log: JobLog,
-                  scratch_dir: str) -> None:
+def _write_shrunk(
+    target: str, src: AreaSource, place: Placement, meter: Meter, workers: int, log: JobLog, scratch_dir: str
+) -> None:
     """Shrink on the target itself (model/scratch.py says why): the filesystem's bytes inside
     the new partition go straight to their final place, those past its end to a scratch file
     in scratch_dir; the resize tool sees both as one device of the old size (hw/splitdev.py)
@@ -245,8 +253,10 @@ def _write_shrunk(target: str, src: AreaSource, place: Placement, meter: Meter, 
 
         write_chunks(src, lambda data, pos: sd.write(pos, data), zero, meter, workers)
 
-    log(f"{src.label}: shrinking {fmt_bytes(src.size)} -> {fmt_bytes(place.size)} on the target, "
-        f"scratch in {scratch_dir}")
+    log(
+        f"{src.label}: shrinking {fmt_bytes(src.size)} -> {fmt_bytes(place.size)} on the target, "
+        f"scratch in {scratch_dir}"
+    )
     with split_device(target, place.offset, place.size, src.size, scratch_dir, write_into) as sd:
         log(filesystem.resize(sd.path, place.size, label=fs.get("label"), uuid=fs.get("uuid")))
         peak = sd.scratch_bytes()

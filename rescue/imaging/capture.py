@@ -17,9 +17,9 @@ from pathlib import Path
 import zstandard
 
 from rescue import __version__
-from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.errors import RescueError
 from rescue.filesystems import identify
+from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.filesystems.base import FsInfo, Volume
 from rescue.hw import blockdev
 from rescue.hw.badread import TolerantReader
@@ -88,9 +88,10 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
     else:
         # the bytes outside partitions (boot code in the gap after the MBR, ...), whole
         plan.areas += [AreaPlan(g.name, g.offset, g.size) for g in gaps(layout)]
-        spans = [(f"p{p.number}", p.number, Volume(source, p.offset(layout.sector_size),
-                                                   p.size(layout.sector_size)))
-                 for p in layout.data_partitions()]
+        spans = [
+            (f"p{p.number}", p.number, Volume(source, p.offset(layout.sector_size), p.size(layout.sector_size)))
+            for p in layout.data_partitions()
+        ]
     for name, number, vol in spans:
         area = AreaPlan(name, vol.offset, vol.size, partition=number)
         try:
@@ -102,9 +103,11 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
             # A damaged filesystem is still imaged, whole: losing bytes is worse than time.
             log(f"{area.name}: cannot map used blocks ({e}); imaging every byte")
             area.used = None
-        log(f"{area.name}: {area.fs.type if area.fs else 'no filesystem'}, "
+        log(
+            f"{area.name}: {area.fs.type if area.fs else 'no filesystem'}, "
             f"{fmt_bytes(area.read_bytes())} of {fmt_bytes(area.size)} to read"
-            + ("" if area.used is not None else " (whole area)"))
+            + ("" if area.used is not None else " (whole area)")
+        )
         plan.areas.append(area)
     return plan
 
@@ -141,9 +144,19 @@ class _Storer:
         return dig
 
 
-def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, threads: int | None = None,
-            chunk_size: int = 4 << 20, retries: int = 1, read_timeout: float = 30.0,
-            progress: ProgressCallback = no_progress, cancel: threading.Event | None = None) -> CaptureResult:
+def capture(
+    source: str,
+    repo_path: str | Path,
+    name: str,
+    *,
+    level: int = 3,
+    threads: int | None = None,
+    chunk_size: int = 4 << 20,
+    retries: int = 1,
+    read_timeout: float = 30.0,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> CaptureResult:
     """Image `source`. Unreadable sectors do not stop it: they are zero-filled, retried
     `retries` times at the end (ddrescue's phases), recorded in badsectors.map beside the image
     and counted in the result."""
@@ -164,10 +177,13 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
             deferred: dict[tuple[int, int], bytes] = {}
             chunk_reader = UsedChunkReader(reader, repo.chunk_size)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                indexes = [_capture_area(chunk_reader, a, ap, repo, storer, pool, meter, log, workers, deferred)
-                           for a, ap in enumerate(plan.areas)]
-                lost = _finish_bad_sectors(reader, name, plan, indexes, repo, storer, pool, deferred, meter, log,
-                                           workers)
+                indexes = [
+                    _capture_area(chunk_reader, a, ap, repo, storer, pool, meter, log, workers, deferred)
+                    for a, ap in enumerate(plan.areas)
+                ]
+                lost = _finish_bad_sectors(
+                    reader, name, plan, indexes, repo, storer, pool, deferred, meter, log, workers
+                )
             bad = list(reader.map.bad_ranges())
             if bad:
                 (image_dir / BAD_MAP).write_text(reader.mapfile())
@@ -176,26 +192,50 @@ def capture(source: str, repo_path: str | Path, name: str, *, level: int = 3, th
         _sync(repo.path)
         seconds = time.monotonic() - started
         data_bytes = sum(a.stats["data_bytes"] for a in areas)
-        manifest = Manifest(name=name, created=now_iso(), rescue_version=__version__,
-                            chunk_size=repo.chunk_size, hash="sha256", source=facts,
-                            layout=plan.layout, areas=areas,
-                            stats={"read_bytes": meter.done, "data_bytes": data_bytes,
-                                   "stored_bytes": storer.stored_bytes, "new_chunks": storer.new_chunks,
-                                   "seconds": round(seconds, 3), "sectors_lost": lost,
-                                   "bad_map": BAD_MAP if bad else None})
-        log(f"done: read {fmt_bytes(meter.done)}, data {fmt_bytes(data_bytes)}, "
+        manifest = Manifest(
+            name=name,
+            created=now_iso(),
+            rescue_version=__version__,
+            chunk_size=repo.chunk_size,
+            hash="sha256",
+            source=facts,
+            layout=plan.layout,
+            areas=areas,
+            stats={
+                "read_bytes": meter.done,
+                "data_bytes": data_bytes,
+                "stored_bytes": storer.stored_bytes,
+                "new_chunks": storer.new_chunks,
+                "seconds": round(seconds, 3),
+                "sectors_lost": lost,
+                "bad_map": BAD_MAP if bad else None,
+            },
+        )
+        log(
+            f"done: read {fmt_bytes(meter.done)}, data {fmt_bytes(data_bytes)}, "
             f"stored {fmt_bytes(storer.stored_bytes)} new in {storer.new_chunks} chunks, "
-            f"{lost} unreadable sectors, {seconds:.1f} s")
+            f"{lost} unreadable sectors, {seconds:.1f} s"
+        )
         repo.commit_manifest(manifest)
         if bad:
             _name_damaged_files(source, plan, bad, image_dir, log)
-    return CaptureResult(name, meter.done, data_bytes, storer.stored_bytes, seconds,
-                         str(image_dir / "log.txt"), lost, bad)
+    return CaptureResult(
+        name, meter.done, data_bytes, storer.stored_bytes, seconds, str(image_dir / "log.txt"), lost, bad
+    )
 
 
-def _capture_area(chunk_reader: UsedChunkReader, a: int, ap: AreaPlan, repo: Repository, storer: _Storer,
-                  pool: ThreadPoolExecutor, meter: Meter, log: JobLog, workers: int,
-                  deferred: dict[tuple[int, int], bytes]) -> Index:
+def _capture_area(
+    chunk_reader: UsedChunkReader,
+    a: int,
+    ap: AreaPlan,
+    repo: Repository,
+    storer: _Storer,
+    pool: ThreadPoolExecutor,
+    meter: Meter,
+    log: JobLog,
+    workers: int,
+    deferred: dict[tuple[int, int], bytes],
+) -> Index:
     """Read and store one area's used chunks. A chunk whose bad sectors the reader left for
     its later passes is kept in `deferred` (within DEFER_BYTES) instead of being stored
     twice: once with holes now, once completed after finish()."""
@@ -211,8 +251,11 @@ def _capture_area(chunk_reader: UsedChunkReader, a: int, ap: AreaPlan, repo: Rep
             continue  # Index.empty() marks every chunk UNUSED
         data = got.data
         meter.advance(got.used)
-        if got.bad and reader.unsettled(ap.offset + start, ap.offset + start + length) \
-                and len(deferred) * repo.chunk_size < DEFER_BYTES:
+        if (
+            got.bad
+            and reader.unsettled(ap.offset + start, ap.offset + start + length)
+            and len(deferred) * repo.chunk_size < DEFER_BYTES
+        ):
             deferred[(a, i)] = data
         elif got.bad and sum(n for _, n in got.bad) >= length:
             index.set(i, Kind.UNREADABLE)
@@ -223,8 +266,10 @@ def _capture_area(chunk_reader: UsedChunkReader, a: int, ap: AreaPlan, repo: Rep
             _settle(pending, workers * 3)
     _settle(pending, 0)
     counts = {k.name.lower(): index.kinds.count(k) for k in Kind}
-    log(f"{ap.name}: {counts['data']} data, {counts['zero']} zero, {counts['unused']} unused, "
-        f"{counts['unreadable']} unreadable chunks")
+    log(
+        f"{ap.name}: {counts['data']} data, {counts['zero']} zero, {counts['unused']} unused, "
+        f"{counts['unreadable']} unreadable chunks"
+    )
     return index
 
 
@@ -236,9 +281,19 @@ def _settle(pending: list[tuple[Index, int, Future]], limit: int) -> None:
         index.set(i, Kind.DATA, fut.result())
 
 
-def _finish_bad_sectors(reader: TolerantReader, name: str, plan: CapturePlan, indexes: list[Index],
-                        repo: Repository, storer: _Storer, pool: ThreadPoolExecutor,
-                        deferred: dict[tuple[int, int], bytes], meter: Meter, log: JobLog, workers: int) -> int:
+def _finish_bad_sectors(
+    reader: TolerantReader,
+    name: str,
+    plan: CapturePlan,
+    indexes: list[Index],
+    repo: Repository,
+    storer: _Storer,
+    pool: ThreadPoolExecutor,
+    deferred: dict[tuple[int, int], bytes],
+    meter: Meter,
+    log: JobLog,
+    workers: int,
+) -> int:
     """ddrescue's later passes over what the first pass could not read, then store the
     deferred chunks and, completed, the chunks already stored whose bytes were recovered.
     Returns the sectors still unreadable."""
@@ -279,14 +334,17 @@ def _finish_bad_sectors(reader: TolerantReader, name: str, plan: CapturePlan, in
     _settle(pending, 0)
     lost = reader.sectors_lost
     st = reader.stats
-    log(f"bad sectors: {lost} unreadable ({fmt_bytes(lost * reader.sector_size)}), "
+    log(
+        f"bad sectors: {lost} unreadable ({fmt_bytes(lost * reader.sector_size)}), "
         f"{len(touched)} chunks completed by the later passes; {st.reads} reads "
-        f"({st.read_errors} failed, {st.timeouts} timed out)")
+        f"({st.read_errors} failed, {st.timeouts} timed out)"
+    )
     return lost
 
 
-def _name_damaged_files(source: str, plan: CapturePlan, bad: list[tuple[int, int]], image_dir: Path,
-                        log: JobLog) -> None:
+def _name_damaged_files(
+    source: str, plan: CapturePlan, bad: list[tuple[int, int]], image_dir: Path, log: JobLog
+) -> None:
     """badfiles.json, once the image is safely committed: the lookup reads the failing
     drive again through its filesystem tools, and whatever happens there must not cost the
     image."""
@@ -301,16 +359,33 @@ def _area_record(ap: AreaPlan, index: Index, image_dir: Path) -> Area:
     (image_dir / f"{ap.name}.idx").write_bytes(blob)
     counts = {k.name.lower(): index.kinds.count(k) for k in Kind}
     data_bytes = sum(index.span(i)[1] for i, k in enumerate(index.kinds) if k == Kind.DATA)
-    return Area(name=ap.name, offset=ap.offset, size=ap.size, index=f"{ap.name}.idx",
-                index_sha256=hashlib.sha256(blob).hexdigest(), partition=ap.partition,
-                fs=dict(vars(ap.fs)) if ap.fs is not None else None,
-                stats={**counts, "data_bytes": data_bytes, "mapped_bytes": ap.read_bytes(),
-                       "map": "whole" if ap.used is None else (ap.fs.map_source if ap.fs else "map")})
+    return Area(
+        name=ap.name,
+        offset=ap.offset,
+        size=ap.size,
+        index=f"{ap.name}.idx",
+        index_sha256=hashlib.sha256(blob).hexdigest(),
+        partition=ap.partition,
+        fs=dict(vars(ap.fs)) if ap.fs is not None else None,
+        stats={
+            **counts,
+            "data_bytes": data_bytes,
+            "mapped_bytes": ap.read_bytes(),
+            "map": "whole" if ap.used is None else (ap.fs.map_source if ap.fs else "map"),
+        },
+    )
 
 
 def _source_facts(source: str, fd: int, layout: DiskLayout) -> dict:
-    facts = {"path": source, "size": layout.size, "logical_sector_size": blockdev.logical_sector_size(fd),
-             "physical_sector_size": blockdev.physical_sector_size(fd), "model": "", "serial": "", "bus": ""}
+    facts = {
+        "path": source,
+        "size": layout.size,
+        "logical_sector_size": blockdev.logical_sector_size(fd),
+        "physical_sector_size": blockdev.physical_sector_size(fd),
+        "model": "",
+        "serial": "",
+        "bus": "",
+    }
     try:
         from rescue.hw.devices import drive_info
 

@@ -35,22 +35,40 @@ class CloneResult:
     actions: list[Action] = field(default_factory=list)  # the plan's actions, as executed
 
 
-def plan_clone(source: str, target: str, policy: str = "auto", capture_plan: CapturePlan | None = None,
-               scratch_dir: str | None = None, fresh_ids: bool = False) -> RestorePlan:
+def plan_clone(
+    source: str,
+    target: str,
+    policy: str = "auto",
+    capture_plan: CapturePlan | None = None,
+    scratch_dir: str | None = None,
+    fresh_ids: bool = False,
+) -> RestorePlan:
     if os.path.realpath(source) == os.path.realpath(target):
         raise RefusedError(f"the target {target} is the source drive")
     cap = capture_plan or plan_capture(source)
     areas = [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None, a.used) for a in cap.areas]
-    plan = plan_onto(source, cap.layout, areas, target, policy, cap.read_bytes(), scratch_dir,
-                     fresh_ids=fresh_ids, clone=True)
+    plan = plan_onto(
+        source, cap.layout, areas, target, policy, cap.read_bytes(), scratch_dir, fresh_ids=fresh_ids, clone=True
+    )
     plan.capture = cap
     return plan
 
 
-def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, read_timeout: float = 30.0,
-          progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
-          threads: int | None = None, log_dir: Path | None = None, fresh_ids: bool = False,
-          scratch_dir: str | None = None, plan: RestorePlan | None = None) -> CloneResult:
+def clone(
+    source: str,
+    target: str,
+    *,
+    policy: str = "auto",
+    retries: int = 1,
+    read_timeout: float = 30.0,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    threads: int | None = None,
+    log_dir: Path | None = None,
+    fresh_ids: bool = False,
+    scratch_dir: str | None = None,
+    plan: RestorePlan | None = None,
+) -> CloneResult:
     """Clone `source` onto `target`: exactly the confirmed `plan` when given (from plan_clone;
     policy, fresh_ids and scratch_dir are then the plan's), else a plan made here."""
     from rescue.hw.safety import check_source, check_target
@@ -86,8 +104,18 @@ def clone(source: str, target: str, *, policy: str = "auto", retries: int = 1, r
             if reader.sectors_lost:
                 _rewrite_recovered(reader, cap, plan, target, log)
 
-        job = Job(target, cap.layout, plan.layout, plan.placements, sources, meter, threads or os.cpu_count() or 1,
-                  log, plan.scratch_dir(), recovered)
+        job = Job(
+            target,
+            cap.layout,
+            plan.layout,
+            plan.placements,
+            sources,
+            meter,
+            threads or os.cpu_count() or 1,
+            log,
+            plan.scratch_dir(),
+            recovered,
+        )
         warnings, done = execute(job, plan.actions)
         lost = reader.sectors_lost
         bad = list(reader.map.bad_ranges())
@@ -108,12 +136,14 @@ def _rewrite_recovered(reader: TolerantReader, cap: CapturePlan, plan: RestorePl
                 lo, hi = max(offset, ap.offset), min(offset + len(data), ap.offset + ap.size)
                 place = plan.placements[ap.name]
                 if lo < hi and place.action in ("keep", "move"):
-                    blockdev.write_all(fd, data[lo - offset:hi - offset], place.offset + lo - ap.offset)
+                    blockdev.write_all(fd, data[lo - offset : hi - offset], place.offset + lo - ap.offset)
         blockdev.flush(fd)
     finally:
         os.close(fd)
-    log(f"later passes recovered {sum(len(d) for _, d in recovered)} bytes; "
-        f"{reader.sectors_lost} sectors remain unreadable (zero-filled)")
+    log(
+        f"later passes recovered {sum(len(d) for _, d in recovered)} bytes; "
+        f"{reader.sectors_lost} sectors remain unreadable (zero-filled)"
+    )
 
 
 def _log_path(log_dir: Path | None) -> Path | None:

@@ -56,12 +56,11 @@ def write(fd: int, src, offset: int, allowed: list[Extent], meter) -> None:
             if data is None:
                 blockdev.zero_range(fd, where, n)
             else:
-                blockdev.write_all(fd, data[at:at + n], where)
+                blockdev.write_all(fd, data[at : at + n], where)
             meter.advance(n)
 
 
-def mismatch(fd: int, src, offset: int, allowed: list[Extent], target: str,
-             expect=lambda i, data: data) -> str | None:
+def mismatch(fd: int, src, offset: int, allowed: list[Extent], target: str, expect=lambda i, data: data) -> str | None:
     """The first byte in `allowed` that does not hold what the image says, as a sentence; None
     when all match. `expect(i, bytes)` may adjust a chunk for changes made on purpose after
     writing (GRUB's boot code pointed at a moved core image)."""
@@ -70,10 +69,12 @@ def mismatch(fd: int, src, offset: int, allowed: list[Extent], target: str,
         data = expect(i, src.fetch(i) if src.index.kinds[i] == Kind.DATA else bytes(length))
         for at, where, n in parts:
             got = os.pread(fd, n, where)
-            if got != data[at:at + n]:
+            if got != data[at : at + n]:
                 bad = next(k for k in range(len(got) + 1) if k == len(got) or got[k] != data[at + k])
-                return (f"{target}: byte {where + bad} ({src.label}, byte {start + at + bad} of the area) "
-                        f"does not hold what the image holds")
+                return (
+                    f"{target}: byte {where + bad} ({src.label}, byte {start + at + bad} of the area) "
+                    f"does not hold what the image holds"
+                )
     return None
 
 

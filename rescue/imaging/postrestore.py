@@ -27,9 +27,9 @@ import shutil
 import stat
 import tempfile
 import uuid as uuidlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from rescue.errors import DeviceError, FilesystemError, RescueError
 from rescue.filesystems import lookup, probe
@@ -47,8 +47,16 @@ ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ESP_MBR = 0xEF
 # Files that name filesystems or partitions by UUID, relative to a filesystem's root: a root
 # filesystem (etc/..., boot/...) or a separate /boot (grub/...).
-REFERENCE_FILES = ("etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline",
-                   "boot/grub/grub.cfg", "boot/grub2/grub.cfg", "grub/grub.cfg", "grub2/grub.cfg")
+REFERENCE_FILES = (
+    "etc/fstab",
+    "etc/crypttab",
+    "etc/default/grub",
+    "etc/kernel/cmdline",
+    "boot/grub/grub.cfg",
+    "boot/grub2/grub.cfg",
+    "grub/grub.cfg",
+    "grub2/grub.cfg",
+)
 REFERENCE_GLOBS = ("boot/loader/entries/*.conf", "loader/entries/*.conf")  # systemd-boot / BLS
 FALLBACK = "BOOTX64.EFI"
 VENDOR_LOADERS = ("shimx64.efi", "grubx64.efi")
@@ -66,6 +74,7 @@ def _partition(target: str, layout: DiskLayout, p: Partition) -> Iterator[str]:
 
 
 # --- new identities ---------------------------------------------------------------------------
+
 
 def mbr_partuuid(disk_id: str, number: int) -> str:
     """The PARTUUID Linux gives an MBR partition: the disk id in hex and the number."""
@@ -109,6 +118,7 @@ def new_ids(target: str, log: Log) -> dict[str, str]:
 
 def _new_table_ids(target: str, layout: DiskLayout, log: Log) -> dict[str, str]:
     """New disk GUID and partition GUIDs (GPT) or disk id (MBR, whose PARTUUIDs derive from it)."""
+
     def sfdisk(*args: str) -> None:
         run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", *args], error=DeviceError)
 
@@ -156,6 +166,7 @@ def _new_fs_uuid(target: str, layout: DiskLayout, p: Partition, fstype: str, old
 
 # --- references to the old ids -----------------------------------------------------------------
 
+
 def replace_ids(text: str, mapping: dict[str, str]) -> tuple[str, int]:
     """Every whole occurrence of an old id replaced by its new one, whatever its case (fstab
     may say UUID=, PARTUUID=, grub.cfg a bare UUID after --fs-uuid). "Whole" means not part
@@ -165,7 +176,7 @@ def replace_ids(text: str, mapping: dict[str, str]) -> tuple[str, int]:
     for old, new in mapping.items():
         pattern = re.compile(rf"(?<![0-9A-Za-z-]){re.escape(old)}(?![0-9A-Za-z-])", re.I)
 
-        def swap(m: re.Match) -> str:
+        def swap(m: re.Match, new: str = new) -> str:
             return new.upper() if m.group(0).isupper() else new.lower() if m.group(0).islower() else new
 
         text, n = pattern.subn(swap, text)
@@ -200,8 +211,9 @@ def _reference_files(root: Path) -> list[Path]:
     return [p for p in found if p.is_file() and not p.is_symlink() and os.path.realpath(p).startswith(inside)]
 
 
-def _fix_references(target: str, layout: DiskLayout, fs_types: dict[int, str], mapping: dict[str, str],
-                    log: Log) -> None:
+def _fix_references(
+    target: str, layout: DiskLayout, fs_types: dict[int, str], mapping: dict[str, str], log: Log
+) -> None:
     """A filesystem that cannot be mounted or read is reported and skipped: the ids are
     already new, and the other partitions' references must still follow them."""
     for p in layout.data_partitions():
@@ -259,15 +271,15 @@ def _rewrite_fat_file(dev: str, name: str, mapping: dict[str, str]) -> int:
 
 # --- the removable-media fallback loader ------------------------------------------------------------
 
+
 def esp_partitions(layout: DiskLayout) -> list[Partition]:
-    return [p for p in layout.data_partitions()
-            if (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == ESP_MBR]
+    return [p for p in layout.data_partitions() if (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == ESP_MBR]
 
 
 @dataclass(frozen=True)
 class VendorLoader:
-    vendor: str          # directory name under EFI/, as stored
-    loader: str          # file name of the loader to boot: shimx64.efi or grubx64.efi, as stored
+    vendor: str  # directory name under EFI/, as stored
+    loader: str  # file name of the loader to boot: shimx64.efi or grubx64.efi, as stored
     files: tuple[str, ...]  # what a fallback copy needs, loader first
 
 
@@ -324,8 +336,10 @@ def _ensure_fallback_on(dev: str, number: int, log: Log) -> bool:
         for name in found.files[1:]:
             run(["mcopy", "-o", "-i", dev, str(Path(tmp) / name), f"::/EFI/BOOT/{name}"], env=env)
         run(["mcopy", "-o", "-i", dev, str(Path(tmp) / found.files[0]), f"::/EFI/BOOT/{FALLBACK}"], env=env)
-    log(f"EFI fallback: partition {number}: EFI/{found.vendor}/{found.loader} copied to EFI/BOOT/{FALLBACK}"
-        + (f" with {', '.join(found.files[1:])}" if found.files[1:] else ""))
+    log(
+        f"EFI fallback: partition {number}: EFI/{found.vendor}/{found.loader} copied to EFI/BOOT/{FALLBACK}"
+        + (f" with {', '.join(found.files[1:])}" if found.files[1:] else "")
+    )
     return True
 
 
@@ -337,8 +351,18 @@ LIVE_MEDIUM = "/run/live/medium"  # where live-boot mounts the medium the rescue
 def efibootmgr_argv(disk: str, part: int, vendor: str, loader: str, first: bool = True) -> list[str]:
     """The efibootmgr call that adds an entry for the loader, first in BootOrder or (on a
     machine that is not booted into the rescue system) only created."""
-    return ["efibootmgr", "--create" if first else "--create-only", "--disk", disk, "--part", str(part),
-            "--label", f"{vendor} (restored)", "--loader", f"\\EFI\\{vendor}\\{loader}"]
+    return [
+        "efibootmgr",
+        "--create" if first else "--create-only",
+        "--disk",
+        disk,
+        "--part",
+        str(part),
+        "--label",
+        f"{vendor} (restored)",
+        "--loader",
+        f"\\EFI\\{vendor}\\{loader}",
+    ]
 
 
 def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/efi") -> str | None:
@@ -366,8 +390,11 @@ def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/
         label = f"{found.vendor} (restored)"
         listing = run(["efibootmgr", "-v"], check=False).stdout.decode(errors="replace")
         part_id = (p.uuid or "").lower()
-        same = [m for m in re.finditer(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}(\s.*)?$", listing, re.M)
-                if part_id and part_id in m.group(0).lower()]
+        same = [
+            m
+            for m in re.finditer(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}(\s.*)?$", listing, re.M)
+            if part_id and part_id in m.group(0).lower()
+        ]
         if same:  # this very partition's entry, from an earlier run
             log(f"boot entry: {same[0].group(1)} '{label}' already exists")
             return same[0].group(1)
@@ -377,8 +404,10 @@ def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/
         text = output(argv, error=DeviceError)
         made = re.search(rf"^(Boot[0-9A-Fa-f]{{4}})\*? {re.escape(label)}", text, re.M)
         name = made.group(1) if made else label
-        log(f"boot entry: {name} '{label}' -> partition {p.number} \\EFI\\{found.vendor}\\{found.loader}"
-            + ("" if first else " (not put first in the boot order: not running from the rescue system)"))
+        log(
+            f"boot entry: {name} '{label}' -> partition {p.number} \\EFI\\{found.vendor}\\{found.loader}"
+            + ("" if first else " (not put first in the boot order: not running from the rescue system)")
+        )
         return name
     log("boot entry: no ESP with a vendor loader (EFI/<vendor>/shimx64.efi or grubx64.efi); no NVRAM entry added")
     return None
@@ -386,9 +415,9 @@ def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/
 
 # --- GRUB for BIOS: the sector pointers --------------------------------------------------------------
 
-BOOT_IMG_CORE_LBA = 0x5C   # boot.img: 8-byte LBA of core.img's first sector
-DISKBOOT_BLOCKLIST = 500   # diskboot.img (core.img's first sector): last blocklist entry, growing down
-BLOCKLIST_ENTRY = 12       # u64 start, u16 sectors, u16 segment
+BOOT_IMG_CORE_LBA = 0x5C  # boot.img: 8-byte LBA of core.img's first sector
+DISKBOOT_BLOCKLIST = 500  # diskboot.img (core.img's first sector): last blocklist entry, growing down
+BLOCKLIST_ENTRY = 12  # u64 start, u16 sectors, u16 segment
 
 
 def grub_bios_pointers(mbr: bytes) -> int | None:
@@ -396,7 +425,7 @@ def grub_bios_pointers(mbr: bytes) -> int | None:
     hold GRUB's boot.img (its "GRUB " message text sits near 0x180)."""
     if len(mbr) < 512 or b"GRUB " not in mbr[0x170:0x1B8]:
         return None
-    return int.from_bytes(mbr[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8], "little")
+    return int.from_bytes(mbr[BOOT_IMG_CORE_LBA : BOOT_IMG_CORE_LBA + 8], "little")
 
 
 def blocklist(sector: bytes) -> list[tuple[int, int]]:
@@ -405,8 +434,8 @@ def blocklist(sector: bytes) -> list[tuple[int, int]]:
     out = []
     at = DISKBOOT_BLOCKLIST
     while at >= 0x10:  # the code in front of the list
-        start = int.from_bytes(sector[at:at + 8], "little")
-        length = int.from_bytes(sector[at + 8:at + 10], "little")
+        start = int.from_bytes(sector[at : at + 8], "little")
+        length = int.from_bytes(sector[at + 8 : at + 10], "little")
         if length == 0:
             break
         out.append((start, length))
@@ -419,7 +448,7 @@ def patch_diskboot(sector: bytes, old_core_lba: int, new_core_lba: int) -> bytes
     out = bytearray(sector)
     at = DISKBOOT_BLOCKLIST
     for start, _length in blocklist(sector):
-        out[at:at + 8] = (start - old_core_lba + new_core_lba).to_bytes(8, "little")
+        out[at : at + 8] = (start - old_core_lba + new_core_lba).to_bytes(8, "little")
         at -= BLOCKLIST_ENTRY
     return bytes(out)
 
@@ -441,11 +470,13 @@ def patch_grub_bios(target: str, old_core_lba: int, new_core_lba: int, sector_si
         first = os.pread(fd, sector_size, new_core_lba * sector_size)
         entries = blocklist(first)
         if not entries or entries[0][0] != old_core_lba + 1:
-            raise DeviceError(f"GRUB BIOS: sector {new_core_lba} does not hold the core.img that sector "
-                              f"{old_core_lba} held (its blocklist does not start at {old_core_lba + 1})")
+            raise DeviceError(
+                f"GRUB BIOS: sector {new_core_lba} does not hold the core.img that sector "
+                f"{old_core_lba} held (its blocklist does not start at {old_core_lba + 1})"
+            )
         os.pwrite(fd, patch_diskboot(first, old_core_lba, new_core_lba), new_core_lba * sector_size)
         patched = bytearray(mbr)
-        patched[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8] = new_core_lba.to_bytes(8, "little")
+        patched[BOOT_IMG_CORE_LBA : BOOT_IMG_CORE_LBA + 8] = new_core_lba.to_bytes(8, "little")
         os.pwrite(fd, bytes(patched), 0)
         os.fsync(fd)
     finally:
@@ -473,19 +504,26 @@ def check_grub_gap(target: str, written: DiskLayout) -> str:
         end = max([core + 1] + [s + n for s, n in blocklist(os.pread(fd, ss, core * ss))])
     finally:
         os.close(fd)
-    fix = (f"boot the restored system's root in a chroot and run `grub-install {target}` "
-           f"(or reinstall GRUB from the rescue shell)")
+    fix = (
+        f"boot the restored system's root in a chroot and run `grub-install {target}` "
+        f"(or reinstall GRUB from the rescue shell)"
+    )
     if end > first:
-        raise DeviceError(f"GRUB's core image after the MBR (sectors {core}-{end - 1}) overlaps the first "
-                          f"partition, which now starts at sector {first}: {fix}")
+        raise DeviceError(
+            f"GRUB's core image after the MBR (sectors {core}-{end - 1}) overlaps the first "
+            f"partition, which now starts at sector {first}: {fix}"
+        )
     actual = {p.start: p.number for p in read_layout(target).partitions}
-    renumbered = [(p.number, actual[p.start]) for p in written.partitions
-                  if p.start in actual and actual[p.start] != p.number]
+    renumbered = [
+        (p.number, actual[p.start]) for p in written.partitions if p.start in actual and actual[p.start] != p.number
+    ]
     if renumbered:
         said = ", ".join(f"{a} is now {b}" for a, b in renumbered)
         raise DeviceError(f"GRUB's core image names partitions by number and partition {said}: {fix}")
-    return (f"GRUB BIOS: core image after the MBR (sectors {core}-{end - 1}) is in place before the "
-            f"first partition (sector {first}); it finds /boot through the partition table")
+    return (
+        f"GRUB BIOS: core image after the MBR (sectors {core}-{end - 1}) is in place before the "
+        f"first partition (sector {first}); it finds /boot through the partition table"
+    )
 
 
 def expected_boot_code(head: bytes, image: DiskLayout, written: DiskLayout) -> bytes:
@@ -496,5 +534,5 @@ def expected_boot_code(head: bytes, image: DiskLayout, written: DiskLayout) -> b
     if not moved or grub_bios_pointers(head) != moved[0]:
         return head
     out = bytearray(head)
-    out[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8] = moved[1].to_bytes(8, "little")
+    out[BOOT_IMG_CORE_LBA : BOOT_IMG_CORE_LBA + 8] = moved[1].to_bytes(8, "little")
     return bytes(out)

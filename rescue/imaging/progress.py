@@ -8,8 +8,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import TextIO
 
 from rescue.errors import Cancelled
 
@@ -37,8 +38,14 @@ class Meter:
     """Counts bytes for a job and emits Progress, at most every `interval` seconds (except the
     final one), and checks the cancel flag at each step so cancellation is prompt."""
 
-    def __init__(self, phase: str, total: int, report: ProgressCallback = no_progress,
-                 cancel: threading.Event | None = None, interval: float = 0.25):
+    def __init__(
+        self,
+        phase: str,
+        total: int,
+        report: ProgressCallback = no_progress,
+        cancel: threading.Event | None = None,
+        interval: float = 0.25,
+    ):
         self.phase, self.total, self.report, self.cancel = phase, total, report, cancel
         self.interval = interval
         self.done = 0
@@ -74,8 +81,7 @@ class Meter:
         elapsed = max(now - self.start, 1e-6)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 and self.total else None
-        self.report(Progress(self.phase, self.area, self.area_done, self.area_total, self.done,
-                             self.total, rate, eta))
+        self.report(Progress(self.phase, self.area, self.area_done, self.area_total, self.done, self.total, rate, eta))
 
 
 def fmt_bytes(n: float) -> str:
@@ -107,8 +113,10 @@ class TerminalProgress:
         if not self.enabled:
             return
         pct = 100.0 * p.done / p.total if p.total else 100.0
-        line = (f"{p.phase}: {p.area:<14.14} {pct:5.1f}%  {fmt_bytes(p.done)} / {fmt_bytes(p.total)}"
-                f"  {p.rate / 1e6:6.1f} MB/s  ETA {fmt_duration(p.eta)}")
+        line = (
+            f"{p.phase}: {p.area:<14.14} {pct:5.1f}%  {fmt_bytes(p.done)} / {fmt_bytes(p.total)}"
+            f"  {p.rate / 1e6:6.1f} MB/s  ETA {fmt_duration(p.eta)}"
+        )
         self.stream.write("\r" + line[:79].ljust(79))
         self.stream.flush()
         self.shown = True

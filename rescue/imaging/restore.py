@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from rescue.errors import RefusedError, RescueError, TooSmallError, UsageError
 from rescue.filesystems import lookup
 from rescue.hw import blockdev
+from rescue.hw.firmware import uefi_firmware
 from rescue.hw.partitions import read_layout
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.hw.scratch import space as scratch_space
-from rescue.hw.firmware import uefi_firmware
 from rescue.imaging.apply import AreaFacts, Job, execute
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
@@ -29,8 +28,8 @@ from rescue.model import gaps
 from rescue.model.actions import Action, Placement, plan_actions
 from rescue.model.extents import Extent, normalize
 from rescue.model.layout import DiskLayout
-from rescue.model.scratch import Scratch, shrink_need
 from rescue.model.plan import LayoutPlan, PartFacts, plan_layout
+from rescue.model.scratch import Scratch, shrink_need
 from rescue.repo.index import Index, Kind
 from rescue.repo.manifest import Manifest, area_label
 from rescue.repo.store import Repository, now_iso
@@ -74,10 +73,13 @@ class RestorePlan:
         except RescueError:
             now = None
         was = self.current.to_dict() if self.current else None
-        if (size, sector_size) != (self.target_size, self.layout.sector_size) or \
-                (now.to_dict() if now else None) != was:
-            raise RefusedError(f"{self.target_path} changed since the plan was made (its size or partition "
-                               f"table is not what the plan was shown with); plan again")
+        if (size, sector_size) != (self.target_size, self.layout.sector_size) or (
+            now.to_dict() if now else None
+        ) != was:
+            raise RefusedError(
+                f"{self.target_path} changed since the plan was made (its size or partition "
+                f"table is not what the plan was shown with); plan again"
+            )
 
     def scratch_dir(self) -> str:
         return self.scratch.where if self.scratch else default_scratch_dir()
@@ -114,20 +116,34 @@ def facts_of(areas: list[AreaFacts]) -> dict[int, PartFacts]:
         if area.partition is not None:
             fstype = (area.fs or {}).get("type")
             fs = lookup(fstype)
-            out[area.partition] = PartFacts(fstype=fstype, min_size=(area.fs or {}).get("min_size"),
-                                            can_shrink=fs is not None and fs.can_shrink,
-                                            can_grow=fs is not None and fs.can_grow)
+            out[area.partition] = PartFacts(
+                fstype=fstype,
+                min_size=(area.fs or {}).get("min_size"),
+                can_shrink=fs is not None and fs.can_shrink,
+                can_grow=fs is not None and fs.can_grow,
+            )
     return out
 
 
-def plan_restore(repo: Repository, name: str, target: str, policy: str = "auto",
-                 manifest: Manifest | None = None, indexes: dict[str, Index] | None = None,
-                 scratch_dir: str | None = None, fresh_ids: bool = False) -> RestorePlan:
+def plan_restore(
+    repo: Repository,
+    name: str,
+    target: str,
+    policy: str = "auto",
+    manifest: Manifest | None = None,
+    indexes: dict[str, Index] | None = None,
+    scratch_dir: str | None = None,
+    fresh_ids: bool = False,
+) -> RestorePlan:
     """The layout that would be written on `target`, and whether the data fits. Writes nothing."""
     if manifest is None or indexes is None:
         manifest, indexes = load_indexes(repo, name)
-    write = sum(indexes[a.name].span(i)[1] for a in manifest.areas
-                for i, k in enumerate(indexes[a.name].kinds) if k in (Kind.DATA, Kind.ZERO))
+    write = sum(
+        indexes[a.name].span(i)[1]
+        for a in manifest.areas
+        for i, k in enumerate(indexes[a.name].kinds)
+        if k in (Kind.DATA, Kind.ZERO)
+    )
     areas = [AreaFacts(a.name, a.partition, a.size, a.fs, _held(indexes[a.name])) for a in manifest.areas]
     return plan_onto(name, manifest.layout, areas, target, policy, write, scratch_dir, fresh_ids=fresh_ids)
 
@@ -144,13 +160,22 @@ def _keep_gaps(areas: list[AreaFacts]) -> dict[int | None, int]:
         if a.partition is None and gaps.is_gap(a.name):
             need = a.data_end()
             if need:
-                out[None if a.name == gaps.HEAD else int(a.name[len("gap-p"):])] = need
+                out[None if a.name == gaps.HEAD else int(a.name[len("gap-p") :])] = need
     return out
 
 
-def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str, policy: str,
-              write: int, scratch_dir: str | None = None, *, fresh_ids: bool = False,
-              clone: bool = False) -> RestorePlan:
+def plan_onto(
+    what: str,
+    image: DiskLayout,
+    areas: list[AreaFacts],
+    target: str,
+    policy: str,
+    write: int,
+    scratch_dir: str | None = None,
+    *,
+    fresh_ids: bool = False,
+    clone: bool = False,
+) -> RestorePlan:
     """Plan `image` (an image's or a source drive's layout) onto `target`. Policy auto: the
     same layout on a drive of the same size, proportional otherwise."""
     if policy not in POLICIES:
@@ -162,12 +187,27 @@ def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str,
         current = None
     if image.table == "none":
         fits = image.size <= size
-        reason = (f"fits: {what} needs {fmt_bytes(image.size)}, {target} has {fmt_bytes(size)}" if fits
-                  else _too_small(target, image.size, size))
+        reason = (
+            f"fits: {what} needs {fmt_bytes(image.size)}, {target} has {fmt_bytes(size)}"
+            if fits
+            else _too_small(target, image.size, size)
+        )
         layout = DiskLayout.from_dict({**image.to_dict(), "size": size})
         whole = {areas[0].name: Placement(0, areas[0].size, "keep")}
-        return RestorePlan(what, target, size, "same", layout, current, fits, reason, write, whole,
-                           source_layout=image, actions=plan_actions(image, layout, whole, _labels(areas)))
+        return RestorePlan(
+            what,
+            target,
+            size,
+            "same",
+            layout,
+            current,
+            fits,
+            reason,
+            write,
+            whole,
+            source_layout=image,
+            actions=plan_actions(image, layout, whole, _labels(areas)),
+        )
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
     lp = plan_layout(image, facts_of(areas), size, sector_size, policy, _keep_gaps(areas))
@@ -180,11 +220,32 @@ def plan_onto(what: str, image: DiskLayout, areas: list[AreaFacts], target: str,
             m = moves[area.partition]
             placements[area.name] = Placement(m.new_start, m.new_size, m.action, (area.fs or {}).get("type"))
     reason = lp.reason if lp.fits else _too_small(target, size + lp.shortfall, size, lp.reason)
-    plan = RestorePlan(what, target, size, policy, lp.layout, current, lp.fits, reason, write,
-                       placements, list(lp.notes), source_layout=image, layout_plan=lp)
+    plan = RestorePlan(
+        what,
+        target,
+        size,
+        policy,
+        lp.layout,
+        current,
+        lp.fits,
+        reason,
+        write,
+        placements,
+        list(lp.notes),
+        source_layout=image,
+        layout_plan=lp,
+    )
     plan.scratch = _scratch(areas, placements, scratch_dir)
-    plan.actions = plan_actions(image, lp.layout, placements, _labels(areas), fresh_ids=fresh_ids,
-                                uefi=uefi_firmware(), clone=clone, scratch=plan.scratch_dir())
+    plan.actions = plan_actions(
+        image,
+        lp.layout,
+        placements,
+        _labels(areas),
+        fresh_ids=fresh_ids,
+        uefi=uefi_firmware(),
+        clone=clone,
+        scratch=plan.scratch_dir(),
+    )
     if plan.scratch is not None:
         plan.notes.append(plan.scratch.describe(fmt_bytes))
         if plan.fits and not plan.scratch.fits:
@@ -199,8 +260,9 @@ def _labels(areas: list[AreaFacts]) -> dict[str, str]:
 def _scratch(areas: list[AreaFacts], placements: dict[str, Placement], where: str | None) -> Scratch | None:
     """The scratch space the plan's shrinks need (the largest; they run one at a time), and
     what `where` (default: the temporary directory, RAM on the live system) can give."""
-    needs = [shrink_need(a.held, a.size, placements[a.name].size) for a in areas
-             if placements[a.name].action == "shrink"]
+    needs = [
+        shrink_need(a.held, a.size, placements[a.name].size) for a in areas if placements[a.name].action == "shrink"
+    ]
     if not needs:
         return None
     where = where or default_scratch_dir()
@@ -209,19 +271,32 @@ def _scratch(areas: list[AreaFacts], placements: dict[str, Placement], where: st
 
 
 def _too_small(target: str, need: int, have: int, detail: str = "") -> str:
-    return (f"{target} is too small: the image needs {fmt_bytes(need)}, the drive has {fmt_bytes(have)}, "
-            f"short by {fmt_bytes(need - have)} ({need - have} bytes)" + (f"; {detail}" if detail else ""))
+    return (
+        f"{target} is too small: the image needs {fmt_bytes(need)}, the drive has {fmt_bytes(have)}, "
+        f"short by {fmt_bytes(need - have)} ({need - have} bytes)" + (f"; {detail}" if detail else "")
+    )
 
 
-def restore(repo: Repository, name: str, target: str, *, preverify: bool = True,
-            progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
-            plan: RestorePlan | None = None, threads: int | None = None,
-            log_dir: Path | None = None, fresh_ids: bool = False, scratch_dir: str | None = None) -> RestoreResult:
+def restore(
+    repo: Repository,
+    name: str,
+    target: str,
+    *,
+    preverify: bool = True,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    plan: RestorePlan | None = None,
+    threads: int | None = None,
+    log_dir: Path | None = None,
+    fresh_ids: bool = False,
+    scratch_dir: str | None = None,
+) -> RestoreResult:
     started = time.monotonic()
     manifest, indexes = load_indexes(repo, name)
     check_target_allowed(target, str(repo.path))
-    plan = plan or plan_restore(repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir,
-                                fresh_ids=fresh_ids)
+    plan = plan or plan_restore(
+        repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir, fresh_ids=fresh_ids
+    )
     plan.check()
     log = JobLog(_log_path(repo, name, log_dir))
     log(f"restoring image {name} from {repo.path} onto {target} ({fmt_bytes(plan.target_size)})")

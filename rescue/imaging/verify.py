@@ -69,9 +69,11 @@ def data_chunks(manifest: Manifest, indexes: dict[str, Index]) -> dict[bytes, Ch
     return out
 
 
-def check_chunks(repo: Repository, name: str, refs: dict[bytes, ChunkRef], meter: Meter,
-                 threads: int | None = None) -> None:
+def check_chunks(
+    repo: Repository, name: str, refs: dict[bytes, ChunkRef], meter: Meter, threads: int | None = None
+) -> None:
     """Raise IntegrityError naming the first damaged chunk (and how many others are)."""
+
     def check(item: tuple[bytes, ChunkRef]) -> str | None:
         dig, ref = item
         try:
@@ -89,8 +91,14 @@ def check_chunks(repo: Repository, name: str, refs: dict[bytes, ChunkRef], meter
         raise IntegrityError(problems[0] + more)
 
 
-def verify_image(repo: Repository, name: str, *, progress: ProgressCallback = no_progress,
-                 cancel: threading.Event | None = None, threads: int | None = None) -> VerifyResult:
+def verify_image(
+    repo: Repository,
+    name: str,
+    *,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    threads: int | None = None,
+) -> VerifyResult:
     try:
         manifest, indexes = load_indexes(repo, name)
         refs = data_chunks(manifest, indexes)
@@ -106,6 +114,7 @@ def verify_image(repo: Repository, name: str, *, progress: ProgressCallback = no
 
 def image_source(repo: Repository, name: str, area: Area, index: Index) -> AreaSource:
     """An image area as a source of chunks, each hash-checked before its bytes are used."""
+
     def fetch(i: int) -> bytes:
         return fetch_chunk(repo, name, area.name, index, i)  # checked before it is written
 
@@ -136,8 +145,11 @@ def verify_drive(repo: Repository, name: str, drive: str) -> int:
             src = image_source(repo, name, area, indexes[area.name])
             offset, room = gaps.place(area.name, area.size, current, size)
             allowed = outside.pieces(offset, room, current, keep_out)
-            fix = (lambda i, data: expected_boot_code(data, manifest.layout, current)
-                   if area.name == gaps.HEAD and i == 0 else data)
+            head = area.name == gaps.HEAD
+
+            def fix(i: int, data: bytes, head: bool = head) -> bytes:
+                return expected_boot_code(data, manifest.layout, current) if head and i == 0 else data
+
             problem = outside.mismatch(fd, src, offset, allowed, drive, fix)
             if problem:
                 raise IntegrityError(problem)

@@ -27,8 +27,20 @@ GRUB_GAP = "grub-mbr-gap"  # GRUB's core image after the MBR: in place, or what 
 NEW_IDS = "new-ids"  # new disk, partition and filesystem ids, references rewritten
 EFI_FALLBACK = "efi-fallback"  # EFI/BOOT/BOOTX64.EFI beside a vendor-only loader
 BOOT_ENTRY = "boot-entry"  # a UEFI NVRAM entry for the restored drive
-KINDS = (TABLE, GAP, WRITE, GROW, SHRINK, RECOVERED, CHECK_GAPS, GRUB_POINTERS, GRUB_GAP, NEW_IDS, EFI_FALLBACK,
-         BOOT_ENTRY)
+KINDS = (
+    TABLE,
+    GAP,
+    WRITE,
+    GROW,
+    SHRINK,
+    RECOVERED,
+    CHECK_GAPS,
+    GRUB_POINTERS,
+    GRUB_GAP,
+    NEW_IDS,
+    EFI_FALLBACK,
+    BOOT_ENTRY,
+)
 
 
 @dataclass(frozen=True)
@@ -49,15 +61,23 @@ class Action:
     area: str | None = None  # the area it works on, for the kinds that have one
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "what": self.what, "on_failure": "abort" if self.aborts else "warn",
-                "area": self.area}
+        return {
+            "kind": self.kind,
+            "what": self.what,
+            "on_failure": "abort" if self.aborts else "warn",
+            "area": self.area,
+        }
 
 
 def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] | None:
     """(old, new) start sector of the BIOS boot partition when a plan places it elsewhere."""
+
     def start(layout: DiskLayout) -> dict[int, int]:
-        return {p.number: p.start for p in layout.partitions
-                if "bios_grub" in p.flags or (p.type_guid or "").upper() == BIOS_BOOT_GUID}
+        return {
+            p.number: p.start
+            for p in layout.partitions
+            if "bios_grub" in p.flags or (p.type_guid or "").upper() == BIOS_BOOT_GUID
+        }
 
     old, new = start(image), start(written)
     for number, s in old.items():
@@ -67,29 +87,42 @@ def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] |
 
 
 def has_esp(layout: DiskLayout) -> bool:
-    return any((p.type_guid or "").upper() == ESP_GUID or p.mbr_type == 0xEF or "esp" in p.flags
-               for p in layout.partitions)
+    return any(
+        (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == 0xEF or "esp" in p.flags for p in layout.partitions
+    )
 
 
-def plan_actions(image: DiskLayout, written: DiskLayout, placements: dict[str, Placement],
-                 labels: dict[str, str], *, fresh_ids: bool = False, uefi: bool = False,
-                 clone: bool = False, scratch: str = "") -> list[Action]:
+def plan_actions(
+    image: DiskLayout,
+    written: DiskLayout,
+    placements: dict[str, Placement],
+    labels: dict[str, str],
+    *,
+    fresh_ids: bool = False,
+    uefi: bool = False,
+    clone: bool = False,
+    scratch: str = "",
+) -> list[Action]:
     """Every step of writing `written` from an image (or drive) laid out as `image`, in order.
     labels: how each area is named for people; uefi: whether this machine runs on UEFI
     firmware (a boot entry can be added); scratch: where shrinks keep their tail, for words."""
     out: list[Action] = []
     if written.table != "none":
         n = len(written.partitions)
-        out.append(Action(TABLE, f"write a new {written.table} partition table with {n} "
-                                 f"partition{'' if n == 1 else 's'}", True))
+        out.append(
+            Action(
+                TABLE, f"write a new {written.table} partition table with {n} partition{'' if n == 1 else 's'}", True
+            )
+        )
     order = sorted(placements, key=lambda n: (placements[n].action != "gap", placements[n].offset))
     for name in order:
         p = placements[name]
         at = f"at {human(p.offset)}"
         if p.action == "gap":
             if p.size:
-                out.append(Action(GAP, f"write {labels[name]} ({human(p.size)}) {at}, around the new table",
-                                  True, name))
+                out.append(
+                    Action(GAP, f"write {labels[name]} ({human(p.size)}) {at}, around the new table", True, name)
+                )
         elif p.action == "shrink":
             continue  # after every plain write: the shrink's tail may lie where later partitions go
         elif p.action == "grow":
@@ -100,28 +133,56 @@ def plan_actions(image: DiskLayout, written: DiskLayout, placements: dict[str, P
     for name in order:
         p = placements[name]
         if p.action == "shrink":
-            out.append(Action(SHRINK, f"write {labels[name]} at {human(p.offset)} and shrink it to {human(p.size)} "
-                                      f"on the target (the data past its new end through scratch in "
-                                      f"{scratch or 'the temporary directory'})", True, name))
+            out.append(
+                Action(
+                    SHRINK,
+                    f"write {labels[name]} at {human(p.offset)} and shrink it to {human(p.size)} "
+                    f"on the target (the data past its new end through scratch in "
+                    f"{scratch or 'the temporary directory'})",
+                    True,
+                    name,
+                )
+            )
     if clone:
-        out.append(Action(RECOVERED, "write what the later bad-sector passes recovered (if any) where its "
-                                     "area now lives", True))
+        out.append(
+            Action(
+                RECOVERED, "write what the later bad-sector passes recovered (if any) where its area now lives", True
+            )
+        )
     if any(p.action == "gap" and p.size for p in placements.values()):
-        out.append(Action(CHECK_GAPS, "read the bytes outside partitions back and compare them with the source",
-                          True))
+        out.append(Action(CHECK_GAPS, "read the bytes outside partitions back and compare them with the source", True))
     moved = bios_boot_moved(image, written)
     if moved:
-        out.append(Action(GRUB_POINTERS, f"point GRUB's BIOS boot code at its core image, moved from sector "
-                                         f"{moved[0]} to {moved[1]}", False))
+        out.append(
+            Action(
+                GRUB_POINTERS,
+                f"point GRUB's BIOS boot code at its core image, moved from sector {moved[0]} to {moved[1]}",
+                False,
+            )
+        )
     elif written.table != "none":
-        out.append(Action(GRUB_GAP, "check GRUB's core image after the MBR, if there is one (it must lie "
-                                    "before the first partition)", False))
+        out.append(
+            Action(
+                GRUB_GAP,
+                "check GRUB's core image after the MBR, if there is one (it must lie before the first partition)",
+                False,
+            )
+        )
     if fresh_ids:
-        out.append(Action(NEW_IDS, "give the drive, its partitions and filesystems new ids; rewrite fstab, "
-                                   "crypttab and GRUB's configuration to match", False))
+        out.append(
+            Action(
+                NEW_IDS,
+                "give the drive, its partitions and filesystems new ids; rewrite fstab, "
+                "crypttab and GRUB's configuration to match",
+                False,
+            )
+        )
     if has_esp(written):
-        out.append(Action(EFI_FALLBACK, "add EFI/BOOT/BOOTX64.EFI when the EFI system partition has only a "
-                                        "vendor loader", False))
+        out.append(
+            Action(
+                EFI_FALLBACK, "add EFI/BOOT/BOOTX64.EFI when the EFI system partition has only a vendor loader", False
+            )
+        )
         if uefi:
             out.append(Action(BOOT_ENTRY, "add a UEFI boot entry for the restored drive", False))
     return out

@@ -82,7 +82,6 @@ class LayoutPlan:
     notes: list[str] = field(default_factory=list)
 
 
-
 def resize_margin(min_size: int) -> int:
     """Slack kept above a filesystem's reported minimum: minimum estimates (resize2fs -P,
     ntfsresize) are not exact, and a filesystem shrunk to the byte is full and useless."""
@@ -103,8 +102,7 @@ def fixed_role(p: Partition, table: str, facts: PartFacts | None) -> str | None:
         return "Microsoft reserved partition"
     if guid == WINRE_GUID or p.mbr_type == 0x27 or (gpt and "diag" in flags):
         return "Windows recovery partition"
-    if (guid == SWAP_GUID or p.mbr_type == 0x82 or "swap" in flags
-            or (facts is not None and facts.fstype == "swap")):
+    if guid == SWAP_GUID or p.mbr_type == 0x82 or "swap" in flags or (facts is not None and facts.fstype == "swap"):
         return "swap, recreated at the same size"
     if facts is None:
         return "contents unknown"
@@ -113,9 +111,14 @@ def fixed_role(p: Partition, table: str, facts: PartFacts | None) -> str | None:
     return None
 
 
-def plan_layout(image: DiskLayout, facts: dict[int, PartFacts], target_size: int,
-                target_sector_size: int, policy: Policy = "proportional",
-                keep_gaps: dict[int | None, int] | None = None) -> LayoutPlan:
+def plan_layout(
+    image: DiskLayout,
+    facts: dict[int, PartFacts],
+    target_size: int,
+    target_sector_size: int,
+    policy: Policy = "proportional",
+    keep_gaps: dict[int | None, int] | None = None,
+) -> LayoutPlan:
     """Plan the image's partitions on a target of `target_size` bytes. Never raises for a
     target that is too small: the plan says fits=False, by how much and why.
 
@@ -169,8 +172,15 @@ def _down(n: int, unit: int) -> int:
 
 
 class _Planner:
-    def __init__(self, image: DiskLayout, facts: dict[int, PartFacts], target_size: int,
-                 ss: int, policy: str, keep_gaps: dict[int | None, int]):
+    def __init__(
+        self,
+        image: DiskLayout,
+        facts: dict[int, PartFacts],
+        target_size: int,
+        ss: int,
+        policy: str,
+        keep_gaps: dict[int | None, int],
+    ):
         self.image, self.facts, self.policy = image, facts, policy
         self.keep_gaps = keep_gaps
         self.size, self.ss = target_size, ss
@@ -187,11 +197,13 @@ class _Planner:
                 self.notes.append(
                     f"MBR cannot address beyond {human(MBR_MAX_SECTORS * ss)}: the plan uses the "
                     f"first {human(self.usable_end)} of the {human(target_size)} target; the rest "
-                    f"stays unallocated (a GPT table could use it)")
+                    f"stays unallocated (a GPT table could use it)"
+                )
         iss = image.sector_size
         if iss != ss:
-            self.notes.append(f"target has {ss}-byte sectors, the image {iss}-byte ones: "
-                              "positions are converted through bytes")
+            self.notes.append(
+                f"target has {ss}-byte sectors, the image {iss}-byte ones: positions are converted through bytes"
+            )
         self.ext = next((p for p in image.partitions if p.kind == "extended"), None)
         self.items: list[_Item] = []
         for p in sorted(image.data_partitions(), key=lambda p: p.start):
@@ -200,9 +212,11 @@ class _Planner:
             self._bounds(it)
             self.items.append(it)
             if ss > iss and f is not None and f.fstype in ("vfat", "fat", "fat16", "fat32"):
-                self.notes.append(f"{label(p, f)} is FAT formatted for {iss}-byte sectors: on a "
-                                  f"{ss}-byte-sector drive neither Linux nor UEFI firmware reads "
-                                  f"it until it is re-created with {ss}-byte sectors")
+                self.notes.append(
+                    f"{label(p, f)} is FAT formatted for {iss}-byte sectors: on a "
+                    f"{ss}-byte-sector drive neither Linux nor UEFI firmware reads "
+                    f"it until it is re-created with {ss}-byte sectors"
+                )
         # logicals without an extended partition (a damaged table) are placed as primaries
         self.logicals = [it for it in self.items if it.logical and self.ext is not None]
         self.primaries = [it for it in self.items if it not in self.logicals]
@@ -227,8 +241,10 @@ class _Planner:
         if shrink_to is not None and shrink_to < old:
             assert f.min_size is not None  # shrink_to is computed from it
             it.lo = shrink_to
-            it.why_lo = (f"can shrink to {human(shrink_to)}: minimum {human(f.min_size)} "
-                         f"+ margin {human(resize_margin(f.min_size))}")
+            it.why_lo = (
+                f"can shrink to {human(shrink_to)}: minimum {human(f.min_size)} "
+                f"+ margin {human(resize_margin(f.min_size))}"
+            )
         else:
             it.lo = _up(old, ALIGN)
             if f.fstype == "xfs":
@@ -238,8 +254,10 @@ class _Planner:
             elif f.min_size is None:
                 it.why_lo = "cannot shrink: minimum size unknown"
             else:
-                it.why_lo = (f"cannot shrink: minimum {human(f.min_size)} + margin "
-                             f"{human(resize_margin(f.min_size))} leaves no room")
+                it.why_lo = (
+                    f"cannot shrink: minimum {human(f.min_size)} + margin "
+                    f"{human(resize_margin(f.min_size))} leaves no room"
+                )
         it.hi = None if f.can_grow else _down(old, ALIGN)
         if it.hi is not None and it.lo >= it.hi:
             it.fixed = f"{f.fstype or 'its contents'} can neither grow nor shrink usefully"
@@ -283,8 +301,7 @@ class _Planner:
             old_end = old_start + ext.length() * self.image.sector_size
             if not self.logicals:
                 lcur = es + _up(ext.length() * self.image.sector_size, ss)
-            elif (exact and es == old_start and lcur <= old_end <= self.usable_end
-                  and old_end % ss == 0):
+            elif exact and es == old_start and lcur <= old_end <= self.usable_end and old_end % ss == 0:
                 lcur = old_end
             starts[ext.number] = es
             out_sizes[ext.number] = lcur - es
@@ -311,9 +328,11 @@ class _Planner:
         self.notes.insert(0, "every partition keeps its start and size from the image")
         for it in self.items:
             if placed.starts[it.number] != it.old_start:
-                self.notes.append(f"{label(it.part, it.facts)} moves to "
-                                  f"{mib(placed.starts[it.number])}: its image start is not "
-                                  f"usable on the target ({self.ss}-byte sectors)")
+                self.notes.append(
+                    f"{label(it.part, it.facts)} moves to "
+                    f"{mib(placed.starts[it.number])}: its image start is not "
+                    f"usable on the target ({self.ss}-byte sectors)"
+                )
         return placed, max(0, placed.end - self.usable_end)
 
     def _proportional(self) -> tuple[_Placed, int]:
@@ -322,16 +341,22 @@ class _Planner:
         empty = self.place(base, {}, exact=False)
         avail = self.usable_end - empty.end  # bytes for the resizable ones, exactly (linear)
         need = sum(it.lo for it in movable)
-        self.notes.insert(0, "resizable partitions share the space left after the fixed ones in "
-                             "proportion to their sizes in the image; each starts on a 1 MiB "
-                             "boundary; gaps between partitions are kept only where they hold data")
+        self.notes.insert(
+            0,
+            "resizable partitions share the space left after the fixed ones in "
+            "proportion to their sizes in the image; each starts on a 1 MiB "
+            "boundary; gaps between partitions are kept only where they hold data",
+        )
         if need > avail or not movable:
             sizes = {**base, **{it.number: it.lo for it in movable}}
             placed = self.place(sizes, {}, exact=False)
             return placed, max(0, placed.end - self.usable_end)
-        share = _share(avail // ALIGN, [it.old_size for it in movable],
-                       [it.lo // ALIGN for it in movable],
-                       [None if it.hi is None else it.hi // ALIGN for it in movable])
+        share = _share(
+            avail // ALIGN,
+            [it.old_size for it in movable],
+            [it.lo // ALIGN for it in movable],
+            [None if it.hi is None else it.hi // ALIGN for it in movable],
+        )
         sizes = {**base, **{it.number: n * ALIGN for it, n in zip(movable, share, strict=True)}}
         placed = self._keep_near(sizes, movable, {})
         smaller = self.size < self.image.size
@@ -351,8 +376,9 @@ class _Planner:
         that can grows instead. First with the image's starts kept up to the changing
         partition (less data moves), then packed from 1 MiB on (drops the image's gaps)."""
         movable = [it for it in self.items if not it.fixed]
-        self.notes.insert(0, "every partition keeps its size except the last resizable one, "
-                             "which takes or gives back the difference")
+        self.notes.insert(
+            0, "every partition keeps its size except the last resizable one, which takes or gives back the difference"
+        )
         best_short: tuple[int, _Placed] | None = None
         for keep_starts in (True, False):
             capped: tuple[_Item, dict[int, int], dict[int, int], int, int] | None = None
@@ -382,8 +408,7 @@ class _Planner:
             if capped is not None:
                 cand, prefer, sizes, avail, hi = capped
                 sizes[cand.number] = hi
-                self.notes.append(f"no resizable partition can grow: "
-                                  f"{human(avail - hi)} stays unallocated")
+                self.notes.append(f"no resizable partition can grow: {human(avail - hi)} stays unallocated")
                 return self._grown(cand, movable, prefer, sizes, keep_starts), 0
         assert best_short is not None
         return best_short[1], best_short[0]
@@ -398,31 +423,37 @@ class _Planner:
                 prefer[self.ext.number] = es
         return prefer
 
-    def _grown(self, cand: _Item, movable: list[_Item], prefer: dict[int, int],
-               sizes: dict[int, int], keep_starts: bool) -> _Placed:
+    def _grown(
+        self, cand: _Item, movable: list[_Item], prefer: dict[int, int], sizes: dict[int, int], keep_starts: bool
+    ) -> _Placed:
         placed = self._keep_near(sizes, movable, prefer)
         last = movable[-1]
         if cand is not last:
             new = placed.sizes[cand.number]
             if new < cand.old_size:
-                self.notes.append(f"{label(last.part, last.facts)} cannot give back enough "
-                                  f"({last.why_lo}): {label(cand.part, cand.facts)} gives back "
-                                  "the difference instead")
+                self.notes.append(
+                    f"{label(last.part, last.facts)} cannot give back enough "
+                    f"({last.why_lo}): {label(cand.part, cand.facts)} gives back "
+                    "the difference instead"
+                )
             elif new > cand.old_size:
-                self.notes.append(f"{label(last.part, last.facts)} cannot grow: "
-                                  f"{label(cand.part, cand.facts)} takes the difference instead")
+                self.notes.append(
+                    f"{label(last.part, last.facts)} cannot grow: "
+                    f"{label(cand.part, cand.facts)} takes the difference instead"
+                )
         if not keep_starts:
-            self.notes.append("partitions are packed from 1 MiB on: with their image starts "
-                              "kept they do not fit")
+            self.notes.append("partitions are packed from 1 MiB on: with their image starts kept they do not fit")
         return placed
 
-    def _keep_near(self, sizes: dict[int, int], movable: list[_Item],
-                   prefer: dict[int, int]) -> _Placed:
+    def _keep_near(self, sizes: dict[int, int], movable: list[_Item], prefer: dict[int, int]) -> _Placed:
         """Sizes are whole MiB; a partition that ends up within 1 MiB of its image size gets
         its exact image size back when the layout still fits: no pointless resize. (Rounding
         to whole MiB, its own and its neighbours', is what moves it by up to 1 MiB.)"""
-        near = {it.number: _up(it.old_size, self.ss) for it in movable
-                if sizes[it.number] != it.old_size and abs(sizes[it.number] - it.old_size) <= ALIGN}
+        near = {
+            it.number: _up(it.old_size, self.ss)
+            for it in movable
+            if sizes[it.number] != it.old_size and abs(sizes[it.number] - it.old_size) <= ALIGN
+        }
         trial = {**sizes, **near}  # all at once first: together they may fit where one alone
         if self.place(trial, prefer, exact=False).end <= self.usable_end:  # does not
             return self.place(trial, prefer, exact=False)
@@ -441,13 +472,14 @@ class _Planner:
             short = max(0, self.image.size - self.size)
         else:
             short = max(0, self.first - self.usable_end)
-        layout = replace(self.image, sector_size=self.ss, size=self.size, partitions=[],
-                         physical_sector_size=self.ss)
-        reason = ("fits: no partitions to place" if not short else
-                  f"does not fit: needs at least {human(self.size + short, 'up')}, target has "
-                  f"{human(self.size, 'down')} (short by {human(short, 'up')})")
-        return LayoutPlan(self.policy, self.size, self.ss, layout, [], not short, short, reason,
-                          self.notes)
+        layout = replace(self.image, sector_size=self.ss, size=self.size, partitions=[], physical_sector_size=self.ss)
+        reason = (
+            "fits: no partitions to place"
+            if not short
+            else f"does not fit: needs at least {human(self.size + short, 'up')}, target has "
+            f"{human(self.size, 'down')} (short by {human(short, 'up')})"
+        )
+        return LayoutPlan(self.policy, self.size, self.ss, layout, [], not short, short, reason, self.notes)
 
     def _finish(self, placed: _Placed, shortfall: int) -> LayoutPlan:
         ss, moves, parts = self.ss, [], []
@@ -458,10 +490,25 @@ class _Planner:
             it = by_number.get(p.number)
             if it is None:
                 continue
-            moves.append(Move(p.number, it.old_start, it.old_size, s, n, _action(it, s, n, ss),
-                              it.facts.fstype if it.facts else None))
-        layout = DiskLayout(table=self.image.table, sector_size=ss, size=self.size,
-                            disk_id=self.image.disk_id, partitions=parts, physical_sector_size=ss)
+            moves.append(
+                Move(
+                    p.number,
+                    it.old_start,
+                    it.old_size,
+                    s,
+                    n,
+                    _action(it, s, n, ss),
+                    it.facts.fstype if it.facts else None,
+                )
+            )
+        layout = DiskLayout(
+            table=self.image.table,
+            sector_size=ss,
+            size=self.size,
+            disk_id=self.image.disk_id,
+            partitions=parts,
+            physical_sector_size=ss,
+        )
         fits = shortfall == 0
         if fits:
             for it in self.items:
@@ -476,13 +523,12 @@ class _Planner:
             if self.policy != "same":
                 for it in self.items:
                     if not it.fixed:
-                        self.notes.append(f"{label(it.part, it.facts)} needs at least "
-                                          f"{human(it.lo, 'up')} ({it.why_lo})")
+                        self.notes.append(
+                            f"{label(it.part, it.facts)} needs at least {human(it.lo, 'up')} ({it.why_lo})"
+                        )
                     else:
-                        self.notes.append(f"{label(it.part, it.facts)} needs "
-                                          f"{human(it.lo, 'up')} ({it.fixed})")
-        return LayoutPlan(self.policy, self.size, ss, layout, moves, fits, shortfall, reason,
-                          self.notes)
+                        self.notes.append(f"{label(it.part, it.facts)} needs {human(it.lo, 'up')} ({it.fixed})")
+        return LayoutPlan(self.policy, self.size, ss, layout, moves, fits, shortfall, reason, self.notes)
 
     def _fit_reason(self, moves: list[Move]) -> str:
         changes = []
@@ -500,8 +546,7 @@ class _Planner:
         return f"fits in {human(self.size)}: {what}"
 
     def _misfit_reason(self, placed: _Placed, shortfall: int) -> str:
-        beyond = [it for it in self.items
-                  if placed.starts[it.number] + placed.sizes[it.number] > self.usable_end]
+        beyond = [it for it in self.items if placed.starts[it.number] + placed.sizes[it.number] > self.usable_end]
         names = ", ".join(label(it.part, it.facts) for it in beyond) or "the partitions"
         has = self.size
         where = f"target has {human(has, 'down')}"
@@ -509,8 +554,10 @@ class _Planner:
             has = self.usable_end
             where = f"MBR can use {human(has, 'down')} of the target"
         verb = "does not fit" if len(beyond) == 1 else "do not fit"
-        return (f"{names} {verb}: needs at least {human(has + shortfall, 'up')}, {where} "
-                f"(short by {human(shortfall, 'up')})")
+        return (
+            f"{names} {verb}: needs at least {human(has + shortfall, 'up')}, {where} "
+            f"(short by {human(shortfall, 'up')})"
+        )
 
 
 def _action(it: _Item, start: int, size: int, ss: int) -> str:
@@ -537,8 +584,10 @@ def _share(total: int, weights: list[int], lo: list[int], hi: list[int | None]) 
             out.append(x if h is None else min(x, Fraction(h)))
         return out
 
-    points = sorted({Fraction(low, w) for low, w in zip(lo, weights, strict=True)}
-                    | {Fraction(h, w) for h, w in zip(hi, weights, strict=True) if h is not None})
+    points = sorted(
+        {Fraction(low, w) for low, w in zip(lo, weights, strict=True)}
+        | {Fraction(h, w) for h, w in zip(hi, weights, strict=True) if h is not None}
+    )
     k_lo, k_hi = Fraction(0), None
     for b in points:
         if sum(at(b)) >= total:
@@ -546,8 +595,7 @@ def _share(total: int, weights: list[int], lo: list[int], hi: list[int | None]) 
             break
         k_lo = b
     mid = k_lo + 1 if k_hi is None else (k_lo + k_hi) / 2
-    slope = sum(w for w, low, h in zip(weights, lo, hi, strict=True)
-                if mid * w > low and (h is None or mid * w < h))
+    slope = sum(w for w, low, h in zip(weights, lo, hi, strict=True) if mid * w > low and (h is None or mid * w < h))
     if slope == 0:
         # Flat only at a breakpoint that reached total: were every size capped below it,
         # the early return above would have answered.

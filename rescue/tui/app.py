@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import urwid
 
@@ -36,7 +37,7 @@ EXIT_INTERRUPTED = 130
 class Root(urwid.WidgetPlaceholder):
     """The top widget: every key the person presses runs under the app's error guard."""
 
-    def __init__(self, app: "App"):
+    def __init__(self, app: App):
         super().__init__(urwid.SolidFill(" "))
         self.app = app
 
@@ -94,7 +95,7 @@ class App:
             state.close()
         except RescueError as e:
             return str(e)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - shown in words, the wizard stays up
             return self.unexpected(e, traceback.format_exc())
         return ""
 
@@ -113,18 +114,21 @@ class App:
     # dialogs ------------------------------------------------------------------------------
     def ask(self, title: str, text: str, yes: str, no: str, callback: Callable[[bool], Any]) -> None:
         """A question over the current screen; the answer arrives as a bool."""
+
         def answer(value: bool) -> None:
             self.close_dialog()
             callback(value)
-        self.root.original_widget = overlay(
-            Dialog(title, text, [(yes, lambda: answer(True)), (no, lambda: answer(False))]), self.view)
 
-    def tell(self, title: str, text: str, then: Callable[[], Any] | None = None,
-             attr: str = "dialog") -> None:
+        self.root.original_widget = overlay(
+            Dialog(title, text, [(yes, lambda: answer(True)), (no, lambda: answer(False))]), self.view
+        )
+
+    def tell(self, title: str, text: str, then: Callable[[], Any] | None = None, attr: str = "dialog") -> None:
         def ok() -> None:
             self.close_dialog()
             if then:
                 then()
+
         self.root.original_widget = overlay(Dialog(title, text, [("OK", ok)], attr), self.view)
 
     def close_dialog(self) -> None:
@@ -139,7 +143,7 @@ class App:
             raise
         except RescueError as e:
             self.tell("Error", str(e), attr="error")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - shown in words, the wizard stays up
             self.tell("Error", self.unexpected(e, traceback.format_exc()), attr="error")
         return None
 
@@ -159,8 +163,7 @@ class App:
         self.tell("Error", text, then=self.main_menu, attr="error")
 
     # jobs ---------------------------------------------------------------------------------
-    def run_job(self, job: Callable, on_progress: Callable, on_done: Callable,
-                on_error: Callable) -> None:
+    def run_job(self, job: Callable, on_progress: Callable, on_done: Callable, on_error: Callable) -> None:
         self.runner.on_progress, self.runner.on_done, self.runner.on_error = on_progress, on_done, on_error
         self.runner.start(job)
 
@@ -205,8 +208,10 @@ def choose_backend(args: argparse.Namespace) -> Any:
     machine = args.machine or os.environ.get("RESCUE_FAKE_BACKEND")
     if machine:
         from rescue.tui.dryrun import DryRunBackend
+
         return DryRunBackend.from_file(machine)
     from rescue.tui.backend import RealBackend
+
     return RealBackend(include_loop=args.include_loop)
 
 
@@ -218,16 +223,17 @@ def _ensure_terminal_size() -> None:
         return
     if size.columns == 0 or size.lines == 0:
         from rescue.hw.run import run
+
         run(["stty", "cols", "80", "rows", "24"], check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rescue wizard", description="Text-mode wizard to restore, "
-                                     "capture and clone drives and browse images.")
+    parser = argparse.ArgumentParser(
+        prog="rescue wizard", description="Text-mode wizard to restore, capture and clone drives and browse images."
+    )
     parser.add_argument("--repo", help="use this image repository (skips the repository screen)")
     parser.add_argument("--include-loop", action="store_true", help="offer loop devices as drives")
-    parser.add_argument("--machine", help="dry run against a recorded machine (JSON); "
-                                          "also RESCUE_FAKE_BACKEND")
+    parser.add_argument("--machine", help="dry run against a recorded machine (JSON); also RESCUE_FAKE_BACKEND")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -246,6 +252,6 @@ def main(argv: list[str] | None = None) -> int:
         return app.run()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the launcher's documented exit code, not a traceback
         print(app.unexpected(e, traceback.format_exc()), file=sys.stderr)
         return EXIT_FAILED

@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from rescue.errors import (Cancelled, FilesystemError, IntegrityError, RefusedError, RepoError,
-                           RescueError, UsageError)
 from rescue import planview
+from rescue.errors import Cancelled, FilesystemError, IntegrityError, RefusedError, RepoError, RescueError, UsageError
 from rescue.model.layout import DiskLayout
 
 ProgressFn = Callable[[object], None]  # receives rescue.imaging.progress.Progress
@@ -37,6 +37,7 @@ class DriveInfo:
 @dataclass
 class PartInfo:
     """One partition as the person recognises it: name, size, filesystem, label."""
+
     name: str
     size: int
     fstype: str = ""
@@ -116,6 +117,7 @@ class CloneOutcome:
 @dataclass
 class ImagePart:
     """One partition of an image, as the browse flow offers it."""
+
     number: int
     size: int
     fstype: str  # "" when unformatted
@@ -128,6 +130,7 @@ class ImagePart:
         """FAT (the filesystem class says mtools reads it): listed only through the kernel's
         vfat, else copied whole with mtools."""
         from rescue.filesystems import lookup
+
         fs = lookup(self.fstype)
         return fs is not None and fs.mtools
 
@@ -147,6 +150,7 @@ class BrowseSession:
     """A partition opened for browsing. `root` is where its files are (a private read-only
     mount), None for a FAT partition that neither the kernel nor fusefat could mount: that
     one is copied whole, with mtools."""
+
     repo_path: str
     image: str
     part: ImagePart
@@ -186,8 +190,9 @@ class Backend(Protocol):
 
     def plan_restore(self, repo_path: str, name: str, target_path: str, policy: str = "auto") -> Plan: ...
 
-    def restore(self, repo_path: str, name: str, target_path: str, plan: Plan,
-                progress: ProgressFn, cancel: threading.Event) -> RestoreOutcome: ...
+    def restore(
+        self, repo_path: str, name: str, target_path: str, plan: Plan, progress: ProgressFn, cancel: threading.Event
+    ) -> RestoreOutcome: ...
 
     # clone
     def source_refusal(self, drive: DriveInfo) -> str | None:
@@ -201,8 +206,9 @@ class Backend(Protocol):
 
     def plan_clone(self, source_path: str, target_path: str, policy: str = "auto") -> Plan: ...
 
-    def clone(self, source_path: str, target_path: str, plan: Plan, progress: ProgressFn,
-              cancel: threading.Event) -> CloneOutcome: ...
+    def clone(
+        self, source_path: str, target_path: str, plan: Plan, progress: ProgressFn, cancel: threading.Event
+    ) -> CloneOutcome: ...
 
     # browse
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]: ...
@@ -219,8 +225,9 @@ class Backend(Protocol):
     def check_copy(self, session: BrowseSession, paths: list[str], dest: str) -> None:
         """Refuses (UsageError) a destination where a chosen item would overwrite something."""
 
-    def copy_files(self, session: BrowseSession, paths: list[str], dest: str, progress: ProgressFn,
-                   cancel: threading.Event) -> CopyOutcome: ...
+    def copy_files(
+        self, session: BrowseSession, paths: list[str], dest: str, progress: ProgressFn, cancel: threading.Event
+    ) -> CopyOutcome: ...
 
     def free_space(self, path: str) -> int:
         """Free bytes at a directory; raises RepoError when it is missing or not writable."""
@@ -228,11 +235,11 @@ class Backend(Protocol):
     def capture_estimate(self, drive: DriveInfo) -> int | None:
         """Upper bound of the bytes a capture stores, None when unknown."""
 
-    def capture(self, source_path: str, repo_path: str, name: str, progress: ProgressFn,
-                cancel: threading.Event) -> CaptureOutcome: ...
+    def capture(
+        self, source_path: str, repo_path: str, name: str, progress: ProgressFn, cancel: threading.Event
+    ) -> CaptureOutcome: ...
 
-    def verify(self, repo_path: str, name: str, progress: ProgressFn,
-               cancel: threading.Event) -> None:
+    def verify(self, repo_path: str, name: str, progress: ProgressFn, cancel: threading.Event) -> None:
         """Raises IntegrityError when the image is damaged."""
 
     def reboot(self) -> None: ...
@@ -245,8 +252,14 @@ class Backend(Protocol):
 
 def ascii_text(text: str) -> str:
     """The engine's words for a screen that may lack non-ASCII glyphs."""
-    for a, b in (("\u2192", "->"), ("\u2190", "<-"), ("\u2013", "-"), ("\u2014", "-"), ("\u00d7", "x"),
-                 ("\u2026", "...")):
+    for a, b in (
+        ("\u2192", "->"),
+        ("\u2190", "<-"),
+        ("\u2013", "-"),
+        ("\u2014", "-"),
+        ("\u00d7", "x"),
+        ("\u2026", "..."),
+    ):
         text = text.replace(a, b)
     return text.encode("ascii", "replace").decode()
 
@@ -254,7 +267,9 @@ def ascii_text(text: str) -> str:
 def min_target_size(layout: DiskLayout, facts: dict) -> int:
     """The smallest drive some layout policy fits `layout` onto (shrinking what may shrink).
     Pure: the planner is asked about an empty target and says how much it lacks."""
-    from rescue.model.plan import POLICIES as PLAN_POLICIES, plan_layout
+    from rescue.model.plan import POLICIES as PLAN_POLICIES
+    from rescue.model.plan import plan_layout
+
     if layout.table == "none":
         return layout.size
     needs = []
@@ -332,15 +347,24 @@ class RealBackend:
     # drives -------------------------------------------------------------------------------
     @staticmethod
     def _drive(d) -> DriveInfo:
-        return DriveInfo(name=d.name, path=d.path, model=d.model or "unknown model",
-                         serial=d.serial or "-", size=d.size, bus=d.bus, removable=d.removable)
+        return DriveInfo(
+            name=d.name,
+            path=d.path,
+            model=d.model or "unknown model",
+            serial=d.serial or "-",
+            size=d.size,
+            bus=d.bus,
+            removable=d.removable,
+        )
 
     def list_drives(self) -> list[DriveInfo]:
         from rescue.hw.devices import list_drives
+
         return [self._drive(d) for d in list_drives(include_loop=self.include_loop)]
 
     def boot_drive(self) -> str | None:
         from rescue.hw.devices import boot_medium
+
         found = boot_medium()
         return os.path.basename(found) if found else None
 
@@ -348,21 +372,28 @@ class RealBackend:
         import json
 
         from rescue.hw.run import output
+
         try:
-            data = json.loads(output(["lsblk", "-J", "-b", "-o", "NAME,SIZE,FSTYPE,LABEL,TYPE",
-                                      drive.path]))
-        except Exception:  # an unreadable drive shows no partitions; the plan step says more
+            data = json.loads(output(["lsblk", "-J", "-b", "-o", "NAME,SIZE,FSTYPE,LABEL,TYPE", drive.path]))
+        except Exception:  # noqa: BLE001 - an unreadable drive shows no partitions; the plan says more
             return []
         out = []
         for dev in data.get("blockdevices", []):
             for child in dev.get("children", []) or []:
                 if child.get("type") == "part":
-                    out.append(PartInfo(child["name"], int(child.get("size") or 0),
-                                        child.get("fstype") or "", child.get("label") or ""))
+                    out.append(
+                        PartInfo(
+                            child["name"],
+                            int(child.get("size") or 0),
+                            child.get("fstype") or "",
+                            child.get("label") or "",
+                        )
+                    )
         return out
 
     def target_refusal(self, drive: DriveInfo, repo_path: str | None) -> str | None:
         from rescue.hw.safety import check_target
+
         try:
             check_target(drive.path, repo_path=repo_path)
         except RefusedError as e:
@@ -372,54 +403,79 @@ class RealBackend:
     # repositories ---------------------------------------------------------------------------
     def find_repositories(self) -> list[RepoInfo]:
         from rescue.hw.discover import find_repositories
+
         found = find_repositories(include_loop=self.include_loop)
         self._located += [r for r in found if r.mounted_by_us]
-        return [RepoInfo(r.path, os.path.basename(r.drive) if r.drive else None, r.read_only)
-                for r in found]
+        return [RepoInfo(r.path, os.path.basename(r.drive) if r.drive else None, r.read_only) for r in found]
 
     def close(self) -> None:
         """Unmount what repository discovery mounted (read-only) for us."""
         from rescue.hw.discover import release
+
         located, self._located = self._located, []
         release(located)
 
     def open_repository(self, path: str) -> RepoInfo:
         from rescue.hw.devices import drive_of_path
         from rescue.repo.store import Repository
+
         repo = Repository.open(path)
         try:
             drives = drive_of_path(repo.path)
-        except Exception:  # the repository is usable even when its drive is not known
+        except Exception:  # noqa: BLE001 - the repository is usable even when its drive is not known
             drives = []
         path = str(repo.path)
         return RepoInfo(path, drives[-1] if drives else None, not os.access(path, os.W_OK))
 
     def list_images(self, repo_path: str) -> list[ImageInfo]:
         from rescue.repo.store import Repository
-        return [ImageInfo(s.name, s.created, s.source_model or "", s.source_serial or "",
-                          s.source_size, s.data_bytes, s.stored_bytes, s.verified)
-                for s in Repository.open(repo_path).images()]
+
+        return [
+            ImageInfo(
+                s.name,
+                s.created,
+                s.source_model or "",
+                s.source_serial or "",
+                s.source_size,
+                s.data_bytes,
+                s.stored_bytes,
+                s.verified,
+            )
+            for s in Repository.open(repo_path).images()
+        ]
 
     def image_needs(self, repo_path: str, name: str) -> int:
         """The smallest drive the image fits onto with some layout policy."""
         from rescue.imaging.apply import AreaFacts
         from rescue.imaging.restore import facts_of
         from rescue.repo.store import Repository
+
         m = Repository.open(repo_path).manifest(name)
-        return min_target_size(m.layout, facts_of([AreaFacts(a.name, a.partition, a.size, a.fs)
-                                                   for a in m.areas]))
+        return min_target_size(m.layout, facts_of([AreaFacts(a.name, a.partition, a.size, a.fs) for a in m.areas]))
 
     # jobs -----------------------------------------------------------------------------------
     @staticmethod
     def _plan(p, areas: list[tuple[int | None, dict | None]]) -> Plan:
         new_fs = {n: fs["type"] for n, fs in areas if n is not None and fs and fs.get("type")}
-        return Plan(p.target_path, p.target_size, p.layout, p.current, p.fits, ascii_text(p.reason),
-                    p.write_bytes, new_fs, p.policy, [(k, ascii_text(t)) for k, t in planview.plan_lines(p)],
-                    [ascii_text(n) for n in p.notes], engine_plan=p)
+        return Plan(
+            p.target_path,
+            p.target_size,
+            p.layout,
+            p.current,
+            p.fits,
+            ascii_text(p.reason),
+            p.write_bytes,
+            new_fs,
+            p.policy,
+            [(k, ascii_text(t)) for k, t in planview.plan_lines(p)],
+            [ascii_text(n) for n in p.notes],
+            engine_plan=p,
+        )
 
     def plan_restore(self, repo_path: str, name: str, target_path: str, policy: str = "auto") -> Plan:
         from rescue.imaging.restore import plan_restore
         from rescue.repo.store import Repository
+
         repo = Repository.open(repo_path)
         p = plan_restore(repo, name, target_path, policy=policy)
         return self._plan(p, [(a.partition, a.fs) for a in repo.manifest(name).areas])
@@ -427,13 +483,22 @@ class RealBackend:
     def restore(self, repo_path, name, target_path, plan, progress, cancel) -> RestoreOutcome:
         from rescue.imaging.restore import restore
         from rescue.repo.store import Repository
-        r = restore(Repository.open(repo_path), name, target_path, preverify=True,
-                    progress=progress, cancel=cancel, plan=plan.engine_plan)
+
+        r = restore(
+            Repository.open(repo_path),
+            name,
+            target_path,
+            preverify=True,
+            progress=progress,
+            cancel=cancel,
+            plan=plan.engine_plan,
+        )
         return RestoreOutcome(r.target_path, r.bytes_written, r.seconds, r.verified, r.log_path, r.warnings)
 
     # clone ------------------------------------------------------------------------------------
     def source_refusal(self, drive: DriveInfo) -> str | None:
         from rescue.hw.safety import check_source
+
         try:
             check_source(drive.path)
         except RefusedError as e:
@@ -442,6 +507,7 @@ class RealBackend:
 
     def clone_refusal(self, target: DriveInfo, source: DriveInfo) -> str | None:
         from rescue.hw.safety import check_target
+
         try:
             check_target(target.path, source=source.path)
         except RefusedError as e:
@@ -451,6 +517,7 @@ class RealBackend:
     def _capture_plan(self, source_path: str):
         """plan_capture reads every filesystem's metadata: once per source, not per policy."""
         from rescue.imaging.capture import plan_capture
+
         cached = getattr(self, "_cap", None)
         if cached is None or cached.source != source_path:
             self._cap = cached = plan_capture(source_path)
@@ -459,28 +526,35 @@ class RealBackend:
     def clone_needs(self, source: DriveInfo) -> int:
         from rescue.imaging.apply import AreaFacts
         from rescue.imaging.restore import facts_of
+
         self._cap = None  # a fresh look at the source each time the target list is drawn
         cap = self._capture_plan(source.path)
-        return min_target_size(cap.layout, facts_of([
-            AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None) for a in cap.areas]))
+        return min_target_size(
+            cap.layout,
+            facts_of([AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None) for a in cap.areas]),
+        )
 
     def plan_clone(self, source_path: str, target_path: str, policy: str = "auto") -> Plan:
         from rescue.imaging.clone import plan_clone
+
         cap = self._capture_plan(source_path)
         p = plan_clone(source_path, target_path, policy, cap)
         return self._plan(p, [(a.partition, dict(vars(a.fs)) if a.fs else None) for a in cap.areas])
 
     def clone(self, source_path, target_path, plan, progress, cancel) -> CloneOutcome:
         from rescue.imaging.clone import clone
+
         self._cap = None
         r = clone(source_path, target_path, policy=plan.policy, retries=1, progress=progress, cancel=cancel)
-        return CloneOutcome(r.target_path, r.bytes_written, r.seconds, r.sectors_lost,
-                            list(r.bad_ranges), r.log_path, r.warnings)
+        return CloneOutcome(
+            r.target_path, r.bytes_written, r.seconds, r.sectors_lost, list(r.bad_ranges), r.log_path, r.warnings
+        )
 
     # browse -----------------------------------------------------------------------------------
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
         from rescue.filesystems import lookup
         from rescue.repo.store import Repository
+
         out = []
         m = Repository.open(repo_path).manifest(name)
         by_number = {p.number: p for p in m.layout.partitions}
@@ -501,6 +575,7 @@ class RealBackend:
 
     def browse_open(self, repo_path: str, name: str, part: ImagePart) -> BrowseSession:
         from rescue.errors import FilesystemError
+
         try:
             return self._browse_mount(repo_path, name, part)
         except FilesystemError:
@@ -513,6 +588,7 @@ class RealBackend:
         FAT only through the kernel's vfat: fusefat shows short names in capitals and dates a
         month late, and what the wizard copies must be exact; mtools copies it whole instead."""
         from rescue.browse import mounts
+
         _, manifest = mounts.open_image(repo_path, name)
         area = mounts.select_areas(manifest, part.number)[0]
         state, mnt = mounts.open_private(repo_path, name, area, "wizard", f"p{part.number}-", fusefat=False)
@@ -525,6 +601,7 @@ class RealBackend:
 
     def browse_close(self, session: BrowseSession) -> None:
         from rescue.browse import mounts
+
         if session.handle is None:
             return
         (state, mnt), session.handle = session.handle, None
@@ -539,6 +616,7 @@ class RealBackend:
         if session.root is None:  # FAT: the whole partition, through mtools
             from rescue.browse.extract import extract
             from rescue.imaging.progress import Progress
+
             started = time.monotonic()
             total = session.part.used or session.part.size
             target = os.path.join(dest, f"{session.image}-p{session.part.number}")
@@ -557,6 +635,7 @@ class RealBackend:
         """The bytes capture will read (used blocks); what it stores is at most that."""
         from rescue.errors import RescueError
         from rescue.imaging.capture import plan_capture
+
         try:
             return plan_capture(drive.path).read_bytes()
         except RescueError:
@@ -564,27 +643,33 @@ class RealBackend:
 
     def capture(self, source_path, repo_path, name, progress, cancel) -> CaptureOutcome:
         from rescue.imaging.capture import capture
+
         r = capture(source_path, repo_path, name, progress=progress, cancel=cancel)
-        return CaptureOutcome(r.name, r.bytes_read, r.stored_bytes, r.seconds, r.log_path,
-                              r.sectors_lost, list(r.bad_ranges))
+        return CaptureOutcome(
+            r.name, r.bytes_read, r.stored_bytes, r.seconds, r.log_path, r.sectors_lost, list(r.bad_ranges)
+        )
 
     def verify(self, repo_path, name, progress, cancel) -> None:
         from rescue.imaging.verify import verify_image
         from rescue.repo.store import Repository
+
         verify_image(Repository.open(repo_path), name, progress=progress, cancel=cancel)
 
     def reboot(self) -> None:
         from rescue.errors import DeviceError
         from rescue.hw.run import run
+
         run(["systemctl", "reboot"], error=DeviceError)
 
     def poweroff(self) -> None:
         from rescue.errors import DeviceError
         from rescue.hw.run import run
+
         run(["systemctl", "poweroff"], error=DeviceError)
 
 
 # -- browsing helpers shared by the real back-end (and usable on any directory tree) -------------
+
 
 def list_directory(root: str, path: str) -> list[FileEntry]:
     """The entries of ROOT/PATH, directories first, never following a symlink out of ROOT."""
@@ -602,21 +687,26 @@ def list_directory(root: str, path: str) -> list[FileEntry]:
                     link = os.readlink(e.path) if e.is_symlink() else None
                 except OSError:
                     continue  # unreadable entry (damaged image): left out, not fatal
-                out.append(FileEntry(e.name, rel.rstrip("/") + "/" + e.name, is_dir,
-                                     0 if is_dir else st.st_size, st.st_mtime, link))
+                out.append(
+                    FileEntry(
+                        e.name, rel.rstrip("/") + "/" + e.name, is_dir, 0 if is_dir else st.st_size, st.st_mtime, link
+                    )
+                )
     except OSError as e:
         raise FilesystemError(f"cannot read folder {rel}: {e.strerror}") from None
     out.sort(key=lambda f: (not f.is_dir, f.name))
     return out
 
 
-def copy_tree(root: str, paths: list[str], dest: str, progress: ProgressFn,
-              cancel: threading.Event, poll: float = 0.5) -> CopyOutcome:
+def copy_tree(
+    root: str, paths: list[str], dest: str, progress: ProgressFn, cancel: threading.Event, poll: float = 0.5
+) -> CopyOutcome:
     """Copy the chosen paths out of ROOT into DEST with `cp -a` (owners, permissions, times,
     symlinks, hard links), one item at a time, reporting the bytes that have arrived so far.
     cp runs as a child we hold (not through rescue.hw.run) so that Cancel can stop it; a
     cancelled item's partial copy is removed."""
     from rescue.imaging.progress import Progress
+
     if not paths:
         raise UsageError("choose at least one file or folder first (Space marks it)")
     targets = check_copy_dest(dest, paths)
@@ -627,6 +717,7 @@ def copy_tree(root: str, paths: list[str], dest: str, progress: ProgressFn,
     free = shutil.disk_usage(dest).free
     if free < total:
         from rescue.imaging.progress import fmt_bytes
+
         raise UsageError(f"{dest} has {fmt_bytes(free)} free, the chosen items need {fmt_bytes(total)}")
     started = time.monotonic()
     done_before = 0
@@ -634,8 +725,9 @@ def copy_tree(root: str, paths: list[str], dest: str, progress: ProgressFn,
     io_errors: list[str] = []
     for path, src, target, (_, size) in zip(paths, sources, targets, sizes):
         area = path if len(path) <= 40 else ".." + path[-38:]
-        proc = subprocess.Popen(["cp", "-a", "--", src, target], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["cp", "-a", "--", src, target], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         err = b""
         try:
             while True:
@@ -652,8 +744,18 @@ def copy_tree(root: str, paths: list[str], dest: str, progress: ProgressFn,
                 now = min(tree_size(target)[1], size)
                 elapsed = max(time.monotonic() - started, 1e-3)
                 rate = (done_before + now) / elapsed
-                progress(Progress("copy", area, now, size, done_before + now, total, rate,
-                                  (total - done_before - now) / rate if rate else None))
+                progress(
+                    Progress(
+                        "copy",
+                        area,
+                        now,
+                        size,
+                        done_before + now,
+                        total,
+                        rate,
+                        (total - done_before - now) / rate if rate else None,
+                    )
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -671,8 +773,9 @@ def copy_tree(root: str, paths: list[str], dest: str, progress: ProgressFn,
         elapsed = max(time.monotonic() - started, 1e-3)
         progress(Progress("copy", area, size, size, done_before, total, done_before / elapsed, 0.0))
     if io_errors:
-        raise IntegrityError(f"{len(io_errors)} file(s) could not be read (the image is damaged there); "
-                             f"the rest was copied to {dest}")
+        raise IntegrityError(
+            f"{len(io_errors)} file(s) could not be read (the image is damaged there); the rest was copied to {dest}"
+        )
     return CopyOutcome(dest, copied, files, done_before, time.monotonic() - started)
 
 

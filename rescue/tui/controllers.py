@@ -15,9 +15,20 @@ from typing import Any
 from rescue.errors import Cancelled, RescueError
 from rescue.imaging.progress import fmt_bytes, fmt_duration
 from rescue.tui import views
-from rescue.tui.backend import (BrowseSession, CaptureOutcome, CloneOutcome, CopyOutcome, DriveInfo,
-                                FileEntry, ImageInfo, ImagePart, PartInfo, Plan, RepoInfo,
-                                RestoreOutcome)
+from rescue.tui.backend import (
+    BrowseSession,
+    CaptureOutcome,
+    CloneOutcome,
+    CopyOutcome,
+    DriveInfo,
+    FileEntry,
+    ImageInfo,
+    ImagePart,
+    PartInfo,
+    Plan,
+    RepoInfo,
+    RestoreOutcome,
+)
 from rescue.tui.wizard import Step
 
 GiB = 1 << 30
@@ -26,10 +37,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 BOOT_REASON = "it booted the rescue system"
 REPO_REASON = "it holds the image repository"
-CANCEL_RESTORE = ("{drive} will be left partially written and will not boot; "
-                  "restore again to fix.")
-CANCEL_CLONE = ("{drive} will be left partially written and will not boot; clone again to fix. "
-                "{source} is not changed.")
+CANCEL_RESTORE = "{drive} will be left partially written and will not boot; restore again to fix."
+CANCEL_CLONE = "{drive} will be left partially written and will not boot; clone again to fix. {source} is not changed."
 SHOWN_RANGES = 3  # bad-sector ranges listed on a done screen; the log has them all
 
 
@@ -48,8 +57,9 @@ def bad_sector_lines(lost: int, ranges: list[tuple[int, int]], what: str) -> lis
     if not lost and not ranges:
         return [("heading", "No unreadable sectors were met.")]
     size = sum(n for _, n in ranges)
-    out: list[Any] = [("error", f"{lost} unreadable sector(s) were met ({fmt_bytes(size)} in "
-                                f"{len(ranges)} range(s)); {what}")]
+    out: list[Any] = [
+        ("error", f"{lost} unreadable sector(s) were met ({fmt_bytes(size)} in {len(ranges)} range(s)); {what}")
+    ]
     for off, n in ranges[:SHOWN_RANGES]:
         out.append(f"  at byte {off} ({off / (1 << 20):.1f} MiB), {n} bytes")
     if len(ranges) > SHOWN_RANGES:
@@ -140,12 +150,22 @@ class MenuController:
         self.app.exit(self.app.EXIT_SHELL)
 
     def reboot(self) -> None:
-        self.app.ask("Reboot", "Restart the computer now?", "Reboot", "Cancel",
-                     lambda yes: yes and self._power(self.app.backend.reboot))
+        self.app.ask(
+            "Reboot",
+            "Restart the computer now?",
+            "Reboot",
+            "Cancel",
+            lambda yes: yes and self._power(self.app.backend.reboot),
+        )
 
     def poweroff(self) -> None:
-        self.app.ask("Power off", "Switch the computer off now?", "Power off", "Cancel",
-                     lambda yes: yes and self._power(self.app.backend.poweroff))
+        self.app.ask(
+            "Power off",
+            "Switch the computer off now?",
+            "Power off",
+            "Cancel",
+            lambda yes: yes and self._power(self.app.backend.poweroff),
+        )
 
     def _power(self, action) -> None:
         action()
@@ -154,6 +174,7 @@ class MenuController:
 
 # --- restore ---------------------------------------------------------------------------------
 
+
 class RepoStep(Step):
     title = "Restore: where are the images?"
 
@@ -161,8 +182,9 @@ class RepoStep(Step):
         return self.app.preset_repo is None
 
     def start(self) -> None:
-        self.app.show(views.RepoView(self, self.backend.find_repositories(),
-                                     self.app.wizard_position(self), self.title))
+        self.app.show(
+            views.RepoView(self, self.backend.find_repositories(), self.app.wizard_position(self), self.title)
+        )
 
     def rescan(self) -> None:
         self.start()
@@ -181,8 +203,7 @@ class ImageStep(Step):
 
     def start(self) -> None:
         images = self.backend.list_images(self.state.repo.path)
-        self.app.show(views.ImageView(self, self.state.repo, images, self.app.wizard_position(self),
-                                      self.title))
+        self.app.show(views.ImageView(self, self.state.repo, images, self.app.wizard_position(self), self.title))
 
     def choose(self, image: ImageInfo) -> None:
         self.state.image = image
@@ -201,8 +222,7 @@ class DriveStep(Step):
     def start(self) -> None:
         boot = self.backend.boot_drive()
         drives = [(d, self.refusal(d, boot)) for d in self.backend.list_drives()]
-        self.app.show(views.DriveListView(self, self.title, self.excerpt, drives,
-                                          self.app.wizard_position(self)))
+        self.app.show(views.DriveListView(self, self.title, self.excerpt, drives, self.app.wizard_position(self)))
 
     def rescan(self) -> None:
         self.start()
@@ -278,9 +298,20 @@ class PlanStepBase(Step):
 
     def _show(self, message: str = "", focus_policy: bool = False) -> None:
         s = self.state
-        self.app.show(views.PlanView(self, self.heading(), self.excerpt(), s.target, s.plan, s.policy,
-                                     self.current, message, self.app.wizard_position(self),
-                                     focus_policy))
+        self.app.show(
+            views.PlanView(
+                self,
+                self.heading(),
+                self.excerpt(),
+                s.target,
+                s.plan,
+                s.policy,
+                self.current,
+                message,
+                self.app.wizard_position(self),
+                focus_policy,
+            )
+        )
 
     def set_policy(self, policy: str) -> None:
         if policy == self.state.policy:
@@ -308,8 +339,9 @@ class PlanStep(PlanStepBase):
 
     def excerpt(self) -> str:
         s = self.state
-        return (f"Image {s.image.name} onto {s.target.name} ({views.clip(s.target.model, 30)}, "
-                f"{fmt_bytes(s.target.size)}):")
+        return (
+            f"Image {s.image.name} onto {s.target.name} ({views.clip(s.target.model, 30)}, {fmt_bytes(s.target.size)}):"
+        )
 
 
 class ConfirmStep(Step):
@@ -318,8 +350,11 @@ class ConfirmStep(Step):
     button_label = "Erase and restore"
 
     def start(self) -> None:
-        self.app.show(views.ConfirmView(self, self.state.target, self.app.wizard_position(self),
-                                        self.action, self.title, self.button_label))
+        self.app.show(
+            views.ConfirmView(
+                self, self.state.target, self.app.wizard_position(self), self.action, self.title, self.button_label
+            )
+        )
 
     def confirm(self, typed: str) -> None:
         name = self.state.target.name
@@ -375,8 +410,7 @@ class RestoreProgressStep(JobStep):
 
     @property
     def cancel_question(self) -> str:  # type: ignore[override]
-        return ("Cancel the restore? If you cancel, "
-                + CANCEL_RESTORE.format(drive=self.state.target.name))
+        return "Cancel the restore? If you cancel, " + CANCEL_RESTORE.format(drive=self.state.target.name)
 
     def intro(self) -> str:
         s = self.state
@@ -421,21 +455,28 @@ class RestoreDoneStep(DoneStep):
     def lines(self):
         s, o = self.state, self.state.outcome
         if o.verified:
-            check = ("heading", "Verification: passed. Every chunk was checked against its hash "
-                                "before it was written.")
+            check = ("heading", "Verification: passed. Every chunk was checked against its hash before it was written.")
         else:
-            check = ("error", "Verification: NOT confirmed. Do not trust this drive; restore again "
-                              "or check the log.")
-        return ("Restore: done", [
-            ("heading", f"{s.image.name} was restored onto {s.target.name} ({s.target.model})."), "",
-            check, "",
-            *warning_lines(o.warnings),
-            f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}.",
-            f"The log was saved to {o.log_path}", "",
-            "Remove the rescue medium before rebooting into the restored system."], o.verified and not o.warnings)
+            check = ("error", "Verification: NOT confirmed. Do not trust this drive; restore again or check the log.")
+        return (
+            "Restore: done",
+            [
+                ("heading", f"{s.image.name} was restored onto {s.target.name} ({s.target.model})."),
+                "",
+                check,
+                "",
+                *warning_lines(o.warnings),
+                f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}.",
+                f"The log was saved to {o.log_path}",
+                "",
+                "Remove the rescue medium before rebooting into the restored system.",
+            ],
+            o.verified and not o.warnings,
+        )
 
 
 # --- capture ---------------------------------------------------------------------------------
+
 
 class SourceStep(DriveStep):
     title = "Capture: choose the drive to image"
@@ -495,8 +536,11 @@ class DestStep(Step):
 class NameStep(Step):
     def start(self) -> None:
         s = self.state
-        self.app.show(views.NameView(self, s.name or default_image_name(s.source), s.source, s.dest,
-                                     self.app.wizard_position(self)))
+        self.app.show(
+            views.NameView(
+                self, s.name or default_image_name(s.source), s.source, s.dest, self.app.wizard_position(self)
+            )
+        )
 
     def choose(self, name: str) -> None:
         name = name.strip()
@@ -516,8 +560,7 @@ class NameStep(Step):
 
 class CaptureProgressStep(JobStep):
     title = "Capture: reading and verifying"
-    cancel_question = ("Cancel the capture? The partial image is not kept; "
-                       "the source drive is not changed.")
+    cancel_question = "Cancel the capture? The partial image is not kept; the source drive is not changed."
 
     def intro(self) -> str:
         s = self.state
@@ -540,18 +583,28 @@ class CaptureProgressStep(JobStep):
 class CaptureDoneStep(DoneStep):
     def lines(self):
         s, o = self.state, self.state.outcome
-        return ("Capture: done", [
-            ("heading", f"{s.source.name} ({s.source.model}) was captured as {o.name}."), "",
-            ("heading", "Verification: passed. Every stored chunk was read back and checked."), "",
-            *bad_sector_lines(o.sectors_lost, o.bad_ranges,
-                              "they are marked unreadable in the image (not stored as data)."), "",
-            f"{fmt_bytes(o.bytes_read)} read, {fmt_bytes(o.stored_bytes)} newly stored, "
-            f"in {fmt_duration(o.seconds)}.",
-            f"Repository: {s.dest}",
-            f"The log was saved to {o.log_path}"], True)
+        return (
+            "Capture: done",
+            [
+                ("heading", f"{s.source.name} ({s.source.model}) was captured as {o.name}."),
+                "",
+                ("heading", "Verification: passed. Every stored chunk was read back and checked."),
+                "",
+                *bad_sector_lines(
+                    o.sectors_lost, o.bad_ranges, "they are marked unreadable in the image (not stored as data)."
+                ),
+                "",
+                f"{fmt_bytes(o.bytes_read)} read, {fmt_bytes(o.stored_bytes)} newly stored, "
+                f"in {fmt_duration(o.seconds)}.",
+                f"Repository: {s.dest}",
+                f"The log was saved to {o.log_path}",
+            ],
+            True,
+        )
 
 
 # --- clone -----------------------------------------------------------------------------------
+
 
 class CloneSourceStep(DriveStep):
     title = "Clone: choose the drive to copy"
@@ -592,8 +645,10 @@ class ClonePlanStep(PlanStepBase):
 
     def excerpt(self) -> str:
         s = self.state
-        return (f"Copy {s.source.name} ({views.clip(s.source.model, 24)}, {fmt_bytes(s.source.size)}) onto "
-                f"{s.target.name} ({views.clip(s.target.model, 24)}, {fmt_bytes(s.target.size)}):")
+        return (
+            f"Copy {s.source.name} ({views.clip(s.source.model, 24)}, {fmt_bytes(s.source.size)}) onto "
+            f"{s.target.name} ({views.clip(s.target.model, 24)}, {fmt_bytes(s.target.size)}):"
+        )
 
 
 class CloneConfirmStep(ConfirmStep):
@@ -615,8 +670,10 @@ class CloneProgressStep(JobStep):
 
     def intro(self) -> str:
         s = self.state
-        return (f"Copying {s.source.name} ({s.source.model}) onto {s.target.name} ({s.target.model}), "
-                f"layout {s.plan.policy}.")
+        return (
+            f"Copying {s.source.name} ({s.source.model}) onto {s.target.name} ({s.target.model}), "
+            f"layout {s.plan.policy}."
+        )
 
     def job(self, progress, cancel) -> CloneOutcome:
         s = self.state
@@ -634,19 +691,27 @@ class CloneProgressStep(JobStep):
 class CloneDoneStep(DoneStep):
     def lines(self):
         s, o = self.state, self.state.outcome
-        return ("Clone: done", [
-            ("heading", f"{s.source.name} ({s.source.model}) was copied onto {s.target.name} "
-                        f"({s.target.model})."), "",
-            *bad_sector_lines(o.sectors_lost, o.bad_ranges,
-                              f"those bytes were written as zeros on {s.target.name}."), "",
-            *warning_lines(o.warnings),
-            f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}, layout {s.plan.policy}.",
-            f"The log was saved to {o.log_path}", "",
-            "Both drives now carry the same filesystem IDs: boot with only one of them connected."],
-            o.sectors_lost == 0 and not o.warnings)
+        return (
+            "Clone: done",
+            [
+                ("heading", f"{s.source.name} ({s.source.model}) was copied onto {s.target.name} ({s.target.model})."),
+                "",
+                *bad_sector_lines(
+                    o.sectors_lost, o.bad_ranges, f"those bytes were written as zeros on {s.target.name}."
+                ),
+                "",
+                *warning_lines(o.warnings),
+                f"{fmt_bytes(o.bytes_written)} written in {fmt_duration(o.seconds)}, layout {s.plan.policy}.",
+                f"The log was saved to {o.log_path}",
+                "",
+                "Both drives now carry the same filesystem IDs: boot with only one of them connected.",
+            ],
+            o.sectors_lost == 0 and not o.warnings,
+        )
 
 
 # --- browse ----------------------------------------------------------------------------------
+
 
 class BrowseRepoStep(RepoStep):
     title = "Browse: where are the images?"
@@ -690,14 +755,18 @@ class TreeStep(Step):
             raise
         title = f"Browse: files in partition {s.part.number}"
         if s.session.root is None:
-            self.view = views.WholePartitionView(self, title, s.part, self.whole_folder(),
-                                                 self.app.wizard_position(self))
+            self.view = views.WholePartitionView(
+                self, title, s.part, self.whole_folder(), self.app.wizard_position(self)
+            )
         else:
-            excerpt = (f"Image {views.clip(s.image.name, 30)}, partition {s.part.number} "
-                       f"({s.part.fstype}{', ' + views.clip(s.part.label, 20) if s.part.label else ''}), "
-                       "read-only:")
-            self.view = views.TreeView(self, title, excerpt, self.rows(), self.summary(),
-                                       self.app.wizard_position(self))
+            excerpt = (
+                f"Image {views.clip(s.image.name, 30)}, partition {s.part.number} "
+                f"({s.part.fstype}{', ' + views.clip(s.part.label, 20) if s.part.label else ''}), "
+                "read-only:"
+            )
+            self.view = views.TreeView(
+                self, title, excerpt, self.rows(), self.summary(), self.app.wizard_position(self)
+            )
         self.app.show(self.view)
 
     def whole_folder(self) -> str:
@@ -716,6 +785,7 @@ class TreeStep(Step):
                 out.append((e, depth, self.mark_of(e.path), e.path in self.expanded))
                 if e.path in self.expanded:
                     walk(e.path, depth + 1)
+
         walk("/", 0)
         return out
 
@@ -797,8 +867,7 @@ class CopyDestStep(Step):
         return f"Copy {views.clip(items, 40)} from partition {s.part.number} of {views.clip(s.image.name, 30)}."
 
     def start(self) -> None:
-        self.app.show(views.CopyDestView(self, self.what(), self.state.dest or "",
-                                         self.app.wizard_position(self)))
+        self.app.show(views.CopyDestView(self, self.what(), self.state.dest or "", self.app.wizard_position(self)))
 
     def paths(self) -> list[str]:
         return ["/"] if self.state.session.root is None else list(self.state.marked)
@@ -823,8 +892,7 @@ class CopyProgressStep(JobStep):
 
     @property
     def cancel_question(self) -> str:  # type: ignore[override]
-        return (f"Cancel the copy? What was copied so far stays in {self.state.dest}; "
-                "the item being copied is removed.")
+        return f"Cancel the copy? What was copied so far stays in {self.state.dest}; the item being copied is removed."
 
     def intro(self) -> str:
         s = self.state
@@ -841,8 +909,7 @@ class CopyProgressStep(JobStep):
         self.done()
 
     def cancelled_text(self) -> str:
-        return (f"Copy cancelled. What was copied before stays in {self.state.dest}; "
-                "the partition was unmounted.")
+        return f"Copy cancelled. What was copied before stays in {self.state.dest}; the partition was unmounted."
 
 
 class BrowseDoneStep(DoneStep):
@@ -851,22 +918,36 @@ class BrowseDoneStep(DoneStep):
         shown = [f"  {views.clip(os.path.relpath(p, o.dest), 74)}" for p in o.copied[:6]]
         if len(o.copied) > 6:
             shown.append(f"  ... and {len(o.copied) - 6} more")
-        return ("Browse: done", [
-            ("heading", f"Copied from {s.image.name}, partition {s.part.number}, into {o.dest}:"),
-            *shown, "",
-            f"{o.files} file(s), {fmt_bytes(o.bytes)}, in {fmt_duration(o.seconds)}. "
-            + ("Times were kept (FAT has no owners or permissions)." if s.part.fat
-               else "Permissions, owners and times were kept."),
-            "The partition was unmounted; the image was only read."], True)
+        return (
+            "Browse: done",
+            [
+                ("heading", f"Copied from {s.image.name}, partition {s.part.number}, into {o.dest}:"),
+                *shown,
+                "",
+                f"{o.files} file(s), {fmt_bytes(o.bytes)}, in {fmt_duration(o.seconds)}. "
+                + (
+                    "Times were kept (FAT has no owners or permissions)."
+                    if s.part.fat
+                    else "Permissions, owners and times were kept."
+                ),
+                "The partition was unmounted; the image was only read.",
+            ],
+            True,
+        )
 
 
 FLOWS = {
-    "restore": (RestoreState, [RepoStep, ImageStep, TargetStep, PlanStep, ConfirmStep,
-                               RestoreProgressStep, RestoreDoneStep]),
-    "capture": (CaptureState, [SourceStep, DestStep, NameStep, CaptureProgressStep,
-                               CaptureDoneStep]),
-    "clone": (CloneState, [CloneSourceStep, CloneTargetStep, ClonePlanStep, CloneConfirmStep,
-                           CloneProgressStep, CloneDoneStep]),
-    "browse": (BrowseState, [BrowseRepoStep, BrowseImageStep, PartitionStep, TreeStep, CopyDestStep,
-                             CopyProgressStep, BrowseDoneStep]),
+    "restore": (
+        RestoreState,
+        [RepoStep, ImageStep, TargetStep, PlanStep, ConfirmStep, RestoreProgressStep, RestoreDoneStep],
+    ),
+    "capture": (CaptureState, [SourceStep, DestStep, NameStep, CaptureProgressStep, CaptureDoneStep]),
+    "clone": (
+        CloneState,
+        [CloneSourceStep, CloneTargetStep, ClonePlanStep, CloneConfirmStep, CloneProgressStep, CloneDoneStep],
+    ),
+    "browse": (
+        BrowseState,
+        [BrowseRepoStep, BrowseImageStep, PartitionStep, TreeStep, CopyDestStep, CopyProgressStep, BrowseDoneStep],
+    ),
 }

@@ -33,9 +33,22 @@ from rescue.errors import Cancelled, RefusedError, RepoError, UsageError
 from rescue.filesystems import lookup
 from rescue.imaging.progress import Progress, fmt_bytes
 from rescue.model.layout import DiskLayout, Partition
-from rescue.tui.backend import (BrowseSession, CaptureOutcome, CloneOutcome, CopyOutcome, DriveInfo,
-                                FileEntry, ImageInfo, ImagePart, PartInfo, Plan, RepoInfo,
-                                RestoreOutcome, ascii_text, min_target_size)
+from rescue.tui.backend import (
+    BrowseSession,
+    CaptureOutcome,
+    CloneOutcome,
+    CopyOutcome,
+    DriveInfo,
+    FileEntry,
+    ImageInfo,
+    ImagePart,
+    PartInfo,
+    Plan,
+    RepoInfo,
+    RestoreOutcome,
+    ascii_text,
+    min_target_size,
+)
 
 MiB = 1 << 20
 SECTOR = 512
@@ -54,8 +67,15 @@ def _layout_of(parts: list[dict], disk_size: int) -> DiskLayout:
     for i, p in enumerate(parts, 1):
         length = int(p["size"]) // SECTOR
         esp = _is_fat(p.get("fstype")) and p.get("label", "").upper() == "EFI"
-        out.append(Partition(number=i, start=start, end=start + length - 1, name=p.get("label", ""),
-                             type_guid=ESP_GUID if esp else None))
+        out.append(
+            Partition(
+                number=i,
+                start=start,
+                end=start + length - 1,
+                name=p.get("label", ""),
+                type_guid=ESP_GUID if esp else None,
+            )
+        )
         start += length
     return DiskLayout(table="gpt", sector_size=SECTOR, size=disk_size, partitions=out)
 
@@ -64,21 +84,33 @@ def _facts(parts: list[dict]) -> dict:
     """What the engine's planner would know of each partition (min_size: used + 25% when the
     machine does not say)."""
     from rescue.model.plan import PartFacts
+
     out = {}
     for i, p in enumerate(parts, 1):
         fs = p.get("fstype") or None
         kind = lookup(fs)
         used = p.get("used", p["size"] // 4)
-        out[i] = PartFacts(fs, int(p.get("min_size", used + used // 4)) if fs else None,
-                           can_shrink=kind is not None and kind.can_shrink,
-                           can_grow=kind is not None and kind.can_grow)
+        out[i] = PartFacts(
+            fs,
+            int(p.get("min_size", used + used // 4)) if fs else None,
+            can_shrink=kind is not None and kind.can_shrink,
+            can_grow=kind is not None and kind.can_grow,
+        )
     return out
 
 
-def _plan(what: str, parts: list[dict], source_size: int, target: DriveInfo, policy: str,
-          write: int, current: DiskLayout | None) -> Plan:
+def _plan(
+    what: str,
+    parts: list[dict],
+    source_size: int,
+    target: DriveInfo,
+    policy: str,
+    write: int,
+    current: DiskLayout | None,
+) -> Plan:
     """The engine's own planner (a pure function) over the recorded sizes."""
     from rescue.model.plan import plan_layout
+
     if policy not in ("auto", "same", "proportional", "grow-last"):
         raise UsageError(f"unknown layout policy {policy!r}")
     image = _layout_of(parts, source_size)
@@ -89,20 +121,40 @@ def _plan(what: str, parts: list[dict], source_size: int, target: DriveInfo, pol
         reason = lp.reason
     else:
         need = target.size + lp.shortfall
-        reason = (f"{target.path} is too small: {what} needs {fmt_bytes(need)}, the drive has "
-                  f"{fmt_bytes(target.size)}, short by {fmt_bytes(lp.shortfall)} ({lp.shortfall} bytes)"
-                  + (f"; {lp.reason}" if lp.reason else ""))
+        reason = (
+            f"{target.path} is too small: {what} needs {fmt_bytes(need)}, the drive has "
+            f"{fmt_bytes(target.size)}, short by {fmt_bytes(lp.shortfall)} ({lp.shortfall} bytes)"
+            + (f"; {lp.reason}" if lp.reason else "")
+        )
     new_fs = {i: p.get("fstype", "") for i, p in enumerate(parts, 1)}
     from rescue import planview
+
     shown = planview.lines(lp, image, reason, lp.notes, [])
-    return Plan(target.path, target.size, lp.layout, current, lp.fits, ascii_text(reason), write, new_fs,
-                policy, [(k, ascii_text(t)) for k, t in shown], [ascii_text(n) for n in lp.notes])
+    return Plan(
+        target.path,
+        target.size,
+        lp.layout,
+        current,
+        lp.fits,
+        ascii_text(reason),
+        write,
+        new_fs,
+        policy,
+        [(k, ascii_text(t)) for k, t in shown],
+        [ascii_text(n) for n in lp.notes],
+    )
 
 
 def _entry(path: str, name: str, node: dict) -> FileEntry:
     is_dir = "files" in node
-    return FileEntry(name, path, is_dir, 0 if is_dir else int(node.get("size", 0)),
-                     float(node.get("mtime", 1714557600)), node.get("link"))
+    return FileEntry(
+        name,
+        path,
+        is_dir,
+        0 if is_dir else int(node.get("size", 0)),
+        float(node.get("mtime", 1714557600)),
+        node.get("link"),
+    )
 
 
 def _node_size(node: dict) -> tuple[int, int]:
@@ -132,7 +184,7 @@ class DryRunBackend:
         self.power: str | None = None  # "reboot" | "poweroff" once asked
 
     @classmethod
-    def from_file(cls, path: str) -> "DryRunBackend":
+    def from_file(cls, path: str) -> DryRunBackend:
         try:
             with open(path) as f:
                 return cls(json.load(f))
@@ -157,16 +209,28 @@ class DryRunBackend:
 
     # Backend ----------------------------------------------------------------------------------
     def list_drives(self) -> list[DriveInfo]:
-        return [DriveInfo(d["name"], d.get("path", "/dev/" + d["name"]), d.get("model", "unknown model"),
-                          d.get("serial", "-"), int(d["size"]), d.get("bus", "sata"),
-                          bool(d.get("removable", False))) for d in self._drives()]
+        return [
+            DriveInfo(
+                d["name"],
+                d.get("path", "/dev/" + d["name"]),
+                d.get("model", "unknown model"),
+                d.get("serial", "-"),
+                int(d["size"]),
+                d.get("bus", "sata"),
+                bool(d.get("removable", False)),
+            )
+            for d in self._drives()
+        ]
 
     def boot_drive(self) -> str | None:
         return self.machine.get("boot_drive")
 
     def find_repositories(self) -> list[RepoInfo]:
-        return [RepoInfo(r["path"], r.get("drive"), bool(r.get("read_only", False)))
-                for r in self.machine.get("repositories", []) if r.get("found", True)]
+        return [
+            RepoInfo(r["path"], r.get("drive"), bool(r.get("read_only", False)))
+            for r in self.machine.get("repositories", [])
+            if r.get("found", True)
+        ]
 
     def open_repository(self, path: str) -> RepoInfo:
         r = self._repo(path)
@@ -174,8 +238,9 @@ class DryRunBackend:
 
     def list_images(self, repo_path: str) -> list[ImageInfo]:
         fields = ImageInfo.__dataclass_fields__
-        return [ImageInfo(**{k: v for k, v in im.items() if k in fields})
-                for im in self._repo(repo_path).get("images", [])]
+        return [
+            ImageInfo(**{k: v for k, v in im.items() if k in fields}) for im in self._repo(repo_path).get("images", [])
+        ]
 
     def image_needs(self, repo_path: str, name: str) -> int:
         im = self._image(repo_path, name)
@@ -185,8 +250,10 @@ class DryRunBackend:
     def partitions(self, drive: DriveInfo) -> list[PartInfo]:
         for d in self._drives():
             if d["name"] == drive.name:
-                return [PartInfo(p["name"], int(p["size"]), p.get("fstype", ""), p.get("label", ""))
-                        for p in d.get("partitions", [])]
+                return [
+                    PartInfo(p["name"], int(p["size"]), p.get("fstype", ""), p.get("label", ""))
+                    for p in d.get("partitions", [])
+                ]
         return []
 
     def target_refusal(self, drive: DriveInfo, repo_path: str | None) -> str | None:
@@ -207,8 +274,15 @@ class DryRunBackend:
     def plan_restore(self, repo_path: str, name: str, target_path: str, policy: str = "auto") -> Plan:
         im = self._image(repo_path, name)
         drive = self._drive(target_path)
-        return _plan("the image", im.get("partitions", []), im["source_size"], drive, policy,
-                     im["data_bytes"], self._current(drive))
+        return _plan(
+            "the image",
+            im.get("partitions", []),
+            im["source_size"],
+            drive,
+            policy,
+            im["data_bytes"],
+            self._current(drive),
+        )
 
     # clone ------------------------------------------------------------------------------------
     def _drive_desc(self, name: str) -> dict:
@@ -223,9 +297,15 @@ class DryRunBackend:
         return self._drive_desc(target.name).get("refused")
 
     def _source_parts(self, source: DriveInfo) -> list[dict]:
-        return [{"size": p.size, "fstype": p.fstype, "label": p.label, **{
-            k: v for k, v in q.items() if k in ("used", "min_size")}}
-                for p, q in zip(self.partitions(source), self._drive_desc(source.name).get("partitions", []))]
+        return [
+            {
+                "size": p.size,
+                "fstype": p.fstype,
+                "label": p.label,
+                **{k: v for k, v in q.items() if k in ("used", "min_size")},
+            }
+            for p, q in zip(self.partitions(source), self._drive_desc(source.name).get("partitions", []))
+        ]
 
     def clone_needs(self, source: DriveInfo) -> int:
         parts = self._source_parts(source)
@@ -241,12 +321,19 @@ class DryRunBackend:
 
     def clone(self, source_path, target_path, plan, progress, cancel) -> CloneOutcome:
         source = self._drive(source_path)
-        areas = [(f"{p.name} ({p.fstype or 'raw'})", p.size // 8) for p in self.partitions(source)] \
-            or [("disk", source.size // 8)]
+        areas = [(f"{p.name} ({p.fstype or 'raw'})", p.size // 8) for p in self.partitions(source)] or [
+            ("disk", source.size // 8)
+        ]
         seconds = self._run("clone", areas, progress, cancel)
         bad = [(int(o), int(n)) for o, n in self._drive_desc(source.name).get("bad_ranges", [])]
-        return CloneOutcome(target_path, sum(s for _, s in areas), seconds,
-                            sum(n for _, n in bad) // SECTOR, bad, f"{self.log_dir}/clone.log")
+        return CloneOutcome(
+            target_path,
+            sum(s for _, s in areas),
+            seconds,
+            sum(n for _, n in bad) // SECTOR,
+            bad,
+            f"{self.log_dir}/clone.log",
+        )
 
     # browse -----------------------------------------------------------------------------------
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
@@ -290,8 +377,11 @@ class DryRunBackend:
 
     def check_copy(self, session: BrowseSession, paths: list[str], dest: str) -> None:
         existing = self.machine.get("existing_files", [])  # paths that "exist" on this machine
-        names = [f"{session.image}-p{session.part.number}"] if session.root is None else \
-            [p.rstrip("/").rsplit("/", 1)[-1] for p in paths]
+        names = (
+            [f"{session.image}-p{session.part.number}"]
+            if session.root is None
+            else [p.rstrip("/").rsplit("/", 1)[-1] for p in paths]
+        )
         for n in names:
             target = dest.rstrip("/") + "/" + n
             if target in existing:
@@ -310,8 +400,10 @@ class DryRunBackend:
             areas = [(p, max(b, 1)) for p, (_, b) in zip(paths, sizes)]
             files = sum(f for f, _ in sizes)
         seconds = self._run("copy", areas, progress, cancel)
-        names = [dest.rstrip("/") + "/" + (p.rstrip("/").rsplit("/", 1)[-1] or
-                                            f"{session.image}-p{session.part.number}") for p in paths]
+        names = [
+            dest.rstrip("/") + "/" + (p.rstrip("/").rsplit("/", 1)[-1] or f"{session.image}-p{session.part.number}")
+            for p in paths
+        ]
         return CopyOutcome(dest, names, files, sum(b for _, b in areas), seconds)
 
     def _run(self, phase: str, areas: list[tuple[str, int]], progress, cancel: threading.Event) -> float:
@@ -328,17 +420,30 @@ class DryRunBackend:
                 done += step
                 elapsed = max(time.monotonic() - start, 1e-3)
                 rate = done / elapsed
-                progress(Progress(phase, area, size // steps * i if i < steps else size, size,
-                                  done, total, rate, (total - done) / rate))
+                progress(
+                    Progress(
+                        phase,
+                        area,
+                        size // steps * i if i < steps else size,
+                        size,
+                        done,
+                        total,
+                        rate,
+                        (total - done) / rate,
+                    )
+                )
         return time.monotonic() - start
 
     def restore(self, repo_path, name, target_path, plan, progress, cancel) -> RestoreOutcome:
         im = self._image(repo_path, name)
-        areas = [(f"p{i} ({p.get('fstype') or 'raw'})", int(p.get("used", p["size"]) // 8))
-                 for i, p in enumerate(im.get("partitions", []), 1)] or [("disk", im["data_bytes"])]
+        areas = [
+            (f"p{i} ({p.get('fstype') or 'raw'})", int(p.get("used", p["size"]) // 8))
+            for i, p in enumerate(im.get("partitions", []), 1)
+        ] or [("disk", im["data_bytes"])]
         seconds = self._run("restore", areas, progress, cancel)
-        return RestoreOutcome(target_path, sum(s for _, s in areas), seconds, True,
-                              f"{self.log_dir}/restore-{name}.log")
+        return RestoreOutcome(
+            target_path, sum(s for _, s in areas), seconds, True, f"{self.log_dir}/restore-{name}.log"
+        )
 
     def free_space(self, path: str) -> int:
         free = self.machine.get("free_space", {})
@@ -354,18 +459,27 @@ class DryRunBackend:
         areas = [(p.name, p.size // 8) for p in self.partitions(drive)] or [("disk", drive.size // 8)]
         seconds = self._run("capture", areas, progress, cancel)
         size = sum(s for _, s in areas)
-        repo = self._repo(repo_path) if any(
-            r["path"] == repo_path for r in self.machine.get("repositories", [])) else None
+        repo = (
+            self._repo(repo_path) if any(r["path"] == repo_path for r in self.machine.get("repositories", [])) else None
+        )
         if repo is not None:
-            repo.setdefault("images", []).append({
-                "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "source_model": drive.model, "source_serial": drive.serial,
-                "source_size": drive.size, "data_bytes": size, "stored_bytes": size // 2,
-                "verified": None, "partitions": [{"size": p.size, "fstype": p.fstype}
-                                                 for p in self.partitions(drive)]})
+            repo.setdefault("images", []).append(
+                {
+                    "name": name,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "source_model": drive.model,
+                    "source_serial": drive.serial,
+                    "source_size": drive.size,
+                    "data_bytes": size,
+                    "stored_bytes": size // 2,
+                    "verified": None,
+                    "partitions": [{"size": p.size, "fstype": p.fstype} for p in self.partitions(drive)],
+                }
+            )
         bad = [(int(o), int(n)) for o, n in self._drive_desc(drive.name).get("bad_ranges", [])]
-        return CaptureOutcome(name, size, size // 2, seconds, f"{repo_path}/images/{name}/log.txt",
-                              sum(n for _, n in bad) // SECTOR, bad)
+        return CaptureOutcome(
+            name, size, size // 2, seconds, f"{repo_path}/images/{name}/log.txt", sum(n for _, n in bad) // SECTOR, bad
+        )
 
     def verify(self, repo_path, name, progress, cancel) -> None:
         im = next((i for i in self._repo(repo_path).get("images", []) if i["name"] == name), None)

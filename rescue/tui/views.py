@@ -3,13 +3,13 @@ All text is laid out for 80 columns."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import urwid
 
 from rescue.imaging.progress import fmt_bytes, fmt_duration
-from rescue.tui.backend import (POLICIES, DriveInfo, FileEntry, ImageInfo, ImagePart, PartInfo, Plan,
-                                RepoInfo)
+from rescue.tui.backend import POLICIES, DriveInfo, FileEntry, ImageInfo, ImagePart, PartInfo, Plan, RepoInfo
 from rescue.tui.widgets import ActionEdit, Choice, Screen, ScrollBox, button, disabled, disabled_button
 
 WIDTH = 78  # columns inside the screen's 1-column margins
@@ -27,8 +27,10 @@ def drive_line(d: DriveInfo) -> str:
 
 
 def part_lines(parts: Sequence[PartInfo], limit: int = 5) -> list[str]:
-    lines = [f"  {clip(p.name, 12):<12} {fmt_bytes(p.size):>10}  {clip(p.fstype or '-', 8):<8} "
-             f"{clip(p.label, 30)}" for p in parts[:limit]]
+    lines = [
+        f"  {clip(p.name, 12):<12} {fmt_bytes(p.size):>10}  {clip(p.fstype or '-', 8):<8} {clip(p.label, 30)}"
+        for p in parts[:limit]
+    ]
     if len(parts) > limit:
         lines.append(f"  ... and {len(parts) - limit} more")
     return lines or ["  (no partitions)"]
@@ -38,61 +40,88 @@ def image_lines(im: ImageInfo) -> str:
     """Two lines of at most 74 columns: name and verification; date, source drive, data."""
     verified = {True: "verified", False: "VERIFY FAILED", None: "not verified"}[im.verified]
     date = im.created.replace("T", " ")[:16]
-    return (f"{clip(im.name, 58):<58} {verified:>15}\n"
-            f"  {date}  source {clip(im.source_model, 18)}, {fmt_bytes(im.source_size)}"
-            f"  data {fmt_bytes(im.data_bytes)}")
+    return (
+        f"{clip(im.name, 58):<58} {verified:>15}\n"
+        f"  {date}  source {clip(im.source_model, 18)}, {fmt_bytes(im.source_size)}"
+        f"  data {fmt_bytes(im.data_bytes)}"
+    )
 
 
 class MainMenuView(Screen):
     def __init__(self, c: Any, message: str = ""):
-        items = [Choice("Restore an image to a drive", c.restore),
-                 Choice("Capture a drive into an image", c.capture),
-                 Choice("Clone a drive onto another drive", c.clone),
-                 Choice("Browse an image and copy files out of it", c.browse),
-                 urwid.Divider(),
-                 Choice("Shell (leave the wizard for a command line)", c.shell),
-                 Choice("Reboot", c.reboot),
-                 Choice("Power off", c.poweroff)]
-        super().__init__("Main menu", items, excerpt="What do you want to do?",
-                         help="Up/Down: move  Enter: choose")
+        items = [
+            Choice("Restore an image to a drive", c.restore),
+            Choice("Capture a drive into an image", c.capture),
+            Choice("Clone a drive onto another drive", c.clone),
+            Choice("Browse an image and copy files out of it", c.browse),
+            urwid.Divider(),
+            Choice("Shell (leave the wizard for a command line)", c.shell),
+            Choice("Reboot", c.reboot),
+            Choice("Power off", c.poweroff),
+        ]
+        super().__init__("Main menu", items, excerpt="What do you want to do?", help="Up/Down: move  Enter: choose")
         if message:
             self.set_status(message, error=True)
 
 
 class RepoView(Screen):
-    def __init__(self, c: Any, repos: Sequence[RepoInfo], step: str = "",
-                 title: str = "Restore: where are the images?"):
+    def __init__(
+        self, c: Any, repos: Sequence[RepoInfo], step: str = "", title: str = "Restore: where are the images?"
+    ):
         rows: list[urwid.Widget] = []
         for r in repos:
             where = f"  (on {r.drive})" if r.drive else ""
             ro = "  read-only" if r.read_only else ""
             rows.append(Choice(f"{r.path}{where}{ro}", lambda r=r: c.choose(r.path)))
         if not repos:
-            rows.append(urwid.Text("No image repository was found on any drive. Plug in the drive "
-                                   "that holds your images and choose Rescan, or type its path."))
+            rows.append(
+                urwid.Text(
+                    "No image repository was found on any drive. Plug in the drive "
+                    "that holds your images and choose Rescan, or type its path."
+                )
+            )
         rows += [urwid.Divider(), ActionEdit("Type a path...: ", c.choose)]
-        super().__init__(title, rows,
-                         [button("Rescan", c.rescan), button("Back", c.back)],
-                         excerpt="Image repositories found on this machine:",
-                         on_back=c.back, help=LIST_HELP, step=step)
+        super().__init__(
+            title,
+            rows,
+            [button("Rescan", c.rescan), button("Back", c.back)],
+            excerpt="Image repositories found on this machine:",
+            on_back=c.back,
+            help=LIST_HELP,
+            step=step,
+        )
 
 
 class ImageView(Screen):
-    def __init__(self, c: Any, repo: RepoInfo, images: Sequence[ImageInfo], step: str = "",
-                 title: str = "Restore: choose an image"):
+    def __init__(
+        self,
+        c: Any,
+        repo: RepoInfo,
+        images: Sequence[ImageInfo],
+        step: str = "",
+        title: str = "Restore: choose an image",
+    ):
         rows: list[urwid.Widget] = [Choice(image_lines(im), lambda im=im: c.choose(im)) for im in images]
         if not images:
             rows.append(urwid.Text(("warn", "This repository holds no complete images.")))
-        super().__init__(title, rows, [button("Back", c.back)],
-                         excerpt=f"Images in {repo.path}:", on_back=c.back, help=LIST_HELP, step=step)
+        super().__init__(
+            title,
+            rows,
+            [button("Back", c.back)],
+            excerpt=f"Images in {repo.path}:",
+            on_back=c.back,
+            help=LIST_HELP,
+            step=step,
+        )
 
 
 class DriveListView(Screen):
     """Drives to choose from; refused drives are greyed with the reason. The partitions of
     the highlighted drive are shown below the list."""
 
-    def __init__(self, c: Any, title: str, excerpt: str, drives: Sequence[tuple[DriveInfo, str | None]],
-                 step: str = ""):
+    def __init__(
+        self, c: Any, title: str, excerpt: str, drives: Sequence[tuple[DriveInfo, str | None]], step: str = ""
+    ):
         self.c = c
         rows: list[urwid.Widget] = []
         self.row_drive: dict[int, DriveInfo] = {}
@@ -107,10 +136,16 @@ class DriveListView(Screen):
         walker = urwid.SimpleFocusListWalker(rows)
         self.walker = walker
         self.parts = urwid.Text("")
-        body = urwid.Pile([("weight", 1, urwid.ListBox(walker)), ("pack", urwid.Divider("-")),
-                           ("pack", self.parts)])
-        super().__init__(title, body, [button("Rescan", c.rescan), button("Back", c.back)],
-                         excerpt=excerpt, on_back=c.back, help=LIST_HELP, step=step)
+        body = urwid.Pile([("weight", 1, urwid.ListBox(walker)), ("pack", urwid.Divider("-")), ("pack", self.parts)])
+        super().__init__(
+            title,
+            body,
+            [button("Rescan", c.rescan), button("Back", c.back)],
+            excerpt=excerpt,
+            on_back=c.back,
+            help=LIST_HELP,
+            step=step,
+        )
         first = min(self.row_drive, default=None)
         if first is not None:
             walker.set_focus(first)
@@ -129,10 +164,10 @@ class DriveListView(Screen):
 def squeeze_table(lines: list[str], width: int = WIDTH) -> list[str]:
     """Narrow a space-aligned table to `width` without breaking its columns: character columns
     that are blank in every row are padding, and runs of them shrink (to one blank) until the
-    widest row fits. Whatever is still too wide is cut with "..". """
+    widest row fits. Whatever is still too wide is cut with ".."."""
     if not lines:
         return []
-    rows = [l.rstrip() for l in lines]
+    rows = [line.rstrip() for line in lines]
     span = max(len(r) for r in rows)
     grid = [r.ljust(span) for r in rows]
     blank = [all(r[i] == " " for r in grid) for i in range(span)]
@@ -189,8 +224,9 @@ def plan_lines(plan: Plan, width: int = WIDTH) -> list[Any]:
 def current_text(name: str, parts: Sequence[PartInfo]) -> str:
     if not parts:
         return f"Now on {name}: no partitions."
-    shown = ", ".join(f"{p.name} {fmt_bytes(p.size)} {p.fstype or '-'}" + (f" {p.label}" if p.label else "")
-                      for p in parts[:4])
+    shown = ", ".join(
+        f"{p.name} {fmt_bytes(p.size)} {p.fstype or '-'}" + (f" {p.label}" if p.label else "") for p in parts[:4]
+    )
     more = f" and {len(parts) - 4} more" if len(parts) > 4 else ""
     return f"Now on {name}: {shown}{more}."
 
@@ -199,14 +235,25 @@ class PlanView(Screen):
     """The engine's plan for one target, a row of layout policies that re-plans when one is
     chosen, and Continue only when the plan fits. Restore and clone share it."""
 
-    def __init__(self, c: Any, title: str, excerpt: str, target: DriveInfo, plan: Plan, policy: str,
-                 current: Sequence[PartInfo], message: str = "", step: str = "",
-                 focus_policy: bool = False):
+    def __init__(
+        self,
+        c: Any,
+        title: str,
+        excerpt: str,
+        target: DriveInfo,
+        plan: Plan,
+        policy: str,
+        current: Sequence[PartInfo],
+        message: str = "",
+        step: str = "",
+        focus_policy: bool = False,
+    ):
         self.radios: list[urwid.RadioButton] = []
         group: list = []
         for p in POLICIES:
-            self.radios.append(urwid.RadioButton(group, p, p == policy,
-                                                 on_state_change=lambda _r, on, p=p: on and c.set_policy(p)))
+            self.radios.append(
+                urwid.RadioButton(group, p, p == policy, on_state_change=lambda _r, on, p=p: on and c.set_policy(p))
+            )
         cells: list = [("fixed", 7, urwid.Text("Layout:"))]
         cells += [("fixed", len(p) + 4, urwid.AttrMap(r, None, "focus")) for p, r in zip(POLICIES, self.radios)]
         self.policy_row = urwid.Columns(cells, dividechars=2)
@@ -216,8 +263,10 @@ class PlanView(Screen):
             details: list[urwid.Widget] = [urwid.Text(("heading", f"{chosen}{plan.reason}"))]
         else:
             which = f"auto chose {plan.policy}" if policy == "auto" else policy
-            details = [urwid.Text(("error", f"Does not fit ({which}): {plan.reason}")),
-                       urwid.Text("Choose another layout above, or go back and choose a bigger drive.")]
+            details = [
+                urwid.Text(("error", f"Does not fit ({which}): {plan.reason}")),
+                urwid.Text("Choose another layout above, or go back and choose a bigger drive."),
+            ]
         details.append(urwid.Divider())
         for kind, line in plan_lines(plan):
             if kind == "table":
@@ -228,18 +277,32 @@ class PlanView(Screen):
                 details.append(urwid.Text(line))
         self.details = ScrollBox(urwid.SimpleFocusListWalker(details))
         if plan.fits:
-            warn = (f"{current_text(target.name, current)} All of it will be replaced; "
-                    f"{fmt_bytes(plan.write_bytes)} of data will be written.")
+            warn = (
+                f"{current_text(target.name, current)} All of it will be replaced; "
+                f"{fmt_bytes(plan.write_bytes)} of data will be written."
+            )
             go = button("Continue", c.done)
         else:
             warn = current_text(target.name, current)
             go = disabled_button("Continue")
-        body = urwid.Pile([("pack", self.policy_row), ("pack", urwid.Divider()),
-                           ("weight", 1, self.details), ("pack", urwid.Divider()),
-                           ("pack", urwid.Text(("warn" if plan.fits else "default", warn)))])
-        super().__init__(title, body, [go, button("Back", c.back)], excerpt=excerpt, on_back=c.back,
-                         help="Left/Right: layout  Enter: choose  Tab: buttons  PgDn: more  Esc: back",
-                         step=step)
+        body = urwid.Pile(
+            [
+                ("pack", self.policy_row),
+                ("pack", urwid.Divider()),
+                ("weight", 1, self.details),
+                ("pack", urwid.Divider()),
+                ("pack", urwid.Text(("warn" if plan.fits else "default", warn))),
+            ]
+        )
+        super().__init__(
+            title,
+            body,
+            [go, button("Back", c.back)],
+            excerpt=excerpt,
+            on_back=c.back,
+            help="Left/Right: layout  Enter: choose  Tab: buttons  PgDn: more  Esc: back",
+            step=step,
+        )
         if not focus_policy:
             self.focus_buttons()
         if message:
@@ -253,19 +316,39 @@ class PlanView(Screen):
 
 
 class ConfirmView(Screen):
-    def __init__(self, c: Any, target: DriveInfo, step: str = "", action: str = "restore",
-                 title: str = "Restore: confirm", button_label: str = "Erase and restore"):
+    def __init__(
+        self,
+        c: Any,
+        target: DriveInfo,
+        step: str = "",
+        action: str = "restore",
+        title: str = "Restore: confirm",
+        button_label: str = "Erase and restore",
+    ):
         self.edit = ActionEdit(f"Type {target.name} to erase it and {action}: ", c.confirm)
-        rows = [urwid.Text(("warn", f"All data on {target.name} ({clip(target.model, 30)}, "
-                                    f"{fmt_bytes(target.size)}, serial {target.serial}) will be lost.")),
-                urwid.Divider(),
-                urwid.Text(f"Type the drive's name, {target.name}, and press Enter. "
-                           "Anything else goes back without writing."),
-                urwid.Divider(), self.edit]
-        super().__init__(title, rows,
-                         [button(button_label, lambda: c.confirm(self.edit.edit_text)),
-                          button("Back", c.back)],
-                         on_back=c.back, help="Type the name, Enter: go on  Esc: back", step=step)
+        rows = [
+            urwid.Text(
+                (
+                    "warn",
+                    f"All data on {target.name} ({clip(target.model, 30)}, "
+                    f"{fmt_bytes(target.size)}, serial {target.serial}) will be lost.",
+                )
+            ),
+            urwid.Divider(),
+            urwid.Text(
+                f"Type the drive's name, {target.name}, and press Enter. Anything else goes back without writing."
+            ),
+            urwid.Divider(),
+            self.edit,
+        ]
+        super().__init__(
+            title,
+            rows,
+            [button(button_label, lambda: c.confirm(self.edit.edit_text)), button("Back", c.back)],
+            on_back=c.back,
+            help="Type the name, Enter: go on  Esc: back",
+            step=step,
+        )
 
 
 class ProgressView(Screen):
@@ -275,9 +358,19 @@ class ProgressView(Screen):
         self.total_bar = urwid.ProgressBar("bar", "bar done")
         self.numbers = urwid.Text("")
         self.phase = urwid.Text("")
-        rows = [urwid.Text(intro), urwid.Divider(), self.phase, urwid.Divider(), self.area,
-                self.area_bar, urwid.Divider(), urwid.Text("Overall:"), self.total_bar,
-                urwid.Divider(), self.numbers]
+        rows = [
+            urwid.Text(intro),
+            urwid.Divider(),
+            self.phase,
+            urwid.Divider(),
+            self.area,
+            self.area_bar,
+            urwid.Divider(),
+            urwid.Text("Overall:"),
+            self.total_bar,
+            urwid.Divider(),
+            self.numbers,
+        ]
         super().__init__(title, rows, on_back=c.back, help="Esc: cancel", step=step)
 
     def update(self, p: Any) -> None:
@@ -285,16 +378,21 @@ class ProgressView(Screen):
         self.area.set_text(f"Area: {p.area or '-'}  ({fmt_bytes(p.area_done)} of {fmt_bytes(p.area_total)})")
         self.area_bar.set_completion(100.0 * p.area_done / p.area_total if p.area_total else 100.0)
         self.total_bar.set_completion(100.0 * p.done / p.total if p.total else 100.0)
-        self.numbers.set_text(f"{fmt_bytes(p.done)} of {fmt_bytes(p.total)}   {p.rate / 1e6:.1f} MB/s"
-                              f"   time left {fmt_duration(p.eta)}")
+        self.numbers.set_text(
+            f"{fmt_bytes(p.done)} of {fmt_bytes(p.total)}   {p.rate / 1e6:.1f} MB/s   time left {fmt_duration(p.eta)}"
+        )
 
 
 class DoneView(Screen):
     def __init__(self, c: Any, title: str, lines: Sequence[Any], ok: bool):
         rows = [urwid.Text(line) for line in lines]
-        super().__init__(title, rows, [button("Main menu", c.menu), button("Reboot", c.reboot),
-                                       button("Power off", c.poweroff)],
-                         on_back=c.menu, help="Tab/Left/Right: buttons  Enter: choose  Esc: main menu")
+        super().__init__(
+            title,
+            rows,
+            [button("Main menu", c.menu), button("Reboot", c.reboot), button("Power off", c.poweroff)],
+            on_back=c.menu,
+            help="Tab/Left/Right: buttons  Enter: choose  Esc: main menu",
+        )
         self.focus_buttons()
 
 
@@ -308,35 +406,54 @@ class DestView(Screen):
             else:
                 rows.append(disabled(f"{line}\n  not offered: {reason}"))
         if not repos:
-            rows.append(urwid.Text("No image repository was found. Type the path of a mounted, "
-                                   "writable directory; a new repository is made there."))
+            rows.append(
+                urwid.Text(
+                    "No image repository was found. Type the path of a mounted, "
+                    "writable directory; a new repository is made there."
+                )
+            )
         rows += [urwid.Divider(), ActionEdit("Type a path...: ", c.choose)]
-        super().__init__("Capture: where to store the image", rows,
-                         [button("Rescan", c.rescan), button("Back", c.back)],
-                         excerpt="Repositories found (the image goes into one of these):",
-                         on_back=c.back, help=LIST_HELP, step=step)
+        super().__init__(
+            "Capture: where to store the image",
+            rows,
+            [button("Rescan", c.rescan), button("Back", c.back)],
+            excerpt="Repositories found (the image goes into one of these):",
+            on_back=c.back,
+            help=LIST_HELP,
+            step=step,
+        )
 
 
 class NameView(Screen):
     def __init__(self, c: Any, default: str, source: DriveInfo, dest: str, step: str = ""):
         self.edit = ActionEdit("Image name: ", c.choose, default)
-        rows = [urwid.Text(f"Capture {source.name} ({clip(source.model, 30)}, {fmt_bytes(source.size)})"),
-                urwid.Text(f"into {dest}"), urwid.Divider(),
-                urwid.Text("Letters, digits, dot, dash and underscore only."), urwid.Divider(), self.edit]
-        super().__init__("Capture: name the image", rows,
-                         [button("Start capture", lambda: c.choose(self.edit.edit_text)),
-                          button("Back", c.back)],
-                         on_back=c.back, help="Type the name, Enter: start  Esc: back", step=step)
+        rows = [
+            urwid.Text(f"Capture {source.name} ({clip(source.model, 30)}, {fmt_bytes(source.size)})"),
+            urwid.Text(f"into {dest}"),
+            urwid.Divider(),
+            urwid.Text("Letters, digits, dot, dash and underscore only."),
+            urwid.Divider(),
+            self.edit,
+        ]
+        super().__init__(
+            "Capture: name the image",
+            rows,
+            [button("Start capture", lambda: c.choose(self.edit.edit_text)), button("Back", c.back)],
+            on_back=c.back,
+            help="Type the name, Enter: start  Esc: back",
+            step=step,
+        )
 
 
 # --- browse ----------------------------------------------------------------------------------
 
+
 def image_part_line(p: ImagePart) -> str:
     used = f"{fmt_bytes(p.used)} used" if p.used is not None else ""
-    fat = "\n  FAT: no file list here (no FAT driver); the whole partition is copied" \
-        if p.fat and not p.refused else ""
-    line = (f"partition {p.number:<3} {fmt_bytes(p.size):>10}  {clip(p.fstype or '-', 8):<8} "
-            f"{clip(p.label, 24):<24} {used}").rstrip()
+    fat = "\n  FAT: no file list here (no FAT driver); the whole partition is copied" if p.fat and not p.refused else ""
+    line = (
+        f"partition {p.number:<3} {fmt_bytes(p.size):>10}  {clip(p.fstype or '-', 8):<8} {clip(p.label, 24):<24} {used}"
+    ).rstrip()
     return line + fat
 
 
@@ -350,13 +467,20 @@ class PartitionView(Screen):
                 rows.append(Choice(image_part_line(p), lambda p=p: c.choose(p)))
         if not any(not p.refused for p in parts):
             rows.append(urwid.Text(("warn", "This image has no partition with files to browse.")))
-        super().__init__("Browse: choose a partition", rows, [button("Back", c.back)],
-                         excerpt=f"Partitions in image {image.name}:", on_back=c.back, help=LIST_HELP,
-                         step=step)
+        super().__init__(
+            "Browse: choose a partition",
+            rows,
+            [button("Back", c.back)],
+            excerpt=f"Partitions in image {image.name}:",
+            on_back=c.back,
+            help=LIST_HELP,
+            step=step,
+        )
 
 
 def fmt_time(t: float) -> str:
     import time
+
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
@@ -395,25 +519,41 @@ class TreeView(Screen):
     """The files of one mounted partition. Folders are read when opened. The list is rebuilt
     in place after each change, keeping the focus on the same path."""
 
-    def __init__(self, c: Any, title: str, excerpt: str, rows: list[tuple[FileEntry, int, str, bool]],
-                 marked: str, step: str = ""):
+    def __init__(
+        self,
+        c: Any,
+        title: str,
+        excerpt: str,
+        rows: list[tuple[FileEntry, int, str, bool]],
+        marked: str,
+        step: str = "",
+    ):
         self.c = c
         self.walker = urwid.SimpleFocusListWalker([])
         self.summary = urwid.Text("")
         head = "      name".ljust(WIDTH - 2 - 16 - 2 - 4) + "size  modified"
-        body = urwid.Pile([("pack", urwid.Text(("heading", head))),
-                           ("weight", 1, urwid.ListBox(self.walker)),
-                           ("pack", urwid.Divider("-")), ("pack", self.summary)])
-        super().__init__(title, body, [button("Copy marked...", c.done), button("Back", c.back)],
-                         excerpt=excerpt, on_back=c.back,
-                         help="Space: mark  Enter/Right: open folder  Left: close  Tab: buttons  Esc: back",
-                         step=step)
+        body = urwid.Pile(
+            [
+                ("pack", urwid.Text(("heading", head))),
+                ("weight", 1, urwid.ListBox(self.walker)),
+                ("pack", urwid.Divider("-")),
+                ("pack", self.summary),
+            ]
+        )
+        super().__init__(
+            title,
+            body,
+            [button("Copy marked...", c.done), button("Back", c.back)],
+            excerpt=excerpt,
+            on_back=c.back,
+            help="Space: mark  Enter/Right: open folder  Left: close  Tab: buttons  Esc: back",
+            step=step,
+        )
         self.refresh(rows, marked)
         body.focus_position = 1
         self._focus_first()
 
-    def refresh(self, rows: list[tuple[FileEntry, int, str, bool]], marked: str,
-                focus_path: str | None = None) -> None:
+    def refresh(self, rows: list[tuple[FileEntry, int, str, bool]], marked: str, focus_path: str | None = None) -> None:
         current = self.walker.get_focus()[0]
         keep = focus_path or (current.entry.path if isinstance(current, TreeRow) else None)
         widgets: list[urwid.Widget] = [TreeRow(self.c, e, d, m, x) for e, d, m, x in rows]
@@ -430,24 +570,47 @@ class WholePartitionView(Screen):
     partition is copied with mtools into a new folder."""
 
     def __init__(self, c: Any, title: str, part: ImagePart, folder: str, step: str = ""):
-        rows = [urwid.Text(f"Partition {part.number} is a FAT partition ({part.fstype}, "
-                           f"{fmt_bytes(part.size)}{', ' + part.label if part.label else ''})."),
-                urwid.Divider(),
-                urwid.Text("This rescue system has no FAT driver, so its files cannot be listed "
-                           "here. Its whole content is copied instead (with mtools, keeping the "
-                           f"times) into a new folder {folder} inside the folder you choose next.")]
-        super().__init__(title, rows, [button("Copy whole partition...", c.done), button("Back", c.back)],
-                         on_back=c.back, help="Enter: choose  Tab/Left/Right: buttons  Esc: back", step=step)
+        rows = [
+            urwid.Text(
+                f"Partition {part.number} is a FAT partition ({part.fstype}, "
+                f"{fmt_bytes(part.size)}{', ' + part.label if part.label else ''})."
+            ),
+            urwid.Divider(),
+            urwid.Text(
+                "This rescue system has no FAT driver, so its files cannot be listed "
+                "here. Its whole content is copied instead (with mtools, keeping the "
+                f"times) into a new folder {folder} inside the folder you choose next."
+            ),
+        ]
+        super().__init__(
+            title,
+            rows,
+            [button("Copy whole partition...", c.done), button("Back", c.back)],
+            on_back=c.back,
+            help="Enter: choose  Tab/Left/Right: buttons  Esc: back",
+            step=step,
+        )
         self.focus_buttons()
 
 
 class CopyDestView(Screen):
     def __init__(self, c: Any, what: str, default: str = "", step: str = ""):
         self.edit = ActionEdit("Copy into folder: ", c.choose, default)
-        rows = [urwid.Text(what), urwid.Divider(),
-                urwid.Text("Type the path of an existing, writable folder (for example a USB "
-                           "drive mounted under /media). Nothing in it is overwritten."),
-                urwid.Divider(), self.edit]
-        super().__init__("Browse: copy to where?", rows,
-                         [button("Start copy", lambda: c.choose(self.edit.edit_text)), button("Back", c.back)],
-                         on_back=c.back, help="Type the folder, Enter: start  Esc: back", step=step)
+        rows = [
+            urwid.Text(what),
+            urwid.Divider(),
+            urwid.Text(
+                "Type the path of an existing, writable folder (for example a USB "
+                "drive mounted under /media). Nothing in it is overwritten."
+            ),
+            urwid.Divider(),
+            self.edit,
+        ]
+        super().__init__(
+            "Browse: copy to where?",
+            rows,
+            [button("Start copy", lambda: c.choose(self.edit.edit_text)), button("Back", c.back)],
+            on_back=c.back,
+            help="Type the folder, Enter: start  Esc: back",
+            step=step,
+        )

@@ -6,7 +6,7 @@ well as reverse video, so it is visible on a monochrome terminal too."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import urwid
 
@@ -25,8 +25,7 @@ PALETTE = [
     ("dialog", "default", "default", ""),
 ]
 
-ASCII_BOX = dict(tlcorner="+", tline="-", lline="|", trcorner="+", blcorner="+", rline="|",
-                 bline="-", brcorner="+")
+ASCII_BOX = dict(tlcorner="+", tline="-", lline="|", trcorner="+", blcorner="+", rline="|", bline="-", brcorner="+")
 
 KEYS_HELP = "Up/Down: move  Enter: choose  Tab: next field  Esc: back"
 
@@ -117,10 +116,17 @@ class Screen(urwid.WidgetWrap):
     """Title line, body, buttons, help/status line. Esc calls `on_back`; Tab moves between
     the body's parts (the list, a text field, the buttons)."""
 
-    def __init__(self, title: str, body: Sequence[urwid.Widget] | urwid.Widget,
-                 buttons: Sequence[urwid.Widget] = (), *, excerpt: str | None = None,
-                 on_back: Callable[[], None] | None = None, help: str = KEYS_HELP,
-                 step: str = ""):
+    def __init__(
+        self,
+        title: str,
+        body: Sequence[urwid.Widget] | urwid.Widget,
+        buttons: Sequence[urwid.Widget] = (),
+        *,
+        excerpt: str | None = None,
+        on_back: Callable[[], None] | None = None,
+        help: str = KEYS_HELP,
+        step: str = "",
+    ):
         self.on_back = on_back
         self.help = help
         parts: list = []
@@ -144,10 +150,11 @@ class Screen(urwid.WidgetWrap):
         if step:
             head = head[: 78 - len(step)].ljust(78 - len(step)) + step + " "
         self.status = urwid.Text(("help", " " + help))
-        frame = urwid.Frame(urwid.Padding(self.pile, left=1, right=1),
-                            header=urwid.Pile([urwid.AttrMap(urwid.Text(head, wrap="clip"), "title"),
-                                               urwid.Divider()]),
-                            footer=urwid.AttrMap(self.status, "help"))
+        frame = urwid.Frame(
+            urwid.Padding(self.pile, left=1, right=1),
+            header=urwid.Pile([urwid.AttrMap(urwid.Text(head, wrap="clip"), "title"), urwid.Divider()]),
+            footer=urwid.AttrMap(self.status, "help"),
+        )
         super().__init__(frame)
 
     def _selectable_parts(self) -> list[int]:
@@ -186,16 +193,14 @@ class Dialog(urwid.WidgetWrap):
     """A boxed question or message drawn over the current screen. The last answer is the
     safe one (No, Keep going, OK): it has the focus, and Esc chooses it."""
 
-    def __init__(self, title: str, text: str, answers: Sequence[tuple[str, Callable[[], None]]],
-                 attr: str = "dialog"):
+    def __init__(self, title: str, text: str, answers: Sequence[tuple[str, Callable[[], None]]], attr: str = "dialog"):
         self.answers = answers
         btns = [button(label, fn) for label, fn in answers]
         row = button_row(btns)
         row.focus_position = len(btns) - 1  # the safe answer (No, Keep going) has the focus
         body = urwid.Pile([urwid.Text((attr, text)), urwid.Divider(), row])
         body.focus_position = 2
-        super().__init__(urwid.LineBox(urwid.Padding(body, left=1, right=1), title=title,
-                                       **ASCII_BOX))
+        super().__init__(urwid.LineBox(urwid.Padding(body, left=1, right=1), title=title, **ASCII_BOX))
 
     def keypress(self, size, key):
         key = super().keypress(size, key)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import collections
 import threading
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Step:
@@ -54,7 +55,7 @@ class Wizard:
         return self.steps[self.index] if 0 <= self.index < len(self.steps) else None
 
     def position(self, step: Step) -> str:
-        """"3/7" for the title line, counting only the steps that apply."""
+        """ "3/7" for the title line, counting only the steps that apply."""
         shown = [s for s in self.steps if s.applies()]
         return f"{shown.index(step) + 1}/{len(shown)}" if step in shown else ""
 
@@ -112,7 +113,7 @@ class JobRunner:
     def _work(self, job) -> None:
         try:
             result = job(lambda p: self._post(("progress", p)), self.cancel)
-        except BaseException as e:  # delivered to the main thread, shown there in words
+        except BaseException as e:  # noqa: BLE001 - delivered to the main thread, shown there in words
             self._post(("error", e, traceback.format_exc()))
         else:
             self._post(("done", result))

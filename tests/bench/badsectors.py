@@ -63,8 +63,14 @@ def build(loops: LoopRegistry) -> tuple[Path, dict[str, list[tuple[int, int]]], 
     """The drive file, each file's physical byte extents on the drive, and the fs block size."""
     say("building a 1 GiB drive: GPT, ext4, ~60% random files ...")
     drive = loops.file("drive.img", DRIVE)
-    sh("sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(drive),
-       input=f"label: gpt\nstart=2048, size={PART[1] // SECTOR}, name=\"data\"\n")
+    sh(
+        "sfdisk",
+        "-q",
+        "--no-reread",
+        "--no-tell-kernel",
+        str(drive),
+        input=f'label: gpt\nstart=2048, size={PART[1] // SECTOR}, name="data"\n',
+    )
     part = loops.attach(drive, offset=PART[0], size=PART[1])
     sh("mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "bench", part)
     rnd = random.Random(2026)
@@ -72,8 +78,7 @@ def build(loops: LoopRegistry) -> tuple[Path, dict[str, list[tuple[int, int]]], 
     with loops.mounted(part) as mnt:
         want, written, i = int(PART[1] * FILL), 0, 0
         while written < want:
-            size = min(rnd.choice([rnd.randint(4 << 10, 512 << 10), rnd.randint(1 * MiB, 24 * MiB)]),
-                       want - written)
+            size = min(rnd.choice([rnd.randint(4 << 10, 512 << 10), rnd.randint(1 * MiB, 24 * MiB)]), want - written)
             rel = f"d{i % 17:02d}/file{i:04d}.bin"
             (mnt / rel).parent.mkdir(exist_ok=True)
             (mnt / rel).write_bytes(rnd.randbytes(size))
@@ -112,8 +117,13 @@ def choose_bad(extents: dict[str, list[tuple[int, int]]]) -> tuple[list[tuple[in
 
 def rescue(*args: str) -> tuple[float, str]:
     began = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "rescue", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rescue", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     seconds = time.monotonic() - began
     if proc.returncode != 0:
         raise SystemExit(f"rescue {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -151,8 +161,8 @@ def compare(drive: Path, target: Path, used: list[tuple[int, int]], bad: list[tu
                 src, dst = bytearray(os.pread(a.fileno(), n, off)), os.pread(b.fileno(), n, off)
                 for s in range(off - off % SECTOR, off + n, SECTOR):
                     if s in bad_set and s >= off:
-                        nonzero += sum(1 for x in dst[s - off:s - off + SECTOR] if x)
-                        src[s - off:s - off + SECTOR] = bytes(SECTOR)
+                        nonzero += sum(1 for x in dst[s - off : s - off + SECTOR] if x)
+                        src[s - off : s - off + SECTOR] = bytes(SECTOR)
                 if bytes(src) != dst:
                     wrong += sum(1 for x, y in zip(src, dst) if x != y)
     return wrong, nonzero
@@ -205,16 +215,22 @@ def main() -> int:
         print()
         print(f"drive: 1 GiB, ext4 partition {sum(n for _, n in used) / MiB:.0f} MiB used")
         print(f"(a) clean capture              {t_clean:7.1f} s")
-        print(f"(b) capture, {BAD} bad sectors  {t_bad:7.1f} s   ratio (b)/(a) = {t_bad / t_clean:.2f}"
-              f"  (target <= 3)  {'OK' if t_bad <= 3 * t_clean else 'MISSED'}")
+        print(
+            f"(b) capture, {BAD} bad sectors  {t_bad:7.1f} s   ratio (b)/(a) = {t_bad / t_clean:.2f}"
+            f"  (target <= 3)  {'OK' if t_bad <= 3 * t_clean else 'MISSED'}"
+        )
         print(f"sectors lost                   {lost:7d}     (must be {BAD})  {'OK' if lost == BAD else 'WRONG'}")
-        print(f"reads of (b), failed           {reads:7d}, {failed} failed ({failed / BAD:.1f} per bad sector: "
-              f"what costs seconds each on a real dying drive)")
+        print(
+            f"reads of (b), failed           {reads:7d}, {failed} failed ({failed / BAD:.1f} per bad sector: "
+            f"what costs seconds each on a real dying drive)"
+        )
         print(f"restore of (b)                 {t_restore:7.1f} s")
         print(f"good sectors mismatched        {wrong:7d} bytes  {'OK' if wrong == 0 else 'WRONG'}")
         print(f"bad sectors not zero           {nonzero:7d} bytes  {'OK' if nonzero == 0 else 'WRONG'}")
-        print(f"files hit named right          {right:7d} of {BAD}  "
-              f"({'stored by capture' if stored else f'annotate() after capture, {t_lookup:.1f} s'})")
+        print(
+            f"files hit named right          {right:7d} of {BAD}  "
+            f"({'stored by capture' if stored else f'annotate() after capture, {t_lookup:.1f} s'})"
+        )
         ok = t_bad <= 3 * t_clean and lost == BAD and wrong == 0 and nonzero == 0 and right == BAD
         return 0 if ok else 1
     finally:

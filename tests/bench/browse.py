@@ -38,14 +38,17 @@ def sh(*argv: str) -> str:
 
 
 def rescue(*args: str) -> None:
-    harness = ("import sys\nfrom rescue import cli\nfrom rescue.browse.cli_commands import add_commands\n"
-               "b = cli.build_parser\n"
-               "def p():\n    x = b()\n"
-               "    s = next(a for a in x._actions if a.__class__.__name__ == '_SubParsersAction')\n"
-               "    'mount' in s.choices or add_commands(s)\n    return x\n"
-               "cli.build_parser = p\nraise SystemExit(cli.main())\n")
-    subprocess.run([sys.executable, "-c", harness, *args], check=True, cwd=str(ROOT),
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    harness = (
+        "import sys\nfrom rescue import cli\nfrom rescue.browse.cli_commands import add_commands\n"
+        "b = cli.build_parser\n"
+        "def p():\n    x = b()\n"
+        "    s = next(a for a in x._actions if a.__class__.__name__ == '_SubParsersAction')\n"
+        "    'mount' in s.choices or add_commands(s)\n    return x\n"
+        "cli.build_parser = p\nraise SystemExit(cli.main())\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", harness, *args], check=True, cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT))
+    )
 
 
 def build(drive: Path, repo: Path) -> dict[str, str]:
@@ -54,8 +57,7 @@ def build(drive: Path, repo: Path) -> dict[str, str]:
         f.truncate(DRIVE_SIZE)
     table = f"label: gpt\nstart=2048, size={PART // 512}\n".encode()
     subprocess.run(["sfdisk", "-q", str(drive)], input=table, check=True)
-    part = sh("losetup", "--find", "--show", "--offset", str(MiB), "--sizelimit", str(PART),
-              str(drive)).strip()
+    part = sh("losetup", "--find", "--show", "--offset", str(MiB), "--sizelimit", str(PART), str(drive)).strip()
     mnt = WORK / "src"
     mnt.mkdir(exist_ok=True)
     try:
@@ -83,8 +85,9 @@ def build(drive: Path, repo: Path) -> dict[str, str]:
         subprocess.run(["losetup", "-d", part])
     disk = sh("losetup", "--find", "--show", "--read-only", str(drive)).strip()
     try:
-        subprocess.run([sys.executable, "-m", "rescue", "capture", disk, str(repo), "--name", "bench"],
-                       check=True, cwd=str(ROOT))
+        subprocess.run(
+            [sys.executable, "-m", "rescue", "capture", disk, str(repo), "--name", "bench"], check=True, cwd=str(ROOT)
+        )
     finally:
         subprocess.run(["losetup", "-d", disk])
     (WORK / "hashes").write_text("".join(f"{k} {v}\n" for k, v in hashes.items()))
@@ -129,8 +132,10 @@ def main() -> int:
                     h.update(block)
             secs = time.perf_counter() - t
             okay = "ok" if h.hexdigest() == hashes[name] else "WRONG DATA"
-            say(f"read {name} ({BIG / 1e6:.0f} MB, cold): {secs:.2f} s, {BIG / secs / 1e6:.0f} MB/s "
-                f"(incl. sha256 in the reader), content {okay}")
+            say(
+                f"read {name} ({BIG / 1e6:.0f} MB, cold): {secs:.2f} s, {BIG / secs / 1e6:.0f} MB/s "
+                f"(incl. sha256 in the reader), content {okay}"
+            )
     finally:
         rescue("umount", str(mnt))
     return 0

@@ -31,10 +31,12 @@ PART_START = MiB
 PART_SIZE = DRIVE_SIZE - PART_START - MiB
 VENV_PY = str(ROOT / ".venv" / "bin" / "python")
 
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but "
-         "have an they you were her she there been one all we their has would when if so no what up can out "
-         "about into them more some could other then these two may first any only new time very disk "
-         "image restore partition sector chunk filesystem rescue backup").split()
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but "
+    "have an they you were her she there been one all we their has would when if so no what up can out "
+    "about into them more some could other then these two may first any only new time very disk "
+    "image restore partition sector chunk filesystem rescue backup"
+).split()
 
 
 def say(msg: str) -> None:
@@ -52,7 +54,7 @@ def build_drive(path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         f.truncate(DRIVE_SIZE)
-    sh("sfdisk", "-q", str(tmp), input=f"label: gpt\nstart=2048, size={PART_SIZE // 512}, name=\"bench\"\n".encode())
+    sh("sfdisk", "-q", str(tmp), input=f'label: gpt\nstart=2048, size={PART_SIZE // 512}, name="bench"\n'.encode())
     part = _losetup(tmp, PART_START, PART_SIZE)
     mnt = WORK / "mnt"
     mnt.mkdir(parents=True, exist_ok=True)
@@ -155,9 +157,14 @@ def main() -> int:
     results: dict[str, dict] = {}
     try:
         lvl = args.level
-        s, m = peak_rss([VENV_PY, "-m", "rescue", "capture", disk, str(out / "repo"), "--name", "b", "--level", str(lvl)])
+        s, m = peak_rss(
+            [VENV_PY, "-m", "rescue", "capture", disk, str(out / "repo"), "--name", "b", "--level", str(lvl)]
+        )
         results["rescue capture"] = {"seconds": s, "bytes": du(out / "repo"), "peak_mib": m / 1024}
-        r = timed("partclone capture", f"partclone.ext4 -c -s {part} -o - -L /dev/null 2>/dev/null | zstd -q -T0 -{lvl} > {out}/pc.zst")
+        r = timed(
+            "partclone capture",
+            f"partclone.ext4 -c -s {part} -o - -L /dev/null 2>/dev/null | zstd -q -T0 -{lvl} > {out}/pc.zst",
+        )
         results["partclone.ext4 | zstd -T0"] = {"seconds": r["seconds"], "bytes": du(out / "pc.zst")}
         r = timed("dd capture", f"dd if={disk} bs=4M status=none | zstd -q -T0 -{lvl} > {out}/dd.zst")
         results["dd | zstd -T0"] = {"seconds": r["seconds"], "bytes": du(out / "dd.zst")}
@@ -177,17 +184,27 @@ def main() -> int:
         results["rescue restore --no-preverify"] = {"seconds": s, "peak_mib": m / 1024}
         tpart = _losetup(t2, PART_START, PART_SIZE)
         targets.append(tpart)
-        r = timed("partclone restore", f"zstd -q -d -c {out}/pc.zst | partclone.ext4 -r -s - -o {tpart} -L /dev/null 2>/dev/null")
+        r = timed(
+            "partclone restore",
+            f"zstd -q -d -c {out}/pc.zst | partclone.ext4 -r -s - -o {tpart} -L /dev/null 2>/dev/null",
+        )
         results["zstd -d | partclone.ext4 -r"] = {"seconds": r["seconds"]}
     finally:
         for dev in targets + [part, disk]:
             subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL)
             subprocess.run(["losetup", "-d", dev])
-    data = int(json.loads(subprocess.run([VENV_PY, "-m", "rescue", "info", str(out / "repo"), "b", "--json"],
-                                         stdout=subprocess.PIPE, text=True).stdout)["stats"]["read_bytes"])
+    data = int(
+        json.loads(
+            subprocess.run(
+                [VENV_PY, "-m", "rescue", "info", str(out / "repo"), "b", "--json"], stdout=subprocess.PIPE, text=True
+            ).stdout
+        )["stats"]["read_bytes"]
+    )
     print()
-    print(f"Used data on the drive (what the filesystem maps): {data / MiB:.0f} MiB; zstd level {args.level}; "
-          f"{os.cpu_count()} cores")
+    print(
+        f"Used data on the drive (what the filesystem maps): {data / MiB:.0f} MiB; zstd level {args.level}; "
+        f"{os.cpu_count()} cores"
+    )
     print(f"{'tool':<34} {'time s':>8} {'MB/s':>8} {'image MiB':>10} {'peak MiB':>9}")
     for name, r in results.items():
         mbps = data / r["seconds"] / 1e6
@@ -201,8 +218,10 @@ def main() -> int:
     print(f"capture speed-up vs dd|zstd:        {results['dd | zstd -T0']['seconds'] / cap['seconds']:.2f}x")
     print(f"image size vs partclone|zstd:       {cap['bytes'] / pc['bytes']:.3f} (target <= 1.0)")
     print(f"restore speed vs partclone (with preverify): {pr['seconds'] / res['seconds']:.2f}x (target >= 1.0)")
-    print(f"restore speed vs partclone (no preverify):   "
-          f"{pr['seconds'] / results['rescue restore --no-preverify']['seconds']:.2f}x")
+    print(
+        f"restore speed vs partclone (no preverify):   "
+        f"{pr['seconds'] / results['rescue restore --no-preverify']['seconds']:.2f}x"
+    )
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imaging import DRIVE_SIZE, PART_START, VENV_PY, WORK, MiB, _losetup, build_drive, drop_caches, say  # noqa: E402
+from imaging import DRIVE_SIZE, VENV_PY, WORK, MiB, _losetup, build_drive, drop_caches, say  # noqa: E402
 
 ROUNDS = 3
 SMALLER = 2368 * MiB  # resize2fs -P puts this filesystem's minimum at 2.1 GiB (+5% margin)
@@ -35,8 +35,12 @@ def _restore(repo: Path, size: int, name: str) -> tuple[float, Path]:
     try:
         drop_caches()
         t = time.monotonic()
-        out = subprocess.run([VENV_PY, "-m", "rescue", "restore", str(repo), "b", dev, "--yes", "--no-preverify"],
-                             check=True, stdout=subprocess.PIPE, text=True).stdout
+        out = subprocess.run(
+            [VENV_PY, "-m", "rescue", "restore", str(repo), "b", dev, "--yes", "--no-preverify"],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout
         seconds = time.monotonic() - t
     finally:
         subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL)
@@ -47,8 +51,9 @@ def _restore(repo: Path, size: int, name: str) -> tuple[float, Path]:
 
 def _tree(image: Path) -> str:
     """fsck, then a digest of every file's path and content (sha256sum over the mounted tree)."""
-    parts = json.loads(subprocess.run(["sfdisk", "--json", str(image)], check=True, stdout=subprocess.PIPE,
-                                      text=True).stdout)["partitiontable"]["partitions"]
+    parts = json.loads(
+        subprocess.run(["sfdisk", "--json", str(image)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    )["partitiontable"]["partitions"]
     dev = _losetup(image, parts[0]["start"] * 512, parts[0]["size"] * 512, ro=True)
     mnt = WORK / "check"
     mnt.mkdir(exist_ok=True)
@@ -56,8 +61,13 @@ def _tree(image: Path) -> str:
         subprocess.run(["e2fsck", "-fn", dev], check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["mount", "-o", "ro,noload", dev, str(mnt)], check=True)
         try:
-            return subprocess.run(["bash", "-c", "find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum"],
-                                  cwd=mnt, check=True, stdout=subprocess.PIPE, text=True).stdout.split()[0]
+            return subprocess.run(
+                ["bash", "-c", "find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum"],
+                cwd=mnt,
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            ).stdout.split()[0]
         finally:
             subprocess.run(["umount", str(mnt)])
     finally:
@@ -74,12 +84,23 @@ def main() -> int:
         disk = _losetup(drive, ro=True)
         try:
             say("capturing the bench drive once ...")
-            subprocess.run([VENV_PY, "-m", "rescue", "capture", disk, str(repo), "--name", "b"], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [VENV_PY, "-m", "rescue", "capture", disk, str(repo), "--name", "b"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         finally:
             subprocess.run(["losetup", "-d", disk])
-    data = int(json.loads(subprocess.run([VENV_PY, "-m", "rescue", "info", str(repo), "b", "--json"],
-                                         stdout=subprocess.PIPE, text=True, check=True).stdout)["stats"]["data_bytes"])
+    data = int(
+        json.loads(
+            subprocess.run(
+                [VENV_PY, "-m", "rescue", "info", str(repo), "b", "--json"],
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            ).stdout
+        )["stats"]["data_bytes"]
+    )
     source = _tree(drive)
     runs: dict[str, list[float]] = {"same size": [], "smaller (shrink)": []}
     for r in range(ROUNDS):

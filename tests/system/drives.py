@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from disks import MiB, LoopRegistry, partition_table, populate, sh, tree_hashes
+from disks import LoopRegistry, MiB, partition_table, populate, sh, tree_hashes
 
 LINUX = "0FC63DAF-8483-4772-8E79-3D69E8477DE4"
 BASIC = "EBD0A0A2-B9E5-4433-87C0-68B6B97199C7"
@@ -68,12 +68,14 @@ def mib_layout(*parts: tuple[int, str | None, str]) -> list[Part]:
     return out
 
 
-def build_gpt_drive(loops: LoopRegistry, name: str = "source.img", parts: list[Part] = GPT_PARTS,
-                    size: int = GPT_SIZE) -> SourceDrive:
+def build_gpt_drive(
+    loops: LoopRegistry, name: str = "source.img", parts: list[Part] = GPT_PARTS, size: int = GPT_SIZE
+) -> SourceDrive:
     path = loops.file(name, size)
     types = {None: BIOS, "vfat": BASIC, "ntfs": BASIC, "swap": SWAP}
     script = "label: gpt\n" + "".join(
-        f"start={p.start}, size={p.size}, type={types.get(p.fs, LINUX)}, name=\"{p.label}\"\n" for p in parts)
+        f'start={p.start}, size={p.size}, type={types.get(p.fs, LINUX)}, name="{p.label}"\n' for p in parts
+    )
     partition_table(str(path), script)
     # Boot code and a post-GPT gap payload, as GRUB would leave them.
     rnd = random.Random(7)
@@ -91,10 +93,13 @@ def build_gpt_drive(loops: LoopRegistry, name: str = "source.img", parts: list[P
 def build_mbr_drive(loops: LoopRegistry, name: str = "mbr.img") -> SourceDrive:
     parts = [Part(1, 2048, 100 * 2048, "ext4", "mbr-root"), Part(5, 2048 + 102 * 2048, 80 * 2048, "ext4", "logical")]
     path = loops.file(name, 200 * MiB)
-    partition_table(str(path), "label: dos\nlabel-id: 0x1234abcd\n"
-                    f"start=2048, size={100 * 2048}, type=83, bootable\n"
-                    f"start={2048 + 101 * 2048}, size={82 * 2048}, type=5\n"
-                    f"start={2048 + 102 * 2048}, size={80 * 2048}, type=83\n")
+    partition_table(
+        str(path),
+        "label: dos\nlabel-id: 0x1234abcd\n"
+        f"start=2048, size={100 * 2048}, type=83, bootable\n"
+        f"start={2048 + 101 * 2048}, size={82 * 2048}, type=5\n"
+        f"start={2048 + 102 * 2048}, size={80 * 2048}, type=83\n",
+    )
     with open(path, "r+b") as f:
         f.write(random.Random(9).randbytes(440))
     drive = SourceDrive(path, "", parts)
@@ -117,9 +122,13 @@ def fill(loops: LoopRegistry, drive: SourceDrive, p: Part) -> None:
     if p.fs == "swap":
         sh("mkswap", "-L", p.label, dev)
         return
-    mkfs = {"ext4": ["mkfs.ext4", "-q", "-L"], "xfs": ["mkfs.xfs", "-q", "-f", "-L"],
-            "btrfs": ["mkfs.btrfs", "-q", "-f", "-L"], "vfat": ["mkfs.vfat", "-F", "32", "-n"],
-            "ntfs": ["mkntfs", "-Q", "-F", "-L"]}[p.fs]
+    mkfs = {
+        "ext4": ["mkfs.ext4", "-q", "-L"],
+        "xfs": ["mkfs.xfs", "-q", "-f", "-L"],
+        "btrfs": ["mkfs.btrfs", "-q", "-f", "-L"],
+        "vfat": ["mkfs.vfat", "-F", "32", "-n"],
+        "ntfs": ["mkntfs", "-Q", "-F", "-L"],
+    }[p.fs]
     sh(*mkfs, p.label, dev)
     if p.fs == "vfat":
         drive.hashes[p.number] = fill_fat(loops.root, dev, p.number)
@@ -171,8 +180,10 @@ def sha_of(path: Path | str, offset: int, length: int) -> str:
 def check_restored(loops: LoopRegistry, drive: SourceDrive, target: str) -> None:
     """What a user checks after a restore: fsck clean, same UUID and label, every file identical.
     Partitions are found in the target's own table (a resized restore moves them)."""
-    placed = {int(q["node"].rsplit("img", 1)[-1]): q for q in
-              __import__("json").loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["partitions"]}
+    placed = {
+        int(q["node"].rsplit("img", 1)[-1]): q
+        for q in __import__("json").loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["partitions"]
+    }
     for p in drive.parts:
         if p.fs is None:
             continue
@@ -185,8 +196,13 @@ def check_restored(loops: LoopRegistry, drive: SourceDrive, target: str) -> None
         assert blkid(dev) == blkid(src_dev), f"p{p.number}: UUID/LABEL/TYPE changed"
         if p.fs == "swap":
             continue
-        fsck = {"ext4": ["e2fsck", "-fn"], "xfs": ["xfs_repair", "-n"], "btrfs": ["btrfs", "check", "--readonly"],
-                "vfat": ["fsck.vfat", "-n"], "ntfs": ["ntfsfix", "-n"]}[p.fs]
+        fsck = {
+            "ext4": ["e2fsck", "-fn"],
+            "xfs": ["xfs_repair", "-n"],
+            "btrfs": ["btrfs", "check", "--readonly"],
+            "vfat": ["fsck.vfat", "-n"],
+            "ntfs": ["ntfsfix", "-n"],
+        }[p.fs]
         proc = subprocess.run(fsck + [dev], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.returncode == 0, f"p{p.number} ({p.fs}) fsck failed:\n{proc.stdout.decode()[-2000:]}"
         if p.fs == "vfat":
@@ -208,5 +224,8 @@ def table(path: Path | str) -> dict:
     import json
 
     t = json.loads(sh("sfdisk", "--json", str(path)))["partitiontable"]
-    return {"label": t["label"], "id": t.get("id"),
-            "parts": [{k: v for k, v in p.items() if k != "node"} for p in t["partitions"]]}
+    return {
+        "label": t["label"],
+        "id": t.get("id"),
+        "parts": [{k: v for k, v in p.items() if k != "node"} for p in t["partitions"]],
+    }

@@ -12,12 +12,21 @@ import re
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, partition_table, rescue, sh
 from faulty_disk import faulty_block_device
-from rescue.filesystems.badfiles import (BADFILES, FREE, METADATA, MORE, annotate,
-                                         damaged_files, files_hit, range_key, read_badfiles,
-                                         write_badfiles)
+
+from rescue.filesystems.badfiles import (
+    BADFILES,
+    FREE,
+    METADATA,
+    MORE,
+    annotate,
+    damaged_files,
+    files_hit,
+    range_key,
+    read_badfiles,
+    write_badfiles,
+)
 from rescue.filesystems.ntfs import file_name as ntfs_name
 from rescue.model.badmap import parse_mapfile
 
@@ -25,6 +34,7 @@ root = pytest.mark.root
 
 
 # --- no root: names and the stored file --------------------------------------------------------
+
 
 def test_range_names_match_what_rescue_info_prints():
     assert range_key(1225728, 512) == "1225728-1226239"
@@ -50,8 +60,12 @@ def test_ntfs_attribute_suffixes_and_system_files():
 def write_tree(root: Path) -> dict[str, int]:
     """A few files of known sizes, in folders and with a space in a name."""
     rnd = random.Random(7)
-    files = {"docs/report final.odt": 300_000, "photos/cat.jpg": 1_200_000, "notes.txt": 70_000,
-             "photos/2024/dog.jpg": 500_000}
+    files = {
+        "docs/report final.odt": 300_000,
+        "photos/cat.jpg": 1_200_000,
+        "notes.txt": 70_000,
+        "photos/2024/dog.jpg": 500_000,
+    }
     for rel, size in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(rnd.randbytes(size))
@@ -64,8 +78,10 @@ def fiemap(path: Path) -> tuple[int, list[tuple[int, int]]]:
     kernel's own answer, independent of the tools under test."""
     out = sh("filefrag", "-v", "-e", str(path))
     bs = int(re.search(r"blocks of (\d+) bytes", out).group(1))
-    runs = [(int(m.group(1)), int(m.group(2)) - int(m.group(1)) + 1)
-            for m in re.finditer(r"^\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):", out, re.M)]
+    runs = [
+        (int(m.group(1)), int(m.group(2)) - int(m.group(1)) + 1)
+        for m in re.finditer(r"^\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):", out, re.M)
+    ]
     assert runs, out
     return bs, runs
 
@@ -95,6 +111,7 @@ def check_files_named(fstype: str, dev: str, where: dict[str, tuple[int, int]]) 
 
 
 # --- ext4 --------------------------------------------------------------------------------------
+
 
 @root
 def test_ext4_names_files_free_space_and_metadata(loops):
@@ -156,6 +173,7 @@ def test_damaged_or_foreign_filesystems_give_no_answer_and_no_error(loops):
 
 # --- XFS ---------------------------------------------------------------------------------------
 
+
 @root
 def test_xfs_names_files_free_space_and_metadata(loops):
     dev = loops.attach(loops.file("xfs.img", 320 * MiB))
@@ -167,8 +185,10 @@ def test_xfs_names_files_free_space_and_metadata(loops):
     bs = int(re.search(r"blocksize = (\d+)", sb).group(1))
     agblocks = int(re.search(r"agblocks = (\d+)", sb).group(1))
     freesp = sh("xfs_db", "-r", "-c", "freesp -d", dev)
-    ag, agbno, length = max(((int(a), int(b), int(c)) for a, b, c in
-                             re.findall(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", freesp, re.M)), key=lambda x: x[2])
+    ag, agbno, length = max(
+        ((int(a), int(b), int(c)) for a, b, c in re.findall(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", freesp, re.M)),
+        key=lambda x: x[2],
+    )
     free_range = ((ag * agblocks + agbno + length // 2) * bs, 512)
     sb_range = (0, 512)
     hits = files_hit("xfs", dev, [free_range, sb_range])
@@ -177,13 +197,16 @@ def test_xfs_names_files_free_space_and_metadata(loops):
 
 # --- NTFS --------------------------------------------------------------------------------------
 
+
 def ntfs_runlist(dev: str, path: str) -> tuple[int, list[tuple[int, int]]]:
     """(cluster size, [(first LCN, count)]) from ntfsinfo (ntfs-3g's FUSE has no FIEMAP)."""
     info = sh("ntfsinfo", "-m", dev)
     cluster = int(re.search(r"Cluster Size: (\d+)", info).group(1))
     out = sh("ntfsinfo", "-v", "-F", path, dev)
-    runs = [(int(lcn, 16), int(n, 16)) for lcn, n in
-            re.findall(r"^\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s*$", out, re.M)]
+    runs = [
+        (int(lcn, 16), int(n, 16))
+        for lcn, n in re.findall(r"^\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s*$", out, re.M)
+    ]
     assert runs, out
     return cluster, runs
 
@@ -200,8 +223,11 @@ def test_ntfs_names_files_free_space_and_metadata(loops):
     # A free cluster from $Bitmap (inode 6), read with ntfscat: the filesystem's own record.
     bitmap = subprocess_bytes("ntfscat", "-i", "6", dev)
     cluster = 4096
-    free = next(c for c in range(len(bitmap) * 8 - 1, 0, -1)
-                if c < 64 * MiB // cluster - 16 and not bitmap[c // 8] >> (c % 8) & 1)
+    free = next(
+        c
+        for c in range(len(bitmap) * 8 - 1, 0, -1)
+        if c < 64 * MiB // cluster - 16 and not bitmap[c // 8] >> (c % 8) & 1
+    )
     free_range, boot = (free * cluster, 512), (0, 512)
     hits = files_hit("ntfs", dev, [free_range, boot])
     assert hits == {free_range: [FREE], boot: [METADATA]}
@@ -214,6 +240,7 @@ def subprocess_bytes(*argv: str) -> bytes:
 
 
 # --- btrfs -------------------------------------------------------------------------------------
+
 
 def btrfs_physical(dev: str, logical: int) -> int:
     """Drive offset of a logical address, by btrfs-map-logical (not the chunk-tree parsing
@@ -241,8 +268,9 @@ def test_btrfs_names_files_in_subvolumes_metadata_and_unallocated_space(loops):
 
     chunks = sh("btrfs", "inspect-internal", "dump-tree", "-t", "chunk", dev)
     meta = int(re.search(r"type METADATA\|DUP.*?stripe 0 devid 1 offset (\d+)", chunks, re.S).group(1))
-    ends = [int(o) + int(n) for n, o in re.findall(r"length (\d+) owner.*?stripe \d+ devid \d+ offset (\d+)",
-                                                   chunks, re.S)]
+    ends = [
+        int(o) + int(n) for n, o in re.findall(r"length (\d+) owner.*?stripe \d+ devid \d+ offset (\d+)", chunks, re.S)
+    ]
     unallocated = (max(ends) + 8 * MiB, 512)
     meta_range = (meta + 4096, 512)
     hits = files_hit("btrfs", dev, [unallocated, meta_range, (64 * 1024, 512)])
@@ -261,7 +289,7 @@ def failing_capture(mloops, tmp_path_factory):
     reads, so it is not in the map). Captured while the faulty device is attached; yields
     (bad ranges in the map, repo, capture output, annotate() of the map, where)."""
     backing = mloops.file("drive.img", 64 * MiB)
-    partition_table(str(backing), f"label: gpt\nstart=2048, size={P1[1] // 512}, name=\"data\"\n")
+    partition_table(str(backing), f'label: gpt\nstart=2048, size={P1[1] // 512}, name="data"\n')
     part = mloops.attach(backing, offset=P1[0], size=P1[1])
     sh("mkfs.ext4", "-q", "-F", "-b", "4096", part)
     with mloops.mounted(part) as mnt:
@@ -270,11 +298,18 @@ def failing_capture(mloops, tmp_path_factory):
         cat = inside(*fiemap(mnt / "photos/cat.jpg"))
     assert files
     dump = sh("dumpe2fs", part)
-    first, last = max(((int(a), int(b)) for a, b in re.findall(r"^\s+Free blocks: (\d+)-(\d+)", dump, re.M)),
-                      key=lambda r: r[1] - r[0])
+    first, last = max(
+        ((int(a), int(b)) for a, b in re.findall(r"^\s+Free blocks: (\d+)-(\d+)", dump, re.M)),
+        key=lambda r: r[1] - r[0],
+    )
     itable = int(re.search(r"Inode table at (\d+)-", dump).group(1))
-    rel = [inside(report_bs, report_runs, 1), inside(report_bs, report_runs, 5), cat,
-           ((first + last) // 2 * 4096, 512), ((itable + 2) * 4096 + 1024, 512)]
+    rel = [
+        inside(report_bs, report_runs, 1),
+        inside(report_bs, report_runs, 5),
+        cat,
+        ((first + last) // 2 * 4096, 512),
+        ((itable + 2) * 4096 + 1024, 512),
+    ]
     bad = sorted((P1[0] + s, n) for s, n in rel)
     in_map = sorted(r for r in bad if r != (P1[0] + rel[3][0], 512))
     repo = tmp_path_factory.mktemp("badfiles-repo") / "repo"
@@ -286,8 +321,13 @@ def failing_capture(mloops, tmp_path_factory):
         m = Repository.open(repo).manifest("failing")
         mapped = parse_mapfile((repo / "images" / "failing" / "badsectors.map").read_text()).bad_ranges()
         hits = annotate(dev, m.areas, mapped)
-    names = {"report": (P1[0] + rel[0][0], 512), "report2": (P1[0] + rel[1][0], 512),
-             "cat": (P1[0] + rel[2][0], 512), "free": (P1[0] + rel[3][0], 512), "meta": (P1[0] + rel[4][0], 512)}
+    names = {
+        "report": (P1[0] + rel[0][0], 512),
+        "report2": (P1[0] + rel[1][0], 512),
+        "cat": (P1[0] + rel[2][0], 512),
+        "free": (P1[0] + rel[3][0], 512),
+        "meta": (P1[0] + rel[4][0], 512),
+    }
     assert mapped == in_map
     return in_map, repo, proc, hits, names
 

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from faulty_disk import faulty_block_device
+
 from rescue.errors import Cancelled, UsageError
 from rescue.hw.badread import TolerantReader
 from rescue.model.badmap import parse_mapfile
@@ -53,7 +53,7 @@ def expected_bad(bad: list[tuple[int, int]], unit: int) -> list[tuple[int, int]]
 def image_with_holes(data: bytes, bad: list[tuple[int, int]]) -> bytes:
     out = bytearray(data)
     for s, n in bad:
-        out[s:s + n] = bytes(n)
+        out[s : s + n] = bytes(n)
     return bytes(out)
 
 
@@ -65,10 +65,10 @@ def read_whole_device(reader: TolerantReader) -> tuple[bytearray, list[list[tupl
     for off in range(0, reader.size, CHUNK):
         res = reader.read(off, CHUNK)
         assert len(res.data) == min(CHUNK, reader.size - off)
-        image[off:off + len(res.data)] = res.data
+        image[off : off + len(res.data)] = res.data
         first_pass_bad.append(res.bad)
     for off, data in reader.finish():
-        image[off:off + len(data)] = data
+        image[off : off + len(data)] = data
     return image, first_pass_bad
 
 
@@ -93,7 +93,7 @@ def test_fixture_fails_exactly_the_bad_sector(loops, backing):
             buf = mmap.mmap(-1, 4096)
             with memoryview(buf) as mv:
                 assert os.preadv(fd, [mv[:512]], bad_at - 512) == 512
-                assert buf[:512] == data[bad_at - 512:bad_at]
+                assert buf[:512] == data[bad_at - 512 : bad_at]
                 for _ in range(2):  # a failed read is not remembered as good (or as zeros)
                     with pytest.raises(OSError) as err:
                         os.preadv(fd, [mv[:512]], bad_at)
@@ -103,7 +103,7 @@ def test_fixture_fails_exactly_the_bad_sector(loops, backing):
                 assert err.value.errno == errno.EIO
                 if dio_granularity(dev) == 512:
                     assert os.preadv(fd, [mv[:512]], bad_at + 512) == 512
-                    assert buf[:512] == data[bad_at + 512:bad_at + 1024]
+                    assert buf[:512] == data[bad_at + 512 : bad_at + 1024]
         finally:
             os.close(fd)
         # Through the page cache the error shows too (for the whole page around it).
@@ -118,30 +118,31 @@ def test_fixture_fails_exactly_the_bad_sector(loops, backing):
 
 def test_single_bad_sectors_are_found_while_reading_their_chunk(loops, backing):
     path, data = backing
-    bad = [(0, 512),  # the very first sector (the MBR)
-           (SIZE - 512, 512),  # the very last one
-           (9 * MiB + 7 * 512, 512),  # one in the middle of a chunk
-           (16 * MiB + 64 * KiB - 512, 1024),  # two straddling a 64 KiB block boundary
-           (CHUNK * 5 - 512, 1024)]  # two straddling a chunk boundary
+    bad = [
+        (0, 512),  # the very first sector (the MBR)
+        (SIZE - 512, 512),  # the very last one
+        (9 * MiB + 7 * 512, 512),  # one in the middle of a chunk
+        (16 * MiB + 64 * KiB - 512, 1024),  # two straddling a 64 KiB block boundary
+        (CHUNK * 5 - 512, 1024),
+    ]  # two straddling a chunk boundary
     with faulty_block_device(loops, path, bad=bad) as dev:
         unit = dio_granularity(dev)
         want = expected_bad(bad, unit)
         with TolerantReader(dev) as reader:
             image, first_pass_bad = read_whole_device(reader)
             # Isolated bad sectors are settled by read() itself: the engine stores each chunk once.
-            assert [r for chunk in first_pass_bad for r in chunk] == [
-                (s, n) for s, n in _split_at_chunks(want)]
+            assert [r for chunk in first_pass_bad for r in chunk] == [(s, n) for s, n in _split_at_chunks(want)]
             assert reader.map.bad_ranges() == want
             assert reader.sectors_lost * 512 == sum(n for _, n in want)
             assert image == image_with_holes(data, want)
             text = reader.mapfile()
         assert parse_mapfile(text) == reader.map
         if shutil.which("ddrescuelog"):
-            listed = subprocess.run(["ddrescuelog", "-b", "512", "-l", "-", "-"], input=text,
-                                    capture_output=True, text=True)
+            listed = subprocess.run(
+                ["ddrescuelog", "-b", "512", "-l", "-", "-"], input=text, capture_output=True, text=True
+            )
             assert listed.returncode == 0, listed.stderr
-            assert [int(x) * 512 for x in listed.stdout.split()] == [
-                s + k for s, n in want for k in range(0, n, 512)]
+            assert [int(x) * 512 for x in listed.stdout.split()] == [s + k for s, n in want for k in range(0, n, 512)]
 
 
 def _split_at_chunks(ranges):
@@ -212,8 +213,11 @@ def test_ddrescue_finds_the_same_bad_sectors(loops, backing, tmp_path):
     bad += [(33 * MiB + 1536, 300 * 512)]
     with faulty_block_device(loops, path, bad=bad) as dev:
         ours = check_rescue(dev, data, bad)
-        proc = subprocess.run(["ddrescue", "-d", "-r1", "-q", dev, str(tmp_path / "out"), str(tmp_path / "map")],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["ddrescue", "-d", "-r1", "-q", dev, str(tmp_path / "out"), str(tmp_path / "map")],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
     theirs = parse_mapfile((tmp_path / "map").read_text())
     assert theirs.bad_ranges() == ours.map.bad_ranges()
@@ -247,8 +251,11 @@ def test_finish_reports_progress_per_pass(loops, backing):
             # is skipped, the good rest of the chunk is read.
             assert first.bad == [(8 * MiB, 512 * KiB)]
             assert reader.map.ranges("*") == [(8 * MiB, 256 * KiB)]
-            assert reader.map.ranges("?") == [(0, 8 * MiB), (8 * MiB + 256 * KiB, 256 * KiB),
-                                              (8 * MiB + CHUNK, SIZE - 8 * MiB - CHUNK)]
+            assert reader.map.ranges("?") == [
+                (0, 8 * MiB),
+                (8 * MiB + 256 * KiB, 256 * KiB),
+                (8 * MiB + CHUNK, SIZE - 8 * MiB - CHUNK),
+            ]
             phases = []
             recovered = reader.finish(lambda *p: phases.append(p))
         names = [p[0] for p in phases]
@@ -258,10 +265,10 @@ def test_finish_reports_progress_per_pass(loops, backing):
         assert all(done <= total for _, done, total in phases)
         chunk = bytearray(first.data)
         for off, part in recovered:
-            chunk[off - 8 * MiB:off - 8 * MiB + len(part)] = part
+            chunk[off - 8 * MiB : off - 8 * MiB + len(part)] = part
         want = expected_bad(bad, dio_granularity(dev))
         assert reader.map.bad_ranges() == want
-        assert bytes(chunk) == image_with_holes(data, want)[8 * MiB:8 * MiB + CHUNK]
+        assert bytes(chunk) == image_with_holes(data, want)[8 * MiB : 8 * MiB + CHUNK]
         assert "\n0x00000000     +               1\n" in reader.mapfile()
 
 
@@ -290,10 +297,10 @@ def test_a_cancel_stops_before_the_next_read_and_finish_resumes(loops, backing):
                     cancelled.append(off)
                     assert reader.stats.reads == calls[-1]  # nothing read after the cancel
                     continue
-                image[off:off + len(got.data)] = got.data
+                image[off : off + len(got.data)] = got.data
             assert cancelled == [12 * MiB]
             for off, part in reader.finish():
-                image[off:off + len(part)] = part
+                image[off : off + len(part)] = part
             assert reader.map.bad_ranges() == want
             assert reader.sectors_lost * 512 == sum(n for _, n in want)
             assert image == image_with_holes(data, want)
@@ -303,12 +310,16 @@ def test_fixture_undoes_everything_when_the_test_fails(loops, backing):
     path, _ = backing
     with pytest.raises(RuntimeError):
         with faulty_block_device(loops, path, bad=[(0, 512)]) as dev:
-            mnt = Path(subprocess.run(["losetup", "--noheadings", "--output", "BACK-FILE", dev],
-                                      capture_output=True, text=True).stdout.strip()).parent
+            mnt = Path(
+                subprocess.run(
+                    ["losetup", "--noheadings", "--output", "BACK-FILE", dev], capture_output=True, text=True
+                ).stdout.strip()
+            ).parent
             assert os.path.ismount(mnt)
             raise RuntimeError("the test failed")
     assert not os.path.ismount(mnt)
-    listed = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
-                            capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True, text=True
+    ).stdout
     assert str(mnt) not in listed
     assert subprocess.run(["pgrep", "-f", f"faulty_disk.py .* {mnt}"]).returncode == 1

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, sh, tree_hashes
 from drives import build_gpt_drive
 
@@ -45,8 +44,10 @@ FS_MOUNTED = ("ext4", "xfs", "btrfs", "ntfs")
 OWNER = 1234
 VICTIM = "damage-me.bin"
 # Long names (VFAT entries) next to the 8.3 names populate() makes; ASCII, so any reader agrees.
-FAT_LONG = {"A long file name with spaces.txt": b"long name\n" * 1000,
-            "Mixed Case Folder/Another Long Name.bin": os.urandom(70_000)}
+FAT_LONG = {
+    "A long file name with spaces.txt": b"long name\n" * 1000,
+    "Mixed Case Folder/Another Long Name.bin": os.urandom(70_000),
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,14 @@ def state_dir(mloops):
 
 def rescue(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, RESCUE_STATE_DIR=str(state_dir), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", HARNESS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env, cwd=str(ROOT), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", HARNESS, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=300,
+    )
 
 
 def ok(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -170,16 +177,24 @@ def add_fat_long_names(mloops, drive) -> None:
 @pytest.fixture(scope="module")
 def repo(gpt, mloops):
     path = mloops.root / "repo"
-    proc = subprocess.run([sys.executable, "-m", "rescue", "capture", gpt.device, str(path), "--name", "pc"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rescue", "capture", gpt.device, str(path), "--name", "pc"],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr
     return path
 
 
 def snapshot(tree: Path) -> dict[str, tuple]:
-    return {str(p.relative_to(tree)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()
-                                       if p.is_file() else None)
-            for p in [tree, *tree.rglob("*")]}
+    return {
+        str(p.relative_to(tree)): (
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None,
+        )
+        for p in [tree, *tree.rglob("*")]
+    }
 
 
 def leftovers(state_dir: Path, mountpoint: Path, only_this: bool = False) -> list[str]:
@@ -302,11 +317,13 @@ def test_fat_partition_is_mounted_read_only_and_umount_leaves_nothing(gpt, repo,
         assert opts.split(",")[0] == "ro", opts
         assert source.startswith("/dev/loop"), source
         assert Path(f"/sys/block/{Path(source).name}/ro").read_text().strip() == "1"
-        attempts = [lambda: (root / "new-file.txt").write_bytes(b"x"),
-                    lambda: open(root / "big.bin", "r+b"),
-                    lambda: (root / "new-dir").mkdir(),
-                    lambda: (root / "big.bin").rename(root / "moved.bin"),
-                    lambda: (root / "big.bin").unlink()]
+        attempts = [
+            lambda: (root / "new-file.txt").write_bytes(b"x"),
+            lambda: open(root / "big.bin", "r+b"),
+            lambda: (root / "new-dir").mkdir(),
+            lambda: (root / "big.bin").rename(root / "moved.bin"),
+            lambda: (root / "big.bin").unlink(),
+        ]
         for attempt in attempts:
             with pytest.raises(OSError) as e:
                 attempt()
@@ -368,7 +385,7 @@ def test_extract_files_from_every_filesystem(gpt, repo, state_dir, tmp_path):
     # A whole folder from FAT, with its subfolders.
     n = gpt.part("vfat").number
     ok(state_dir, "extract", str(repo), "pc", "--partition", str(n), "/dir1", "--to", str(tmp_path / "fatdir"))
-    expect = {k[len("dir1/"):]: v for k, v in gpt.hashes[n].items() if k.startswith("dir1/")}
+    expect = {k[len("dir1/") :]: v for k, v in gpt.hashes[n].items() if k.startswith("dir1/")}
     assert expect and tree_hashes(tmp_path / "fatdir" / "dir1") == expect
     assert leftovers(state_dir, tmp_path) == []
 
@@ -382,8 +399,18 @@ def test_extract_folder_keeps_owners_modes_times_and_symlinks(gpt, repo, state_d
     assert (shared / "hard1").stat().st_ino == (shared / "hard2").stat().st_ino, "hard link became two files"
     assert (shared / "rel-link").read_text() == "#!/bin/sh\necho hi\n"
     # A path through an absolute symlink of the image leads into the image, not the host.
-    ok(state_dir, "extract", str(repo), "pc", "--partition", str(n), "tree/to-private/secret.txt",
-       "tree/to-private", "--to", str(tmp_path / "via-link"))
+    ok(
+        state_dir,
+        "extract",
+        str(repo),
+        "pc",
+        "--partition",
+        str(n),
+        "tree/to-private/secret.txt",
+        "tree/to-private",
+        "--to",
+        str(tmp_path / "via-link"),
+    )
     assert (tmp_path / "via-link" / "secret.txt").read_text() == "only for 1234\n"
     assert os.readlink(tmp_path / "via-link" / "to-private") == "/tree/private"
     st = (tmp_path / "via-link" / "secret.txt").stat()
@@ -459,8 +486,7 @@ def test_damaged_chunk_gives_eio_never_wrong_data(gpt, repo, state_dir, tmp_path
     finally:
         ok(state_dir, "umount", str(mnt))
     out = tmp_path / "out"
-    proc = rescue(state_dir, "extract", str(copy), "pc", "--partition", str(n), VICTIM, "tree",
-                  "--to", str(out))
+    proc = rescue(state_dir, "extract", str(copy), "pc", "--partition", str(n), VICTIM, "tree", "--to", str(out))
     one_line_error(proc, VICTIM, "damaged", f"chunk {victim}")
     assert proc.returncode == 1
     assert not (out / VICTIM).exists(), "a partial copy of the damaged file was left"
@@ -523,14 +549,40 @@ def test_bad_input_is_one_line_and_leaves_nothing(gpt, repo, state_dir, tmp_path
         (("mount", str(tmp_path), "pc", str(tmp_path)), "not a rescue repository"),
         (("umount", str(tmp_path)), "no image is mounted"),
         (("extract", str(repo), "pc", "--partition", "42", "x", "--to", str(tmp_path / "o")), "no partition 42"),
-        (("extract", str(repo), "pc", "--partition", str(gpt.part("ext4").number), "no/such/file",
-          "--to", str(tmp_path / "o")), "does not exist"),
-        (("extract", str(repo), "pc", "--partition", str(gpt.part("vfat").number), "nosuch",
-          "--to", str(tmp_path / "o")), "does not exist"),
-        (("extract", str(repo), "pc", "--partition", str(raw), "x", "--to", str(tmp_path / "o")),
-         "holds no filesystem"),
-        (("extract", str(repo), "pc", "--partition", str(gpt.part("ext4").number), "x", "--to", str(f)),
-         "not a directory"),
+        (
+            (
+                "extract",
+                str(repo),
+                "pc",
+                "--partition",
+                str(gpt.part("ext4").number),
+                "no/such/file",
+                "--to",
+                str(tmp_path / "o"),
+            ),
+            "does not exist",
+        ),
+        (
+            (
+                "extract",
+                str(repo),
+                "pc",
+                "--partition",
+                str(gpt.part("vfat").number),
+                "nosuch",
+                "--to",
+                str(tmp_path / "o"),
+            ),
+            "does not exist",
+        ),
+        (
+            ("extract", str(repo), "pc", "--partition", str(raw), "x", "--to", str(tmp_path / "o")),
+            "holds no filesystem",
+        ),
+        (
+            ("extract", str(repo), "pc", "--partition", str(gpt.part("ext4").number), "x", "--to", str(f)),
+            "not a directory",
+        ),
     ]
     for args, words in cases:
         one_line_error(rescue(state_dir, *args), words)
@@ -569,10 +621,10 @@ def test_wizard_lists_and_copies_fat_files(gpt, repo, state_dir, tmp_path, monke
             assert session.root is not None, "the kernel's vfat did not mount it for the wizard"
             names = {e.name for e in backend.browse_list(session, "/")}
             assert {"A long file name with spaces.txt", "Mixed Case Folder"} <= names, names
-            backend.copy_files(session, ["/Mixed Case Folder", "/big.bin"], str(out), lambda p: None,
-                               threading.Event())
-            assert tree_hashes(out) == {k: v for k, v in want.items()
-                                        if k.startswith("Mixed Case Folder/") or k == "big.bin"}
+            backend.copy_files(session, ["/Mixed Case Folder", "/big.bin"], str(out), lambda p: None, threading.Event())
+            assert tree_hashes(out) == {
+                k: v for k, v in want.items() if k.startswith("Mixed Case Folder/") or k == "big.bin"
+            }
         else:
             assert session.root is None, "without a kernel FAT driver the wizard copies the partition whole"
             backend.copy_files(session, [], str(out), lambda p: None, threading.Event())

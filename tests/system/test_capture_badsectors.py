@@ -8,9 +8,9 @@ import random
 import subprocess
 
 import pytest
-
 from disks import MiB, partition_table, rescue
 from faulty_disk import faulty_block_device
+
 from rescue.model.badmap import parse_mapfile
 
 pytestmark = pytest.mark.root
@@ -40,7 +40,7 @@ def bad_layout() -> list[tuple[int, int]]:
 
 def test_capture_of_a_drive_with_bad_sectors(loops, tmp_path):
     backing = loops.file("failing.img", 64 * MiB)
-    partition_table(str(backing), f"label: gpt\nstart=2048, size={P1[1] // 512}, name=\"raw\"\n")
+    partition_table(str(backing), f'label: gpt\nstart=2048, size={P1[1] // 512}, name="raw"\n')
     with open(backing, "r+b") as f:
         f.seek(P1[0])
         f.write(random.Random(1).randbytes(P1[1]))
@@ -53,8 +53,7 @@ def test_capture_of_a_drive_with_bad_sectors(loops, tmp_path):
     # The map is a ddrescue mapfile naming exactly the bad sectors.
     mapfile = (tmp_path / "repo" / "images" / "failing" / "badsectors.map").read_text()
     assert parse_mapfile(mapfile).bad_ranges() == bad
-    assert subprocess.run(["ddrescuelog", "-t", "-"], input=mapfile.encode(),
-                          stdout=subprocess.DEVNULL).returncode == 0
+    assert subprocess.run(["ddrescuelog", "-t", "-"], input=mapfile.encode(), stdout=subprocess.DEVNULL).returncode == 0
     info = rescue("info", str(tmp_path / "repo"), "failing")
     assert "2003 unreadable" in info.stdout and "in p1+" in info.stdout
 
@@ -62,10 +61,10 @@ def test_capture_of_a_drive_with_bad_sectors(loops, tmp_path):
     target = loops.file("target.img", 64 * MiB)
     proc = rescue("restore", str(tmp_path / "repo"), "failing", loops.attach(target), "--yes")
     assert proc.returncode == 0, proc.stderr
-    src = bytearray(backing.read_bytes()[P1[0]:P1[0] + P1[1]])
+    src = bytearray(backing.read_bytes()[P1[0] : P1[0] + P1[1]])
     for start, length in bad:
-        src[start - P1[0]:start - P1[0] + length] = bytes(length)
-    assert target.read_bytes()[P1[0]:P1[0] + P1[1]] == bytes(src)
+        src[start - P1[0] : start - P1[0] + length] = bytes(length)
+    assert target.read_bytes()[P1[0] : P1[0] + P1[1]] == bytes(src)
 
 
 def test_bad_sector_policy_is_validated(tmp_path):

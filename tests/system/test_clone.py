@@ -5,13 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from disks import MiB, partition_table, rescue, sh
 from drives import build_gpt_drive, check_restored, sha_of, table
 from faulty_disk import faulty_block_device
 
 pytestmark = pytest.mark.root
-
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +47,7 @@ def test_clone_refuses_source_as_target_and_mounted_target(gpt, mloops):
 
 def test_clone_of_a_drive_with_bad_sectors(loops):
     backing = loops.file("failing.img", 32 * MiB)
-    partition_table(str(backing), "label: gpt\nstart=2048, size=61440, name=\"raw\"\n")
+    partition_table(str(backing), 'label: gpt\nstart=2048, size=61440, name="raw"\n')
     data = random.Random(3).randbytes(30 * MiB)
     with open(backing, "r+b") as f:
         f.seek(MiB)
@@ -62,5 +60,5 @@ def test_clone_of_a_drive_with_bad_sectors(loops):
     assert "114 sectors could not be read" in proc.stdout, proc.stdout
     expect = bytearray(data)
     for start, length in bad:
-        expect[start - MiB:start - MiB + length] = bytes(length)
-    assert target.read_bytes()[MiB:31 * MiB] == bytes(expect)
+        expect[start - MiB : start - MiB + length] = bytes(length)
+    assert target.read_bytes()[MiB : 31 * MiB] == bytes(expect)

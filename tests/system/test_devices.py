@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from disks import MiB, sh
+
 from rescue.errors import DeviceError
 from rescue.hw import devices
 

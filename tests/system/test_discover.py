@@ -9,8 +9,8 @@ import json
 import os
 
 import pytest
-
 from disks import MiB, sh
+
 from rescue.hw import devices
 from rescue.hw.discover import MARKER, find_repositories, release
 

@@ -17,10 +17,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, sh
 from fscheck import check_against_partclone, check_copy_restores, copy_mapped, make_fs
 from partclone_domain import uncovered
+
 from rescue.filesystems import btrfs, identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total, with_edges
@@ -33,8 +33,11 @@ pytestmark = pytest.mark.root
 def scrub_errors(mnt: Path) -> dict[str, int]:
     """Non-zero error counters of a read-only scrub of the mounted filesystem."""
     report = sh("btrfs", "scrub", "start", "-B", "-R", "-r", str(mnt))
-    counters = dict(line.split(":") for line in report.splitlines() if line.strip().endswith(tuple("0123456789"))
-                    and "_errors:" in line)
+    counters = dict(
+        line.split(":")
+        for line in report.splitlines()
+        if line.strip().endswith(tuple("0123456789")) and "_errors:" in line
+    )
     assert counters, report
     return {k.strip(): int(v) for k, v in counters.items() if int(v)}
 
@@ -100,8 +103,7 @@ CASES = {
     "btrfs-dup-data": (["mkfs.btrfs", "-q", "-f", "-d", "dup"], 512 * MiB, 0, ""),
     # The v1 free-space cache: inodes in the root tree whose contents are data extents.
     # The kernel writes no cache for block groups under 100 MiB: 2 GiB gives 200 MiB ones.
-    "btrfs-space-cache-v1": (["mkfs.btrfs", "-q", "-f", "-R", "^free-space-tree"], 2048 * MiB, 0,
-                             "space_cache=v1"),
+    "btrfs-space-cache-v1": (["mkfs.btrfs", "-q", "-f", "-R", "^free-space-tree"], 2048 * MiB, 0, "space_cache=v1"),
 }
 
 
@@ -123,12 +125,13 @@ def test_map_is_the_allocated_extents_and_copy_is_identical(loops, tmp_path, cas
     dev_used = super_field(dev, "dev_item.bytes_used")
     assert total(ours) <= dev_used + MiB + 2 * btrfs.SUPER_SPAN
     # DUP metadata legitimately doubles what partclone (one copy) maps.
-    mine, theirs = check_against_partclone("partclone.btrfs", dev, ours, tmp_path, factor=2.2, slack=4 * MiB,
-                                           must_cover=False)
-    print(f"{case}: ours {mine / MiB:.1f} MiB, partclone {theirs / MiB:.1f} MiB, "
-          f"device extents {dev_used / MiB:.1f} MiB")
-    check_copy_restores(loops, vol, ours, hashes, tmp_path, ["btrfs", "check", "--readonly"], "btrfs",
-                        no_scrub_errors)
+    mine, theirs = check_against_partclone(
+        "partclone.btrfs", dev, ours, tmp_path, factor=2.2, slack=4 * MiB, must_cover=False
+    )
+    print(
+        f"{case}: ours {mine / MiB:.1f} MiB, partclone {theirs / MiB:.1f} MiB, device extents {dev_used / MiB:.1f} MiB"
+    )
+    check_copy_restores(loops, vol, ours, hashes, tmp_path, ["btrfs", "check", "--readonly"], "btrfs", no_scrub_errors)
 
 
 def test_damaged_extent_tree_falls_back_to_device_extents(loops, tmp_path):
@@ -281,13 +284,15 @@ def test_chunks_parse_with_profiles_and_stripes():
 def test_extents_map_to_every_copy_and_striped_chunks_whole(piece):
     chunks = btrfs.parse_chunks(CHUNK_TEXT)
     text = extent_text(8192 + 4096, 2 * 16384)
-    scan = btrfs.scan_extent_tree((text[i:i + piece] for i in range(0, len(text), piece)), 16384)
+    scan = btrfs.scan_extent_tree((text[i : i + piece] for i in range(0, len(text), piece)), 16384)
     assert scan.bg_used == {13631488: 12288, 22020096: 32768, 40000000: 4096}
     m = btrfs.map_to_device(chunks, scan, 1)
     assert normalize(m.extents) == [
         Extent(13631488, 12288),  # data extents, touching, merged
-        Extent(22020096, 16384), Extent(22052864, 16384),  # DUP copy 1 (nodesize each)
-        Extent(30408704, 16384), Extent(30441472, 16384),  # DUP copy 2
+        Extent(22020096, 16384),
+        Extent(22052864, 16384),  # DUP copy 1 (nodesize each)
+        Extent(30408704, 16384),
+        Extent(30441472, 16384),  # DUP copy 2
         Extent(50000000, 8388608),  # RAID0: this device's whole stripe
     ]
     assert [(c.profile, why) for c, why in m.whole] == [("raid0", "raid0 stripes across devices")]

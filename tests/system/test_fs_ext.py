@@ -4,9 +4,9 @@ map is not much bigger, and a copy of only the mapped bytes is a clean, identica
 from __future__ import annotations
 
 import pytest
-
 from disks import MiB, populate, sh
 from fscheck import check_against_partclone, check_copy_restores, make_fs
+
 from rescue.filesystems import identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total
@@ -31,12 +31,22 @@ CASES = {
     "ext3-1k-offset": (["mkfs.ext3", "-q", "-F", "-b", "1024"], 96 * MiB, MiB, "ext3", "partclone.ext3"),
     # 4 KiB blocks, 4096 blocks per group: 32 groups, most BLOCK_UNINIT, flex_bg packing the
     # bitmaps and inode tables of 16 groups into the first one.
-    "ext4-4k-groups": (["mkfs.ext4", "-q", "-F", "-b", "4096", "-g", "4096", "-L", "root"], 512 * MiB, 0,
-                       "ext4", "partclone.ext4"),
+    "ext4-4k-groups": (
+        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-g", "4096", "-L", "root"],
+        512 * MiB,
+        0,
+        "ext4",
+        "partclone.ext4",
+    ),
     # bigalloc: dumpe2fs names free ranges by cluster, 16 blocks each here. partclone 0.3.23
     # refuses bigalloc, so the superblock's free count and the copy are the references.
-    "ext4-bigalloc": (["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "bigalloc", "-C", "65536"], 256 * MiB, 0,
-                      "ext4", None),
+    "ext4-bigalloc": (
+        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "bigalloc", "-C", "65536"],
+        256 * MiB,
+        0,
+        "ext4",
+        None,
+    ),
     "ext4-offset": (["mkfs.ext4", "-q", "-F"], 256 * MiB, MiB, "ext4", "partclone.ext4"),
 }
 

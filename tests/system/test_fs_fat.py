@@ -12,9 +12,9 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, populate, sh, tree_hashes
 from partclone_domain import partclone_used, uncovered
+
 from rescue.errors import FilesystemError
 from rescue.filesystems import fat, identify, lookup, probe
 from rescue.filesystems.base import Volume
@@ -27,6 +27,7 @@ root = pytest.mark.root
 
 # --- pure parsing, synthetic bytes ----------------------------------------------------------
 
+
 def pack_fat12(entries: list[int]) -> bytes:
     """FAT12 packing written out the long way: entries a, b -> bytes
     a[7:0], b[3:0]a[11:8], b[11:4]."""
@@ -37,13 +38,25 @@ def pack_fat12(entries: list[int]) -> bytes:
     return bytes(out)
 
 
-def boot_sector(*, bps=512, spc=4, rsvd=1, nfats=2, root_ent=512, total=16384, fat16=12, fat32=0,
-                root_cluster=2, ext_flags=0, volid=0x1234ABCD, label=b"SYNTH      ") -> bytes:
+def boot_sector(
+    *,
+    bps=512,
+    spc=4,
+    rsvd=1,
+    nfats=2,
+    root_ent=512,
+    total=16384,
+    fat16=12,
+    fat32=0,
+    root_cluster=2,
+    ext_flags=0,
+    volid=0x1234ABCD,
+    label=b"SYNTH      ",
+) -> bytes:
     b = bytearray(512)
     b[0:3] = b"\xeb\x3c\x90"
     b[3:11] = b"mkfs.fat"
-    struct.pack_into("<HBHBHHBH", b, 11, bps, spc, rsvd, nfats, root_ent, total if total < 65536 else 0,
-                     0xF8, fat16)
+    struct.pack_into("<HBHBHHBH", b, 11, bps, spc, rsvd, nfats, root_ent, total if total < 65536 else 0, 0xF8, fat16)
     struct.pack_into("<I", b, 32, total if total >= 65536 else 0)
     ext = 36
     if fat16 == 0:
@@ -51,7 +64,7 @@ def boot_sector(*, bps=512, spc=4, rsvd=1, nfats=2, root_ent=512, total=16384, f
         ext = 64
     b[ext + 2] = 0x29
     struct.pack_into("<I", b, ext + 3, volid)
-    b[ext + 7:ext + 18] = label
+    b[ext + 7 : ext + 18] = label
     b[510:512] = b"\x55\xaa"
     return bytes(b)
 
@@ -109,14 +122,17 @@ def test_parse_bpb_types_and_geometry():
     assert b12.cluster_offset(2) == b12.data_offset and b12.cluster_offset(3) == b12.data_offset + 2048
     b16 = fat.parse_bpb(boot_sector(total=131072, fat16=128, spc=4, label=b"NO NAME    "))
     assert (b16.fat_bits, b16.bpb_label) == (16, None)
-    b32 = fat.parse_bpb(boot_sector(total=614400, fat16=0, fat32=600, spc=8, rsvd=32, root_ent=0,
-                                    ext_flags=0x81, volid=0x00FF0001))
+    b32 = fat.parse_bpb(
+        boot_sector(total=614400, fat16=0, fat32=600, spc=8, rsvd=32, root_ent=0, ext_flags=0x81, volid=0x00FF0001)
+    )
     assert (b32.fat_bits, b32.root_dir_sectors, b32.active_fat, b32.uuid) == (32, 0, 1, "00FF-0001")
     assert b32.data_offset == (32 + 1200) * 512
 
 
-@pytest.mark.parametrize("change", [dict(bps=500), dict(spc=3), dict(rsvd=0), dict(nfats=0),
-                                    dict(fat16=0, fat32=0), dict(total=40), dict(fat16=1)])
+@pytest.mark.parametrize(
+    "change",
+    [dict(bps=500), dict(spc=3), dict(rsvd=0), dict(nfats=0), dict(fat16=0, fat32=0), dict(total=40), dict(fat16=1)],
+)
 def test_parse_bpb_rejects_nonsense_with_one_line(change):
     with pytest.raises(FilesystemError) as err:
         fat.parse_bpb(boot_sector(**change))
@@ -155,7 +171,7 @@ SIZES = {12: 8 * MiB, 16: 64 * MiB, 32: 300 * MiB}
 def mtools(*argv: str) -> str:
     import subprocess
 
-    proc = subprocess.run(argv, env=MTOOLS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run(argv, env=MTOOLS_ENV, capture_output=True)
     if proc.returncode != 0:
         raise AssertionError(f"{argv} failed: {proc.stderr.decode(errors='replace')}")
     return proc.stdout.decode(errors="replace")
@@ -190,13 +206,13 @@ def make_fat(loops, work: Path, bits: int, *, offset: int = 0, container: int | 
     if container is None:
         loops.file(path.name, size)
         vol = Volume(str(path), 0, size)
-        sh("mkfs.vfat", "-F", str(bits), "-n", f"FAT{bits}LBL", "-i", "C0DE%04X" % bits, str(path))
+        sh("mkfs.vfat", "-F", str(bits), "-n", f"FAT{bits}LBL", "-i", f"C0DE{bits:04X}", str(path))
     else:
         with open(path, "wb") as f:  # garbage all around and inside: free space must not matter
             f.write(random.Random(bits).randbytes(container))
         vol = Volume(str(path), offset, size)
         dev = loops.attach(path, offset=offset, size=size)
-        sh("mkfs.vfat", "-I", "-F", str(bits), "-n", f"FAT{bits}LBL", "-i", "C0DE%04X" % bits, dev)
+        sh("mkfs.vfat", "-I", "-F", str(bits), "-n", f"FAT{bits}LBL", "-i", f"C0DE{bits:04X}", dev)
     fill(vol, work, small=bits == 12)
     return vol
 
@@ -232,9 +248,11 @@ def extracted(vol: Volume, dest: Path) -> dict[str, str]:
 
 def source_hashes(work: Path) -> dict[str, str]:
     """What the user put on the volume and did not delete."""
-    want = {k: v for k, v in tree_hashes(work / "src1").items()
-            if not k.startswith("dir4/") and not any(k == f"dir{i % 5}/sub{i % 3}/file{i}.bin"
-                                                     for i in range(0, 24, 4))}
+    want = {
+        k: v
+        for k, v in tree_hashes(work / "src1").items()
+        if not k.startswith("dir4/") and not any(k == f"dir{i % 5}/sub{i % 3}/file{i}.bin" for i in range(0, 24, 4))
+    }
     want.update({f"more/{k}": v for k, v in tree_hashes(work / "src2").items()})
     return want
 
@@ -263,14 +281,15 @@ def test_map_covers_every_file_and_partclone(loops, tmp_path, bits):
 
     dev = loops.attach(vol.path, offset=vol.offset, size=vol.size, readonly=True)
     pc = partclone_used("partclone.fat", dev, tmp_path)
-    print(f"FAT{bits}: ours {total(ours)} bytes, partclone {total(pc)} bytes, "
-          f"partclone misses {total(uncovered(truth, pc))} used bytes")
+    print(
+        f"FAT{bits}: ours {total(ours)} bytes, partclone {total(pc)} bytes, "
+        f"partclone misses {total(uncovered(truth, pc))} used bytes"
+    )
     assert total(ours) <= total(pc) * 1.1 + 2 * MiB
     if bits == 12:
         # partclone 0.3.23 decodes FAT12 wrongly: where it is right we cover it, and what it
         # misses is real data (the round trip below proves our copy right)
-        right = [e for r in pc for e in (Extent(r.start + x.start, x.length)
-                                         for x in in_range(truth, r.start, r.end))]
+        right = [e for r in pc for e in (Extent(r.start + x.start, x.length) for x in in_range(truth, r.start, r.end))]
         assert uncovered(right, ours) == []
     else:
         assert uncovered(pc, ours) == []
@@ -278,7 +297,7 @@ def test_map_covers_every_file_and_partclone(loops, tmp_path, bits):
     # the facts agree with blkid and fsck.vfat
     facts = VFAT.info(vol)
     seen = probe(vol)
-    assert (facts.uuid, facts.label) == (seen["UUID"], seen["LABEL"]) == ("C0DE-%04X" % bits, f"FAT{bits}LBL")
+    assert (facts.uuid, facts.label) == (seen["UUID"], seen["LABEL"]) == (f"C0DE-{bits:04X}", f"FAT{bits}LBL")
     m = re.search(r"(\d+)/(\d+) clusters", fsck_clean(vol))
     assert facts.used_bytes == bpb.data_offset + int(m.group(1)) * bpb.cluster_bytes
     assert facts.used_bytes == total(ours)

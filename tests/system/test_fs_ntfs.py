@@ -11,13 +11,13 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from disks import MiB, populate, sh, tree_hashes, umount
 from partclone_domain import partclone_used, uncovered
+
 from rescue.errors import FilesystemError
 from rescue.filesystems import identify, lookup, ntfs, probe
 from rescue.filesystems.base import Volume
@@ -29,6 +29,7 @@ root = pytest.mark.root
 
 
 # --- pure parsing, synthetic bytes ----------------------------------------------------------
+
 
 def boot_sector(*, bps=512, spc=8, total=524287, serial=0x40A5D2DB6FB575F4, oem=b"NTFS    ") -> bytes:
     b = bytearray(512)
@@ -48,14 +49,12 @@ def test_boot_sector_geometry_and_serial():
     assert ntfs.parse_boot(boot_sector(serial=0xAB)).uuid == "00000000000000AB"
 
 
-@pytest.mark.parametrize("spc, cluster", [(1, 512), (128, 64 * 1024), (0xF8, 128 * 1024),
-                                          (0xF4, 2 * MiB)])
+@pytest.mark.parametrize("spc, cluster", [(1, 512), (128, 64 * 1024), (0xF8, 128 * 1024), (0xF4, 2 * MiB)])
 def test_cluster_size_including_negative_encoding(spc, cluster):
     assert ntfs.parse_boot(boot_sector(spc=spc, total=1 << 24)).cluster_bytes == cluster
 
 
-@pytest.mark.parametrize("change", [dict(oem=b"MSDOS5.0"), dict(bps=300), dict(spc=3), dict(spc=0),
-                                    dict(total=0)])
+@pytest.mark.parametrize("change", [dict(oem=b"MSDOS5.0"), dict(bps=300), dict(spc=3), dict(spc=0), dict(total=0)])
 def test_boot_sector_rejects_nonsense_with_one_line(change):
     with pytest.raises(FilesystemError) as err:
         ntfs.parse_boot(boot_sector(**change))
@@ -88,8 +87,15 @@ def test_bitmap_runs_match_a_bit_by_bit_reading():
     rnd = random.Random(3)
     parts = []
     for _ in range(400):
-        parts.append(rnd.choice([b"\x00" * rnd.randrange(1, 50), b"\xff" * rnd.randrange(1, 50),
-                                 bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 9)))]))
+        parts.append(
+            rnd.choice(
+                [
+                    b"\x00" * rnd.randrange(1, 50),
+                    b"\xff" * rnd.randrange(1, 50),
+                    bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 9))),
+                ]
+            )
+        )
     bitmap = b"".join(parts)
     for nbits in (len(bitmap) * 8, len(bitmap) * 8 - 5):
         assert ntfs.bitmap_runs(bitmap, nbits) == naive_runs(bitmap, nbits)

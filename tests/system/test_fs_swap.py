@@ -9,8 +9,8 @@ import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, sh
+
 from rescue.errors import FilesystemError
 from rescue.filesystems import identify, lookup, probe, swap
 from rescue.filesystems.base import Volume
@@ -26,8 +26,8 @@ def header(page=4096, label=b"myswap", uid=UUID, magic=swap.MAGIC, endian="<") -
     b = bytearray(65536)
     struct.pack_into(endian + "III", b, 1024, 1, 8191, 0)
     b[1036:1052] = uuidlib.UUID(uid).bytes if uid else bytes(16)
-    b[1052:1052 + len(label)] = label
-    b[page - len(magic):page] = magic
+    b[1052 : 1052 + len(label)] = label
+    b[page - len(magic) : page] = magic
     return bytes(b)
 
 

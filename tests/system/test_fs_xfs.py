@@ -4,9 +4,9 @@ is not much bigger, and a copy of only the mapped bytes is a clean, identical fi
 from __future__ import annotations
 
 import pytest
-
 from disks import MiB, populate, sh
 from fscheck import check_against_partclone, check_copy_restores, make_fs
+
 from rescue.filesystems import identify, lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.model.extents import Extent, normalize, total

@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from disks import MiB, partition_table, populate, rescue, sh
 from drives import sha_of
 
@@ -19,11 +18,10 @@ pytestmark = pytest.mark.root
 RESCUE = [sys.executable, "-m", "rescue"]
 
 
-
 @pytest.fixture(scope="module")
 def source(mloops):
     path = mloops.file("src.img", 160 * MiB)
-    partition_table(str(path), "label: gpt\nstart=2048, size=300000, name=\"data\"\n")
+    partition_table(str(path), 'label: gpt\nstart=2048, size=300000, name="data"\n')
     dev = mloops.attach(path, offset=MiB, size=300000 * 512)
     sh("mkfs.ext4", "-q", "-L", "data", dev)
     with mloops.mounted(dev) as mnt:
@@ -134,12 +132,19 @@ def test_damaged_index(repo, loops, damage):
 def test_killed_capture_leaves_no_image_and_no_damage(source, repo):
     """kill -9 half way: `list` shows no complete image of that name, the earlier image still
     verifies, and a new capture under the same name works."""
-    proc = subprocess.Popen(RESCUE + ["capture", source, str(repo), "--name", "killed", "--threads", "1",
-                                      "--level", "19"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        RESCUE + ["capture", source, str(repo), "--name", "killed", "--threads", "1", "--level", "19"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     idx = repo / "images" / "killed"
-    while time.monotonic() < deadline and not any(idx.glob("*.tmp")) and not list(
-            (repo / "chunks").rglob(".*.tmp")) and proc.poll() is None:
+    while (
+        time.monotonic() < deadline
+        and not any(idx.glob("*.tmp"))
+        and not list((repo / "chunks").rglob(".*.tmp"))
+        and proc.poll() is None
+    ):
         if idx.exists() and (idx / "log.txt").exists() and "p1" in (idx / "log.txt").read_text():
             break
         time.sleep(0.01)
@@ -154,14 +159,17 @@ def test_killed_capture_leaves_no_image_and_no_damage(source, repo):
     assert rescue("verify", str(repo), "killed").returncode == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["list", "/nonexistent"], "not a rescue repository"),
-    (["verify", "{repo}", "nope"], "no image named"),
-    (["capture", "/dev/does-not-exist", "{tmp}/r", "--name", "x"], "does not exist"),
-    (["capture", "{source}", "{tmp}/r", "--name", "../evil"], "invalid image name"),
-    (["capture", "{source}", "{tmp}/r", "--name", "x", "--level", "99"], "level"),
-    (["restore", "{repo}", "img", "/dev/does-not-exist", "--yes"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["list", "/nonexistent"], "not a rescue repository"),
+        (["verify", "{repo}", "nope"], "no image named"),
+        (["capture", "/dev/does-not-exist", "{tmp}/r", "--name", "x"], "does not exist"),
+        (["capture", "{source}", "{tmp}/r", "--name", "../evil"], "invalid image name"),
+        (["capture", "{source}", "{tmp}/r", "--name", "x", "--level", "99"], "level"),
+        (["restore", "{repo}", "img", "/dev/does-not-exist", "--yes"], "does not exist"),
+    ],
+)
 def test_bad_input_gives_one_line_error(repo, source, tmp_path, argv, message):
     argv = [a.format(repo=repo, tmp=tmp_path, source=source) for a in argv]
     proc = rescue(*argv)

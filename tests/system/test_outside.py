@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, partition_table, sh
 from disks import rescue as run_rescue
 from drives import Part, SourceDrive, check_restored, fill
@@ -32,14 +31,18 @@ def _build(loops, table: str) -> SourceDrive:
     path = loops.file(f"src-{table}.img", SIZE)
     if table == "msdos":
         parts = [Part(1, 2048, 16 * 2048, "ext4", "root"), Part(5, 21 * 2048, 178 * 2048, "ext4", "home")]
-        script = ("label: dos\nlabel-id: 0x5eed0001\n"
-                  f"start=2048, size={16 * 2048}, type=83, bootable\n"
-                  f"start={20 * 2048}, size={180 * 2048}, type=5\n"
-                  f"start={21 * 2048}, size={178 * 2048}, type=83\n")
+        script = (
+            "label: dos\nlabel-id: 0x5eed0001\n"
+            f"start=2048, size={16 * 2048}, type=83, bootable\n"
+            f"start={20 * 2048}, size={180 * 2048}, type=5\n"
+            f"start={21 * 2048}, size={178 * 2048}, type=83\n"
+        )
     else:
         parts = [Part(1, 2048, 16 * 2048, "ext4", "root"), Part(2, 20 * 2048, 180 * 2048, "ext4", "home")]
-        script = ("label: gpt\n" + f"start=2048, size={16 * 2048}, name=root\n"
-                  f"start={20 * 2048}, size={180 * 2048}, name=home\n")
+        script = (
+            "label: gpt\n" + f"start=2048, size={16 * 2048}, name=root\n"
+            f"start={20 * 2048}, size={180 * 2048}, name=home\n"
+        )
     partition_table(str(path), script)
     rnd = random.Random(table)
     taken = _occupied(path)
@@ -60,8 +63,10 @@ def _sfdisk(path) -> dict:
 
 def _occupied(path) -> list[tuple[int, int, int]]:
     """(number, start byte, end byte) of every partition, extended ones included."""
-    return [(int(p["node"].rsplit("img", 1)[-1]), p["start"] * 512, (p["start"] + p["size"]) * 512)
-            for p in _sfdisk(path)["partitions"]]
+    return [
+        (int(p["node"].rsplit("img", 1)[-1]), p["start"] * 512, (p["start"] + p["size"]) * 512)
+        for p in _sfdisk(path)["partitions"]
+    ]
 
 
 def _outside(parts, size: int, table: str) -> list[tuple[int, int]]:
@@ -161,10 +166,10 @@ def test_verify_against_a_drive_names_a_changed_byte_outside_partitions(source, 
 
 def test_the_restore_check_refuses_a_drive_whose_gap_did_not_arrive(source, mloops):
     """The check a restore runs last: a head area that reads back wrong fails the job."""
+    from rescue.errors import IntegrityError
     from rescue.imaging import outside
     from rescue.imaging.restore import plan_restore
     from rescue.imaging.verify import image_source, load_indexes
-    from rescue.errors import IntegrityError
     from rescue.repo.store import Repository
 
     table, drive, repo_path = source

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from disks import MiB, partition_table
 from disks import rescue as run_rescue
 from drives import build_gpt_drive, mib_layout
@@ -17,8 +16,9 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def source(mloops):
-    drive = build_gpt_drive(mloops, "plan-src.img", mib_layout((48, "ext4", "root"), (256, "ext4", "home")),
-                            size=320 * MiB)
+    drive = build_gpt_drive(
+        mloops, "plan-src.img", mib_layout((48, "ext4", "root"), (256, "ext4", "home")), size=320 * MiB
+    )
     repo = mloops.root / "repo"
     run_rescue("capture", drive.device, str(repo), "--name", "img", check=True)
     return drive, repo

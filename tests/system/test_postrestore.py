@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, partition_table, rescue, sh
-from rescue.imaging.postrestore import (ensure_efi_fallback, grub_bios_pointers, new_ids, patch_grub_bios,
-                                        replace_ids)
+
+from rescue.imaging.postrestore import ensure_efi_fallback, grub_bios_pointers, new_ids, patch_grub_bios, replace_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vm"))
 from sysdrive import boot_and_expect, build_system_drive  # noqa: E402
@@ -39,7 +38,7 @@ def sfdisk_json(path: str | Path) -> dict:
 
 
 def mtools(*argv: str) -> str:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **MTOOLS})
+    proc = subprocess.run(argv, capture_output=True, env={**os.environ, **MTOOLS})
     assert proc.returncode == 0, f"{argv} failed: {proc.stderr.decode(errors='replace')}"
     return proc.stdout.decode(errors="replace")
 
@@ -54,6 +53,7 @@ def roles(info: dict) -> dict[str, dict]:
 
 
 # --- the system drive: ext4 root, FAT32 ESP, swap, GPT ------------------------------------------------
+
 
 @pytest.fixture
 def sysdrive(tmp_path, loops):
@@ -160,17 +160,22 @@ ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 BASIC = "EBD0A0A2-B9E5-4433-87C0-68B6B97199C7"
 SWAP = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
 # number, start sector, size in MiB, GPT type, filesystem
-MIXED = [(1, 2048, 40, ESP, "fat16"), (2, 2048 + 40 * 2048, 300, LINUX, "xfs"),
-         (3, 2048 + 340 * 2048, 160, LINUX, "btrfs"), (4, 2048 + 500 * 2048, 16, BASIC, "ntfs"),
-         (5, 2048 + 516 * 2048, 8, SWAP, "swap")]
+MIXED = [
+    (1, 2048, 40, ESP, "fat16"),
+    (2, 2048 + 40 * 2048, 300, LINUX, "xfs"),
+    (3, 2048 + 340 * 2048, 160, LINUX, "btrfs"),
+    (4, 2048 + 500 * 2048, 16, BASIC, "ntfs"),
+    (5, 2048 + 516 * 2048, 8, SWAP, "swap"),
+]
 
 
 def test_new_ids_on_xfs_btrfs_ntfs_fat16_and_a_separate_boot(tmp_path, loops):
     img = tmp_path / "mixed.img"
     with open(img, "wb") as f:
         f.truncate(530 * MiB)
-    partition_table(str(img), "label: gpt\n" + "".join(f"start={s}, size={m * 2048}, type={t}\n"
-                                                      for _, s, m, t, _ in MIXED))
+    partition_table(
+        str(img), "label: gpt\n" + "".join(f"start={s}, size={m * 2048}, type={t}\n" for _, s, m, t, _ in MIXED)
+    )
     devs = {n: loops.partition(str(img), s, m * 2048) for n, s, m, _, _ in MIXED}
     sh("mkfs.fat", "-F", "16", "-n", "ESP", devs[1])
     sh("mkfs.xfs", "-q", "-L", "boot", devs[2])
@@ -187,9 +192,11 @@ def test_new_ids_on_xfs_btrfs_ntfs_fat16_and_a_separate_boot(tmp_path, loops):
         (mnt / "grub/grub.cfg").write_text(grub)
     with loops.mounted(devs[3], "btrfs") as mnt:
         (mnt / "etc/default").mkdir(parents=True)
-        (mnt / "etc/fstab").write_text(f"UUID={old[3]} / btrfs defaults 0 0\nUUID={old[2]} /boot xfs defaults 0 2\n"
-                                       f"UUID={old[1]} /boot/efi vfat umask=0077 0 1\n"
-                                       f"PARTUUID={ntfs_pu} /win ntfs-3g ro 0 0\nUUID={old[5]} none swap sw 0 0\n")
+        (mnt / "etc/fstab").write_text(
+            f"UUID={old[3]} / btrfs defaults 0 0\nUUID={old[2]} /boot xfs defaults 0 2\n"
+            f"UUID={old[1]} /boot/efi vfat umask=0077 0 1\n"
+            f"PARTUUID={ntfs_pu} /win ntfs-3g ro 0 0\nUUID={old[5]} none swap sw 0 0\n"
+        )
         (mnt / "etc/default/grub").write_text(f'GRUB_CMDLINE_LINUX="resume=UUID={old[5]}"\n')
     early = tmp_path / "grub.cfg"
     early.write_text(f"search.fs_uuid {old[2]} root hd0,gpt2\nset prefix=($root)'/grub'\nconfigfile $prefix/grub.cfg\n")
@@ -215,9 +222,11 @@ def test_new_ids_on_xfs_btrfs_ntfs_fat16_and_a_separate_boot(tmp_path, loops):
     with loops.mounted(devs[3], "btrfs", f"ro,device={devs[3]}") as mnt:
         fstab = (mnt / "etc/fstab").read_text()
         default_grub = (mnt / "etc/default/grub").read_text()
-    assert fstab == (f"UUID={new[3]} / btrfs defaults 0 0\nUUID={new[2]} /boot xfs defaults 0 2\n"
-                     f"UUID={new[1]} /boot/efi vfat umask=0077 0 1\n"
-                     f"PARTUUID={new_ntfs_pu} /win ntfs-3g ro 0 0\nUUID={new[5]} none swap sw 0 0\n")
+    assert fstab == (
+        f"UUID={new[3]} / btrfs defaults 0 0\nUUID={new[2]} /boot xfs defaults 0 2\n"
+        f"UUID={new[1]} /boot/efi vfat umask=0077 0 1\n"
+        f"PARTUUID={new_ntfs_pu} /win ntfs-3g ro 0 0\nUUID={new[5]} none swap sw 0 0\n"
+    )
     assert default_grub == f'GRUB_CMDLINE_LINUX="resume=UUID={new[5]}"\n'
     with loops.mounted(devs[2], "xfs", "ro") as mnt:
         assert (mnt / "grub/grub.cfg").read_text() == replace_ids(grub, mapping)[0]
@@ -228,6 +237,7 @@ def test_new_ids_on_xfs_btrfs_ntfs_fat16_and_a_separate_boot(tmp_path, loops):
 
 
 # --- the removable-media fallback --------------------------------------------------------------------
+
 
 def esp_of(info: dict) -> str:
     return f"{info['path']}@@{roles(info)['esp']['offset']}"
@@ -302,6 +312,7 @@ def test_efi_fallback_leaves_an_esp_without_a_vendor_loader_alone(tmp_path):
 
 # --- GRUB for BIOS: core.img moved ----------------------------------------------------------------------
 
+
 def move_core(info: dict, new_lba: int) -> int:
     """Move the BIOS boot partition's content `new_lba - start` sectors on (as a restore that
     placed the partition elsewhere writes it), leaving zeros where it was."""
@@ -334,21 +345,22 @@ def test_patch_grub_bios_points_boot_img_and_blocklist_at_the_new_place(tmp_path
         first = f.read(512)
     assert grub_bios_pointers(mbr) == new_lba
     assert int.from_bytes(first[500:508], "little") == new_lba + 1
-    assert mbr[:0x5C] == mbr_before[:0x5C] and mbr[0x64:] == mbr_before[0x64:]   # table and code kept
+    assert mbr[:0x5C] == mbr_before[:0x5C] and mbr[0x64:] == mbr_before[0x64:]  # table and code kept
     assert str(new_lba) in said
-    assert "already points" in patch_grub_bios(img, old_lba, new_lba)          # a second run changes nothing
+    assert "already points" in patch_grub_bios(img, old_lba, new_lba)  # a second run changes nothing
     assert Path(img).read_bytes()[:512] == mbr
 
 
 def test_patch_grub_bios_leaves_an_mbr_pointing_elsewhere_alone(tmp_path):
     info = build_system_drive(tmp_path / "sys.img", 512 * 1024 * 1024)
-    before = Path(info["path"]).read_bytes()[:4096 * 512]
+    before = Path(info["path"]).read_bytes()[: 4096 * 512]
     said = patch_grub_bios(info["path"], 9999, 12345)
     assert "left as is" in said
-    assert Path(info["path"]).read_bytes()[:4096 * 512] == before
+    assert Path(info["path"]).read_bytes()[: 4096 * 512] == before
 
 
 # --- booting the results (QEMU, TCG) ------------------------------------------------------------------
+
 
 def refresh_sums(loops, info: dict, changed: list[str]) -> None:
     """The drive checks its files at boot against SHA256SUMS. new_ids changes fstab and
@@ -394,6 +406,7 @@ def test_a_drive_with_new_ids_boots_and_finds_its_new_root(tmp_path, loops, firm
 
 
 # --- through the CLI: restore and clone finish the drive ------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["restore", "clone"])
 def test_restore_and_clone_with_new_ids_give_a_bootable_copy_its_own_ids(tmp_path, loops, how):
@@ -450,8 +463,7 @@ def test_a_boot_fix_that_fails_after_writing_is_a_warning_not_a_failed_restore(t
     proc = rescue("restore", str(repo), "esp", target, "--yes")
 
     assert proc.returncode == 0, proc.stderr
-    assert "WARNING: the drive is written, but this step failed (add EFI/BOOT/BOOTX64.EFI" in proc.stdout, \
-        proc.stdout
+    assert "WARNING: the drive is written, but this step failed (add EFI/BOOT/BOOTX64.EFI" in proc.stdout, proc.stdout
     dev = loops.partition(str(tmp_path / "target.img"), 2048, 36 * 2048)
     sh("fsck.vfat", "-n", dev)
     got = tmp_path / "back.efi"

@@ -12,13 +12,13 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from disks import MiB, populate, sh, tree_hashes
+
 from rescue.errors import FilesystemError
 from rescue.filesystems import identify, lookup
 from rescue.filesystems.base import Volume
@@ -53,6 +53,7 @@ def extra_file(root: Path) -> None:
 
 # --- per filesystem: make, fill, read back, measure, check -------------------------------
 
+
 @dataclass
 class Fs:
     fstype: str
@@ -73,6 +74,7 @@ def fill_mounted(fstype: str, options: str = ""):
         sh("losetup", "--detach", dev)
         loops.devices.remove(dev)
         return hashes
+
     return fill
 
 
@@ -80,6 +82,7 @@ def read_mounted(fstype: str, options: str = "ro"):
     def read(loops, tmp_path, dev: str) -> dict[str, str]:
         with loops.mounted(dev, fstype, options) as mnt:
             return tree_hashes(mnt)
+
     return read
 
 
@@ -127,8 +130,9 @@ def ntfs_size(dev: str) -> int:
 
 def fat_size(dev: str) -> int:
     text = sh("minfo", "-i", dev, "::")
-    sectors = int(re.search(r"big size: (\d+) sectors", text).group(1)) or \
-        int(re.search(r"small size: (\d+) sectors", text).group(1))
+    sectors = int(re.search(r"big size: (\d+) sectors", text).group(1)) or int(
+        re.search(r"small size: (\d+) sectors", text).group(1)
+    )
     return sectors * int(re.search(r"sector size: (\d+) bytes", text).group(1))
 
 
@@ -144,26 +148,59 @@ def swap_fill(loops, image: Path) -> dict[str, str]:
 
 
 FILESYSTEMS = {
-    "ext4": Fs("ext4", lambda p: sh("mkfs.ext4", "-q", "-F", "-L", "rootfs", str(p)) and None,
-               fill_mounted("ext4"), read_mounted("ext4", "ro,noload"), ext_size,
-               lambda d: rc("e2fsck", "-fn", d)),
-    "xfs": Fs("xfs", lambda p: sh("mkfs.xfs", "-q", "-f", "-L", "data", str(p)) and None,
-              fill_mounted("xfs"), read_mounted("xfs", "ro,norecovery"), xfs_size,
-              lambda d: rc("xfs_repair", "-n", d)),
-    "btrfs": Fs("btrfs", lambda p: sh("mkfs.btrfs", "-q", "-f", "-L", "home", str(p)) and None,
-                fill_mounted("btrfs"), read_mounted("btrfs"), btrfs_size,
-                lambda d: rc("btrfs", "check", "--readonly", d)),
-    "ntfs": Fs("ntfs", lambda p: sh("mkfs.ntfs", "-q", "-F", "-f", "-L", "Windows", str(p)) and None,
-               fill_mounted("ntfs-3g"), read_mounted("ntfs-3g"), ntfs_size,
-               lambda d: rc("ntfsfix", "-n", d)),
-    "vfat": Fs("vfat", lambda p: sh("mkfs.vfat", "-F", "32", "-s", "1", "-n", "EFI", str(p)) and None,
-               fat_fill, fat_read, fat_size, lambda d: rc("fsck.vfat", "-n", d)),
-    "swap": Fs("swap", lambda p: sh("mkswap", "-L", "swap", str(p)) and None,
-               swap_fill, lambda loops, tmp, dev: {}, swap_size, lambda d: rc("true")),
+    "ext4": Fs(
+        "ext4",
+        lambda p: sh("mkfs.ext4", "-q", "-F", "-L", "rootfs", str(p)) and None,
+        fill_mounted("ext4"),
+        read_mounted("ext4", "ro,noload"),
+        ext_size,
+        lambda d: rc("e2fsck", "-fn", d),
+    ),
+    "xfs": Fs(
+        "xfs",
+        lambda p: sh("mkfs.xfs", "-q", "-f", "-L", "data", str(p)) and None,
+        fill_mounted("xfs"),
+        read_mounted("xfs", "ro,norecovery"),
+        xfs_size,
+        lambda d: rc("xfs_repair", "-n", d),
+    ),
+    "btrfs": Fs(
+        "btrfs",
+        lambda p: sh("mkfs.btrfs", "-q", "-f", "-L", "home", str(p)) and None,
+        fill_mounted("btrfs"),
+        read_mounted("btrfs"),
+        btrfs_size,
+        lambda d: rc("btrfs", "check", "--readonly", d),
+    ),
+    "ntfs": Fs(
+        "ntfs",
+        lambda p: sh("mkfs.ntfs", "-q", "-F", "-f", "-L", "Windows", str(p)) and None,
+        fill_mounted("ntfs-3g"),
+        read_mounted("ntfs-3g"),
+        ntfs_size,
+        lambda d: rc("ntfsfix", "-n", d),
+    ),
+    "vfat": Fs(
+        "vfat",
+        lambda p: sh("mkfs.vfat", "-F", "32", "-s", "1", "-n", "EFI", str(p)) and None,
+        fat_fill,
+        fat_read,
+        fat_size,
+        lambda d: rc("fsck.vfat", "-n", d),
+    ),
+    "swap": Fs(
+        "swap",
+        lambda p: sh("mkswap", "-L", "swap", str(p)) and None,
+        swap_fill,
+        lambda loops, tmp, dev: {},
+        swap_size,
+        lambda d: rc("true"),
+    ),
 }
 
 
 # --- the drive the filesystem is restored onto ---------------------------------------------
+
 
 def target_file(loops, size: int) -> Path:
     """A drive with the partition at 1 MiB and a patterned MiB after it."""
@@ -201,8 +238,9 @@ def make_source(loops, fs: Fs, size: int) -> tuple[Path, dict[str, str], dict[st
     return image, hashes, blkid_ids(str(image))
 
 
-def assert_user_checks(loops, tmp_path, fs: Fs, target: Path, size: int, ids: dict[str, str],
-                       hashes: dict[str, str], expect_size: int) -> None:
+def assert_user_checks(
+    loops, tmp_path, fs: Fs, target: Path, size: int, ids: dict[str, str], hashes: dict[str, str], expect_size: int
+) -> None:
     with open(target, "rb") as f:
         f.seek(PART_START + size)
         assert f.read(TAIL) == TAIL_BYTES, "bytes after the partition were changed"
@@ -216,6 +254,7 @@ def assert_user_checks(loops, tmp_path, fs: Fs, target: Path, size: int, ids: di
 
 
 # --- grow ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["ext4", "xfs", "btrfs", "ntfs", "vfat", "swap"])
 def test_grow_fills_the_larger_partition(loops, tmp_path, name):
@@ -235,6 +274,7 @@ def test_grow_fills_the_larger_partition(loops, tmp_path, name):
 
 
 # --- shrink on the target, the tail through a scratch file ----------------------------------
+
 
 @pytest.mark.parametrize("name", ["ext4", "btrfs", "ntfs", "vfat", "swap"])
 def test_shrink_on_the_target_fits_the_smaller_partition(loops, tmp_path, name):
@@ -269,6 +309,7 @@ def test_shrink_on_the_target_fits_the_smaller_partition(loops, tmp_path, name):
 
 
 # --- refusals ------------------------------------------------------------------------------
+
 
 def test_xfs_shrink_is_refused_without_touching_it(loops):
     image = loops.file("xfs.img", OLD_SHRINK)

@@ -8,15 +8,21 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from disks import GiB, MiB, rescue
 from drives import build_gpt_drive, check_restored, mib_layout, sha_of, table
 
 pytestmark = pytest.mark.root
 
-PARTS = mib_layout((1, None, "bios"), (1000, "ext4", "root"), (1200, "xfs", "data-xfs"),
-                   (900, "btrfs", "data-btrfs"), (300, "vfat", "SHARED"), (500, "ntfs", "windows"),
-                   (64, "swap", "swap"), (16, "raw", "scratch"))
+PARTS = mib_layout(
+    (1, None, "bios"),
+    (1000, "ext4", "root"),
+    (1200, "xfs", "data-xfs"),
+    (900, "btrfs", "data-btrfs"),
+    (300, "vfat", "SHARED"),
+    (500, "ntfs", "windows"),
+    (64, "swap", "swap"),
+    (16, "raw", "scratch"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +35,17 @@ def captured(mloops):
 
 # (target GiB, policy) -> fits? On 3 GiB, "same" and "grow-last" (only NTFS may change, and
 # it cannot give up 1 GiB) are short; proportional shrinks everything that may shrink.
-CASES = [(3, "same", False), (3, "proportional", True), (3, "grow-last", False),
-         (4, "same", True), (4, "proportional", True), (4, "grow-last", True),
-         (8, "same", True), (8, "proportional", True), (8, "grow-last", True)]
+CASES = [
+    (3, "same", False),
+    (3, "proportional", True),
+    (3, "grow-last", False),
+    (4, "same", True),
+    (4, "proportional", True),
+    (4, "grow-last", True),
+    (8, "same", True),
+    (8, "proportional", True),
+    (8, "grow-last", True),
+]
 
 
 @pytest.mark.parametrize("gib, policy, fits", CASES, ids=[f"{g}GiB-{p}" for g, p, _ in CASES])
@@ -49,13 +63,13 @@ def test_restore_onto_3_4_and_8_gib_under_each_policy(captured, loops, gib, poli
         assert "short by" in proc.stdout + proc.stderr
         assert sha_of(path, 0, 2 * MiB) == before, "a refused restore wrote to the drive"
         return
-    rescue("restore", str(repo), "four", loops.attach(path), "--yes", "--layout", policy, "--no-preverify",
-           check=True)
+    rescue("restore", str(repo), "four", loops.attach(path), "--yes", "--layout", policy, "--no-preverify", check=True)
     check_restored(loops, drive, path)
     parts = table(path)["parts"]
     src = table(drive.image)["parts"]
     assert [(p["uuid"], p["type"], p.get("name")) for p in parts] == [
-        (p["uuid"], p["type"], p.get("name")) for p in src]
+        (p["uuid"], p["type"], p.get("name")) for p in src
+    ]
     sizes = {p.label: q["size"] for p, q in zip(drive.parts, parts)}
     assert sizes["bios"] == 2048 and sizes["swap"] == 64 * 2048, "fixed-size partitions changed size"
     if policy == "same":

@@ -7,14 +7,12 @@ import json
 import os
 
 import pytest
-
 from disks import MiB, sh
 from disks import rescue as run_rescue
 from drives import build_gpt_drive, build_mbr_drive, check_restored, sha_of, table
 
 pytestmark = pytest.mark.root
 rescue = functools.partial(run_rescue, check=True)
-
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +70,9 @@ def test_restore_over_a_differently_partitioned_drive(gpt, captured, mloops):
     assert table(path)["parts"] == table(gpt.image)["parts"]
 
 
-@pytest.mark.parametrize("size_mib, policy", [(1200, "proportional"), (1200, "grow-last"),
-                                              (780, "proportional"), (780, "grow-last")])
+@pytest.mark.parametrize(
+    "size_mib, policy", [(1200, "proportional"), (1200, "grow-last"), (780, "proportional"), (780, "grow-last")]
+)
 def test_restore_onto_a_larger_or_smaller_drive(gpt, captured, mloops, size_mib, policy):
     """Partitions resized to the new drive: every filesystem checks clean, keeps its UUID and
     label, and holds identical files; the layout fills the drive and GPT is valid."""

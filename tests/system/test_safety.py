@@ -4,10 +4,9 @@ on loop devices here), which is exactly the stacking the rules must see through.
 
 from __future__ import annotations
 
-
 import pytest
-
 from disks import MiB, sh
+
 from rescue.errors import RefusedError
 from rescue.hw import devices
 from rescue.hw.safety import check_source, check_target

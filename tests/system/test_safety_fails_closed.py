@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from disks import MiB, partition_table, sh
 
 pytestmark = pytest.mark.root
@@ -21,9 +20,25 @@ def _rescue_with_bad_swaps(tmp_path, *args: str) -> subprocess.CompletedProcess:
     swaps = tmp_path / "swaps"
     swaps.write_text(BAD_SWAPS)
     script = 'mount --bind "$1" /proc/swaps && shift && exec "$@"'
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(swaps),
-                           sys.executable, "-m", "rescue", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(swaps),
+            sys.executable,
+            "-m",
+            "rescue",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -42,9 +57,11 @@ def drives(loops):
 @pytest.mark.parametrize("job", ["restore", "clone", "capture"])
 def test_a_safety_check_that_cannot_complete_refuses(tmp_path, drives, job):
     source, repo, target, target_file = drives
-    args = {"restore": ("restore", str(repo), "img", target, "--yes"),
-            "clone": ("clone", source, target, "--yes"),
-            "capture": ("capture", source, str(tmp_path / "repo2"), "--name", "x")}[job]
+    args = {
+        "restore": ("restore", str(repo), "img", target, "--yes"),
+        "clone": ("clone", source, target, "--yes"),
+        "capture": ("capture", source, str(tmp_path / "repo2"), "--name", "x"),
+    }[job]
     proc = _rescue_with_bad_swaps(tmp_path, *args)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "the safety check could not be completed (ValueError" in proc.stderr, proc.stderr

@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, partition_table, sh, tree_hashes
 from disks import rescue as run_rescue
 
@@ -81,7 +80,7 @@ class Peak:
         while not self.stop.wait(0.02):
             self.peak = max(self.peak, self._used() - self.base)
 
-    def __enter__(self) -> "Peak":
+    def __enter__(self) -> Peak:
         self.thread.start()
         return self
 
@@ -115,8 +114,10 @@ def test_shrink_with_scratch_limited_to_64_mib(system, mloops, job):
     assert "shrink" in out.stdout and "scratch space for shrinking" in out.stdout, out.stdout
     size = _check_root(mloops, mloops.root / f"{job}.img", hashes)
     assert size < ROOT_MIB * MiB
-    print(f"\n{job}: root ext4 {ROOT_MIB} MiB holding {DATA_MIB} MiB shrunk to {size >> 20} MiB; "
-          f"peak scratch {peak.peak / MiB:.1f} MiB (tmpfs limited to 64 MiB)")
+    print(
+        f"\n{job}: root ext4 {ROOT_MIB} MiB holding {DATA_MIB} MiB shrunk to {size >> 20} MiB; "
+        f"peak scratch {peak.peak / MiB:.1f} MiB (tmpfs limited to 64 MiB)"
+    )
     assert peak.peak < 64 * MiB
 
 

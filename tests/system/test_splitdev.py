@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from disks import MiB, sh, tree_hashes
+
 from rescue.errors import DeviceError, FilesystemError
 from rescue.filesystems import identify
 from rescue.filesystems.base import Volume
@@ -39,6 +39,7 @@ GUARD = 4 * MiB  # target bytes after the partition
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
 
 def pattern(n: int, seed: int) -> bytes:
     rnd = random.Random(seed)
@@ -67,8 +68,9 @@ def loop_of(backing: str) -> list[str]:
 
 
 def mounted_at(path: str) -> bool:
-    return any(len(f := ln.split()) > 4 and f[4] == path
-               for ln in Path("/proc/self/mountinfo").read_text().splitlines())
+    return any(
+        len(f := ln.split()) > 4 and f[4] == path for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
 
 
 def alive(pid: int) -> bool:
@@ -90,13 +92,14 @@ class Seen:
         assert mounted_at(self.mnt) and alive(self.pid) and self.scratch.exists()
 
     @classmethod
-    def of(cls, sd: SplitDevice) -> "Seen":
+    def of(cls, sd: SplitDevice) -> Seen:
         return cls(sd.path, str(sd.fuse_file), sd.server_pid, sd.scratch)
 
     def assert_gone(self, work_too: bool = True) -> None:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (alive(self.pid) or loop_of(self.fuse_file)
-                                               or mounted_at(self.mnt) or self.scratch.exists()):
+        while time.monotonic() < deadline and (
+            alive(self.pid) or loop_of(self.fuse_file) or mounted_at(self.mnt) or self.scratch.exists()
+        ):
             time.sleep(0.1)
         assert loop_of(self.fuse_file) == [], "loop device left attached"
         assert not mounted_at(self.mnt), "FUSE file system left mounted"
@@ -109,11 +112,11 @@ class Seen:
 def dd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """dd in its own process: a read or write that hung in the kernel would hang only it,
     and the timeout turns a hang into a test failure."""
-    return subprocess.run(["dd", *args, "status=none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=timeout)
+    return subprocess.run(["dd", *args, "status=none"], capture_output=True, timeout=timeout)
 
 
 # --- pure routing ----------------------------------------------------------------------------
+
 
 def test_split_range_routes_and_splits():
     assert split_range(0, 10, 100, 7) == [Piece(False, 7, 0, 10)]
@@ -123,6 +126,7 @@ def test_split_range_routes_and_splits():
 
 
 # --- routing through the real device ------------------------------------------------------------
+
 
 def aligned(data: bytes) -> mmap.mmap:
     """A page-aligned copy (O_DIRECT needs aligned memory)."""
@@ -134,10 +138,10 @@ def aligned(data: bytes) -> mmap.mmap:
 def test_bytes_land_at_their_place_and_nowhere_else(tmp_path):
     target = tmp_path / "target.img"
     before = make_target(target, OFFSET + NEW + GUARD)
-    expect = bytearray(before[OFFSET:OFFSET + NEW]) + bytearray(OLD - NEW)  # the device's bytes
+    expect = bytearray(before[OFFSET : OFFSET + NEW]) + bytearray(OLD - NEW)  # the device's bytes
 
     def put(pos: int, data: bytes) -> None:
-        expect[pos:pos + len(data)] = data
+        expect[pos : pos + len(data)] = data
 
     fast = [(NEW + 20 * MiB, pattern(MiB + 4096, 7)), (NEW - 4096, pattern(16384, 8))]
     writes = [  # (device byte, bytes, through O_DIRECT?) through the loop device, in this order
@@ -163,7 +167,7 @@ def test_bytes_land_at_their_place_and_nowhere_else(tmp_path):
         buffered = os.open(sd.path, os.O_RDWR)
         try:
             for pos, data in fast:  # written before the loop device existed
-                assert os.pread(buffered, len(data), pos) == bytes(expect[pos:pos + len(data)])
+                assert os.pread(buffered, len(data), pos) == bytes(expect[pos : pos + len(data)])
             for pos, data, use_direct in writes:
                 with aligned(data) as m:
                     assert os.pwritev(direct if use_direct else buffered, [m], pos) == len(data)
@@ -191,8 +195,8 @@ def test_bytes_land_at_their_place_and_nowhere_else(tmp_path):
 
     after = target.read_bytes()
     assert after[:OFFSET] == before[:OFFSET], "target bytes before the partition were changed"
-    assert after[OFFSET + NEW:] == before[OFFSET + NEW:], "target bytes after the partition were changed"
-    assert after[OFFSET:OFFSET + NEW] == bytes(expect[:NEW])
+    assert after[OFFSET + NEW :] == before[OFFSET + NEW :], "target bytes after the partition were changed"
+    assert after[OFFSET : OFFSET + NEW] == bytes(expect[:NEW])
 
 
 def test_sequential_throughput(tmp_path):
@@ -221,8 +225,10 @@ def test_sequential_throughput(tmp_path):
             read = time.monotonic() - t
         finally:
             os.close(fd)
-        print(f"\nsplit device (direct I/O {'on' if sd.direct_io else 'off'}): 256 MiB written at "
-              f"{256 * MiB / wrote / 1e6:.0f} MB/s, read at {256 * MiB / read / 1e6:.0f} MB/s")
+        print(
+            f"\nsplit device (direct I/O {'on' if sd.direct_io else 'off'}): 256 MiB written at "
+            f"{256 * MiB / wrote / 1e6:.0f} MB/s, read at {256 * MiB / read / 1e6:.0f} MB/s"
+        )
         assert wrote < 60 and read < 60
 
 
@@ -299,13 +305,16 @@ def test_shrink_through_the_split_device(loops, tmp_path, fstype):
     scratch_dir = tmp_path / "scratch"
     scratch_dir.mkdir()
     said = []
-    with split_device(str(target), PART, FS_NEW, FS_OLD, scratch_dir,
-                      write_into=lambda sd: write_ranges(source, ranges, sd)) as sd:
+    with split_device(
+        str(target), PART, FS_NEW, FS_OLD, scratch_dir, write_into=lambda sd: write_ranges(source, ranges, sd)
+    ) as sd:
         after_write = sd.scratch_bytes()
         said.append(resize_filesystem(fstype, sd.path, FS_NEW))
         peak = sd.scratch_bytes()
-    print(f"\n{fstype}: {used / MiB:.0f} MiB used, {past / MiB:.0f} MiB past the new end; scratch "
-          f"{after_write / MiB:.1f} MiB after writing, {peak / MiB:.1f} MiB after the resize; {said[0]}")
+    print(
+        f"\n{fstype}: {used / MiB:.0f} MiB used, {past / MiB:.0f} MiB past the new end; scratch "
+        f"{after_write / MiB:.1f} MiB after writing, {peak / MiB:.1f} MiB after the resize; {said[0]}"
+    )
     assert "shrunk" in said[0]
     assert list(scratch_dir.iterdir()) == []
     # The scratch file holds what lay past the new end (and what the tool wrote there), not
@@ -314,8 +323,9 @@ def test_shrink_through_the_split_device(loops, tmp_path, fstype):
     assert peak < used * 0.6
 
     after = target.read_bytes()
-    assert after[:PART] == before[:PART] and after[PART + FS_NEW:] == before[PART + FS_NEW:], \
+    assert after[:PART] == before[:PART] and after[PART + FS_NEW :] == before[PART + FS_NEW :], (
         "target bytes outside the partition were changed"
+    )
     part = loops.attach(target, offset=PART, size=FS_NEW, readonly=True)
     checked = subprocess.run([*check, part], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert checked.returncode == 0, checked.stdout
@@ -328,6 +338,7 @@ def test_shrink_through_the_split_device(loops, tmp_path, fstype):
 
 
 # --- failures and cleanup ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_an_exception_in_the_block_leaves_nothing(tmp_path, exc):
@@ -385,19 +396,20 @@ def test_a_full_scratch_directory_fails_the_session(loops, tmp_path):
     with pytest.raises(DeviceError, match=r"write of .*rescue-split-.*\.scratch at byte \d+ failed: No space left"):
         with split_device(str(target), OFFSET, NEW, OLD, scratch_dir) as sd:
             seen = Seen.of(sd)
-            got = dd("if=/dev/urandom", f"of={sd.path}", "bs=1M", "count=8", f"seek={NEW // MiB + 1}",
-                     "oflag=direct")
+            got = dd("if=/dev/urandom", f"of={sd.path}", "bs=1M", "count=8", f"seek={NEW // MiB + 1}", "oflag=direct")
             assert got.returncode != 0, "8 MiB fitted into a 2 MiB scratch directory"
     seen.assert_gone()
     assert list(scratch_dir.iterdir()) == []
 
     # A tool that fails on it (as resize2fs would) gets the cause put in front of its error.
-    with pytest.raises(DeviceError, match=r"\.scratch at byte \d+ failed: No space left on device; then: "
-                                          r"resize2fs failed"):
+    with pytest.raises(
+        DeviceError,
+        match=r"\.scratch at byte \d+ failed: No space left on device; then: "
+        r"resize2fs failed",
+    ):
         with split_device(str(target), OFFSET, NEW, OLD, scratch_dir) as sd:
             seen = Seen.of(sd)
-            got = dd("if=/dev/urandom", f"of={sd.path}", "bs=1M", "count=8", f"seek={NEW // MiB + 1}",
-                     "oflag=direct")
+            got = dd("if=/dev/urandom", f"of={sd.path}", "bs=1M", "count=8", f"seek={NEW // MiB + 1}", "oflag=direct")
             raise FilesystemError(f"resize2fs failed on {sd.path}: {got.stderr.decode().strip()}")
     seen.assert_gone()
 

@@ -69,6 +69,7 @@ class FakeBackend(DryRunBackend):
         self._job("clone")
         if cancel.is_set():
             from rescue.errors import Cancelled
+
             raise Cancelled("clone cancelled by the user")
         return out
 
@@ -98,6 +99,7 @@ class FakeBackend(DryRunBackend):
         self._job("copy_files")
         if cancel.is_set():
             from rescue.errors import Cancelled
+
             raise Cancelled("copy cancelled by the user")
         return out
 
@@ -114,6 +116,7 @@ class FakeBackend(DryRunBackend):
         self._job("restore")
         if cancel.is_set():
             from rescue.errors import Cancelled
+
             raise Cancelled("restore cancelled by the user")
         return out
 

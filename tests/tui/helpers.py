@@ -5,7 +5,7 @@ loop), so the error guard, dialogs and Esc handling are exercised as in real use
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import urwid
 

@@ -3,8 +3,19 @@ file tree (mounted on entering, unmounted on every way out), destination, copy, 
 
 import threading
 
-from helpers import (assert_fits, click, dialog_open, dialog_text, finish_job, flat, focused_line, press,
-                     select, text, type_text)
+from helpers import (
+    assert_fits,
+    click,
+    dialog_open,
+    dialog_text,
+    finish_job,
+    flat,
+    focused_line,
+    press,
+    select,
+    text,
+    type_text,
+)
 
 from rescue.errors import FilesystemError, IntegrityError
 

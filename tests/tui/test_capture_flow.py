@@ -3,8 +3,19 @@
 import threading
 import time
 
-from helpers import (assert_fits, click, dialog_open, dialog_text, finish_job, flat, focused_line,
-                     press, select, text, type_text)
+from helpers import (
+    assert_fits,
+    click,
+    dialog_open,
+    dialog_text,
+    finish_job,
+    flat,
+    focused_line,
+    press,
+    select,
+    text,
+    type_text,
+)
 
 from rescue.errors import IntegrityError
 from rescue.tui.backend import DriveInfo

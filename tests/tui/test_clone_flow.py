@@ -4,8 +4,19 @@ screen's bad-sector report."""
 
 import threading
 
-from helpers import (assert_fits, click, dialog_open, dialog_text, finish_job, flat, focused_line, press,
-                     select, text, type_text)
+from helpers import (
+    assert_fits,
+    click,
+    dialog_open,
+    dialog_text,
+    finish_job,
+    flat,
+    focused_line,
+    press,
+    select,
+    text,
+    type_text,
+)
 from test_restore_flow import choose_policy, policy_line
 
 
@@ -20,8 +31,9 @@ def to_plan(app, target="nvme0n1"):
 
 
 def test_source_list_refuses_the_boot_drive_and_a_drive_in_use(app, backend):
-    backend.machine["drives"][4]["source_refused"] = ("source /dev/nvme0n1 has a mounted filesystem "
-                                                      "(/dev/nvme0n1p1 on /mnt)")
+    backend.machine["drives"][4]["source_refused"] = (
+        "source /dev/nvme0n1 has a mounted filesystem (/dev/nvme0n1p1 on /mnt)"
+    )
     select(app, "Clone")
     screen = flat(app)
     assert "Clone: choose the drive to copy" in screen and "1/6" in text(app).splitlines()[0]
@@ -34,9 +46,12 @@ def test_target_list_refuses_source_boot_small_and_safety_rules(app, backend):
     backend.machine["drives"][1]["refused"] = "target /dev/sdb has a mounted filesystem (/dev/sdb1 on /media/sdb1)"
     to_targets(app)
     lines = text(app).splitlines()
-    for name, reason in (("sda", "it is the drive being copied"), ("sdc", "it booted the rescue system"),
-                         ("sdd", "too small: needs at least 66.1 GiB, the drive has 7.5 GiB"),
-                         ("sdb", "target /dev/sdb has a mounted filesystem")):
+    for name, reason in (
+        ("sda", "it is the drive being copied"),
+        ("sdc", "it booted the rescue system"),
+        ("sdd", "too small: needs at least 66.1 GiB, the drive has 7.5 GiB"),
+        ("sdb", "target /dev/sdb has a mounted filesystem"),
+    ):
         row = next(i for i, l in enumerate(lines) if l.lstrip(" >").startswith(name))
         assert lines[row].startswith("   "), f"{name} must not take the focus"
         assert f"not offered: {reason}" in lines[row + 1]
@@ -52,8 +67,10 @@ def test_plan_switches_policy_and_a_plan_that_does_not_fit_cannot_continue(app, 
     choose_policy(app, "same")
     assert backend.calls[-1] == ("plan_clone", "/dev/sda", "/dev/nvme0n1", "same")
     assert "(X) same" in policy_line(app)
-    assert ("Does not fit (same): /dev/nvme0n1 is too small: /dev/sda needs 400.5 GiB, the drive has "
-            "238.4 GiB, short by 162.1 GiB") in flat(app)
+    assert (
+        "Does not fit (same): /dev/nvme0n1 is too small: /dev/sda needs 400.5 GiB, the drive has "
+        "238.4 GiB, short by 162.1 GiB"
+    ) in flat(app)
     assert "- Continue -" in text(app)
     choose_policy(app, "grow-last")
     assert "< Continue >" in text(app)
@@ -116,8 +133,9 @@ def test_esc_during_clone_asks_and_cancelling_says_what_is_left(app, backend):
     type_text(app, "nvme0n1")
     press(app, "enter")
     press(app, "esc")
-    assert ("nvme0n1 will be left partially written and will not boot; clone again to fix. "
-            "sda is not changed.") in dialog_text(app)
+    assert (
+        "nvme0n1 will be left partially written and will not boot; clone again to fix. sda is not changed."
+    ) in dialog_text(app)
     press(app, "left", "enter")
     backend.gate.set()
     finish_job(app)

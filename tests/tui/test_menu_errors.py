@@ -128,8 +128,10 @@ class Rec(Step):
 
 def test_wizard_walks_forward_and_back_skipping_steps_that_do_not_apply():
     log, left = [], []
-    w = Wizard([Rec(None, "a", log), Rec(None, "b", log, applies=False), Rec(None, "c", log)],
-               on_leave=lambda: left.append(True))
+    w = Wizard(
+        [Rec(None, "a", log), Rec(None, "b", log, applies=False), Rec(None, "c", log)],
+        on_leave=lambda: left.append(True),
+    )
     w.begin()
     w.next()
     assert log == ["a", "c"] and w.position(w.current) == "2/2"
@@ -151,17 +153,23 @@ def test_wizard_stays_on_the_step_whose_successor_fails_to_start():
 def test_main_refuses_bad_arguments_and_a_missing_terminal():
     assert appmod.main(["--no-such-option"]) == appmod.EXIT_USAGE
     # no terminal: run in a child whose stdin is not a tty
-    proc = subprocess.run([sys.executable, "-c", "import sys; from rescue.tui.app import main; "
-                           "sys.exit(main([]))"], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, cwd=os.path.dirname(appmod.__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from rescue.tui.app import main; sys.exit(main([]))"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(appmod.__file__),
+    )
     assert proc.returncode == appmod.EXIT_USAGE
     assert "needs a terminal" in proc.stderr
 
 
 def test_the_wizard_imports_without_the_engine():
-    code = ("import sys, rescue.tui.app, rescue.tui.backend; "
-            "bad = [m for m in sys.modules if m.startswith(('rescue.repo.store', "
-            "'rescue.imaging.restore', 'rescue.imaging.capture', 'rescue.hw.devices', 'pyudev', 'parted'))]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, rescue.tui.app, rescue.tui.backend; "
+        "bad = [m for m in sys.modules if m.startswith(('rescue.repo.store', "
+        "'rescue.imaging.restore', 'rescue.imaging.capture', 'rescue.hw.devices', 'pyudev', 'parted'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,10 +10,10 @@ import os
 import stat
 
 import pytest
+from disks import MiB, partition_table, sh
 from helpers import click, dialog_open, dialog_text, finish_job, flat, press, select, text, type_text
 from test_restore_flow import choose_policy, policy_line
 
-from disks import MiB, partition_table, sh
 from rescue.tui.app import App
 from rescue.tui.backend import RealBackend
 
@@ -135,6 +135,7 @@ def test_clone_through_the_wizard_on_loop_devices(loops, tmp_path):
 
 def test_browse_an_image_and_copy_files_out_through_the_wizard(loops, tmp_path):
     from rescue.imaging.capture import capture
+
     source, payload = build_source(loops)
     repo = tmp_path / "repo"
     capture(source, str(repo), "img1")

@@ -2,8 +2,19 @@
 
 import threading
 
-from helpers import (assert_fits, click, dialog_open, dialog_text, finish_job, flat, focused_line, press,
-                     select, text, type_text)
+from helpers import (
+    assert_fits,
+    click,
+    dialog_open,
+    dialog_text,
+    finish_job,
+    flat,
+    focused_line,
+    press,
+    select,
+    text,
+    type_text,
+)
 
 from rescue.imaging.progress import Progress
 
@@ -31,8 +42,7 @@ def to_confirm(app):
 def test_first_screen_names_the_product_and_the_choices(app):
     screen = text(app)
     assert "rescue - disk imaging" in screen.splitlines()[0]
-    items = ("Restore an image", "Capture a drive", "Clone a drive", "Browse an image", "Shell", "Reboot",
-             "Power off")
+    items = ("Restore an image", "Capture a drive", "Clone a drive", "Browse an image", "Shell", "Reboot", "Power off")
     rows = [next(i for i, l in enumerate(screen.splitlines()) if item in l) for item in items]
     assert rows == sorted(rows), "menu items out of order"
     assert focused_line(app).startswith("> Restore")
@@ -189,8 +199,10 @@ def test_plan_that_does_not_fit_says_by_how_much_and_continue_is_disabled(app, b
     to_targets(app, "laptop")
     select(app, "nvme0n1")
     words = flat(app)
-    assert ("Does not fit (auto chose same): /dev/nvme0n1 is too small: the image needs 255.0 GiB, "
-            "the drive has 238.4 GiB, short by 16.6 GiB") in words
+    assert (
+        "Does not fit (auto chose same): /dev/nvme0n1 is too small: the image needs 255.0 GiB, "
+        "the drive has 238.4 GiB, short by 16.6 GiB"
+    ) in words
     assert "Choose another layout above, or go back and choose a bigger drive." in words
     assert "- Continue -" in text(app) and "< Continue >" not in text(app)
     press(app, "enter")  # the only button that takes the focus is Back
@@ -208,6 +220,7 @@ def test_plan_that_does_not_fit_says_by_how_much_and_continue_is_disabled(app, b
 
 def test_a_plan_that_cannot_be_made_keeps_the_last_plan_and_its_policy(app, backend):
     from rescue.errors import DeviceError
+
     to_plan(app)
     backend.fail["plan_restore"] = DeviceError("/dev/sda cannot be read: Input/output error")
     choose_policy(app, "grow-last")
@@ -254,6 +267,7 @@ def test_progress_screen_shows_area_overall_rate_and_time_left(app):
     class C:
         def back(self):
             pass
+
     view = ProgressView(C(), "Restore: writing", "Restoring x onto sda.")
     app.show(view)
     view.update(Progress("restore", "p2 (ext4)", 256 << 20, 1024 << 20, 1 << 30, 4 << 30, 85.3e6, 63))
@@ -302,13 +316,13 @@ def test_whole_restore_ends_at_done_with_verification_and_log(app, backend):
 
 def test_a_boot_fix_that_failed_after_writing_is_shown_on_the_done_screen(app, backend):
     backend.machine["restore_warnings"] = [
-        "the drive is written, but adding the removable-media EFI loader failed: disk full"]
+        "the drive is written, but adding the removable-media EFI loader failed: disk full"
+    ]
     to_confirm(app)
     type_text(app, "sda")
     press(app, "enter")
     finish_job(app)
     screen = flat(app)
     assert "Verification: passed" in screen
-    assert ("Warning: the drive is written, but adding the removable-media EFI loader failed: disk full"
-            in screen)
+    assert "Warning: the drive is written, but adding the removable-media EFI loader failed: disk full" in screen
     assert_fits(app)

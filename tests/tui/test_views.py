@@ -66,20 +66,40 @@ def test_long_names_are_clipped_to_one_row():
 def test_plan_view_with_many_partitions_and_a_wide_table_still_fits():
     parts = [Partition(i, 2048 * i, 2048 * i + 2047) for i in range(1, 40)]
     lay = DiskLayout("gpt", 512, 10**12, partitions=parts)
+
     def row(*cells):  # aligned like the engine's table, with generous padding
         n, label, *sizes, action = cells
         return f"  {n:>2}    {label:<20}" + "".join(f"    {c:>13}" for c in sizes) + f"    {action}"
-    rows = "\n".join(row(str(i), f"data number {i:>2}, ntfs", f"{i * 1000} MiB", f"{i * 9000} MiB",
-                          f"{i * 1000} MiB", f"{i * 9000} MiB", "shrink") for i in range(1, 40))
+
+    rows = "\n".join(
+        row(
+            str(i),
+            f"data number {i:>2}, ntfs",
+            f"{i * 1000} MiB",
+            f"{i * 9000} MiB",
+            f"{i * 1000} MiB",
+            f"{i * 9000} MiB",
+            "shrink",
+        )
+        for i in range(1, 40)
+    )
     table = [row("#", "partition", "old start", "old size", "new start", "new size", "action")] + rows.splitlines()
-    shown = ([("heading", "plan (proportional) for a 931.3 GiB target, gpt, 512-byte sectors: fits")]
-             + [("table", r) for r in table] + [("reason", "fits in 931.3 GiB"),
-                                                ("note", "a note that is long enough to wrap " + "x " * 40)])
-    plan = Plan("/dev/sda", SDA.size, lay, lay, True, "fits in 931.3 GiB", 1 << 30, policy="proportional",
-                lines=shown)
+    shown = (
+        [("heading", "plan (proportional) for a 931.3 GiB target, gpt, 512-byte sectors: fits")]
+        + [("table", r) for r in table]
+        + [("reason", "fits in 931.3 GiB"), ("note", "a note that is long enough to wrap " + "x " * 40)]
+    )
+    plan = Plan("/dev/sda", SDA.size, lay, lay, True, "fits in 931.3 GiB", 1 << 30, policy="proportional", lines=shown)
     c = ctrl(controllers.PlanStep)
-    v = views.PlanView(c, "Restore: the plan for sda", "Image x onto sda:", SDA, plan, "auto",
-                       [PartInfo(f"sda{i}", 1 << 20) for i in range(30)])
+    v = views.PlanView(
+        c,
+        "Restore: the plan for sda",
+        "Image x onto sda:",
+        SDA,
+        plan,
+        "auto",
+        [PartInfo(f"sda{i}", 1 << 20) for i in range(30)],
+    )
     lines = render(v)
     assert len(lines) == 24 and all(len(l) <= 80 for l in lines)
     assert "< Continue >" in "\n".join(lines)
@@ -93,9 +113,11 @@ def test_plan_view_with_many_partitions_and_a_wide_table_still_fits():
 
 
 def test_squeezed_table_keeps_its_columns_aligned():
-    table = ["  #  partition    old start    old size   new start    new size  action",
-             "  1  EFI, vfat        1 MiB     512 MiB       1 MiB     512 MiB  keep",
-             "  2  root, ext4     513 MiB  102400 MiB     513 MiB  468132 MiB  grow"]
+    table = [
+        "  #  partition    old start    old size   new start    new size  action",
+        "  1  EFI, vfat        1 MiB     512 MiB       1 MiB     512 MiB  keep",
+        "  2  root, ext4     513 MiB  102400 MiB     513 MiB  468132 MiB  grow",
+    ]
     out = views.squeeze_table(table, 66)
     assert all(len(l) <= 66 for l in out)
     assert [l.index("action") for l in out[:1]] == [out[1].index("keep")] == [out[2].index("grow")]

@@ -9,8 +9,7 @@ import subprocess
 import pytest
 
 from rescue.errors import IntegrityError
-from rescue.model.badmap import (BadSectorMap, Block, MapfileStatus, parse_mapfile, parse_mapfile_with_status,
-                                 to_mapfile)
+from rescue.model.badmap import BadSectorMap, Block, MapfileStatus, parse_mapfile, parse_mapfile_with_status, to_mapfile
 
 MiB = 1 << 20
 
@@ -64,9 +63,16 @@ def test_random_marks_agree_with_a_per_sector_model():
 
 
 def test_mapfile_has_ddrescues_layout():
-    text = to_mapfile(manual_example(), 0x120000, "?", 1, program="rescue 0.1.0",
-                      command_line="rescue capture /dev/fd0", start_time="2015-07-21 09:37:44",
-                      current_time="2015-07-21 09:38:19")
+    text = to_mapfile(
+        manual_example(),
+        0x120000,
+        "?",
+        1,
+        program="rescue 0.1.0",
+        command_line="rescue capture /dev/fd0",
+        start_time="2015-07-21 09:37:44",
+        current_time="2015-07-21 09:38:19",
+    )
     assert text == (
         "# Mapfile. Created by rescue 0.1.0\n"
         "# Command line: rescue capture /dev/fd0\n"
@@ -80,7 +86,8 @@ def test_mapfile_has_ddrescues_layout():
         "0x00117000  0x00000200  -\n"
         "0x00117200  0x00001000  /\n"
         "0x00118200  0x00007E00  *\n"
-        "0x00120000  0x00048000  ?\n")
+        "0x00120000  0x00048000  ?\n"
+    )
 
 
 def test_large_offsets_use_more_digits():
@@ -121,15 +128,18 @@ def test_parse_accepts_decimal_octal_and_trailing_comments():
     assert m.blocks == [Block(0, 512, "+"), Block(512, 1024, "-")]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "no status line"),
-    ("0x0 + 1\n0x0 0x200 +\n0x400 0x200 -\n", "should start at 0x200"),
-    ("0x0 + 1\n0x0 0x200 X\n", "line 2"),
-    ("0x0 + 1\n0x0 0x0 +\n", "size 0"),
-    ("0x0 + 1\n0x0 banana +\n", "'banana' is not a number"),
-    ("0x0 Q 1\n", "line 1"),
-    ("0x0 + 1\n0x0 0x200\n", "line 2"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "no status line"),
+        ("0x0 + 1\n0x0 0x200 +\n0x400 0x200 -\n", "should start at 0x200"),
+        ("0x0 + 1\n0x0 0x200 X\n", "line 2"),
+        ("0x0 + 1\n0x0 0x0 +\n", "size 0"),
+        ("0x0 + 1\n0x0 banana +\n", "'banana' is not a number"),
+        ("0x0 Q 1\n", "line 1"),
+        ("0x0 + 1\n0x0 0x200\n", "line 2"),
+    ],
+)
 def test_parse_rejects_damaged_mapfiles_with_one_line(text, words):
     with pytest.raises(IntegrityError) as err:
         parse_mapfile(text)

@@ -13,34 +13,66 @@ from rescue.hw import devices, safety
 from rescue.hw.devices import Loop, Snapshot, bus_of, drive_from_dict, model_of, removable_of, serial_of
 
 
-def dev(name, major, minor, *, devtype="disk", attrs=None, props=None, holders=(), parent=None,
-        partitions=(), ancestors=(), sys_path=None):
+def dev(
+    name,
+    major,
+    minor,
+    *,
+    devtype="disk",
+    attrs=None,
+    props=None,
+    holders=(),
+    parent=None,
+    partitions=(),
+    ancestors=(),
+    sys_path=None,
+):
     return {
-        "name": name, "node": f"/dev/{name}", "devtype": devtype, "devnum": os.makedev(major, minor),
+        "name": name,
+        "node": f"/dev/{name}",
+        "devtype": devtype,
+        "devnum": os.makedev(major, minor),
         "sys_path": sys_path or f"/sys/devices/virtual/block/{name}",
         "attrs": {"size": "2048", "ro": "0", "removable": "0", **(attrs or {})},
-        "props": dict(props or {}), "holders": list(holders), "parent": parent,
-        "partitions": list(partitions), "ancestors": list(ancestors),
+        "props": dict(props or {}),
+        "holders": list(holders),
+        "parent": parent,
+        "partitions": list(partitions),
+        "ancestors": list(ancestors),
     }
 
 
 def snap_of(*devs, mounts="", swaps="Filename Type Size Used Priority\n", loops=()):
-    return Snapshot(mounts=devices.parse_mountinfo(mounts), swaps=devices.parse_swaps(swaps),
-                    devices={d["devnum"]: d for d in devs}, loops=list(loops))
+    return Snapshot(
+        mounts=devices.parse_mountinfo(mounts),
+        swaps=devices.parse_swaps(swaps),
+        devices={d["devnum"]: d for d in devs},
+        loops=list(loops),
+    )
 
 
-USB_PATH = ("/sys/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0"
-            "/host6/target6:0:0/6:0:0:0/block/sdb")
-USB_STICK = dev("sdb", 8, 16, partitions=["sdb1"], ancestors=["scsi", "scsi", "usb", "usb", "pci"], sys_path=USB_PATH,
-                attrs={"device/vendor": "SanDisk", "device/model": "Cruzer Blade", "size": "60062500"})
+USB_PATH = "/sys/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb"
+USB_STICK = dev(
+    "sdb",
+    8,
+    16,
+    partitions=["sdb1"],
+    ancestors=["scsi", "scsi", "usb", "usb", "pci"],
+    sys_path=USB_PATH,
+    attrs={"device/vendor": "SanDisk", "device/model": "Cruzer Blade", "size": "60062500"},
+)
 
 
 def test_mountinfo_unescapes_and_reads_flags():
-    text = ("27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
-            "43 27 0:39 / /mnt/my\\040disk ro,relatime - btrfs /dev/loop0 ro,space_cache=v2\n")
+    text = (
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        "43 27 0:39 / /mnt/my\\040disk ro,relatime - btrfs /dev/loop0 ro,space_cache=v2\n"
+    )
     m = devices.parse_mountinfo(text)
     assert [(x.mountpoint, x.source, x.fstype, x.read_only) for x in m] == [
-        ("/", "/dev/vda", "ext4", False), ("/mnt/my disk", "/dev/loop0", "btrfs", True)]
+        ("/", "/dev/vda", "ext4", False),
+        ("/mnt/my disk", "/dev/loop0", "btrfs", True),
+    ]
     assert m[0].devnum == os.makedev(254, 0)
     assert os.major(m[1].devnum) == 0  # btrfs: anonymous device, the source names the drive
 
@@ -59,9 +91,18 @@ def test_usb_stick_without_udev_is_removable_usb_with_sysfs_model():
 
 
 def test_udev_database_wins_over_sysfs():
-    d = dict(USB_STICK, props={"ID_MODEL_ENC": "Cruzer\\x20Blade\\x20\\x20", "ID_MODEL": "Cruzer_Blade",
-                               "ID_SERIAL": "SanDisk_Cruzer_4C53", "ID_SERIAL_SHORT": "4C53",
-                               "ID_FS_TYPE": "vfat", "ID_FS_LABEL": "STICK", "ID_FS_UUID": "AB-CD"})
+    d = dict(
+        USB_STICK,
+        props={
+            "ID_MODEL_ENC": "Cruzer\\x20Blade\\x20\\x20",
+            "ID_MODEL": "Cruzer_Blade",
+            "ID_SERIAL": "SanDisk_Cruzer_4C53",
+            "ID_SERIAL_SHORT": "4C53",
+            "ID_FS_TYPE": "vfat",
+            "ID_FS_LABEL": "STICK",
+            "ID_FS_UUID": "AB-CD",
+        },
+    )
     assert model_of(d) == "Cruzer Blade"
     assert serial_of(d) == "4C53"
     drive = drive_from_dict(d, snap_of(d))
@@ -70,10 +111,19 @@ def test_udev_database_wins_over_sysfs():
 
 
 def test_sata_disk_drops_the_useless_ata_vendor():
-    d = dev("sda", 8, 0, ancestors=["scsi", "scsi", "scsi", "pci"],
-            sys_path="/sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda",
-            attrs={"device/vendor": "ATA", "device/model": "Samsung SSD 860",
-                   "queue/logical_block_size": "512", "queue/physical_block_size": "4096"})
+    d = dev(
+        "sda",
+        8,
+        0,
+        ancestors=["scsi", "scsi", "scsi", "pci"],
+        sys_path="/sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda",
+        attrs={
+            "device/vendor": "ATA",
+            "device/model": "Samsung SSD 860",
+            "queue/logical_block_size": "512",
+            "queue/physical_block_size": "4096",
+        },
+    )
     drive = drive_from_dict(d, snap_of(d))
     assert (drive.bus, drive.model, drive.removable) == ("sata", "Samsung SSD 860", False)
     assert (drive.logical_sector_size, drive.physical_sector_size) == (512, 4096)
@@ -82,9 +132,13 @@ def test_sata_disk_drops_the_useless_ata_vendor():
 def test_virtio_and_nvme_fallbacks():
     vda = dev("vda", 254, 0, ancestors=["virtio", "pci"], attrs={"serial": "QEMU-7", "device/vendor": "0x1af4"})
     assert (bus_of(vda), model_of(vda), serial_of(vda)) == ("virtio", "Virtio disk", "QEMU-7")
-    nvme = dev("nvme0n1", 259, 0, ancestors=["nvme", "nvme", "pci"],
-               attrs={"device/model": "WD Blue SN570", "device/serial": "2131A1",
-                      "queue/logical_block_size": "4096"})
+    nvme = dev(
+        "nvme0n1",
+        259,
+        0,
+        ancestors=["nvme", "nvme", "pci"],
+        attrs={"device/model": "WD Blue SN570", "device/serial": "2131A1", "queue/logical_block_size": "4096"},
+    )
     drive = drive_from_dict(nvme, snap_of(nvme))
     assert (drive.bus, drive.model, drive.serial) == ("nvme", "WD Blue SN570", "2131A1")
     assert drive.logical_sector_size == 4096
@@ -139,7 +193,6 @@ def test_loop_stacked_on_a_drive_carries_its_mounts_down():
 
 
 def test_holders_rule_names_the_holders():
-    drive = devices.Drive(name="sda", path="/dev/sda", model=None, serial=None, size=1 << 30,
-                          holders=["md0", "dm-1"])
+    drive = devices.Drive(name="sda", path="/dev/sda", model=None, serial=None, size=1 << 30, holders=["md0", "dm-1"])
     with pytest.raises(RefusedError, match=r"target /dev/sda is in use by md0, dm-1 \(holders\)"):
         safety._check_use("target /dev/sda", drive)

@@ -36,13 +36,22 @@ LEFT_OUTSIDE = {
 
 # --- every class answers every capability ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls", FILESYSTEMS, ids=lambda c: c.__name__)
 def test_every_class_answers_every_capability(cls: type[Filesystem]):
     for name in CAPABILITIES:
         assert name in vars(cls), f"{cls.__name__} inherits {name} instead of saying it"
     assert cls.names and all(isinstance(n, str) and n for n in cls.names)
-    for flag in ("can_grow", "grow_fills", "can_shrink", "shrink_moves_data", "mtools", "linux_config",
-                 "can_renumber", "can_name_files"):
+    for flag in (
+        "can_grow",
+        "grow_fills",
+        "can_shrink",
+        "shrink_moves_data",
+        "mtools",
+        "linux_config",
+        "can_renumber",
+        "can_name_files",
+    ):
         assert isinstance(getattr(cls, flag), bool), flag
     assert isinstance(cls.resize_floor, int) and cls.resize_floor >= 0
     for text in ("mount_type", "mount_ro", "mount_rw", "no_files"):
@@ -81,6 +90,7 @@ def test_an_incomplete_class_is_refused_at_registration():
 
 # --- type names -----------------------------------------------------------------------------------
 
+
 def test_every_type_name_maps_to_exactly_one_class():
     assert len(TYPES) == len(set(TYPES))
     for cls in FILESYSTEMS:
@@ -90,8 +100,9 @@ def test_every_type_name_maps_to_exactly_one_class():
     assert lookup("ext3") == lookup("ext3") != lookup("ext4")  # bound to the name it was found as
 
 
-@pytest.mark.parametrize("name", [None, "", "raw", "swsuspend", "crypto_LUKS", "LVM2_member", "zfs_member",
-                                  "EXT4", "exfat"])
+@pytest.mark.parametrize(
+    "name", [None, "", "raw", "swsuspend", "crypto_LUKS", "LVM2_member", "zfs_member", "EXT4", "exfat"]
+)
 def test_unknown_types_have_no_class(name):
     assert lookup(name) is None
 
@@ -114,8 +125,11 @@ def test_the_fat_names_agree_everywhere():
 def test_no_per_filesystem_decisions_outside_the_classes():
     """Collections, dict keys and comparisons with a filesystem type name, outside
     rescue/filesystems: a decision the class should make (see LEFT_OUTSIDE)."""
-    found = {where: words for where, words in _type_literals(ALL_WORDS).items()
-             if not where.startswith("rescue/filesystems/")}
+    found = {
+        where: words
+        for where, words in _type_literals(ALL_WORDS).items()
+        if not where.startswith("rescue/filesystems/")
+    }
     stray = {where: words - LEFT_OUTSIDE.get(where, set()) for where, words in found.items()}
     assert {w: n for w, n in stray.items() if n} == {}
 
@@ -141,6 +155,7 @@ def _type_literals(words: set[str]) -> dict[str, set[str]]:
 
 # --- what callers rely on ---------------------------------------------------------------------------
 
+
 def test_identify_an_unformatted_area(tmp_path):
     blank = tmp_path / "blank.img"
     blank.write_bytes(bytes(MiB))
@@ -156,8 +171,11 @@ def test_refusals_before_anything_is_touched():
         shrink_plan_check("xfs", None, 200 * MiB, current_size=384 * MiB)
     with pytest.raises(FilesystemError, match=r"cannot resize btrfs to 200.0 MiB: .* no less than 256.0 MiB"):
         lookup("btrfs").shrink_check(None, 200 * MiB)
-    with pytest.raises(FilesystemError, match=rf"cannot shrink ext3 to 40.0 MiB \({40 * MiB} bytes\): it needs "
-                                              rf"at least 60.0 MiB \({60 * MiB} bytes\)"):
+    with pytest.raises(
+        FilesystemError,
+        match=rf"cannot shrink ext3 to 40.0 MiB \({40 * MiB} bytes\): it needs "
+        rf"at least 60.0 MiB \({60 * MiB} bytes\)",
+    ):
         lookup("ext3").shrink_check(60 * MiB, 40 * MiB)
     lookup("ext4").shrink_check(None, 40 * MiB)  # minimum unknown: the resize itself decides
     with pytest.raises(FilesystemError, match="cannot resize a zfs_member filesystem: no resize method"):
@@ -170,9 +188,11 @@ def test_refusals_before_anything_is_touched():
 def test_one_dumpe2fs_parser_reads_the_superblock_alone():
     """`dumpe2fs -h` (resize, the bad-block lookup) and full dumpe2fs (the map) go through the
     same parser."""
-    header = ("Filesystem volume name:   root\nFilesystem UUID:          0b5e2a3c-93c4-4f7e-a1d2-5c6b7a8f9e01\n"
-              "Filesystem features:      has_journal extent 64bit\nBlock count:              65536\n"
-              "Free blocks:              1000\nFirst inode:              11\nBlock size:               4096\n")
+    header = (
+        "Filesystem volume name:   root\nFilesystem UUID:          0b5e2a3c-93c4-4f7e-a1d2-5c6b7a8f9e01\n"
+        "Filesystem features:      has_journal extent 64bit\nBlock count:              65536\n"
+        "Free blocks:              1000\nFirst inode:              11\nBlock size:               4096\n"
+    )
     d = parse_dumpe2fs(header, groups=False)
     assert (d.block_count, d.block_size, d.first_inode, d.label) == (65536, 4096, 11, "root")
     assert d.free == []

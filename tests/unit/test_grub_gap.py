@@ -20,14 +20,17 @@ def _drive(tmp_path, first_sector: int, core_sectors: int = 100):
     path.write_bytes(b"")
     with open(path, "r+b") as f:
         f.truncate(64 * MiB)
-    subprocess.run(["sfdisk", "--quiet", str(path)], check=True,
-                   input=f"label: dos\nstart={first_sector}, size=40000, type=83\n".encode())
+    subprocess.run(
+        ["sfdisk", "--quiet", str(path)],
+        check=True,
+        input=f"label: dos\nstart={first_sector}, size=40000, type=83\n".encode(),
+    )
     mbr = bytearray(open(path, "rb").read(512))
     mbr[0x180:0x185] = b"GRUB "  # boot.img's message text
-    mbr[BOOT_IMG_CORE_LBA:BOOT_IMG_CORE_LBA + 8] = (1).to_bytes(8, "little")
+    mbr[BOOT_IMG_CORE_LBA : BOOT_IMG_CORE_LBA + 8] = (1).to_bytes(8, "little")
     diskboot = bytearray(512)  # core.img's first sector: one blocklist entry, the rest of core.img
-    diskboot[DISKBOOT_BLOCKLIST:DISKBOOT_BLOCKLIST + 8] = (2).to_bytes(8, "little")
-    diskboot[DISKBOOT_BLOCKLIST + 8:DISKBOOT_BLOCKLIST + 10] = core_sectors.to_bytes(2, "little")
+    diskboot[DISKBOOT_BLOCKLIST : DISKBOOT_BLOCKLIST + 8] = (2).to_bytes(8, "little")
+    diskboot[DISKBOOT_BLOCKLIST + 8 : DISKBOOT_BLOCKLIST + 10] = core_sectors.to_bytes(2, "little")
     with open(path, "r+b") as f:
         f.write(mbr)
         f.seek(512)

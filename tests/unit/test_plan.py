@@ -10,12 +10,22 @@ from dataclasses import asdict
 
 import pytest
 
-from rescue.planview import layout_text
 from rescue.errors import UsageError
 from rescue.model.layout import DiskLayout, Partition
-from rescue.model.plan import (ESP_GUID, MSR_GUID, SWAP_GUID, WINRE_GUID, BIOS_BOOT_GUID,
-                               LayoutPlan, PartFacts, _share, fixed_role, plan_layout,
-                               resize_margin)
+from rescue.model.plan import (
+    BIOS_BOOT_GUID,
+    ESP_GUID,
+    MSR_GUID,
+    SWAP_GUID,
+    WINRE_GUID,
+    LayoutPlan,
+    PartFacts,
+    _share,
+    fixed_role,
+    plan_layout,
+    resize_margin,
+)
+from rescue.planview import layout_text
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
@@ -35,8 +45,10 @@ def gpt4(swap_last: bool = True) -> DiskLayout:
         part(2, 257, 2048, type_guid=LINUX, name="root", uuid="u2"),
     ]
     if swap_last:
-        parts += [part(3, 2305, 1278, type_guid=LINUX, name="home", uuid="u3"),
-                  part(4, 3583, 512, type_guid=SWAP_GUID, name="swap", uuid="u4")]
+        parts += [
+            part(3, 2305, 1278, type_guid=LINUX, name="home", uuid="u3"),
+            part(4, 3583, 512, type_guid=SWAP_GUID, name="swap", uuid="u4"),
+        ]
     else:
         last_lba = 4 * GiB // 512 - 34
         parts.append(Partition(3, 2305 * 2048, last_lba, type_guid=LINUX, name="home", uuid="u3"))
@@ -44,31 +56,40 @@ def gpt4(swap_last: bool = True) -> DiskLayout:
 
 
 def gpt4_facts(home_fs: str = "ext4") -> dict[int, PartFacts]:
-    home = (PartFacts("xfs", None, False, True) if home_fs == "xfs"
-            else PartFacts("ext4", 300 * MiB, True, True))
-    return {1: PartFacts("vfat", 40 * MiB, True, True),
-            2: PartFacts("ext4", 800 * MiB, True, True),
-            3: home,
-            4: PartFacts("swap", 40 * KiB, True, True)}
+    home = PartFacts("xfs", None, False, True) if home_fs == "xfs" else PartFacts("ext4", 300 * MiB, True, True)
+    return {
+        1: PartFacts("vfat", 40 * MiB, True, True),
+        2: PartFacts("ext4", 800 * MiB, True, True),
+        3: home,
+        4: PartFacts("swap", 40 * KiB, True, True),
+    }
 
 
 def mbr4() -> DiskLayout:
     """4 GiB MBR: /boot primary (active), extended holding root, swap, home as logicals,
     each logical 1 MiB after the previous one (room for its EBR), as fdisk lays them out."""
-    return DiskLayout("msdos", 512, 4 * GiB, "0x1234abcd", [
-        part(1, 1, 512, mbr_type=0x83, flags=["boot"], bootable=True),
-        part(2, 513, 3583, mbr_type=0x05, kind="extended"),
-        part(5, 514, 2048, mbr_type=0x83, kind="logical"),
-        part(6, 2563, 512, mbr_type=0x82, kind="logical"),
-        part(7, 3076, 1020, mbr_type=0x83, kind="logical"),
-    ])
+    return DiskLayout(
+        "msdos",
+        512,
+        4 * GiB,
+        "0x1234abcd",
+        [
+            part(1, 1, 512, mbr_type=0x83, flags=["boot"], bootable=True),
+            part(2, 513, 3583, mbr_type=0x05, kind="extended"),
+            part(5, 514, 2048, mbr_type=0x83, kind="logical"),
+            part(6, 2563, 512, mbr_type=0x82, kind="logical"),
+            part(7, 3076, 1020, mbr_type=0x83, kind="logical"),
+        ],
+    )
 
 
 def mbr4_facts() -> dict[int, PartFacts]:
-    return {1: PartFacts("ext4", 100 * MiB, True, True),
-            5: PartFacts("ext4", 800 * MiB, True, True),
-            6: PartFacts("swap", 40 * KiB, True, True),
-            7: PartFacts("ext4", 200 * MiB, True, True)}
+    return {
+        1: PartFacts("ext4", 100 * MiB, True, True),
+        5: PartFacts("ext4", 800 * MiB, True, True),
+        6: PartFacts("swap", 40 * KiB, True, True),
+        7: PartFacts("ext4", 200 * MiB, True, True),
+    }
 
 
 IMAGES = {
@@ -101,9 +122,15 @@ def check(plan: LayoutPlan, image: DiskLayout, facts: dict[int, PartFacts]) -> N
     for m in plan.moves:
         p = next(p for p in lay.partitions if p.number == m.number)
         assert (m.new_start, m.new_size) == (p.offset(ss), p.size(ss))
-        assert m.action == ("grow" if m.new_size > m.old_size and m.new_size - m.old_size >= ss
-                            else "shrink" if m.new_size < m.old_size
-                            else "move" if m.new_start != m.old_start else "keep")
+        assert m.action == (
+            "grow"
+            if m.new_size > m.old_size and m.new_size - m.old_size >= ss
+            else "shrink"
+            if m.new_size < m.old_size
+            else "move"
+            if m.new_start != m.old_start
+            else "keep"
+        )
     if not plan.fits:
         assert plan.shortfall > 0
         return
@@ -111,8 +138,7 @@ def check(plan: LayoutPlan, image: DiskLayout, facts: dict[int, PartFacts]) -> N
     first, end = usable(image.table, plan.target_size, ss)
     data = sorted(lay.data_partitions(), key=lambda p: p.start)
     # image order kept
-    assert [p.number for p in data] == [p.number for p in sorted(image.data_partitions(),
-                                                                   key=lambda p: p.start)]
+    assert [p.number for p in data] == [p.number for p in sorted(image.data_partitions(), key=lambda p: p.start)]
     for p in lay.partitions:
         assert p.offset(ss) % MiB == 0, f"#{p.number} starts at {p.offset(ss)}"
         assert p.offset(ss) >= first and (p.end + 1) * ss <= end, f"#{p.number} outside usable"
@@ -151,18 +177,38 @@ CASES = [
     ("gpt-swap", "same", 3, False, KEEP4, [256, 2048, 1278, 512], [1, 257, 2305, 3583]),
     ("gpt-swap", "same", 4, True, KEEP4, [256, 2048, 1278, 512], [1, 257, 2305, 3583]),
     ("gpt-swap", "same", 8, True, KEEP4, [256, 2048, 1278, 512], [1, 257, 2305, 3583]),
-    ("gpt-swap", "proportional", 3, True, ("keep", "shrink", "shrink", "move"),
-     [256, 1417, 885, 512], [1, 257, 1674, 2559]),
+    (
+        "gpt-swap",
+        "proportional",
+        3,
+        True,
+        ("keep", "shrink", "shrink", "move"),
+        [256, 1417, 885, 512],
+        [1, 257, 1674, 2559],
+    ),
     ("gpt-swap", "proportional", 4, True, KEEP4, [256, 2048, 1278, 512], [1, 257, 2305, 3583]),
-    ("gpt-swap", "proportional", 8, True, ("keep", "grow", "grow", "move"),
-     [256, 4570, 2852, 512], [1, 257, 4827, 7679]),
+    (
+        "gpt-swap",
+        "proportional",
+        8,
+        True,
+        ("keep", "grow", "grow", "move"),
+        [256, 4570, 2852, 512],
+        [1, 257, 4827, 7679],
+    ),
     # home (last resizable) cannot give back 1 GiB above its minimum: root gives it back
-    ("gpt-swap", "grow-last", 3, True, ("keep", "shrink", "move", "move"),
-     [256, 1024, 1278, 512], [1, 257, 1281, 2559]),
+    (
+        "gpt-swap",
+        "grow-last",
+        3,
+        True,
+        ("keep", "shrink", "move", "move"),
+        [256, 1024, 1278, 512],
+        [1, 257, 1281, 2559],
+    ),
     ("gpt-swap", "grow-last", 4, True, KEEP4, [256, 2048, 1278, 512], [1, 257, 2305, 3583]),
     # swap is last: home grows, swap keeps its size and moves to the end
-    ("gpt-swap", "grow-last", 8, True, ("keep", "keep", "grow", "move"),
-     [256, 2048, 5374, 512], [1, 257, 2305, 7679]),
+    ("gpt-swap", "grow-last", 8, True, ("keep", "keep", "grow", "move"), [256, 2048, 5374, 512], [1, 257, 2305, 7679]),
     ("gpt-home-to-end", "same", 3, False, ("keep",) * 3, None, None),
     ("gpt-home-to-end", "same", 4, True, ("keep",) * 3, None, None),
     ("gpt-home-to-end", "same", 8, True, ("keep",) * 3, None, None),
@@ -174,17 +220,23 @@ CASES = [
     ("gpt-home-to-end", "grow-last", 4, True, ("keep",) * 3, None, None),
     ("gpt-home-to-end", "grow-last", 8, True, ("keep", "keep", "grow"), [256, 2048, 5886], None),
     # XFS never shrinks: root alone gives back what the target lacks
-    ("gpt-xfs-home", "proportional", 3, True, ("keep", "shrink", "move", "move"),
-     [256, 1024, 1278, 512], [1, 257, 1281, 2559]),
-    ("gpt-xfs-home", "proportional", 8, True, ("keep", "grow", "grow", "move"),
-     [256, 4570, 2852, 512], None),
-    ("gpt-xfs-home", "grow-last", 3, True, ("keep", "shrink", "move", "move"),
-     [256, 1024, 1278, 512], None),
+    (
+        "gpt-xfs-home",
+        "proportional",
+        3,
+        True,
+        ("keep", "shrink", "move", "move"),
+        [256, 1024, 1278, 512],
+        [1, 257, 1281, 2559],
+    ),
+    ("gpt-xfs-home", "proportional", 8, True, ("keep", "grow", "grow", "move"), [256, 4570, 2852, 512], None),
+    ("gpt-xfs-home", "grow-last", 3, True, ("keep", "shrink", "move", "move"), [256, 1024, 1278, 512], None),
 ]
 
 
-@pytest.mark.parametrize("name,policy,gib,fits,actions,sizes,starts", CASES,
-                         ids=[f"{c[0]}-{c[1]}-{c[2]}G" for c in CASES])
+@pytest.mark.parametrize(
+    "name,policy,gib,fits,actions,sizes,starts", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}G" for c in CASES]
+)
 def test_four_gib_image(name, policy, gib, fits, actions, sizes, starts):
     image_of, facts_of = IMAGES[name]
     image, facts = image_of(), facts_of()
@@ -219,19 +271,29 @@ MISFITS = [
     # ESP 256 + swap 512 fixed; root ≥ 800+64, XFS home ≥ 1278: 769 + 864 + 1278 = 2911 MiB
     ("gpt-xfs-home", "proportional", 2560 * MiB, 351 * MiB + TAIL_512, ["#4 (swap)"]),
     # root at its minimum (864) after 1 + 256; home at its minimum (364); swap 512
-    ("gpt-swap", "proportional", 1 * GiB, (1 + 256 + 864 + 364 + 512 - 1024) * MiB + TAIL_512,
-     ["#3 (home, ext4)", "#4 (swap)"]),
+    (
+        "gpt-swap",
+        "proportional",
+        1 * GiB,
+        (1 + 256 + 864 + 364 + 512 - 1024) * MiB + TAIL_512,
+        ["#3 (home, ext4)", "#4 (swap)"],
+    ),
     # grow-last: best candidate is root at 864 MiB, home and swap keep 1278 + 512
-    ("gpt-swap", "grow-last", 2 * GiB, (1 + 256 + 864 + 1278 + 512 - 2048) * MiB + TAIL_512,
-     ["#3 (home, ext4)", "#4 (swap)"]),
+    (
+        "gpt-swap",
+        "grow-last",
+        2 * GiB,
+        (1 + 256 + 864 + 1278 + 512 - 2048) * MiB + TAIL_512,
+        ["#3 (home, ext4)", "#4 (swap)"],
+    ),
     # MBR: boot 164 (100+64) from 1 MiB, EBR gaps before each logical, 864 + 512 + 264
-    ("mbr-logicals", "proportional", 1 * GiB, (1 + 164 + 1 + 864 + 1 + 512 + 1 + 264 - 1024) * MiB,
-     ["#6", "#7"]),
+    ("mbr-logicals", "proportional", 1 * GiB, (1 + 164 + 1 + 864 + 1 + 512 + 1 + 264 - 1024) * MiB, ["#6", "#7"]),
 ]
 
 
-@pytest.mark.parametrize("name,policy,target,shortfall,named", MISFITS,
-                         ids=[f"{m[0]}-{m[1]}-{m[2] // MiB}M" for m in MISFITS])
+@pytest.mark.parametrize(
+    "name,policy,target,shortfall,named", MISFITS, ids=[f"{m[0]}-{m[1]}-{m[2] // MiB}M" for m in MISFITS]
+)
 def test_cannot_fit(name, policy, target, shortfall, named):
     image_of, facts_of = IMAGES[name]
     image, facts = image_of(), facts_of()
@@ -249,10 +311,8 @@ def test_cannot_fit(name, policy, target, shortfall, named):
 
 def test_reason_reads_like_a_sentence():
     plan = plan_layout(gpt4(), gpt4_facts("xfs"), 2560 * MiB, 512, "proportional")
-    assert plan.reason == ("#4 (swap) does not fit: needs at least 2.9 GiB, target has "
-                           "2.5 GiB (short by 352 MiB)")
-    assert any("#3 (home, xfs) needs at least 1.3 GiB (XFS cannot shrink)" == n
-               for n in plan.notes), plan.notes
+    assert plan.reason == ("#4 (swap) does not fit: needs at least 2.9 GiB, target has 2.5 GiB (short by 352 MiB)")
+    assert any("#3 (home, xfs) needs at least 1.3 GiB (XFS cannot shrink)" == n for n in plan.notes), plan.notes
 
 
 @pytest.mark.parametrize("policy", ["same", "proportional", "grow-last"])
@@ -270,8 +330,7 @@ def test_tiny_targets_never_raise(name, policy, target):
 # ---- MBR --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy,gib", [(p, g) for p in ("same", "proportional", "grow-last")
-                                        for g in (3, 4, 8)])
+@pytest.mark.parametrize("policy,gib", [(p, g) for p in ("same", "proportional", "grow-last") for g in (3, 4, 8)])
 def test_mbr_logicals(policy, gib):
     image, facts = mbr4(), mbr4_facts()
     plan = plan_layout(image, facts, gib * GiB, 512, policy)
@@ -297,8 +356,7 @@ def test_mbr_grow_last_logical():
     plan = plan_layout(mbr4(), mbr4_facts(), 3 * GiB, 512, "grow-last")
     check(plan, mbr4(), mbr4_facts())
     # home (#7) would need to go below its minimum: root (#5) gives back the space
-    assert [(m.number, m.action) for m in plan.moves] == [
-        (1, "keep"), (5, "shrink"), (6, "move"), (7, "move")]
+    assert [(m.number, m.action) for m in plan.moves] == [(1, "keep"), (5, "shrink"), (6, "move"), (7, "move")]
     assert plan.moves[1].new_size == 1024 * MiB
 
 
@@ -331,8 +389,7 @@ def test_4kn_target(policy, gib):
     if plan.fits:
         assert max(p.end for p in plan.layout.partitions) <= n - 6
     # the same bytes as on a 512-byte target of the same size: both tails fit in the last MiB
-    assert [(m.new_start, m.new_size) for m in plan.moves] == \
-        [(m.new_start, m.new_size) for m in ref.moves]
+    assert [(m.new_start, m.new_size) for m in plan.moves] == [(m.new_start, m.new_size) for m in ref.moves]
     for p, q in zip(plan.layout.partitions, ref.layout.partitions):
         assert p.start * 8 == q.start and (p.end + 1) * 8 == q.end + 1
     assert any("4096-byte sectors" in n for n in plan.notes)
@@ -340,21 +397,32 @@ def test_4kn_target(policy, gib):
 
 
 def test_4kn_image_onto_512_target():
-    image = DiskLayout("gpt", 4096, 4 * GiB, None, [
-        part(1, 1, 256, ss=4096, type_guid=ESP_GUID), part(2, 257, 3000, ss=4096, type_guid=LINUX)])
+    image = DiskLayout(
+        "gpt",
+        4096,
+        4 * GiB,
+        None,
+        [part(1, 1, 256, ss=4096, type_guid=ESP_GUID), part(2, 257, 3000, ss=4096, type_guid=LINUX)],
+    )
     facts = {1: PartFacts("vfat", MiB, True, True), 2: PartFacts("ext4", GiB, True, True)}
     plan = plan_layout(image, facts, 4 * GiB, 512, "same")
     check(plan, image, facts)
-    assert [(p.start, p.end) for p in plan.layout.partitions] == [
-        (2048, 257 * 2048 - 1), (257 * 2048, 3257 * 2048 - 1)]
+    assert [(p.start, p.end) for p in plan.layout.partitions] == [(2048, 257 * 2048 - 1), (257 * 2048, 3257 * 2048 - 1)]
 
 
 def test_same_moves_a_start_the_target_cannot_hold():
     """An old GPT partition at LBA 34 (17 KiB) is no whole 4096-byte sector: it goes to
     1 MiB, the next one keeps its start."""
-    image = DiskLayout("gpt", 512, GiB, None, [
-        Partition(1, 34, 2047 * 2 + 33, type_guid=LINUX),  # 34 .. just under 2 MiB
-        part(2, 4, 100, type_guid=LINUX)])
+    image = DiskLayout(
+        "gpt",
+        512,
+        GiB,
+        None,
+        [
+            Partition(1, 34, 2047 * 2 + 33, type_guid=LINUX),  # 34 .. just under 2 MiB
+            part(2, 4, 100, type_guid=LINUX),
+        ],
+    )
     facts = {1: PartFacts("ext4", MiB, True, True), 2: PartFacts("ext4", MiB, True, True)}
     plan = plan_layout(image, facts, GiB, 4096, "same")
     check(plan, image, facts)
@@ -379,8 +447,7 @@ FIXED = [
     ("gpt", Partition(1, 2048, 4095, type_guid=SWAP_GUID), ANY, "swap"),
     ("msdos", Partition(1, 2048, 4095, mbr_type=0x82), ANY, "swap"),
     ("msdos", Partition(1, 2048, 4095, mbr_type=0x83), None, "unknown"),
-    ("msdos", Partition(1, 2048, 4095, mbr_type=0x83), PartFacts("zfs_member"),
-     "cannot be resized"),
+    ("msdos", Partition(1, 2048, 4095, mbr_type=0x83), PartFacts("zfs_member"), "cannot be resized"),
 ]
 
 
@@ -389,18 +456,22 @@ def test_fixed_roles(table, p, facts, role):
     assert role in fixed_role(p, table, facts)
 
 
-@pytest.mark.parametrize("table,p", [
-    ("gpt", Partition(1, 2048, 4095, type_guid=LINUX)),
-    ("msdos", Partition(1, 2048, 4095, mbr_type=0x83, flags=["boot"], bootable=True)),
-    ("msdos", Partition(1, 2048, 4095, mbr_type=0x07)),
-])
+@pytest.mark.parametrize(
+    "table,p",
+    [
+        ("gpt", Partition(1, 2048, 4095, type_guid=LINUX)),
+        ("msdos", Partition(1, 2048, 4095, mbr_type=0x83, flags=["boot"], bootable=True)),
+        ("msdos", Partition(1, 2048, 4095, mbr_type=0x07)),
+    ],
+)
 def test_resizable_roles(table, p):
     assert fixed_role(p, table, ANY) is None
 
 
 @pytest.mark.parametrize("policy", ["proportional", "grow-last"])
-@pytest.mark.parametrize("facts3", [None, PartFacts("ext4", None, True, True),
-                                    PartFacts("ntfs", 100 * MiB, False, False)])
+@pytest.mark.parametrize(
+    "facts3", [None, PartFacts("ext4", None, True, True), PartFacts("ntfs", 100 * MiB, False, False)]
+)
 def test_unknown_or_unshrinkable_home_never_shrinks(policy, facts3):
     """No facts, an unknown minimum, or facts that forbid resizing: the partition keeps at
     least its size (it may grow only when the facts say so)."""
@@ -471,12 +542,10 @@ def random_case(seed: int):
             kw = {"type_guid": SWAP_GUID} if table == "gpt" else {"mbr_type": 0x82}
         else:
             kw = {"type_guid": LINUX} if table == "gpt" else {"mbr_type": 0x83}
-        parts.append(Partition(n, cur * per, (cur + size) * per - 1,
-                               kind="logical" if logical else "primary", **kw))
+        parts.append(Partition(n, cur * per, (cur + size) * per - 1, kind="logical" if logical else "primary", **kw))
         fs = rnd.choice(["ext4", "xfs", "ntfs", None, "btrfs"])
         if fs is not None:
-            facts[n] = PartFacts(fs, rnd.choice([None, size * MiB // 4, size * MiB // 2]),
-                                 fs != "xfs", True)
+            facts[n] = PartFacts(fs, rnd.choice([None, size * MiB // 4, size * MiB // 2]), fs != "xfs", True)
         cur += size
     if ext is not None:
         ext.end = cur * per - 1

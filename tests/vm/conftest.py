@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from qemu import qemu_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,5 +40,3 @@ def iso() -> Path:
         subprocess.run(["make", "iso"], cwd=ROOT, check=True)
     assert path.exists(), f"make iso did not produce {path}"
     return path
-
-

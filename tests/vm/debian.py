@@ -55,9 +55,9 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 MiB = 1 << 20
 SECTOR = 512
@@ -241,7 +241,7 @@ def _safe_rmtree(path: Path) -> None:
 
 
 def _umount(mnt: Path | str) -> None:
-    for attempt in range(10):
+    for _attempt in range(10):
         proc = subprocess.run(["umount", str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if proc.returncode == 0:
             return
@@ -271,7 +271,7 @@ class _Mounts:
         if errors:
             raise BuildError("; ".join(errors))
 
-    def __enter__(self) -> "_Mounts":
+    def __enter__(self) -> _Mounts:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -490,7 +490,7 @@ class DebianDrive:
         return json.dumps(data, indent=1)
 
     @classmethod
-    def from_json(cls, text: str, path: Path) -> "DebianDrive":
+    def from_json(cls, text: str, path: Path) -> DebianDrive:
         data = json.loads(text)
         data["path"] = Path(path)
         data["partitions"] = [Partition(**p) for p in data["partitions"]]
@@ -747,7 +747,7 @@ def _write_bulk(root_tree: Path, data_mib: int, seed: int) -> list[Path]:
         kind = kinds[i % len(kinds)]
         path = bulk / f"{kind}-{i:04}.{kind}"
         with open(path, "wb") as f:
-            for j in range(n):
+            for _ in range(n):
                 what = kind if kind != "img" else ("bin", "log", "zero", "bin", "log")[rnd.randrange(5)]
                 f.write(rnd.randbytes(MiB) if what == "bin" else text.mib() if what == "log" else bytes(MiB))
         paths.append(path)
@@ -824,7 +824,7 @@ def _check_grub_cfg(cfg: str, drive: DebianDrive) -> None:
         problems.append("no 'set timeout=1'")
     if "serial --unit=0 --speed=115200" not in cfg or not re.search(r"terminal_output.*serial", cfg):
         problems.append("no serial terminal")
-    if f"search --no-floppy --fs-uuid --set=root" not in cfg or drive.root_uuid not in cfg:
+    if "search --no-floppy --fs-uuid --set=root" not in cfg or drive.root_uuid not in cfg:
         problems.append("no search by the root's fs UUID")
     if problems:
         raise BuildError("grub.cfg made by update-grub: " + "; ".join(problems))

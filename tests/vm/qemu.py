@@ -113,15 +113,24 @@ class VM:
             boot = "cdrom" if cdrom else "usb" if usb else (disks[0].serial if disks else None)
         args = [
             "qemu-system-x86_64",
-            "-machine", "q35,accel=tcg",
-            "-m", str(memory_mb),
-            "-smp", str(cpus),
-            "-display", "none",
-            "-vga", "std",
-            "-monitor", "none",
-            "-chardev", "stdio,id=serial0,signal=off",
-            "-serial", "chardev:serial0",
-            "-nic", "none",
+            "-machine",
+            "q35,accel=tcg",
+            "-m",
+            str(memory_mb),
+            "-smp",
+            str(cpus),
+            "-display",
+            "none",
+            "-vga",
+            "std",
+            "-monitor",
+            "none",
+            "-chardev",
+            "stdio,id=serial0,signal=off",
+            "-serial",
+            "chardev:serial0",
+            "-nic",
+            "none",
         ]
         if no_reboot:
             args.append("-no-reboot")
@@ -129,8 +138,10 @@ class VM:
             vars_copy = self.workdir / f"{self.name}-OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_copy)
             args += [
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]
 
         def bootindex(what: str) -> str:
@@ -138,32 +149,40 @@ class VM:
 
         if cdrom:
             args += [
-                "-drive", f"file={cdrom},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
-                "-device", f"ide-cd,drive=cd0{bootindex('cdrom')}",
+                "-drive",
+                f"file={cdrom},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
+                "-device",
+                f"ide-cd,drive=cd0{bootindex('cdrom')}",
             ]
         if usb:
             args += [
-                "-device", "qemu-xhci,id=xhci",
-                "-drive", f"file={usb},if=none,id=stick,format=raw,snapshot=on",
-                "-device", f"usb-storage,bus=xhci.0,drive=stick,removable=on{bootindex('usb')}",
+                "-device",
+                "qemu-xhci,id=xhci",
+                "-drive",
+                f"file={usb},if=none,id=stick,format=raw,snapshot=on",
+                "-device",
+                f"usb-storage,bus=xhci.0,drive=stick,removable=on{bootindex('usb')}",
             ]
         for n, disk in enumerate(disks):
             ro = ",readonly=on" if disk.readonly else ""
             args += [
-                "-drive", f"file={disk.path},if=none,id=d{n},format=raw{ro}",
-                "-device", f"virtio-blk-pci,drive=d{n},serial={disk.serial}{bootindex(disk.serial)}",
+                "-drive",
+                f"file={disk.path},if=none,id=d{n},format=raw{ro}",
+                "-device",
+                f"virtio-blk-pci,drive=d{n},serial={disk.serial}{bootindex(disk.serial)}",
             ]
         return args
 
     # -- lifetime -------------------------------------------------------------------------
 
-    def start(self) -> "VM":
+    def start(self) -> VM:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self._say("starting: " + " ".join(self.args))
         self.started = time.monotonic()
-        self.child = pexpect.spawn(self.args[0], self.args[1:], timeout=BOOT_TIMEOUT,
-                                   maxread=65536, searchwindowsize=None, echo=False)
+        self.child = pexpect.spawn(
+            self.args[0], self.args[1:], timeout=BOOT_TIMEOUT, maxread=65536, searchwindowsize=None, echo=False
+        )
         self.child.logfile_read = self._log
         return self
 
@@ -177,7 +196,7 @@ class VM:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "VM":
+    def __enter__(self) -> VM:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -256,7 +275,8 @@ class VM:
             self._log.flush()
         tail = self.log_path.read_bytes()[-3000:] if self.log_path.exists() else b""
         clean = re.sub(_CONTROL.encode(), b"", tail).decode("utf-8", "replace")
-        return f"{self.name}: {message} ({self.elapsed:.0f}s after power-on; log {self.log_path})\n--- last serial output ---\n{clean}"
+        where = f"({self.elapsed:.0f}s after power-on; log {self.log_path})"
+        return f"{self.name}: {message} {where}\n--- last serial output ---\n{clean}"
 
 
 def qemu_available() -> bool:

@@ -42,9 +42,9 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -75,10 +75,9 @@ class BuildError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, input: bytes | None = None, cwd: str | Path | None = None) -> str:
-    proc = subprocess.run(list(map(str, argv)), input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          cwd=cwd)
+    proc = subprocess.run(list(map(str, argv)), input=input, capture_output=True, cwd=cwd)
     if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines() or ["exit status %d" % proc.returncode]
+        err = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
         raise BuildError(f"{argv[0]} failed: {err[-1]}")
     return proc.stdout.decode(errors="replace")
 
@@ -86,14 +85,15 @@ def _run(argv: Sequence[str], *, input: bytes | None = None, cwd: str | Path | N
 # ---------------------------------------------------------------------------------------------
 # Layout (pure)
 
+
 @dataclass
 class Part:
     number: int
-    start: int          # sectors
+    start: int  # sectors
     sectors: int
-    type: str           # GPT type GUID or MBR type byte as hex ("83")
+    type: str  # GPT type GUID or MBR type byte as hex ("83")
     name: str = ""
-    role: str = ""      # bios_boot, esp, root, swap
+    role: str = ""  # bios_boot, esp, root, swap
     bootable: bool = False
 
     @property
@@ -155,6 +155,7 @@ def sfdisk_script(parts: list[Part], table: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Cache: a Debian kernel and a few of its modules
 
+
 @contextlib.contextmanager
 def _cache_lock(cache: Path) -> Iterator[None]:
     """Two test processes building at once share one download."""
@@ -171,7 +172,7 @@ def _cache_lock(cache: Path) -> Iterator[None]:
 class Kernel:
     version: str
     vmlinuz: Path
-    modules: list[Path]   # in load order
+    modules: list[Path]  # in load order
 
 
 def _kernel_package() -> str:
@@ -257,7 +258,7 @@ def kernel(cache: Path = CACHE) -> Kernel:
         tmp = Path(tempfile.mkdtemp(prefix="kernel-", dir=cache))
         try:
             deb = _kernel_deb(tmp)
-            version = deb.name.split("_")[0][len("linux-image-"):]
+            version = deb.name.split("_")[0][len("linux-image-") :]
             tar = tmp / "data.tar"
             with open(tar, "wb") as f:
                 proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], stdout=f, stderr=subprocess.PIPE)
@@ -276,8 +277,9 @@ def kernel(cache: Path = CACHE) -> Kernel:
             for m in order:
                 shutil.move(str(m), mods / m.name)
                 names.append(f"modules/{m.name}")
-            info.write_text(json.dumps({"version": version, "package": deb.name,
-                                        "vmlinuz": "vmlinuz", "modules": names}, indent=1))
+            info.write_text(
+                json.dumps({"version": version, "package": deb.name, "vmlinuz": "vmlinuz", "modules": names}, indent=1)
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return kernel(cache)
@@ -330,8 +332,21 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
 
     for ino, (name, mode, data, (major, minor)) in enumerate(entries + [("TRAILER!!!", 0, b"", (0, 0))], 1):
         raw = name.encode() + b"\0"
-        fields = [ino if name != "TRAILER!!!" else 0, mode, 0, 0, 2 if mode & 0o040000 else 1, 0, len(data),
-                  0, 0, major, minor, len(raw), 0]
+        fields = [
+            ino if name != "TRAILER!!!" else 0,
+            mode,
+            0,
+            0,
+            2 if mode & 0o040000 else 1,
+            0,
+            len(data),
+            0,
+            0,
+            major,
+            minor,
+            len(raw),
+            0,
+        ]
         out += b"070701" + b"".join(b"%08X" % f for f in fields) + raw
         pad()
         out += data
@@ -343,7 +358,7 @@ def _has_interpreter(elf: bytes) -> bool:
     """True for a dynamically linked ELF64 (it has a PT_INTERP program header)."""
     phoff = int.from_bytes(elf[0x20:0x28], "little")
     size, count = int.from_bytes(elf[0x36:0x38], "little"), int.from_bytes(elf[0x38:0x3A], "little")
-    return any(int.from_bytes(elf[phoff + i * size:phoff + i * size + 4], "little") == 3 for i in range(count))
+    return any(int.from_bytes(elf[phoff + i * size : phoff + i * size + 4], "little") == 3 for i in range(count))
 
 
 def initramfs(k: Kernel, marker: str = MARKER, cache: Path = CACHE) -> Path:
@@ -366,13 +381,20 @@ def initramfs(k: Kernel, marker: str = MARKER, cache: Path = CACHE) -> Path:
 
 
 def _write_initramfs(path: Path, init: bytes, bb: bytes, k: Kernel) -> None:
-    busybox = Path("/bin/busybox")   # static: the initramfs has no libc
+    busybox = Path("/bin/busybox")  # static: the initramfs has no libc
     d, f, x, link = 0o040755, 0o100644, 0o100755, 0o120777
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
-        ("bin", d, b"", (0, 0)), ("dev", d, b"", (0, 0)), ("proc", d, b"", (0, 0)), ("sys", d, b"", (0, 0)),
-        ("root", d, b"", (0, 0)), ("lib", d, b"", (0, 0)), ("lib/modules", d, b"", (0, 0)),
-        ("dev/console", 0o020600, b"", (5, 1)), ("dev/null", 0o020666, b"", (1, 3)),
-        ("bin/busybox", x, bb, (0, 0)), ("init", x, init, (0, 0)),
+        ("bin", d, b"", (0, 0)),
+        ("dev", d, b"", (0, 0)),
+        ("proc", d, b"", (0, 0)),
+        ("sys", d, b"", (0, 0)),
+        ("root", d, b"", (0, 0)),
+        ("lib", d, b"", (0, 0)),
+        ("lib/modules", d, b"", (0, 0)),
+        ("dev/console", 0o020600, b"", (5, 1)),
+        ("dev/null", 0o020666, b"", (1, 3)),
+        ("bin/busybox", x, bb, (0, 0)),
+        ("init", x, init, (0, 0)),
         ("modules", f, "".join(m.name + "\n" for m in k.modules).encode(), (0, 0)),
     ]
     applets = _run([busybox, "--list"]).split()
@@ -388,6 +410,7 @@ def _write_initramfs(path: Path, init: bytes, bb: bytes, k: Kernel) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # GRUB
+
 
 def _early_config(root_uuid: str) -> str:
     return f"search.fs_uuid {root_uuid} root\nset prefix=($root)/boot/grub\n"
@@ -413,8 +436,7 @@ def _grub_image(target: str, out: Path, root_uuid: str, prefix: str, modules: Se
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as cfg:
         cfg.write(_early_config(root_uuid))
         cfg.flush()
-        _run(["grub-mkimage", "-O", target, "-d", GRUB_LIB / target,
-              "-o", out, "-p", prefix, "-c", cfg.name, *modules])
+        _run(["grub-mkimage", "-O", target, "-d", GRUB_LIB / target, "-o", out, "-p", prefix, "-c", cfg.name, *modules])
 
 
 def install_grub_bios(img: Path, parts: list[Part], table: str, root_uuid: str, work: Path) -> None:
@@ -430,19 +452,18 @@ def install_grub_bios(img: Path, parts: list[Part], table: str, root_uuid: str, 
         core_at, room = 1, parts[0].start - 1
         prefix = f"(hd0,msdos{next(p for p in parts if p.role == 'root').number})/boot/grub"
     core = work / "core.img"
-    _grub_image("i386-pc", core, root_uuid, prefix,
-                ["biosdisk", "part_gpt", "part_msdos", "ext2", "search_fs_uuid"])
+    _grub_image("i386-pc", core, root_uuid, prefix, ["biosdisk", "part_gpt", "part_msdos", "ext2", "search_fs_uuid"])
     data = bytearray(core.read_bytes())
     if len(data) > room * SECTOR:
         raise BuildError(f"GRUB core.img is {len(data)} bytes; only {room * SECTOR} fit")
     # diskboot.img (core.img's first sector) ends with a blocklist: start sector of the rest.
     data[500:508] = (core_at + 1).to_bytes(8, "little")
     boot = bytearray((lib / "boot.img").read_bytes())
-    boot[0x5C:0x64] = core_at.to_bytes(8, "little")    # where boot.img finds core.img
-    boot[0x66:0x68] = b"\x90\x90"                       # hard disk: trust the BIOS drive number
+    boot[0x5C:0x64] = core_at.to_bytes(8, "little")  # where boot.img finds core.img
+    boot[0x66:0x68] = b"\x90\x90"  # hard disk: trust the BIOS drive number
     with open(img, "r+b") as f:
         mbr = bytearray(f.read(SECTOR))
-        mbr[:440] = boot[:440]                          # keep disk id and partition table
+        mbr[:440] = boot[:440]  # keep disk id and partition table
         f.seek(0)
         f.write(mbr)
         f.seek(core_at * SECTOR)
@@ -451,8 +472,13 @@ def install_grub_bios(img: Path, parts: list[Part], table: str, root_uuid: str, 
 
 def grub_efi_image(out: Path, root_uuid: str, root_number: int, table: str) -> None:
     part = "gpt" if table == "gpt" else "msdos"
-    _grub_image("x86_64-efi", out, root_uuid, f"(hd0,{part}{root_number})/boot/grub",
-                ["part_gpt", "part_msdos", "ext2", "fat", "search_fs_uuid"])
+    _grub_image(
+        "x86_64-efi",
+        out,
+        root_uuid,
+        f"(hd0,{part}{root_number})/boot/grub",
+        ["part_gpt", "part_msdos", "ext2", "fat", "search_fs_uuid"],
+    )
 
 
 def _copy_grub_modules(boot_grub: Path) -> None:
@@ -467,21 +493,22 @@ def _copy_grub_modules(boot_grub: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # The drive
 
+
 @dataclass
 class SystemDrive:
     path: str
     size: int
     table: str
     marker: str
-    expect: str                  # the whole line a good boot prints
-    disk_id: str                 # GPT disk GUID or MBR identifier, as sfdisk prints it
+    expect: str  # the whole line a good boot prints
+    disk_id: str  # GPT disk GUID or MBR identifier, as sfdisk prints it
     root_uuid: str
     esp_uuid: str
     swap_uuid: str | None
     root_label: str
     kernel_version: str
     partitions: list[dict] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)   # root-relative path → sha256
+    files: dict[str, str] = field(default_factory=dict)  # root-relative path → sha256
 
 
 def _content(root: Path, seed: int) -> None:
@@ -513,8 +540,16 @@ def _vfat_id(rnd: random.Random) -> tuple[str, str]:
     return f"{n:08X}", f"{n >> 16:04X}-{n & 0xFFFF:04X}"
 
 
-def build_system_drive(path: str | Path, size: int = GiB, table: str = "gpt", marker: str = MARKER,
-                       fs: str = "ext4", swap: bool = True, seed: int = 1, cache: Path = CACHE) -> dict:
+def build_system_drive(
+    path: str | Path,
+    size: int = GiB,
+    table: str = "gpt",
+    marker: str = MARKER,
+    fs: str = "ext4",
+    swap: bool = True,
+    seed: int = 1,
+    cache: Path = CACHE,
+) -> dict:
     """Write a bootable test drive image to `path` (created or overwritten, sparse) and
     return what a test checks after restoring it (SystemDrive as a dict)."""
     if fs != "ext4":
@@ -545,8 +580,7 @@ def build_system_drive(path: str | Path, size: int = GiB, table: str = "gpt", ma
         (root / "boot" / "grub" / "grub.cfg").write_text(grub_cfg(root_uuid))
         _copy_grub_modules(root / "boot" / "grub")
         _content(root, seed)
-        fstab = [f"UUID={root_uuid} / ext4 errors=remount-ro 0 1",
-                 f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1"]
+        fstab = [f"UUID={root_uuid} / ext4 errors=remount-ro 0 1", f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1"]
         if swap:
             fstab.append(f"UUID={swap_uuid} none swap sw 0 0")
         (root / "etc" / "fstab").write_text("\n".join(fstab) + "\n")
@@ -558,14 +592,48 @@ def build_system_drive(path: str | Path, size: int = GiB, table: str = "gpt", ma
                 files[rel] = _sha256(p)
         files["boot/grub/grub.cfg"] = _sha256(root / "boot" / "grub" / "grub.cfg")
         (root / "etc" / "sysdrive" / "SHA256SUMS").write_text(
-            "".join(f"{h}  {rel}\n" for rel, h in sorted(files.items())))
+            "".join(f"{h}  {rel}\n" for rel, h in sorted(files.items()))
+        )
 
-        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", label, "-U", root_uuid,
-              "-E", f"offset={root_part.offset},nodiscard", "-d", root, path, str(root_part.size // 4096)])
+        _run(
+            [
+                "mke2fs",
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-L",
+                label,
+                "-U",
+                root_uuid,
+                "-E",
+                f"offset={root_part.offset},nodiscard",
+                "-d",
+                root,
+                path,
+                str(root_part.size // 4096),
+            ]
+        )
 
         # ESP: FAT32 written at its offset, filled with mtools (no vfat driver here).
-        _run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", esp_id, f"--offset={esp_part.start}", path,
-              str(esp_part.size // 1024)])
+        _run(
+            [
+                "mkfs.fat",
+                "-F",
+                "32",
+                "-s",
+                "1",
+                "-n",
+                "ESP",
+                "-i",
+                esp_id,
+                f"--offset={esp_part.start}",
+                path,
+                str(esp_part.size // 1024),
+            ]
+        )
         efi = work / "BOOTX64.EFI"
         grub_efi_image(efi, root_uuid, root_part.number, table)
         fat = f"{path}@@{esp_part.offset}"
@@ -587,9 +655,21 @@ def build_system_drive(path: str | Path, size: int = GiB, table: str = "gpt", ma
             os.fsync(f.fileno())
 
     disk_id = json.loads(_run(["sfdisk", "--json", path]))["partitiontable"]["id"]
-    drive = SystemDrive(str(path), size, table, marker, f"{marker} root={root_uuid} files=ok", disk_id, root_uuid,
-                        esp_uuid, swap_uuid, label, k.version,
-                        [dict(asdict(p), offset=p.offset, size=p.size) for p in parts], files)
+    drive = SystemDrive(
+        str(path),
+        size,
+        table,
+        marker,
+        f"{marker} root={root_uuid} files=ok",
+        disk_id,
+        root_uuid,
+        esp_uuid,
+        swap_uuid,
+        label,
+        k.version,
+        [dict(asdict(p), offset=p.offset, size=p.size) for p in parts],
+        files,
+    )
     return asdict(drive)
 
 
@@ -603,10 +683,10 @@ FAILURES = ("Kernel panic - not syncing", "grub rescue>", "No bootable device", 
 class BootResult:
     found: bool
     seconds: float
-    exited: bool          # QEMU ended by itself (the init powers off after the marker)
-    reason: str           # "marker", a FAILURES text, "exited", or "timeout"
-    log: str              # the serial port
-    firmware_log: str = ""   # SeaBIOS's debug port ("Booting from Hard Disk..."); empty under OVMF
+    exited: bool  # QEMU ended by itself (the init powers off after the marker)
+    reason: str  # "marker", a FAILURES text, "exited", or "timeout"
+    log: str  # the serial port
+    firmware_log: str = ""  # SeaBIOS's debug port ("Booting from Hard Disk..."); empty under OVMF
 
     def tail(self, lines: int = 40) -> str:
         """The end of both logs, for an assertion message."""
@@ -614,19 +694,49 @@ class BootResult:
         return (f"[firmware]\n{fw}\n" if fw else "") + "[serial]\n" + "\n".join(self.log.splitlines()[-lines:])
 
 
-def qemu_argv(disk_images: Sequence[str | Path], firmware: str, serial_log: Path, work: Path,
-              bus: str = "virtio", memory: int = 512) -> list[str]:
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1", "-nic", "none",
-            "-display", "none", "-monitor", "none", "-serial", f"file:{serial_log}", "-no-reboot"]
+def qemu_argv(
+    disk_images: Sequence[str | Path],
+    firmware: str,
+    serial_log: Path,
+    work: Path,
+    bus: str = "virtio",
+    memory: int = 512,
+) -> list[str]:
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        str(memory),
+        "-smp",
+        "1",
+        "-nic",
+        "none",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{serial_log}",
+        "-no-reboot",
+    ]
     if firmware == "uefi":
         vars_copy = work / "OVMF_VARS.fd"
         shutil.copy(OVMF_VARS, vars_copy)
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ]
     elif firmware == "bios":
         # SeaBIOS says nothing on the serial port; its debug port tells where a boot stopped.
-        argv += ["-chardev", f"file,id=fwlog,path={work / 'firmware.log'}",
-                 "-device", "isa-debugcon,iobase=0x402,chardev=fwlog"]
+        argv += [
+            "-chardev",
+            f"file,id=fwlog,path={work / 'firmware.log'}",
+            "-device",
+            "isa-debugcon,iobase=0x402,chardev=fwlog",
+        ]
     else:
         raise ValueError(f"firmware must be bios or uefi, not {firmware!r}")
     for i, img in enumerate(disk_images):
@@ -640,8 +750,14 @@ def qemu_argv(disk_images: Sequence[str | Path], firmware: str, serial_log: Path
     return argv
 
 
-def boot_and_expect(disk_images: Sequence[str | Path], firmware: str = "bios", marker: str = MARKER,
-                    timeout: float = 300, bus: str = "virtio", failures: Sequence[str] = FAILURES) -> BootResult:
+def boot_and_expect(
+    disk_images: Sequence[str | Path],
+    firmware: str = "bios",
+    marker: str = MARKER,
+    timeout: float = 300,
+    bus: str = "virtio",
+    failures: Sequence[str] = FAILURES,
+) -> BootResult:
     """Boot the disks (the first one boots) and wait for `marker` on the serial port. Stops
     early on a known failure text or when QEMU exits; waits for the guest's power-off after
     the marker so the disks are not in use when this returns."""
@@ -650,8 +766,12 @@ def boot_and_expect(disk_images: Sequence[str | Path], firmware: str = "bios", m
         log = work / "serial.log"
         log.touch()
         start = time.monotonic()
-        proc = subprocess.Popen(qemu_argv(disk_images, firmware, log, work, bus), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            qemu_argv(disk_images, firmware, log, work, bus),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         reason = "timeout"
         found = False
         try:
@@ -682,11 +802,13 @@ def boot_and_expect(disk_images: Sequence[str | Path], firmware: str = "bios", m
         if out.strip():
             text += "\n[qemu] " + out
         fw = work / "firmware.log"
-        return BootResult(found, seconds, exited and found, reason, text,
-                          fw.read_text(errors="replace") if fw.exists() else "")
+        return BootResult(
+            found, seconds, exited and found, reason, text, fw.read_text(errors="replace") if fw.exists() else ""
+        )
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build the bootable test system drive image.")

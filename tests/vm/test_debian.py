@@ -5,13 +5,10 @@ are there — and a different line when /home is not."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
 from debian import MARKER, boot_and_expect, build_debian_drive, expected_line, missing_tools
 
 pytestmark = pytest.mark.vm
@@ -20,13 +17,13 @@ SECTOR = 512
 
 
 def sh(*argv: str | Path) -> str:
-    proc = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
     assert proc.returncode == 0, f"{argv} failed: {proc.stderr}{proc.stdout}"
     return proc.stdout
 
 
 def sh_bytes(*argv: str | Path) -> bytes:
-    proc = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run([str(a) for a in argv], capture_output=True)
     assert proc.returncode == 0, f"{argv} failed: {proc.stderr.decode(errors='replace')}"
     return proc.stdout
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-
 from debian import MIB_SECTORS, DebianDrive, boot_and_expect, build_debian_drive, missing_tools
-from disks import MiB, LoopRegistry, partition_table, rescue, sh
+from disks import LoopRegistry, MiB, partition_table, rescue, sh
 from qemu import VM, Disk
 from wizard import blank, clone_with_wizard, power_off, restore_with_wizard
 
@@ -43,15 +43,26 @@ def debian(tmp_path_factory):
     repo_img = work / "repo.img"
     with open(repo_img, "wb") as f:
         f.truncate(6 * 1024 * MiB)
-    partition_table(str(repo_img), "label: gpt\nstart=2048, name=\"images\"\n")
+    partition_table(str(repo_img), 'label: gpt\nstart=2048, name="images"\n')
     reg = LoopRegistry(work)
     try:
         part = reg.attach(repo_img, offset=MiB, size=6 * 1024 * MiB - 2 * MiB)
         sh("mkfs.ext4", "-q", "-L", "images", part)
         with reg.mounted(part) as mnt:
-            proc = subprocess.run([sys.executable, "-m", "rescue", "capture", str(drive.path),
-                                   str(mnt / "rescue-images"), "--name", "debian"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rescue",
+                    "capture",
+                    str(drive.path),
+                    str(mnt / "rescue-images"),
+                    "--name",
+                    "debian",
+                ],
+                capture_output=True,
+                text=True,
+            )
             assert proc.returncode == 0, proc.stderr
             print(proc.stdout, flush=True)
     finally:
@@ -78,15 +89,16 @@ def _boots_with_its_files(target: Path, drive: DebianDrive) -> None:
     root = next(p for p in drive.partitions if p.role == "root")
     parts = json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["partitions"]
     placed = next(p for p in parts if p["node"].endswith(str(root.number)))
-    reg = LoopRegistry(target.parent)
+    reg = LoopRegistry(Path(tempfile.mkdtemp(prefix="check-", dir=target.parent)))
     try:
         dev = reg.attach(target, offset=placed["start"] * 512, size=placed["size"] * 512, readonly=True)
         fsck = subprocess.run(["e2fsck", "-fn", dev], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert fsck.returncode == 0, fsck.stdout[-2000:]
         with reg.mounted(dev, "ext4", "ro,noload") as mnt:
             for path, digest in drive.bulk.items():
-                got = subprocess.run(["sha256sum", str(mnt) + path], stdout=subprocess.PIPE, text=True,
-                                     check=True).stdout.split()[0]
+                got = subprocess.run(
+                    ["sha256sum", str(mnt) + path], stdout=subprocess.PIPE, text=True, check=True
+                ).stdout.split()[0]
                 assert got == digest, f"{path} differs on the restored drive"
     finally:
         reg.cleanup()
@@ -127,8 +139,11 @@ def test_cli_restore_boots(debian, loops, size):
     verify = rescue("verify", str(repo), "debian", dev, check=True)
     assert "outside its partitions match the image" in verify.stdout
     loops.cleanup()  # detached before booting: nothing may linger in a loop's cache
-    assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
-    _boots_with_its_files(target, drive)
+    try:
+        assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
+        _boots_with_its_files(target, drive)
+    finally:
+        target.unlink()  # 3.8 GiB each: CI's disk is shared
 
 
 def test_wizard_restore_onto_a_smaller_drive_in_1_gib_of_ram_boots(iso, debian):
@@ -139,8 +154,11 @@ def test_wizard_restore_onto_a_smaller_drive_in_1_gib_of_ram_boots(iso, debian):
         name = restore_with_wizard(vm, image="debian", timeout=BIG_JOB_TIMEOUT)
         print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
         power_off(vm)
-    assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
-    _boots_with_its_files(target, drive)
+    try:
+        assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
+        _boots_with_its_files(target, drive)
+    finally:
+        target.unlink()  # 3.8 GiB each: CI's disk is shared
 
 
 def test_wizard_clone_onto_a_smaller_drive_in_1_gib_of_ram_boots(iso, debian):
@@ -151,5 +169,8 @@ def test_wizard_clone_onto_a_smaller_drive_in_1_gib_of_ram_boots(iso, debian):
         clone_with_wizard(vm, "SYSTEM01", timeout=BIG_JOB_TIMEOUT)
         print(f"[e2e] cloned at {vm.elapsed:.0f}s", flush=True)
         power_off(vm)
-    assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
-    _boots_with_its_files(target, drive)
+    try:
+        assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
+        _boots_with_its_files(target, drive)
+    finally:
+        target.unlink()  # 3.8 GiB each: CI's disk is shared

@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from disks import GiB, MiB, LoopRegistry, partition_table, rescue, sh
+from disks import GiB, LoopRegistry, MiB, partition_table, rescue, sh
 from qemu import VM, Disk, text_pattern
 from sysdrive import boot_and_expect, build_system_drive
 from wizard import blank, clone_with_wizard, power_off, restore_with_wizard
@@ -40,12 +39,24 @@ def drives(tmp_path_factory):
         info = build_system_drive(system, size=GiB, seed=11)
         _vendor_loader_only(info)
         repo_img = reg.file("repo.img", 768 * MiB)
-        partition_table(str(repo_img), "label: gpt\nstart=2048, name=\"images\"\n")
+        partition_table(str(repo_img), 'label: gpt\nstart=2048, name="images"\n')
         part = reg.attach(repo_img, offset=MiB, size=766 * MiB)
         sh("mkfs.ext4", "-q", "-L", "images", part)
         with reg.mounted(part) as mnt:
-            proc = subprocess.run([sys.executable, "-m", "rescue", "capture", str(system), str(mnt / "rescue-images"),
-                                   "--name", "workstation"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rescue",
+                    "capture",
+                    str(system),
+                    str(mnt / "rescue-images"),
+                    "--name",
+                    "workstation",
+                ],
+                capture_output=True,
+                text=True,
+            )
             assert proc.returncode == 0, proc.stderr
             print(proc.stdout, flush=True)
         reg.cleanup()
@@ -63,9 +74,12 @@ def _vendor_loader_only(info: dict) -> None:
     env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
     with tempfile.TemporaryDirectory() as tmp:
         loader = f"{tmp}/grubx64.efi"
-        for argv in (["mcopy", "-i", image, "::/EFI/BOOT/BOOTX64.EFI", loader], ["mmd", "-i", image, "::/EFI/debian"],
-                     ["mcopy", "-i", image, loader, "::/EFI/debian/grubx64.efi"],
-                     ["mdel", "-i", image, "::/EFI/BOOT/BOOTX64.EFI"]):
+        for argv in (
+            ["mcopy", "-i", image, "::/EFI/BOOT/BOOTX64.EFI", loader],
+            ["mmd", "-i", image, "::/EFI/debian"],
+            ["mcopy", "-i", image, loader, "::/EFI/debian/grubx64.efi"],
+            ["mdel", "-i", image, "::/EFI/BOOT/BOOTX64.EFI"],
+        ):
             subprocess.run(argv, check=True, env=env)
 
 
@@ -110,8 +124,11 @@ def _uuids(image: Path) -> set[str]:
     parts = json.loads(sh("sfdisk", "--json", str(image)))["partitiontable"]["partitions"]
     out = set()
     for p in parts:
-        probe = subprocess.run(["blkid", "-p", "-o", "export", "-O", str(p["start"] * 512), "-S",
-                                str(p["size"] * 512), str(image)], stdout=subprocess.PIPE, text=True).stdout
+        probe = subprocess.run(
+            ["blkid", "-p", "-o", "export", "-O", str(p["start"] * 512), "-S", str(p["size"] * 512), str(image)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout
         out |= {line.split("=", 1)[1] for line in probe.splitlines() if line.startswith("UUID=")}
     return out
 
@@ -139,8 +156,7 @@ def test_resized_restore_boots(captured_system, loops, size_mib, firmware):
     drive boots under BIOS and UEFI and its root still checks its own files."""
     repo, info = captured_system
     target = loops.file(f"resized-{size_mib}.img", size_mib * MiB)
-    proc = rescue("restore", str(repo), "system", loops.attach(target), "--yes", "--layout", "proportional",
-                  check=True)
+    proc = rescue("restore", str(repo), "system", loops.attach(target), "--yes", "--layout", "proportional", check=True)
     assert ("grow" if size_mib > 1024 else "shrink") in proc.stdout, proc.stdout
     loops.cleanup()  # detached before booting: no writes may linger in a loop's cache
     result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)

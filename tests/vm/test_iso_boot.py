@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from qemu import BOOT_TIMEOUT, VM
 
 pytestmark = pytest.mark.vm
@@ -19,9 +18,25 @@ WIZARD_TITLE = "rescue - disk imaging"
 MENU_ENTRY = "Start rescue"
 SHELL_PROMPT = re.compile(rb"root@[\w.-]+:[^\r\n]*# ")
 MENU_TIMEOUT = 180
-TOOLS = ("rescue", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "mkfs.fat", "mcopy", "ntfs-3g",
-         "ntfsclone", "parted", "sfdisk", "sgdisk", "zstd", "efibootmgr", "grub-install",
-         "partx", "losetup", "less")  # firmware + boot loader under TCG
+TOOLS = (
+    "rescue",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "mkfs.btrfs",
+    "mkfs.fat",
+    "mcopy",
+    "ntfs-3g",
+    "ntfsclone",
+    "parted",
+    "sfdisk",
+    "sgdisk",
+    "zstd",
+    "efibootmgr",
+    "grub-install",
+    "partx",
+    "losetup",
+    "less",
+)  # firmware + boot loader under TCG
 
 
 def test_iso_is_hybrid_and_small(iso):
@@ -60,11 +75,13 @@ def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):
         vm.expect(SHELL_PROMPT, timeout=60, what="root shell prompt")
         # What the wizard and a technician need is on the system ("+" keeps the markers out
         # of the echoed command line).
-        vm.sendline("python3 -c 'import parted, pyudev, urwid, zstandard, llfuse, rescue.cli;"
-                    " print(\"imports\" + \" ok\")'")
+        vm.sendline(
+            'python3 -c \'import parted, pyudev, urwid, zstandard, llfuse, rescue.cli; print("imports" + " ok")\''
+        )
         vm.expect_text("imports ok", timeout=60)
-        vm.sendline(f"for t in {' '.join(TOOLS)}; do command -v $t >/dev/null || echo missing: $t;"
-                    " done; echo tools\" checked\"")
+        vm.sendline(
+            f'for t in {" ".join(TOOLS)}; do command -v $t >/dev/null || echo missing: $t; done; echo tools" checked"'
+        )
         found = vm.expect(rb"((?:missing: \S+\s+)*)tools checked", timeout=30)
         assert found.group(1).split() == [], found.group(1).decode()
         vm.sendline("ps -t tty2 -o comm= | tr '\\n' ' '; echo '<- tty2'")

@@ -10,15 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from sysdrive import (BIOS_BOOT, ESP, LINUX_FS, LINUX_SWAP, GiB, MiB, boot_and_expect, build_system_drive,
-                      layout)
+from sysdrive import BIOS_BOOT, ESP, LINUX_FS, LINUX_SWAP, GiB, MiB, boot_and_expect, build_system_drive, layout
 
 BOOT_TIMEOUT = 300
 
 
 def sh(*argv: str) -> str:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 0, f"{argv} failed: {proc.stderr}"
     return proc.stdout
 
@@ -29,6 +27,7 @@ def blkid(dev: str) -> dict[str, str]:
 
 
 # -- layout (pure) ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("table", ["gpt", "msdos"])
 @pytest.mark.parametrize("size", [512 * MiB, GiB, 3 * GiB + 5 * MiB])
@@ -50,6 +49,7 @@ def test_layout_refuses_a_drive_too_small_for_a_system():
 
 
 # -- the built image (root: loop devices for fsck and mount) ----------------------------------
+
 
 @pytest.mark.root
 @pytest.mark.parametrize("table", ["gpt", "msdos"])
@@ -90,7 +90,7 @@ def test_built_drive_has_its_partitions_and_clean_filesystems(tmp_path, loops, t
         for rel, digest in info["files"].items():
             assert hashlib.sha256((mnt / rel).read_bytes()).hexdigest() == digest, rel
         assert {"boot/vmlinuz", "boot/initrd.img", "etc/fstab", "home/user/random.bin"} <= set(info["files"])
-        assert (mnt / "boot/vmlinuz").read_bytes()[0x202:0x206] == b"HdrS"   # a bzImage
+        assert (mnt / "boot/vmlinuz").read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage
         fstab = (mnt / "etc/fstab").read_text()
         for u in (info["root_uuid"], info["esp_uuid"], info["swap_uuid"]):
             assert f"UUID={u} " in fstab
@@ -122,9 +122,9 @@ def test_same_seed_builds_the_same_filesystems_and_another_seed_does_not(tmp_pat
 
 # -- booting it (vm: QEMU TCG) ----------------------------------------------------------------
 
+
 @pytest.mark.vm
-@pytest.mark.parametrize("table,firmware", [("gpt", "bios"), ("gpt", "uefi"), ("msdos", "bios"),
-                                            ("msdos", "uefi")])
+@pytest.mark.parametrize("table,firmware", [("gpt", "bios"), ("gpt", "uefi"), ("msdos", "bios"), ("msdos", "uefi")])
 def test_drive_boots_and_finds_its_files(tmp_path, table, firmware):
     info = build_system_drive(tmp_path / "sys.img", table=table)
     r = boot_and_expect([info["path"]], firmware, info["expect"], timeout=BOOT_TIMEOUT)
@@ -146,7 +146,7 @@ def test_a_changed_file_on_the_root_is_reported(tmp_path, loops):
     dev = loops.partition(info["path"], root["start"], root["sectors"])
     with loops.mounted(dev, "ext4") as mnt:
         (mnt / "home/user/notes.txt").write_text("not what was captured\n")
-    sh("losetup", "--detach", dev)   # detached before QEMU opens the image
+    sh("losetup", "--detach", dev)  # detached before QEMU opens the image
     loops.devices.remove(dev)
     line = f"{info['marker']} root={info['root_uuid']} files="
     r = boot_and_expect([info["path"]], "bios", line, timeout=BOOT_TIMEOUT)
