@@ -96,7 +96,7 @@ def execute(job: Job, actions: list[Action]) -> tuple[list[str], list[Action]]:
         except (RescueError, OSError) as e:
             if act.aborts:
                 if isinstance(e, RescueError):
-                    raise _partly_written(job, e, done) from None
+                    raise _partly_written(job, e) from None
                 raise
             warnings.append(f"the drive is written, but this step failed ({act.what}): {e}")
             job.log(f"WARNING: {warnings[-1]}")
@@ -106,10 +106,9 @@ def execute(job: Job, actions: list[Action]) -> tuple[list[str], list[Action]]:
     return warnings, done
 
 
-def _partly_written(job: Job, e: RescueError, done: list[Action]) -> RescueError:
-    if not done:
-        job.log(f"FAILED: {e}; nothing was written to {job.target}")
-        return e
+def _partly_written(job: Job, e: RescueError) -> RescueError:
+    """Every aborting action writes (a table commit can fail half-way too): once execution
+    started, the target is partly written, and the error says so."""
     job.log(f"FAILED: {e}; {job.target} is partly written")
     err = type(e)(f"{e}; {job.target} is partly written: restore onto it again before using it")
     err.exit_code = e.exit_code

@@ -58,6 +58,7 @@ class RestorePlan:
     actions: list[Action] = field(default_factory=list)  # exactly what executing it does, in order
     layout_plan: LayoutPlan | None = None  # the planner's answer, for renderers
     capture: CapturePlan | None = None  # a clone's reading plan of its source
+    target_sector_size: int = 0  # the target's logical sector size when planned
 
     def check(self) -> None:
         """Refuse a plan that cannot be carried out, before anything is written; and a plan
@@ -73,7 +74,7 @@ class RestorePlan:
         except RescueError:
             now = None
         was = self.current.to_dict() if self.current else None
-        if (size, sector_size) != (self.target_size, self.layout.sector_size) or (
+        if (size, sector_size) != (self.target_size, self.target_sector_size) or (
             now.to_dict() if now else None
         ) != was:
             raise RefusedError(
@@ -207,6 +208,7 @@ def plan_onto(
             whole,
             source_layout=image,
             actions=plan_actions(image, layout, whole, _labels(areas)),
+            target_sector_size=sector_size,
         )
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
@@ -233,6 +235,7 @@ def plan_onto(
         placements,
         list(lp.notes),
         source_layout=image,
+        target_sector_size=sector_size,
         layout_plan=lp,
     )
     plan.scratch = _scratch(areas, placements, scratch_dir)
