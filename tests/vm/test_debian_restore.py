@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from debian import MIB_SECTORS, DebianDrive, boot_and_expect, build_debian_drive, missing_tools
-from disks import LoopRegistry, MiB, partition_table, rescue, sh
+from disks import LoopRegistry, MiB, rescue, sh
 from qemu import VM, Disk
-from wizard import blank, clone_with_wizard, power_off, restore_with_wizard
+from wizard import blank, clone_with_wizard, power_off, repository_drive, restore_with_wizard
 
 pytestmark = pytest.mark.vm
 
 ROOT_MIB, DATA_MIB = 6144, 3 * 1024 + 128  # root holds > 3 GiB: three times the guest's RAM
 SMALLER_MIB = 6272  # the source is 6.75 GiB; root (resize2fs -P: 5.4 GiB + margin) shrinks from 6 GiB
+REPO_SIZE = 6 * 1024 * MiB
 BIG_JOB_TIMEOUT = 2400  # a 3.5 GiB restore or clone under TCG: verify, write, shrink
 
 
@@ -40,39 +40,12 @@ def debian(tmp_path_factory):
         pytest.skip(f"not installed: {', '.join(missing_tools())}")
     work = tmp_path_factory.mktemp("debian")
     drive = build_debian_drive(work / "system.img", root_mib=ROOT_MIB, data_mib=DATA_MIB)
-    repo_img = work / "repo.img"
-    with open(repo_img, "wb") as f:
-        f.truncate(6 * 1024 * MiB)
-    partition_table(str(repo_img), 'label: gpt\nstart=2048, name="images"\n')
-    reg = LoopRegistry(work)
-    try:
-        part = reg.attach(repo_img, offset=MiB, size=6 * 1024 * MiB - 2 * MiB)
-        sh("mkfs.ext4", "-q", "-L", "images", part)
-        with reg.mounted(part) as mnt:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "rescue",
-                    "capture",
-                    str(drive.path),
-                    str(mnt / "rescue-images"),
-                    "--name",
-                    "debian",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            assert proc.returncode == 0, proc.stderr
-            print(proc.stdout, flush=True)
-    finally:
-        reg.cleanup()
-    return work, drive, repo_img
+    return work, drive, repository_drive(work / "repo.img", REPO_SIZE, drive.path, "debian")
 
 
 def _repo(loops: LoopRegistry, repo_img: Path) -> Path:
     """The repository drive's filesystem, mounted read-only for a CLI restore."""
-    part = loops.attach(repo_img, offset=MiB, size=6 * 1024 * MiB - 2 * MiB, readonly=True)
+    part = loops.attach(repo_img, offset=MiB, size=REPO_SIZE - 2 * MiB, readonly=True)
     mnt = loops.root / "images"
     mnt.mkdir(exist_ok=True)
     sh("mount", "-o", "ro,noload", part, str(mnt))

@@ -16,15 +16,14 @@ one, which then boots alone. Each run takes a few minutes."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from disks import GiB, LoopRegistry, MiB, partition_table, rescue, sh
+from disks import GiB, MiB, rescue, sh
 from qemu import VM, Disk, text_pattern
 from sysdrive import boot_and_expect, build_system_drive
-from wizard import blank, clone_with_wizard, power_off, restore_with_wizard
+from wizard import blank, clone_with_wizard, power_off, repository_drive, restore_with_wizard
 
 pytestmark = pytest.mark.vm
 
@@ -33,36 +32,10 @@ pytestmark = pytest.mark.vm
 def drives(tmp_path_factory):
     """The system drive, captured into a repository drive (GPT, one ext4 partition)."""
     work = tmp_path_factory.mktemp("e2e")
-    reg = LoopRegistry(work)
-    try:
-        system = work / "system.img"
-        info = build_system_drive(system, size=GiB, seed=11)
-        _vendor_loader_only(info)
-        repo_img = reg.file("repo.img", 768 * MiB)
-        partition_table(str(repo_img), 'label: gpt\nstart=2048, name="images"\n')
-        part = reg.attach(repo_img, offset=MiB, size=766 * MiB)
-        sh("mkfs.ext4", "-q", "-L", "images", part)
-        with reg.mounted(part) as mnt:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "rescue",
-                    "capture",
-                    str(system),
-                    str(mnt / "rescue-images"),
-                    "--name",
-                    "workstation",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            assert proc.returncode == 0, proc.stderr
-            print(proc.stdout, flush=True)
-        reg.cleanup()
-        yield work, info, repo_img
-    finally:
-        reg.cleanup()
+    system = work / "system.img"
+    info = build_system_drive(system, size=GiB, seed=11)
+    _vendor_loader_only(info)
+    return work, info, repository_drive(work / "repo.img", 768 * MiB, system, "workstation")
 
 
 def _vendor_loader_only(info: dict) -> None:

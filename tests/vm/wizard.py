@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+from disks import LoopRegistry, MiB, partition_table, sh
 from qemu import VM
 
 WIZARD_BOOT_TIMEOUT = 420  # ISO boot to the wizard under TCG, on a loaded 2-core machine
@@ -71,4 +74,25 @@ def power_off(vm: VM) -> None:
 def blank(path: Path, size: int) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
+    return path
+
+
+def repository_drive(path: Path, size: int, source: Path, name: str) -> Path:
+    """A drive as a technician brings one: GPT, one ext4 partition labelled "images" holding a
+    repository `rescue-images` with `source` captured as `name` (the wizard finds it by
+    itself). Its partition spans 1 MiB to 1 MiB before the end."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    partition_table(str(path), 'label: gpt\nstart=2048, name="images"\n')
+    reg = LoopRegistry(path.parent)
+    try:
+        part = reg.attach(path, offset=MiB, size=size - 2 * MiB)
+        sh("mkfs.ext4", "-q", "-L", "images", part)
+        with reg.mounted(part) as mnt:
+            argv = [sys.executable, "-m", "rescue", "capture", str(source), str(mnt / "rescue-images"), "--name", name]
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+            print(proc.stdout, flush=True)
+    finally:
+        reg.cleanup()
     return path
