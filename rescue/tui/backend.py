@@ -545,7 +545,16 @@ class RealBackend:
         from rescue.imaging.clone import clone
 
         self._cap = None
-        r = clone(source_path, target_path, policy=plan.policy, retries=1, progress=progress, cancel=cancel)
+        # exactly the plan the person confirmed
+        r = clone(
+            source_path,
+            target_path,
+            policy=plan.policy,
+            retries=1,
+            progress=progress,
+            cancel=cancel,
+            plan=plan.engine_plan,
+        )
         return CloneOutcome(
             r.target_path, r.bytes_written, r.seconds, r.sectors_lost, list(r.bad_ranges), r.log_path, r.warnings
         )
