@@ -38,13 +38,11 @@ from rescue.filesystems.fat import mtools_env
 from rescue.hw.loop import attached
 from rescue.hw.partitions import read_layout
 from rescue.hw.run import output, run
-from rescue.model.actions import bios_boot_moved
+from rescue.model.actions import bios_boot_moved, esp_partitions
 from rescue.model.layout import DiskLayout, Partition
 
 Log = Callable[[str], None]
 
-ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-ESP_MBR = 0xEF
 # Files that name filesystems or partitions by UUID, relative to a filesystem's root: a root
 # filesystem (etc/..., boot/...) or a separate /boot (grub/...).
 REFERENCE_FILES = (
@@ -270,10 +268,6 @@ def _rewrite_fat_file(dev: str, name: str, mapping: dict[str, str]) -> int:
 
 
 # --- the removable-media fallback loader ------------------------------------------------------------
-
-
-def esp_partitions(layout: DiskLayout) -> list[Partition]:
-    return [p for p in layout.data_partitions() if (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == ESP_MBR]
 
 
 @dataclass(frozen=True)

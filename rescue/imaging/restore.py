@@ -85,9 +85,6 @@ class RestorePlan:
     def scratch_dir(self) -> str:
         return self.scratch.where if self.scratch else default_scratch_dir()
 
-    def resizes(self) -> bool:
-        return any(p.action in ("grow", "shrink") for p in self.placements.values())
-
 
 @dataclass
 class RestoreResult:

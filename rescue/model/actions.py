@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rescue.model.layout import DiskLayout
+from rescue.model.layout import DiskLayout, Partition
 from rescue.model.plan import BIOS_BOOT_GUID, ESP_GUID, human
 
 # kinds, in the order they run
@@ -86,10 +86,13 @@ def bios_boot_moved(image: DiskLayout, written: DiskLayout) -> tuple[int, int] |
     return None
 
 
-def has_esp(layout: DiskLayout) -> bool:
-    return any(
-        (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == 0xEF or "esp" in p.flags for p in layout.partitions
-    )
+ESP_MBR = 0xEF
+
+
+def esp_partitions(layout: DiskLayout) -> list[Partition]:
+    """EFI system partitions, by type (GPT type GUID or MBR id 0xEF): what the EFI steps
+    after writing work on, and whether a plan lists them."""
+    return [p for p in layout.data_partitions() if (p.type_guid or "").upper() == ESP_GUID or p.mbr_type == ESP_MBR]
 
 
 def plan_actions(
@@ -177,7 +180,7 @@ def plan_actions(
                 False,
             )
         )
-    if has_esp(written):
+    if esp_partitions(written):
         out.append(
             Action(
                 EFI_FALLBACK, "add EFI/BOOT/BOOTX64.EFI when the EFI system partition has only a vendor loader", False
