@@ -95,7 +95,7 @@ def read_layout(path: str) -> DiskLayout:
 
 def _sfdisk_details(path: str) -> tuple[str | None, dict[int, _SfdiskEntry]]:
     """The disk id, and GUIDs, attributes and MBR ids by start sector."""
-    proc = run(["sfdisk", "--json", path], check=False, error=DeviceError)
+    proc = run(["sfdisk", "--json", "--", path], check=False, error=DeviceError)
     if proc.returncode != 0:
         return None, {}
     table = json.loads(proc.stdout)["partitiontable"]
@@ -157,10 +157,14 @@ def gpt_usable(path: str, sector_size: int) -> tuple[int, int] | None:
 
 
 def _set_ids(path: str, layout: DiskLayout) -> None:
-    """What pyparted cannot set: disk id, GUIDs, type ids, attributes, exact MBR types."""
+    """What pyparted cannot set: disk id, GUIDs, type ids, attributes, exact MBR types.
 
-    def sfdisk(*args: str) -> None:
-        output(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", *args], error=TableError)
+    Every value comes from an image's manifest, so each call ends its options with `--`:
+    whatever a value holds (a manifest is validated, but this is the last line of defence),
+    sfdisk reads it as an argument, never as an option such as `--delete`."""
+
+    def sfdisk(command: str, *args: str) -> None:
+        output(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", command, "--", *args], error=TableError)
 
     if layout.disk_id:
         sfdisk("--disk-id", path, layout.disk_id)

@@ -5,7 +5,10 @@ Layout (little endian):
             area size Q, chunk count Q
     entries count x 33 bytes: kind B, digest 32s (zero for sentinels)
     trailer 32 bytes: SHA-256 of header + entries
-Chunk i covers bytes [i*chunk_size, min((i+1)*chunk_size, area_size)) of its area."""
+Chunk i covers bytes [i*chunk_size, min((i+1)*chunk_size, area_size)) of its area.
+Every field is checked on reading: a sentinel carries no digest, a DATA entry does; the length
+of the file follows from its header, and its reader (Repository.load_index) knows that length
+from the manifest before it reads a byte."""
 
 from __future__ import annotations
 
@@ -59,6 +62,11 @@ class Index:
             body += ENTRY.pack(int(kind), dig)
         return bytes(body) + hashlib.sha256(body).digest()
 
+    @staticmethod
+    def file_size(chunk_size: int, area_size: int) -> int:
+        """The exact size of the index file of an area."""
+        return HEADER.size + (area_size + chunk_size - 1) // chunk_size * ENTRY.size + 32
+
     @classmethod
     def from_bytes(cls, blob: bytes, where: str) -> Index:
         if len(blob) < HEADER.size + 32:
@@ -75,12 +83,16 @@ class Index:
             raise IntegrityError(f"{where}: index file is damaged (checksum mismatch)")
         if chunk_size == 0 or count != (area_size + chunk_size - 1) // chunk_size:
             raise IntegrityError(f"{where}: index header is inconsistent")
-        kinds, digests = [], []
+        kinds: list[Kind] = []
+        digests: list[bytes] = []
         for off in range(HEADER.size, HEADER.size + count * ENTRY.size, ENTRY.size):
             kind, dig = ENTRY.unpack_from(blob, off)
             try:
                 kinds.append(Kind(kind))
             except ValueError:
                 raise IntegrityError(f"{where}: index entry {len(kinds)} has unknown kind {kind}") from None
+            if (kinds[-1] == Kind.DATA) == (dig == NO_DIGEST):
+                what = "no digest" if kinds[-1] == Kind.DATA else "a digest"
+                raise IntegrityError(f"{where}: index entry {len(digests)} is {kinds[-1].name} with {what}")
             digests.append(dig)
         return cls(chunk_size, area_size, kinds, digests)

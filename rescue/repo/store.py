@@ -6,36 +6,56 @@ REPO/images/<name>/manifest.json written last: an image without one does not exi
 REPO/images/<name>/<area>.idx    chunk indexes
 REPO/images/<name>/log.txt       what happened while capturing
 REPO/images/<name>/verified.json result of the last full verify
-"""
+
+Every file is read through `read_file`: only a regular file inside its repository directory
+(no symbolic link, FIFO or device, which could hang a reader or feed it endless bytes), and only
+up to the size it can have. Every write goes through a temporary name and a rename, and a
+failed write removes its temporary file; a full drive is a NoSpaceError, a read-only or
+misshapen repository a RepoError, each one line."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
+import stat
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
 import zstandard
 
-from rescue.errors import IntegrityError, RepoError, UsageError
+from rescue.errors import IntegrityError, RepoError, RescueError, UsageError
 from rescue.repo import chunks
-from rescue.repo.index import Index
-from rescue.repo.manifest import Manifest
+from rescue.repo.index import Index, Kind
+from rescue.repo.manifest import MAX_CHUNK, MIN_CHUNK, NAME_RE, Manifest, printable
 
 FORMAT = "rescue-repository"
 VERSION = 1
 MARKER = "rescue-repo.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+MANIFEST = "manifest.json"
+MAX_MANIFEST = 16 << 20  # bytes; a manifest with 256 partitions is well under 1 MiB
+MAX_SMALL = 1 << 20  # rescue-repo.json, verified.json
+
+
+class NoSpaceError(RepoError):
+    """The repository's drive is full (or the quota reached)."""
+
+
+class FileProblem(Exception):
+    """A repository file that must not be read: `reason` says what it is instead."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class RepoMeta(TypedDict):
@@ -59,16 +79,108 @@ class ImageSummary:
     data_bytes: int  # bytes of data captured (used, non-zero chunks)
     stored_bytes: int  # chunk bytes this image added to the repository
     verified: bool | None  # last full verify: passed, failed, or never run
+    damaged: str | None = None  # why the manifest was refused; the other fields are then empty
+
+
+@dataclass
+class Listing:
+    """Everything under images/: nothing is left out, whatever state it is in."""
+
+    images: list[ImageSummary] = field(default_factory=list)  # with a manifest, good or damaged
+    incomplete: list[str] = field(default_factory=list)  # leftovers of interrupted captures
+    foreign: list[tuple[str, str]] = field(default_factory=list)  # (name, why it is not an image)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a file"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def kind_of(path: Path) -> str | None:
+    """What `path` is, without following a symbolic link; None when it does not exist."""
+    try:
+        return _kind(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+
+
+def read_file(path: Path, limit: int, *, confined: bool = True) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, opened without following a
+    symbolic link in its last two components (the file and, when `confined`, the directory
+    holding it: a directory inside the repository; the repository itself may be reached
+    through a link). FileNotFoundError when it is missing, FileProblem for anything else."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if confined else 0)
+    try:
+        dir_fd = os.open(path.parent, dir_flags)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise FileProblem(f"is in {_dir_problem(path.parent, e)}") from None
+    try:
+        fd = os.open(path.name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FileProblem("is a symbolic link") from None
+        raise FileProblem(f"is unreadable ({e.strerror})") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileProblem(f"is {_kind(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise FileProblem(f"is {st.st_size} bytes, more than the {limit} it can be")
+        parts, left = [], limit + 1
+        while left > 0:
+            block = os.read(fd, min(left, 16 << 20))
+            if not block:
+                break
+            parts.append(block)
+            left -= len(block)
+        if left <= 0:
+            raise FileProblem(f"grows beyond the {limit} bytes it can be")
+        return b"".join(parts)
+    except OSError as e:
+        raise FileProblem(f"is unreadable ({e.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def _dir_problem(path: Path, e: OSError) -> str:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return f"{path.name}, which is {kind_of(path) or 'missing'}, not a directory"
+    return f"{path.name}, which is unreadable ({e.strerror})"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: readers see the old file or the new one."""
+    """Write, fsync, rename, fsync the directory: readers see the old file or the new one.
+    A failed write leaves no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)
 
 
@@ -83,10 +195,19 @@ def fsync_dir(path: Path) -> None:
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise UsageError(
-            f"invalid image name {name!r}: use letters, digits, '.', '_', '+', '-' "
+            f"invalid image name {printable(repr(name))}: use letters, digits, '.', '_', '+', '-' "
             "(up to 128, not starting with a dot or dash)"
         )
     return name
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer can still use on the filesystem holding `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 class Repository:
@@ -94,59 +215,99 @@ class Repository:
         self.path = Path(path)
         self.meta = meta
         self.chunk_size: int = meta["chunk_size"]
+        self._written_lock = threading.Lock()
+        self._written: list[Path] = []  # chunk files this process created, for undo_chunks()
+        self.written_bytes = 0  # bytes of chunk files written
+        self.failed_bytes = 0  # bytes of chunk files that could not be written (a full drive)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path) -> Repository:
         path = Path(path)
         marker = path / MARKER
-        if not marker.is_file():
-            raise RepoError(f"{path} is not a rescue repository (no {MARKER})")
+        if not path.is_dir():
+            what = kind_of(path)
+            raise RepoError(f"{path} is not a rescue repository" + (f" ({what}, not a directory)" if what else ""))
         try:
-            meta = json.loads(marker.read_text())
-        except (OSError, ValueError) as e:
-            raise RepoError(f"{marker} is unreadable: {e}") from None
-        if meta.get("format") != FORMAT:
+            blob = read_file(marker, MAX_SMALL, confined=False)
+        except FileNotFoundError:
+            raise RepoError(f"{path} is not a rescue repository (no {MARKER})") from None
+        except FileProblem as e:
+            raise RepoError(f"{marker} {e.reason}") from None
+        try:
+            meta: object = json.loads(blob)
+        except (ValueError, RecursionError):
+            raise RepoError(f"{marker} is not valid JSON (truncated or damaged)") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise RepoError(f"{marker} is not a rescue repository description")
         if meta.get("version") != VERSION:
             raise RepoError(
-                f"{path}: repository version {meta.get('version')!r} is not supported "
+                f"{path}: repository version {printable(repr(meta.get('version')))[:40]} is not supported "
                 f"(this rescue reads version {VERSION})"
             )
-        if meta.get("hash") != "sha256" or not isinstance(meta.get("chunk_size"), int):
+        size = meta.get("chunk_size")
+        if (
+            meta.get("hash") != "sha256"
+            or not isinstance(size, int)
+            or isinstance(size, bool)
+            or not MIN_CHUNK <= size <= MAX_CHUNK
+            or size & (size - 1)
+        ):
             raise RepoError(f"{marker}: unsupported hash or chunk size")
-        return cls(path, meta)
+        ident, compression = meta.get("id", ""), meta.get("compression", "zstd")
+        if not isinstance(ident, str) or compression != "zstd":
+            raise RepoError(f"{marker}: unsupported id or compression")
+        for part in ("chunks", "images"):
+            kind = kind_of(path / part)
+            if kind not in (None, "a directory"):
+                raise RepoError(f"{path / part} is {kind}, not a directory: this is not a usable repository")
+        checked: RepoMeta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "id": ident,
+            "chunk_size": size,
+            "hash": "sha256",
+            "compression": "zstd",
+        }
+        return cls(path, checked)
 
     @classmethod
     def create(cls, path: str | Path, chunk_size: int = 4 << 20) -> Repository:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if (path / MARKER).exists():
-            return cls.open(path)
-        if any(p.name != "lost+found" for p in path.iterdir()):
-            raise RepoError(f"{path} is not empty and not a rescue repository")
-        (path / "chunks").mkdir(exist_ok=True)
-        (path / "images").mkdir(exist_ok=True)
-        meta: RepoMeta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "id": str(uuid.uuid4()),
-            "chunk_size": chunk_size,
-            "hash": "sha256",
-            "compression": "zstd",
-        }
-        write_atomic(path / MARKER, (json.dumps(meta, indent=1) + "\n").encode())
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if kind_of(path / MARKER) is not None:
+                return cls.open(path)
+            if any(p.name != "lost+found" for p in path.iterdir()):
+                raise RepoError(f"{path} is not empty and not a rescue repository")
+            (path / "chunks").mkdir(exist_ok=True)
+            (path / "images").mkdir(exist_ok=True)
+            meta: RepoMeta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "id": str(uuid.uuid4()),
+                "chunk_size": chunk_size,
+                "hash": "sha256",
+                "compression": "zstd",
+            }
+            write_atomic(path / MARKER, (json.dumps(meta, indent=1) + "\n").encode())
+        except OSError as e:
+            raise write_error(path, "create the repository", e) from None
         return cls(path, meta)
 
     @classmethod
     def open_or_create(cls, path: str | Path, chunk_size: int = 4 << 20) -> Repository:
-        return cls.open(path) if (Path(path) / MARKER).exists() else cls.create(path, chunk_size)
+        return cls.open(path) if kind_of(Path(path) / MARKER) is not None else cls.create(path, chunk_size)
 
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
         """One writer at a time per repository (two captures racing on the same chunks and
         names would be safe for chunks but not for image names)."""
-        with open(self.path / "lock", "a") as f:
+        try:
+            f = open(self.path / "lock", "a")
+        except OSError as e:
+            raise write_error(self.path, "lock it for writing", e) from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -159,38 +320,79 @@ class Repository:
         return self.path / "chunks" / h[:2] / h
 
     def has_chunk(self, digest: bytes) -> bool:
-        return self.chunk_path(digest).exists()
+        """A chunk file is there (a regular file: anything else is overwritten when stored)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.chunk_path(digest)).st_mode)
+        except OSError:
+            return False
 
     def write_chunk(self, digest: bytes, blob: bytes) -> int:
-        """Store a chunk file atomically (temp name, rename). Returns bytes added."""
+        """Store a chunk file atomically (temp name, rename). Returns bytes added. The file is
+        remembered until undo_chunks() or forget_chunks(): a capture that fails takes its new
+        chunks away with it."""
         final = self.chunk_path(digest)
-        final.parent.mkdir(exist_ok=True)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, final)
+        try:
+            final.parent.mkdir(exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(blob)
+            os.replace(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            with self._written_lock:
+                self.failed_bytes += len(blob)
+            raise write_error(self.path, f"store chunk {final.name[:16]}…", e) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with self._written_lock:
+            self._written.append(final)
+            self.written_bytes += len(blob)
         return len(blob)
+
+    def undo_chunks(self) -> int:
+        """Remove every chunk file this Repository object wrote (they belong to an image that
+        will not exist). Returns how many were removed."""
+        with self._written_lock:
+            written, self._written = self._written, []
+        removed = 0
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed += 1
+            with contextlib.suppress(OSError):
+                os.rmdir(path.parent)  # only when empty
+        return removed
+
+    def forget_chunks(self) -> None:
+        """The chunks written so far belong to a committed image: undo_chunks() keeps them."""
+        with self._written_lock:
+            self._written = []
 
     _threads = threading.local()  # a zstd decompressor per thread: they are not thread-safe
 
     def read_chunk(self, digest: bytes, where: str, length: int | None = None) -> bytes:
-        """A stored chunk's bytes, checked: present, readable, decoded, of hash `digest`
-        and, when given, `length` bytes long (what the index expects). The one place that
-        reads stored chunks (restore, verify, browse, capture's re-read), so every check and
-        every message is the same: IntegrityError, starting with `where`. Thread-safe."""
+        """A stored chunk's bytes, checked: present, a regular file of plausible size,
+        decoded, of hash `digest` and, when given, `length` bytes long (what the index
+        expects). The one place that reads stored chunks (restore, verify, browse, capture's
+        re-read), so every check and every message is the same: IntegrityError, starting with
+        `where`. Thread-safe."""
         path = self.chunk_path(digest)
+        expect = length if length is not None else self.chunk_size
         try:
-            blob = path.read_bytes()
+            blob = read_file(path, chunks.max_blob(expect))
         except FileNotFoundError:
             raise IntegrityError(
                 f"{where}: chunk {digest.hex()[:16]}… is missing ({path.relative_to(self.path)})"
             ) from None
-        except OSError as e:
-            raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… is unreadable ({e.strerror})") from None
+        except FileProblem as e:
+            raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… {e.reason}") from None
         dctx: zstandard.ZstdDecompressor | None = getattr(self._threads, "dctx", None)
         if dctx is None:
             dctx = self._threads.dctx = zstandard.ZstdDecompressor()
-        data = chunks.decode(blob, digest, where, dctx)
+        data = chunks.decode(blob, digest, where, dctx, expect)
         if length is not None and len(data) != length:
             raise IntegrityError(f"{where}: chunk has {len(data)} bytes, the index expects {length}")
         return data
@@ -199,51 +401,44 @@ class Repository:
     def image_dir(self, name: str) -> Path:
         return self.path / "images" / check_name(name)
 
-    def image_names(self) -> list[str]:
+    def listing(self) -> Listing:
+        """Every entry of images/: images (a damaged manifest is listed with the reason, not
+        left out), leftovers of interrupted captures, and anything else found there."""
+        out = Listing()
         images = self.path / "images"
-        return sorted(p.name for p in images.iterdir() if (p / "manifest.json").is_file()) if images.is_dir() else []
-
-    def incomplete_names(self) -> list[str]:
-        """Leftovers of interrupted captures: a directory without a manifest."""
-        images = self.path / "images"
-        return (
-            sorted(p.name for p in images.iterdir() if p.is_dir() and not (p / "manifest.json").exists())
-            if images.is_dir()
-            else []
-        )
-
-    def manifest(self, name: str) -> Manifest:
-        path = self.image_dir(name) / "manifest.json"
+        kind = kind_of(images)
+        if kind is None:
+            return out
+        if kind != "a directory":
+            raise RepoError(f"{images} is {kind}, not a directory")
         try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise RepoError(f"no image named {name!r} in {self.path}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise IntegrityError(f"image {name}: manifest is unreadable ({e})") from None
-        return Manifest.from_json(text, f"image {name}")
-
-    def load_index(self, name: str, manifest: Manifest, area_name: str) -> Index:
-        area = manifest.area(area_name)
-        where = f"image {name}, area {area_name}"
-        try:
-            blob = (self.image_dir(name) / area.index).read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(f"{where}: index file {area.index} is missing") from None
-        if hashlib.sha256(blob).hexdigest() != area.index_sha256:
-            raise IntegrityError(f"{where}: index file {area.index} does not match the manifest")
-        index = Index.from_bytes(blob, where)
-        if index.area_size != area.size or index.chunk_size != manifest.chunk_size:
-            raise IntegrityError(f"{where}: index does not match the manifest's sizes")
-        return index
-
-    def images(self) -> list[ImageSummary]:
-        out = []
-        for name in self.image_names():
+            entries = sorted(os.scandir(images), key=lambda e: e.name)
+        except OSError as e:
+            raise RepoError(f"{images} cannot be listed ({e.strerror})") from None
+        for entry in entries:
+            name = entry.name
+            what = kind_of(Path(entry.path))
+            if what != "a directory":
+                out.foreign.append((name, f"{what}, not an image directory"))
+                continue
+            has_manifest = kind_of(Path(entry.path) / MANIFEST) is not None
+            if not NAME_RE.match(name):
+                reason = "not a valid image name"
+                if has_manifest:
+                    out.images.append(ImageSummary(name, "", "", "", 0, 0, 0, None, reason))
+                else:
+                    out.foreign.append((name, f"a directory with {reason}"))
+                continue
+            if not has_manifest:
+                out.incomplete.append(name)
+                continue
             try:
                 m = self.manifest(name)
-            except (IntegrityError, RepoError):
+            except RescueError as e:
+                reason = str(e).removeprefix(f"image {name}: ")
+                out.images.append(ImageSummary(name, "", "", "", 0, 0, 0, None, reason))
                 continue
-            out.append(
+            out.images.append(
                 ImageSummary(
                     name=name,
                     created=m.created,
@@ -255,13 +450,89 @@ class Repository:
                     verified=self.verified(name),
                 )
             )
-        return sorted(out, key=lambda s: (s.created, s.name))
+        out.images.sort(key=lambda s: (s.damaged is not None, s.created, s.name))
+        return out
+
+    def image_names(self) -> list[str]:
+        """Images whose manifest reads and validates."""
+        return sorted(s.name for s in self.images())
+
+    def incomplete_names(self) -> list[str]:
+        """Leftovers of interrupted captures: a directory without a manifest."""
+        return self.listing().incomplete
+
+    def images(self) -> list[ImageSummary]:
+        """The images that can be used, oldest first (listing() has the damaged ones too)."""
+        return [s for s in self.listing().images if s.damaged is None]
+
+    def manifest(self, name: str) -> Manifest:
+        """The validated manifest of image `name`: RepoError when there is no such image,
+        IntegrityError naming the image and what is wrong when it cannot be trusted."""
+        d = self.image_dir(name)
+        kind = kind_of(d)
+        if kind is None:
+            raise RepoError(f"no image named {name!r} in {self.path}")
+        if kind != "a directory":
+            raise IntegrityError(f"image {name}: images/{name} is {kind}, not a directory")
+        try:
+            blob = read_file(d / MANIFEST, MAX_MANIFEST)
+        except FileNotFoundError:
+            raise RepoError(
+                f"no image named {name!r} in {self.path} (images/{name} is what an interrupted capture left)"
+            ) from None
+        except FileProblem as e:
+            raise IntegrityError(f"image {name}: {MANIFEST} {e.reason}") from None
+        try:
+            text = blob.decode()
+        except UnicodeDecodeError:
+            raise IntegrityError(f"image {name}: manifest is not valid UTF-8 (damaged)") from None
+        manifest = Manifest.from_json(text, f"image {name}")
+        if manifest.name != name:
+            raise IntegrityError(f"image {name}: manifest field name is {manifest.name!r}, not the directory's name")
+        if manifest.chunk_size != self.chunk_size:
+            raise IntegrityError(
+                f"image {name}: manifest field chunk_size is {manifest.chunk_size}, "
+                f"the repository's chunks are {self.chunk_size} bytes"
+            )
+        return manifest
+
+    def load_index(self, name: str, manifest: Manifest, area_name: str) -> Index:
+        """An area's index, read only when it is a regular file of exactly the size the
+        manifest implies, and checked against the manifest's checksum and sizes."""
+        area = manifest.area(area_name)
+        where = f"image {name}, area {area_name}"
+        expected = Index.file_size(manifest.chunk_size, area.size)
+        try:
+            blob = read_file(self.image_dir(name) / area.index, expected)
+        except FileNotFoundError:
+            raise IntegrityError(f"{where}: index file {area.index} is missing") from None
+        except FileProblem as e:
+            raise IntegrityError(f"{where}: index file {area.index} {e.reason}") from None
+        if hashlib.sha256(blob).hexdigest() != area.index_sha256:
+            raise IntegrityError(f"{where}: index file {area.index} does not match the manifest")
+        index = Index.from_bytes(blob, where)
+        if index.area_size != area.size or index.chunk_size != manifest.chunk_size:
+            raise IntegrityError(f"{where}: index does not match the manifest's sizes")
+        stats = area.stats
+        for word, said, kind in (
+            ("data", stats.get("data"), Kind.DATA),
+            ("zero", stats.get("zero"), Kind.ZERO),
+            ("unused", stats.get("unused"), Kind.UNUSED),
+            ("unreadable", stats.get("unreadable"), Kind.UNREADABLE),
+        ):
+            if said is not None and said != index.kinds.count(kind):
+                raise IntegrityError(
+                    f"{where}: the manifest counts {said} {word} chunks, the index {index.kinds.count(kind)}"
+                )
+        return index
 
     def verified(self, name: str) -> bool | None:
         try:
-            return bool(json.loads((self.image_dir(name) / "verified.json").read_text())["ok"])
-        except (OSError, ValueError, KeyError, TypeError):
+            body: object = json.loads(read_file(self.image_dir(name) / "verified.json", MAX_SMALL))
+        except (OSError, FileProblem, ValueError, RecursionError):
             return None
+        ok = body.get("ok") if isinstance(body, dict) else None
+        return ok if isinstance(ok, bool) else None
 
     def record_verify(self, name: str, ok: bool, detail: str = "") -> None:
         """Remember the last verify result; silently skipped on a read-only repository."""
@@ -277,15 +548,78 @@ class Repository:
         """A fresh directory for a capture: an existing complete image is never replaced;
         a leftover of an interrupted capture is cleared."""
         d = self.image_dir(name)
-        if (d / "manifest.json").exists():
+        kind = kind_of(d)
+        if kind == "a directory" and kind_of(d / MANIFEST) is not None:
             raise RepoError(f"an image named {name!r} already exists in {self.path}")
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
+        if kind not in (None, "a directory"):
+            raise RepoError(f"{d} is {kind}, not an image directory: remove it or choose another name")
+        try:
+            for part in ("chunks", "images"):
+                (self.path / part).mkdir(exist_ok=True)
+            if kind is not None:
+                shutil.rmtree(d)
+            d.mkdir()
+        except OSError as e:
+            raise write_error(self.path, f"start image {name}", e) from None
         return d
 
+    def read_image_file(self, name: str, filename: str, limit: int = MAX_SMALL) -> bytes | None:
+        """A small file beside an image's manifest (badsectors.map, badfiles.json, a log):
+        its bytes when it is a regular file of at most `limit` bytes, None when it is missing;
+        IntegrityError when it is anything else (a FIFO would hang the reader)."""
+        if "/" in filename or filename in ("", ".", ".."):
+            raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name")
+        try:
+            return read_file(self.image_dir(name) / filename, limit)
+        except FileNotFoundError:
+            return None
+        except FileProblem as e:
+            raise IntegrityError(f"image {name}: {filename} {e.reason}") from None
+
+    def write_image_file(self, name: str, filename: str, data: bytes) -> None:
+        """A file of an image being captured (an index, the bad-sector map), atomically."""
+        try:
+            write_atomic(self.image_dir(name) / filename, data)
+        except OSError as e:
+            raise write_error(self.path, f"write {filename} of image {name}", e) from None
+
+    def discard_image(self, name: str, keep: tuple[str, ...] = ()) -> None:
+        """Remove what a failed capture wrote of image `name`, but the files named in `keep`
+        (its log); the directory goes too when nothing is kept."""
+        d = self.image_dir(name)
+        if kind_of(d) != "a directory":
+            return
+        if not keep:
+            shutil.rmtree(d, ignore_errors=True)
+            return
+        for entry in os.scandir(d):
+            if entry.name in keep:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
     def commit_manifest(self, manifest: Manifest) -> None:
-        write_atomic(self.image_dir(manifest.name) / "manifest.json", manifest.to_json().encode())
+        """Write the manifest, the image's last file, after checking that it reads back as
+        valid: a capture never writes an image no restore would accept."""
+        text = manifest.to_json()
+        Manifest.from_json(text, f"image {manifest.name}")
+        try:
+            write_atomic(self.image_dir(manifest.name) / MANIFEST, text.encode())
+        except OSError as e:
+            raise write_error(self.path, f"write the manifest of image {manifest.name}", e) from None
+
+
+def write_error(repo: Path, what: str, e: OSError) -> RepoError:
+    """One line for a failed write into a repository: NoSpaceError when the drive is full."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"{repo}: no space left on its drive (could not {what})")
+    if e.errno == errno.EROFS:
+        return RepoError(f"{repo} is on a read-only filesystem: cannot {what}")
+    target = f" ({printable(str(e.filename))})" if e.filename else ""
+    return RepoError(f"{repo}: cannot {what}: {e.strerror or e}{target}")
 
 
 def now_iso() -> str:
