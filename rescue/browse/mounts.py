@@ -15,6 +15,10 @@ fusefat runs as a daemon of its own (it daemonizes once mounted), so its pid is 
 next to the mount, and its mount's source is named after our loop device (-o fsname=) so
 the same "is this ours" check covers it.
 
+Loop devices and mounts are made and undone through rescue.hw.mounts, which records what
+is ours (`OurLoop`, `OurMount`, kept in the state file) and checks it against the kernel
+before detaching or unmounting anything.
+
 Why a state file per mount (/run/rescue/mounts/<key>.json, written before and after every
 step): the FUSE process outlives the `rescue mount` command, and when it or a `rescue
 extract` dies, its loop devices and mounts are left behind ("Transport endpoint is not
@@ -25,7 +29,14 @@ FUSE server), so a recycled loop device or pid is never touched.
 
 Every mount is checked after mounting: the kernel must show our loop device as its source
 (btrfs may otherwise hand back an already-mounted filesystem with the same UUID: the live
-system instead of the image)."""
+system instead of the image).
+
+A session is stale when the process that owns it is gone: the `rescue extract` (or the
+wizard) that opened it privately, the FUSE server of a `rescue mount` session, or the
+process that was still setting it up (`setup`: a `rescue mount` killed half-way leaves no
+session anyone asked for). Every command clears stale sessions first (`clear_leftovers`,
+with the leftovers registry of rescue.hw.leftovers: the loop devices and mounts of a
+session are kept there too, as its FUSE server's, or its extracting process's)."""
 
 from __future__ import annotations
 
@@ -44,6 +55,9 @@ from pathlib import Path
 
 from rescue.errors import FilesystemError, RefusedError, RescueError, UsageError
 from rescue.filesystems import lookup
+from rescue.hw import leftovers
+from rescue.hw import mounts as hwmounts
+from rescue.hw.mounts import OurLoop, OurMount
 from rescue.hw.run import run
 from rescue.imaging.verify import load_indexes
 from rescue.repo.manifest import Area, Manifest
@@ -71,8 +85,10 @@ class MountState:
     key: str
     fuse_pid: int | None = None
     owner_pid: int | None = None  # extract: when this process is gone, everything is a leftover
-    loops: list[str] = field(default_factory=list)
-    mounts: list[str] = field(default_factory=list)
+    owner_start: int | None = None  # its start time (leftovers.Owner): a reused pid is not it
+    setup: dict[str, object] | None = None  # the process setting it up (leftovers.Owner), until done
+    loops: list[OurLoop] = field(default_factory=list)
+    mounts: list[OurMount] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)
     helpers: dict[str, int] = field(default_factory=dict)  # mount -> pid of its FUSE daemon (fusefat)
 
@@ -93,15 +109,21 @@ class MountState:
         return state_root() / f"{self.key}.json"
 
     def save(self) -> None:
+        data = asdict(self)
+        data["loops"] = [lo.to_json() for lo in self.loops]
+        data["mounts"] = [m.to_json() for m in self.mounts]
         tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, self.file)
 
     @classmethod
     def load(cls, path: Path) -> MountState | None:
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            data = json.loads(path.read_text())
+            data["loops"] = [OurLoop.from_json(x) for x in data.get("loops", [])]
+            data["mounts"] = [OurMount.from_json(x) for x in data.get("mounts", [])]
+            return cls(**data)
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
 
 
@@ -120,33 +142,6 @@ def key_for(mountpoint: str) -> str:
 # -- what the kernel says ------------------------------------------------------------------
 
 
-def _unescape(text: str) -> str:
-    return text.encode().decode("unicode_escape") if "\\" in text else text
-
-
-def mount_table() -> dict[str, tuple[str, str]]:
-    """Mount point -> (fstype, source), the topmost mount wins. Read from mountinfo rather
-    than os.path.ismount, which says False for a dead FUSE mount (stat fails ENOTCONN)."""
-    out: dict[str, tuple[str, str]] = {}
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rest = left.split(), right.split()
-        if len(fields) >= 5 and len(rest) >= 2:
-            out[_unescape(fields[4])] = (rest[0], rest[1])
-    return out
-
-
-def loop_backing(dev: str) -> str | None:
-    try:
-        return Path(f"/sys/block/{os.path.basename(dev)}/loop/backing_file").read_text().strip()
-    except OSError:
-        return None
-
-
 def _pid_runs(pid: int | None, *needles: str) -> bool:
     """The pid is alive (not a zombie) and its command line holds every needle."""
     if not pid:
@@ -163,8 +158,20 @@ def fuse_alive(state: MountState) -> bool:
     return _pid_runs(state.fuse_pid, SERVER_MODULE, str(state.fuse_dir))
 
 
+def _gone(owner: dict[str, object] | None) -> bool:
+    try:
+        return owner is not None and not leftovers.Owner.from_json(owner).alive()
+    except ValueError:
+        return True
+
+
 def is_stale(state: MountState) -> bool:
     if state.owner_pid is not None and not _pid_runs(state.owner_pid, ""):
+        return True
+    if state.owner_pid is not None and state.owner_start is not None:
+        if _gone({"pid": state.owner_pid, "start": state.owner_start}):
+            return True
+    if _gone(state.setup):  # killed while setting it up
         return True
     if not fuse_alive(state):
         return True
@@ -206,6 +213,47 @@ def clear_stale() -> list[str]:
     return cleared
 
 
+def _whose(state: MountState) -> int:
+    """The pid to name for a stale session: whoever was setting it up, else its owner."""
+    pid = state.setup.get("pid") if state.setup else None
+    return pid if isinstance(pid, int) else state.owner_pid or state.fuse_pid or 0
+
+
+_cleared_here: set[str] = set()  # mountpoints whose stale sessions this process tore down
+
+
+def clear_leftovers() -> leftovers.Cleared:
+    """Everything interrupted runs of rescue left on this machine, for the front ends to
+    call first: browsing sessions whose owner died (torn down from their state files),
+    then whatever else dead owners left in the leftovers registry (rescue.hw.leftovers:
+    loop devices, mounts, scratch and staging files, partly written drives). Never waits
+    for a lock another process holds (it is setting up a session: not a leftover), never
+    raises."""
+    cleared = leftovers.Cleared()
+    root = state_root()
+    if root.is_dir():
+        try:
+            with open(root / ".lock", "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    pass  # someone is mounting or unmounting: they clear stale sessions themselves
+                else:
+                    for s in states():
+                        if not is_stale(s):
+                            continue
+                        try:
+                            teardown(s, lazy=True)
+                            cleared.add(_whose(s), f"image mount {s.mountpoint}")
+                            _cleared_here.add(s.mountpoint)
+                        except (RescueError, OSError) as e:
+                            cleared.left.append(f"image mount {s.mountpoint} ({e})")
+        except OSError:
+            pass  # not ours to clear (an unprivileged user)
+    cleared.merge(leftovers.clear_leftovers())
+    return cleared
+
+
 def find_state(mountpoint: str) -> MountState | None:
     path = state_root() / f"{key_for(mountpoint)}.json"
     return MountState.load(path) if path.exists() else None
@@ -240,7 +288,7 @@ def start_server(state: MountState, areas: list[str]) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise FilesystemError(f"the image file system did not start: {last_log_line(state.log)}")
-        if str(state.fuse_dir) in mount_table() and all((state.fuse_dir / a).exists() for a in areas):
+        if hwmounts.is_mountpoint(state.fuse_dir) and all((state.fuse_dir / a).exists() for a in areas):
             return
         time.sleep(0.05)
     raise FilesystemError(f"the image file system did not start within {START_TIMEOUT:.0f} s (see {state.log})")
@@ -265,20 +313,27 @@ def damage_lines(log: Path) -> list[str]:
     return [ln.split("rescue imagefs: ", 1)[-1] for ln in text.splitlines() if "fail with EIO" in ln]
 
 
+def _hw_owner(state: MountState) -> leftovers.Owner | None:
+    """Whose the session's loop devices and mounts are in the leftovers registry: the
+    extracting process's (None: this process) or, for `rescue mount`, the FUSE server's,
+    which lives as long as the session."""
+    if state.owner_pid is not None or state.fuse_pid is None:
+        return None
+    return leftovers.Owner.of(state.fuse_pid)
+
+
 def attach_loop(state: MountState, area: str) -> str:
     """A read-only loop device over the area's file, with direct I/O where the kernel
     allows it. Why direct I/O: each block request then reaches imagefs at its own offset and
     size, so a damaged chunk fails only the requests that touch it. Through the page cache of
     the FUSE file, a read-ahead window crossing into a damaged chunk would fail pages of the
     good chunk before it too."""
-    path = str(state.fuse_dir / area)
-    proc = run(["losetup", "--find", "--show", "--read-only", "--direct-io=on", path], check=False)
-    if proc.returncode != 0:
-        proc = run(["losetup", "--find", "--show", "--read-only", path], error=FilesystemError)
-    dev = proc.stdout.decode().strip()
-    state.loops.append(dev)
+    ours = hwmounts.attach(
+        state.fuse_dir / area, read_only=True, direct_io=True, error=FilesystemError, owner=_hw_owner(state)
+    )
+    state.loops.append(ours)
     state.save()
-    return dev
+    return ours.device
 
 
 def mount_fs(state: MountState, area: Area, dev: str, target: Path) -> None:
@@ -290,25 +345,25 @@ def mount_fs(state: MountState, area: Area, dev: str, target: Path) -> None:
     if not target.exists():
         target.mkdir()
         state.created_dirs.append(str(target))
-    state.mounts.append(str(target))
+    ours = OurMount(dev, str(target))
+    state.mounts.append(ours)  # before mounting: a crash in between leaves a record
     state.save()
-    proc = run(["mount", "-t", kind, "-o", opts, dev, str(target)], check=False, timeout=120)
-    if proc.returncode != 0:
-        state.mounts.remove(str(target))
-        state.save()
-        lines = [
-            ln.strip()
-            for ln in proc.stderr.decode(errors="replace").splitlines()
-            if ln.strip() and "dmesg(1)" not in ln
-        ]
-        raise FilesystemError(f"mounting {area.name} ({fstype}) failed: {lines[0] if lines else 'see dmesg'}")
-    found = mount_table().get(str(target))
-    if not found or os.path.realpath(found[1]) != os.path.realpath(dev):
-        umount_one(str(target), lazy=True)
-        raise RefusedError(
-            f"{target}: the kernel mounted {found[1] if found else 'nothing'} instead of the "
-            f"image's {area.name} (a mounted filesystem with the same UUID?); unmounted again"
+    try:
+        hwmounts.mount(
+            dev,
+            target,
+            kind,
+            opts,
+            read_only=True,
+            what=f"{area.name} ({fstype})",
+            error=FilesystemError,
+            timeout=120,
+            owner=_hw_owner(state),
         )
+    except RescueError:
+        state.mounts.remove(ours)
+        state.save()
+        raise
 
 
 def kernel_has(fs: str) -> bool:
@@ -344,21 +399,22 @@ def mount_fusefat(state: MountState, area: Area, dev: str, target: Path) -> None
     if shutil.which(FUSEFAT) is None:
         raise FilesystemError("fusefat is not installed")
     argv = [FUSEFAT, *FUSEFAT_ARGS, "-o", f"fsname={dev}", dev, str(target)]
-    state.mounts.append(str(target))
+    ours = OurMount(dev, str(target))
+    state.mounts.append(ours)
     state.save()
     proc = run(argv, check=False, timeout=120)
     if proc.returncode != 0:
-        state.mounts.remove(str(target))
+        state.mounts.remove(ours)
         state.save()
         raise FilesystemError(f"fusefat could not mount {area.name}: {_fusefat_reason(proc)}")
     pid = _find_process(argv)
     if pid is not None:
         state.helpers[str(target)] = pid
         state.save()
-    found = mount_table().get(str(target))
-    if not found or os.path.realpath(found[1]) != os.path.realpath(dev):
+    if not hwmounts.mount_is_ours(ours):
+        found = hwmounts.mount_at(target)
         raise FilesystemError(
-            f"fusefat did not mount {area.name} (the kernel shows {found[1] if found else 'nothing'} at {target})"
+            f"fusefat did not mount {area.name} (the kernel shows {found.source if found else 'nothing'} at {target})"
         )
 
 
@@ -421,10 +477,17 @@ def start_session(
     existing = find_state(str(mountpoint))
     if existing is not None:
         raise UsageError(f"{mountpoint} already shows image {existing.image}: run 'rescue umount {mountpoint}' first")
-    if str(mountpoint) in mount_table():
+    if hwmounts.is_mountpoint(mountpoint):
         raise UsageError(f"{mountpoint} is already a mount point; choose an empty directory")
+    me = leftovers.Owner.me()
     state = MountState(
-        str(mountpoint), str(Path(repo_path).resolve()), name, key_for(str(mountpoint)), owner_pid=owner_pid
+        str(mountpoint),
+        str(Path(repo_path).resolve()),
+        name,
+        key_for(str(mountpoint)),
+        owner_pid=owner_pid,
+        owner_start=me.start if owner_pid == me.pid else None,
+        setup=me.to_json(),
     )
     state.save()
     try:
@@ -440,18 +503,19 @@ def open_private(
 ) -> tuple[MountState, Path]:
     """One partition of an image for this process alone (extract, the wizard's browsing), in
     a fresh directory under /run/rescue/<kind>: the image filesystem, and with `mount` the
-    partition mounted at <dir>/<area>. Whatever was set up is undone if a step fails."""
-    import tempfile
-
+    partition mounted at <dir>/<area>. Whatever was set up is undone if a step fails. The
+    directory is kept in the leftovers registry: a killed process's is removed by the next
+    command, after its session is torn down."""
     work = state_root().parent / kind
     work.mkdir(parents=True, exist_ok=True)
-    mnt = Path(tempfile.mkdtemp(prefix=prefix, dir=work))
+    mnt = leftovers.make_dir(work, prefix)[0]
     state = None
     try:
         with locked():
             state = start_session(repo_path, name, mnt, [area], owner_pid=os.getpid())
             if mount:
                 mount_areas(state, [area], strict=True, fusefat=fusefat)
+            _set_up(state)
     except BaseException:
         close_private(state, mnt)
         raise
@@ -467,6 +531,7 @@ def close_private(state: MountState | None, mnt: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             mnt.rmdir()
+            leftovers.forget_dir(mnt)
 
 
 def mount_areas(state: MountState, areas: list[Area], strict: bool, fusefat: bool = True) -> list[PartMount]:
@@ -504,7 +569,7 @@ def mount_areas(state: MountState, areas: list[Area], strict: bool, fusefat: boo
 
 def _drop_dir(state: MountState, target: Path) -> None:
     """A partition that could not be mounted leaves no empty MOUNTPOINT/pN to puzzle over."""
-    if str(target) in state.created_dirs and str(target) not in mount_table():
+    if str(target) in state.created_dirs and not hwmounts.is_mountpoint(target):
         with contextlib.suppress(OSError):
             target.rmdir()
             state.created_dirs.remove(str(target))
@@ -532,40 +597,40 @@ def mount_image(repo_path: str, name: str, mountpoint: str, partition: int | Non
             teardown(state, lazy=True)
             why = "; ".join(f"{p.area}: {p.note}" for p in parts)
             raise FilesystemError(f"nothing to mount in image {name}: {why}")
+        _set_up(state)
     return MountResult(state, parts)
+
+
+def _set_up(state: MountState) -> None:
+    """The session is complete: from now on it lives as long as its owner (or server)."""
+    state.setup = None
+    state.save()
 
 
 # -- tearing down --------------------------------------------------------------------------
 
 
-def umount_one(path: str, lazy: bool) -> None:
-    proc = run(["umount", path], check=False)
-    if proc.returncode == 0 or path not in mount_table():
-        return
-    if not lazy:
+def umount_one(mount: OurMount, lazy: bool) -> None:
+    """Unmount one partition if the mount there is still ours (hw.mounts checks)."""
+    if hwmounts.unmount(mount, lazy=lazy) is hwmounts.Outcome.BUSY and not lazy:
         raise RefusedError(
-            f"{path} is in use (a shell or program has files open there): close it and run 'rescue umount' again"
+            f"{mount.where} is in use (a shell or program has files open there): close it and run 'rescue umount' again"
         )
-    run(["umount", "-l", path], check=False)
 
 
 def teardown(state: MountState, lazy: bool = False) -> None:
-    """Undo a session in reverse order; each step only if it is still ours. `lazy` for
-    leftovers: detach what is busy instead of refusing."""
-    table = mount_table()
-    for mnt in reversed(state.mounts):
-        found = table.get(mnt)
-        if found and os.path.realpath(found[1]) in {os.path.realpath(d) for d in state.loops}:
-            umount_one(mnt, lazy)
+    """Undo a session in reverse order; each step only if it is still ours (rescue.hw.mounts
+    checks the mount's source and the loop device's backing file). `lazy` for leftovers:
+    detach what is busy instead of refusing."""
+    for mount in reversed(state.mounts):
+        umount_one(mount, lazy)
     _stop_helpers(state)
-    ours = str(state.fuse_dir)
-    for dev in reversed(state.loops):
-        backing = loop_backing(dev)
-        if backing and backing.startswith(ours + "/"):
-            run(["losetup", "--detach", dev], check=False)
-    if ours in mount_table():
-        if run(["fusermount", "-u", ours], check=False).returncode != 0:
-            run(["fusermount", "-u", "-z", ours], check=False)
+    for lo in reversed(state.loops):
+        with contextlib.suppress(RescueError):
+            hwmounts.detach(lo, error=FilesystemError)
+    # The image file system: imagefs names its mount rescue:IMAGE (fsname).
+    with contextlib.suppress(RescueError):
+        hwmounts.unmount(OurMount(f"rescue:{state.image}", str(state.fuse_dir)), lazy=True, timeout=120)
     _stop_server(state)
     for d in reversed(state.created_dirs):
         with contextlib.suppress(OSError):
@@ -614,7 +679,7 @@ def umount_image(mountpoint: str) -> MountState:
         state = find_state(real)
         if state is None:
             cleared = clear_stale()
-            if real in cleared:
+            if real in cleared or real in _cleared_here:  # a dead session, cleared just now
                 return MountState(real, "", "", key_for(real))
             raise UsageError(f"no image is mounted at {mountpoint} by rescue")
         teardown(state, lazy=is_stale(state))

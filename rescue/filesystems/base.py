@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from rescue.errors import FilesystemError
+from rescue.hw import mounts as hwmounts
 from rescue.hw.run import run
 from rescue.model.extents import Extent
 
@@ -45,9 +46,7 @@ class Volume:
     @contextlib.contextmanager
     def device(self) -> Iterator[str]:
         """A read-only block device showing exactly this volume; detached on exit."""
-        from rescue.hw.loop import attached
-
-        with attached(self.path, offset=self.offset, size=self.size, readonly=True) as dev:
+        with hwmounts.loop_attached(self.path, offset=self.offset, size=self.size, read_only=True) as dev:
             yield dev
 
     def pread(self, length: int, offset: int) -> bytes:
@@ -242,12 +241,8 @@ class Filesystem:
         opts = self._mount_options(device, options or self.mount_rw or "rw")
         mnt = tempfile.mkdtemp(prefix="rescue-mount-")
         try:
-            run(["mount", "-t", self.mount_type, "-o", opts, device, mnt])
-            try:
-                yield mnt
-            finally:
-                if run(["umount", mnt], check=False, timeout=None).returncode != 0:
-                    run(["umount", "-l", mnt], check=False)
+            with hwmounts.mounted(device, mnt, self.mount_type, opts) as where:
+                yield where
         finally:
             with contextlib.suppress(OSError):
                 os.rmdir(mnt)

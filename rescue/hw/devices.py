@@ -89,19 +89,35 @@ class Mount:
     read_only: bool
 
 
+_OCTAL = b"01234567"
+
+
 def _unescape(s: str) -> str:
-    """mountinfo and /proc/swaps escape space, tab, newline and backslash as \\ooo."""
+    """mountinfo and /proc/swaps escape space, tab, newline and backslash as \\ooo: the
+    octal value of one BYTE. So the text goes back to the kernel's bytes, the escapes become
+    bytes, and the result is decoded as the file system encoding decodes names (os.fsdecode:
+    UTF-8, undecodable bytes as surrogates): an escaped byte of a multi-byte character joins
+    its neighbours ("caf\\303\\251" is "café"), and a name that is not UTF-8 still compares
+    equal to the same path from os.listdir. This module is the one parser of those tables
+    (rescue.hw.mounts reads them through it)."""
     if "\\" not in s:
         return s
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
+    raw = os.fsencode(s)
+    out, i = bytearray(), 0
+    while i < len(raw):
+        digits = raw[i + 1 : i + 4]
+        if raw[i] == 0x5C:
+            # The kernel escapes every backslash itself (\134): a bare one means the table is
+            # not what the kernel writes, and no question about it may be answered from it
+            # (the safety rules refuse: they fail closed).
+            if not (len(digits) == 3 and all(c in _OCTAL for c in digits) and int(digits, 8) < 256):
+                raise ValueError(f"a kernel table holds an escape the kernel does not write: {s!r}")
+            out.append(int(digits, 8))
             i += 4
         else:
-            out.append(s[i])
+            out.append(raw[i])
             i += 1
-    return "".join(out)
+    return os.fsdecode(bytes(out))
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
@@ -131,9 +147,11 @@ def parse_swaps(text: str) -> list[str]:
 
 
 def _read(path: str) -> str:
+    """A kernel table as text, its bytes decoded as file names are (a mount point that is not
+    UTF-8 must not make the table unreadable)."""
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            return os.fsdecode(f.read())
     except OSError:
         return ""
 
@@ -149,18 +167,6 @@ def identity(path: str) -> Node | None:
     return ("file", st.st_dev, st.st_ino)
 
 
-def mount_device(m: Mount) -> int | None:
-    """The block device behind a mount. btrfs and FUSE (ntfs-3g) mounts show an anonymous
-    0:N number in mountinfo; their source names the device."""
-    if os.major(m.devnum) != 0:
-        return m.devnum
-    if m.source.startswith("/dev/"):
-        ident = identity(m.source)
-        if ident and ident[0] == "dev":
-            return ident[1]
-    return None
-
-
 @dataclass(frozen=True)
 class Loop:
     name: str
@@ -173,18 +179,64 @@ class Loop:
 
 @dataclass
 class Snapshot:
-    """The kernel's tables at one moment, so one question sees one consistent picture."""
+    """The kernel's tables at one moment, so one question sees one consistent picture. Plain
+    data: `record()` reads it from the kernel as a JSON-ready dict, `from_record` parses one
+    (the live one or one saved on another machine), and every query below is pure."""
 
     mounts: list[Mount]
     swaps: list[str]
     devices: dict[int, DeviceDict]  # devnum -> device dict, every block device
     loops: list[Loop]
+    idents: dict[str, Node] = field(default_factory=dict)  # stat identity of each path the tables name
+    live: bool = True  # False for a recorded machine: a path the record does not name does not exist
+
+    @classmethod
+    def from_record(cls, rec: KernelRecord, live: bool = False) -> Snapshot:
+        """The one parser of each source: mountinfo and /proc/swaps as the kernel wrote them,
+        the device dicts, the identities."""
+        devices = {d["devnum"]: d for d in rec["devices"]}
+        idents: dict[str, Node] = {p: _node_of(v) for p, v in rec["idents"].items()}
+        idents.update({d["node"]: ("dev", d["devnum"]) for d in rec["devices"]})
+        loops = []
+        for d in rec["devices"]:
+            backing = d["attrs"].get("loop/backing_file")
+            if not d["name"].startswith("loop") or not backing:
+                continue
+            loops.append(
+                Loop(
+                    name=d["name"],
+                    devnum=d["devnum"],
+                    backing_file=backing,
+                    backing=idents.get(backing),
+                    offset=int(d["attrs"].get("loop/offset") or 0),
+                    sizelimit=int(d["attrs"].get("loop/sizelimit") or 0),
+                )
+            )
+        return cls(parse_mountinfo(rec["mountinfo"]), parse_swaps(rec["swaps"]), devices, loops, idents, live)
+
+    def identity(self, path: str) -> Node | None:
+        """What a path is, as recorded; on the live machine a path the tables do not name is
+        looked at now (an image file, a repository directory)."""
+        if path in self.idents:
+            return self.idents[path]
+        return identity(path) if self.live else None
+
+    def mount_device(self, m: Mount) -> int | None:
+        """The block device behind a mount. btrfs and FUSE (ntfs-3g) mounts show an anonymous
+        0:N number in mountinfo; their source names the device."""
+        if os.major(m.devnum) != 0:
+            return m.devnum
+        if m.source.startswith("/dev/"):
+            ident = self.identity(m.source)
+            if ident and ident[0] == "dev":
+                return ident[1]
+        return None
 
     def mounts_of(self, devnum: int) -> list[Mount]:
-        return [m for m in self.mounts if mount_device(m) == devnum]
+        return [m for m in self.mounts if self.mount_device(m) == devnum]
 
     def swap_nodes(self) -> set[Node]:
-        return {n for n in (identity(p) for p in self.swaps) if n}
+        return {n for n in (self.identity(p) for p in self.swaps) if n}
 
     def by_name(self, name: str) -> DeviceDict | None:
         for d in self.devices.values():
@@ -262,7 +314,7 @@ class Snapshot:
 
     def device_of_path(self, path: str) -> int | None:
         m = self.mount_of_path(path)
-        return mount_device(m) if m else None
+        return self.mount_device(m) if m else None
 
     def whole_disk(self, devnum: int) -> DeviceDict | None:
         d = self.devices.get(devnum)
@@ -358,30 +410,60 @@ def _all_block_devices() -> dict[int, DeviceDict]:
     return {d.device_number: _device_to_dict(d) for d in ctx.list_devices(subsystem="block")}
 
 
+class KernelRecord(TypedDict):
+    """The kernel's tables as recorded: the sources as the kernel wrote them (parsed by the
+    same code live and replayed) and the stat identity of every path they name."""
+
+    devices: list[DeviceDict]
+    mountinfo: str
+    swaps: str
+    idents: dict[str, list[int | str]]  # path -> ["dev", devnum] or ["file", st_dev, st_ino]
+
+
+def _node_of(value: list[int | str] | tuple[int | str, ...]) -> Node:
+    kind, *nums = value
+    if kind == "dev" and len(nums) == 1:
+        return ("dev", int(nums[0]))
+    if kind == "file" and len(nums) == 2:
+        return ("file", int(nums[0]), int(nums[1]))
+    raise DeviceError(f"a recorded machine names an unknown kind of node: {value!r}")
+
+
+def record() -> KernelRecord:
+    """Read the kernel's tables now: every block device, mountinfo, swaps, and the identity of
+    every path they name (mount sources under /dev, swap areas, loop devices' backing files)."""
+    devices = list(_all_block_devices().values())
+    mountinfo = _read("/proc/self/mountinfo")
+    swaps = _read("/proc/swaps")
+    paths = [m.source for m in parse_mountinfo(mountinfo) if m.source.startswith("/dev/")]
+    paths += parse_swaps(swaps)
+    paths += [
+        b
+        for d in devices
+        if (b := d["attrs"].get("loop/backing_file")) and d["name"].startswith("loop") and not b.endswith(" (deleted)")
+    ]
+    idents: dict[str, list[int | str]] = {}
+    for path in dict.fromkeys(paths):
+        node = identity(path)
+        if node is not None:
+            idents[path] = list(node)
+    return {"devices": devices, "mountinfo": mountinfo, "swaps": swaps, "idents": idents}
+
+
+_replayed: Snapshot | None = None  # a recorded machine this process looks at instead of the kernel
+
+
+def replay(snap: Snapshot | None) -> None:
+    """Make `snapshot()` answer with a recorded machine (None: the kernel again). For the
+    wizard's dry run, which runs the real engine over a machine recorded elsewhere."""
+    global _replayed
+    _replayed = snap
+
+
 def snapshot() -> Snapshot:
-    devices = _all_block_devices()
-    loops = []
-    for d in devices.values():
-        backing = d["attrs"].get("loop/backing_file")
-        if not d["name"].startswith("loop") or not backing:
-            continue
-        ident = None if backing.endswith(" (deleted)") else identity(backing)
-        loops.append(
-            Loop(
-                name=d["name"],
-                devnum=d["devnum"],
-                backing_file=backing,
-                backing=ident,
-                offset=int(d["attrs"].get("loop/offset") or 0),
-                sizelimit=int(d["attrs"].get("loop/sizelimit") or 0),
-            )
-        )
-    return Snapshot(
-        mounts=parse_mountinfo(_read("/proc/self/mountinfo")),
-        swaps=parse_swaps(_read("/proc/swaps")),
-        devices=devices,
-        loops=loops,
-    )
+    if _replayed is not None:
+        return _replayed
+    return Snapshot.from_record(record(), live=True)
 
 
 # --------------------------------------------------------------------------- dict -> Drive
@@ -565,19 +647,28 @@ def list_drives(include_loop: bool = True, snap: Snapshot | None = None) -> list
 
 def drive_info(path: str, snap: Snapshot | None = None) -> Drive:
     """A drive by any name: /dev/sdX, /dev/loopN, a /dev/disk/by-id symlink, a partition
-    node, or a regular image file."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DeviceError(f"{path} does not exist") from None
-    except OSError as e:
-        raise DeviceError(f"{path} cannot be examined: {e.strerror}") from None
+    node, or a regular image file (on the live machine; a recorded one has only drives)."""
     snap = snap or snapshot()
-    if stat.S_ISREG(st.st_mode):
-        return file_drive(path, snap)
-    if not stat.S_ISBLK(st.st_mode):
+    node: Node | None = snap.idents.get(path) or snap.idents.get(os.path.realpath(path))
+    if node is None and not snap.live:
+        raise DeviceError(f"{path} does not exist on the recorded machine")
+    if node is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise DeviceError(f"{path} does not exist") from None
+        except OSError as e:
+            raise DeviceError(f"{path} cannot be examined: {e.strerror}") from None
+        if stat.S_ISREG(st.st_mode):
+            return file_drive(path, snap)
+        if not stat.S_ISBLK(st.st_mode):
+            raise DeviceError(f"{path} is neither a drive nor an image file")
+        node = ("dev", st.st_rdev)
+    if node is not None and node[0] == "file" and snap.live:
+        return file_drive(path, snap)  # an image file some loop device shows
+    if node is None or node[0] != "dev":
         raise DeviceError(f"{path} is neither a drive nor an image file")
-    d = snap.devices.get(st.st_rdev)
+    d = snap.devices.get(node[1])
     if d is None:
         raise DeviceError(f"{path} is not a block device the kernel knows (stale device node?)")
     return drive_from_dict(d, snap)
@@ -597,7 +688,7 @@ def boot_medium(medium: str = LIVE_MEDIUM, snap: Snapshot | None = None) -> str 
     snap = snap or snapshot()
     real = os.path.realpath(medium)
     m = next((m for m in reversed(snap.mounts) if m.mountpoint == real), None)
-    dev = mount_device(m) if m else None
+    dev = snap.mount_device(m) if m else None
     if dev is None:
         return None
     # Through partitions and loop devices over block devices, not through files: booted

@@ -12,8 +12,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from rescue.errors import DeviceError
+from rescue.errors import DeviceError, RescueError
 from rescue.hw import devices as hwdev
+from rescue.hw import mounts as hwmounts
 from rescue.hw.run import run
 
 log = logging.getLogger(__name__)
@@ -72,22 +73,29 @@ def fs_type(d: hwdev.DeviceDict) -> str | None:
     props = d["props"]
     if props.get("ID_FS_TYPE"):
         return props["ID_FS_TYPE"] if props.get("ID_FS_USAGE", "filesystem") == "filesystem" else None
-    proc = run(["blkid", "-p", "-o", "export", d["node"]], check=False, timeout=60)
+    found = probe(d["node"])
+    if found.get("USAGE") != "filesystem":
+        return None
+    return found.get("TYPE")
+
+
+def probe(node: str) -> dict[str, str]:
+    """blkid's low-level probe of a device: TYPE, LABEL, UUID, USAGE... ({} when it finds
+    nothing)."""
+    proc = run(["blkid", "-p", "-o", "export", "--", node], check=False, timeout=60)
     found = {}
     for line in proc.stdout.decode(errors="replace").splitlines():
         key, sep, value = line.partition("=")
         if sep:
             found[key] = value
-    if found.get("USAGE") != "filesystem":
-        return None
-    return found.get("TYPE")
+    return found
 
 
 def _candidates(snap: hwdev.Snapshot, paths: list[str] | None, include_loop: bool) -> list[hwdev.DeviceDict]:
     if paths is not None:
         out = []
         for p in paths:
-            ident = hwdev.identity(p)
+            ident = snap.identity(p)
             if ident is None or ident[0] != "dev" or ident[1] not in snap.devices:
                 raise DeviceError(f"{p} is not a block device")
             out.append(snap.devices[ident[1]])
@@ -122,20 +130,20 @@ def _location(
 def _mount_ro(d: hwdev.DeviceDict, fstype: str, run_dir: str) -> str | None:
     target = os.path.join(run_dir, d["name"])
     os.makedirs(target, exist_ok=True)
-    if os.path.ismount(target):  # something else is mounted there: never stack on it
+    if hwmounts.is_mountpoint(target):  # something else is mounted there: never stack on it
         log.warning("%s is already a mountpoint; skipping %s", target, d["node"])
         return None
     # Plain "ro" still replays an ext4 journal and xfs refuses a dirty log: looking for a
     # repository must never change a drive.
-    options = {"ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,norecovery"}.get(fstype, "ro")
-    argv = ["mount", "-o", options, "-t", _MOUNT_TYPE.get(fstype, fstype), d["node"], target]
-    proc = run(argv, check=False, timeout=120)
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        log.info("cannot mount %s (%s): %s", d["node"], fstype, lines[0] if lines else "failed")
+    options = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}.get(fstype, "")
+    try:
+        return hwmounts.mount(
+            d["node"], target, _MOUNT_TYPE.get(fstype, fstype), options, read_only=True, timeout=120
+        ).where
+    except RescueError as e:
+        log.info("%s", e)
         _rmdir(target)
         return None
-    return target
 
 
 def _rmdir(path: str) -> None:
@@ -145,10 +153,14 @@ def _rmdir(path: str) -> None:
         pass
 
 
-def _umount(mountpoint: str) -> bool:
-    if run(["umount", mountpoint], check=False, timeout=120).returncode != 0:
+def _umount(device: str, mountpoint: str) -> bool:
+    """Unmount what _mount_ro mounted, if the mount there is still ours (a mount of someone
+    else's is left alone, and so is its directory). False when it is busy."""
+    done = hwmounts.unmount(hwmounts.OurMount(device, mountpoint), timeout=120)
+    if done is hwmounts.Outcome.BUSY:
         return False
-    _rmdir(mountpoint)
+    if done is not hwmounts.Outcome.NOT_OURS:
+        _rmdir(mountpoint)
     return True
 
 
@@ -175,7 +187,7 @@ def find_repositories(
             continue
         repos = repo_dirs(mountpoint)
         if not repos:
-            _umount(mountpoint)
+            _umount(d["node"], mountpoint)
             continue
         found += [_location(p, d, snap, mountpoint, True, True) for p in repos]
     return found
@@ -185,8 +197,8 @@ def release(locations: list[RepoLocation]) -> None:
     """Unmount what find_repositories mounted (once per filesystem), and remove the
     mountpoints. Filesystems that were mounted before are left alone."""
     failed = []
-    for mnt in dict.fromkeys(loc.mountpoint for loc in locations if loc.mounted_by_us):
-        if os.path.ismount(mnt) and not _umount(mnt):
+    for mnt, device in dict.fromkeys((loc.mountpoint, loc.device) for loc in locations if loc.mounted_by_us):
+        if not _umount(device, mnt):
             failed.append(mnt)
     if failed:
         raise DeviceError(f"cannot unmount {', '.join(failed)} (still in use?)")

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from rescue.errors import DeviceError
+from rescue.hw import leftovers
 
 RAM_FILESYSTEMS = ("tmpfs", "ramfs", "overlayfs")  # the live system's / is an overlay on tmpfs
 RAM_RESERVE = 128 << 20  # left for the programs themselves
@@ -49,8 +50,10 @@ def space(path: str) -> tuple[int, bool]:
 
 
 def make_dir(path: str) -> Path:
-    """A private directory for this job's scratch files inside `path`, writable or refused."""
+    """A private directory for this job's scratch files inside `path`, writable or refused.
+    Kept in the leftovers registry (rescue.hw.leftovers): if this process is killed, the
+    next run of rescue removes it with its contents."""
     try:
-        return Path(tempfile.mkdtemp(prefix="rescue-scratch-", dir=path))
+        return leftovers.make_dir(path, "rescue-scratch-")[0]
     except OSError as e:
         raise DeviceError(f"cannot create scratch files in {path}: {e.strerror}") from None

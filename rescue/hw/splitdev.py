@@ -30,6 +30,9 @@ device over it. The server is a separate process, never a thread of the caller:
 
 The FUSE mount point and the server's log live in a private directory under /run/rescue
 (RAM, cleared at boot); the scratch file wherever the caller says (it is the one that grows).
+The work directory, the scratch file, the FUSE mount, the server and the loop device are
+each kept in rescue.hw.leftovers' registry from before they exist until they are gone: when
+the caller and the server are both killed, the next run of rescue clears them.
 
 The server exits with status 1 if any I/O failed during its life (each failure is logged
 to its stderr with the file and byte), so a failed write that the resize tool ignored or
@@ -63,12 +66,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rescue.errors import DeviceError, RescueError
-from rescue.hw import loop
-from rescue.hw.run import run
+from rescue.hw import leftovers
+from rescue.hw import mounts as hwmounts
 
 PROGRAM = "rescue splitdev"
 SERVER_MODULE = "rescue.hw.splitdev"
 DEV_NAME = "dev"
+FSNAME = "rescue-splitdev"  # the FUSE mount's source in mountinfo
 DEV_INODE = 2  # llfuse.ROOT_INODE is 1
 SECTOR = 512
 # libfuse 2 (llfuse) receives at most 128 KiB per request, and the kernel sends no more
@@ -214,20 +218,6 @@ def _io_flusher() -> str:
     return ""
 
 
-def _detach_loops_over(path: str) -> None:
-    """Detach every loop device whose backing file is `path` (the kernel autoclears one
-    still open by someone when they close it)."""
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        with contextlib.suppress(OSError):
-            if backing.read_text().strip() == path:
-                subprocess.run(
-                    ["losetup", "--detach", f"/dev/{backing.parts[3]}"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    timeout=60,
-                )
-
-
 def _watch_owner(owner: int, mountpoint: str, scratch: str, orphaned: threading.Event) -> None:
     """Wait until the owner process is gone (a pidfd: exact, whatever pids are reused),
     then undo what it can no longer undo and stop serving."""
@@ -247,7 +237,9 @@ def _watch_owner(owner: int, mountpoint: str, scratch: str, orphaned: threading.
                 break
             time.sleep(1)
     log(f"the owner process {owner} is gone: detaching loop devices over {mountpoint}/{DEV_NAME} and stopping")
-    _detach_loops_over(os.path.join(mountpoint, DEV_NAME))
+    # Any loop device over our file is the owner's (the kernel autoclears one still open by
+    # someone when they close it).
+    hwmounts.detach_loops_over(os.path.join(mountpoint, DEV_NAME))
     with contextlib.suppress(OSError):
         os.unlink(scratch)
     orphaned.set()
@@ -404,7 +396,7 @@ def serve(
     if why:
         log(f"PR_SET_IO_FLUSHER not set ({why}); continuing")
     options = set(llfuse.default_options) | {
-        "fsname=rescue-splitdev",
+        f"fsname={FSNAME}",
         "subtype=rescue-splitdev",
         f"max_write={MAX_IO}",
         f"max_read={MAX_IO}",
@@ -478,16 +470,6 @@ def _python() -> str:
     if importlib.util.find_spec("llfuse") is not None:
         return sys.executable
     return "/usr/bin/python3"
-
-
-def _mounted(path: str) -> bool:
-    """From mountinfo, not os.path.ismount: that says False for a dead FUSE mount."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return False
-    want = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
-    return any(len(f := ln.split()) > 4 and f[4] == want for ln in lines)
 
 
 def _first_error(path: Path, *, any_line: bool = True) -> str:
@@ -606,7 +588,10 @@ class _Session:
         self.tfd: int | None = None
         self.sfd: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.loop: str | None = None
+        self.loop: hwmounts.OurLoop | None = None
+        self.work_key = ""  # leftovers registry keys of what is ours
+        self.scratch_key = ""
+        self.server_key = ""
 
     @property
     def fuse_file(self) -> Path:
@@ -626,16 +611,23 @@ class _Session:
         self.mnt.mkdir()
         pkg_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
+        fuse = hwmounts.OurMount(FSNAME, str(self.mnt))
+        leftovers.record("mount", leftovers.mount_stem(fuse.source, fuse.where), {"mount": fuse.to_json()})
         with open(self.log, "ab") as logf:
             proc = self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/", start_new_session=True
+            )
+        server = leftovers.Owner.of(proc.pid)
+        if server is not None:
+            self.server_key = leftovers.record(
+                "process", f"process-{proc.pid}", {"process": server.to_json(), "what": "split-device server"}
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             gone = self.server_gone()
             if gone:
                 raise DeviceError(gone)
-            if _mounted(str(self.mnt)) and self.fuse_file.exists():
+            if hwmounts.is_mountpoint(self.mnt) and self.fuse_file.exists():
                 return proc.pid
             time.sleep(0.02)
         raise DeviceError(
@@ -647,34 +639,14 @@ class _Session:
         direct I/O: the loop driver then sends each request to the server at once, at its
         own offset and size, and keeps no second page cache of the FUSE file that the
         caller's direct writes would have to invalidate."""
-        path = str(self.fuse_file)
-        proc = run(["losetup", "--find", "--show", "--direct-io=on", path], check=False, error=DeviceError)
-        dev = proc.stdout.decode().strip()
-        if proc.returncode != 0:
-            if dev.startswith("/dev/loop"):
-                self.loop = dev  # attached, then refused direct I/O: detach, then plain
-                self.detach_loop()
-            dev = loop.attach(path)
-        self.loop = dev
-        try:
-            dio = Path(f"/sys/block/{os.path.basename(dev)}/loop/dio").read_text().strip() == "1"
-        except OSError:
-            dio = False
-        return dev, dio
+        self.loop = hwmounts.attach(self.fuse_file, direct_io=True, error=DeviceError)
+        return self.loop.device, hwmounts.direct_io(self.loop.device)
 
     def detach_loop(self) -> list[str]:
-        dev, self.loop = self.loop, None
-        if dev is None:
+        ours, self.loop = self.loop, None
+        if ours is None:
             return []
-        try:
-            backing = Path(f"/sys/block/{os.path.basename(dev)}/loop/backing_file").read_text().strip()
-        except OSError:
-            return []  # already gone
-        if backing != str(self.fuse_file):
-            return []  # not ours any more
-        proc = run(["losetup", "--detach", dev], check=False, error=DeviceError)
-        if proc.returncode != 0:
-            return [f"cannot detach {dev}: {proc.stderr.decode(errors='replace').strip()}"]
+        hwmounts.detach(ours, error=DeviceError)  # only while it is still ours
         return []
 
     def sync_loop(self) -> list[str]:
@@ -682,23 +654,22 @@ class _Session:
         server answers with fsync of the target and the scratch file."""
         if self.loop is None:
             return []
+        dev = self.loop.device
         try:
-            fd = os.open(self.loop, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            return [f"cannot open {self.loop} to sync it: {e.strerror}"]
+            return [f"cannot open {dev} to sync it: {e.strerror}"]
         try:
             os.fsync(fd)
         except OSError as e:
-            return [f"syncing {self.loop} (the split device over {self.target}) failed: {e.strerror}"]
+            return [f"syncing {dev} (the split device over {self.target}) failed: {e.strerror}"]
         finally:
             os.close(fd)
         return []
 
     def unmount(self) -> None:
-        if not _mounted(str(self.mnt)):
-            return
-        if run(["umount", str(self.mnt)], check=False, error=DeviceError).returncode != 0:
-            run(["umount", "-l", str(self.mnt)], check=False, error=DeviceError)
+        """The server's FUSE mount (its fsname names it), lazily when busy."""
+        hwmounts.unmount(hwmounts.OurMount(FSNAME, str(self.mnt)), lazy=True)
 
     def stop_server(self) -> list[str]:
         """The server exits by itself once unmounted; a hung one is signalled. Its exit
@@ -718,6 +689,8 @@ class _Session:
                 self.proc.wait(timeout=5)
         if self.proc.poll() is None:
             return [f"the split-device server for {self.target} (pid {self.proc.pid}) does not stop"]
+        if self.server_key:
+            leftovers.forget(self.server_key)
         if self.proc.returncode != 0 and not signalled:
             return [self.server_gone()]
         if signalled:
@@ -761,7 +734,8 @@ class _Session:
         if self.scratch is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.scratch.unlink()
-        if not _mounted(str(self.mnt)):
+            leftovers.forget(self.scratch_key)
+        if not hwmounts.is_mountpoint(self.mnt):
             with contextlib.suppress(OSError):
                 self.mnt.rmdir()
         # The log goes with the work directory; its first error is already in the message.
@@ -770,17 +744,19 @@ class _Session:
                 self.log.unlink()
             with contextlib.suppress(OSError):
                 self.work.rmdir()
+        if not self.work.exists():
+            leftovers.forget(self.work_key)
 
 
-def _work_root() -> str | None:
-    """/run/rescue when we may write there (RAM on every system, cleared at boot), else
-    the default temporary directory."""
-    root = Path("/run/rescue")
+def _work_root() -> Path:
+    """/run/rescue (leftovers.run_dir) when we may write there (RAM on every system,
+    cleared at boot), else the default temporary directory."""
+    root = leftovers.run_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        return str(root)
+        return Path(os.path.realpath(root))
     except OSError:
-        return None
+        return Path(os.path.realpath(tempfile.gettempdir()))
 
 
 @contextlib.contextmanager
@@ -809,7 +785,9 @@ def split_device(
     scratch_dir = Path(scratch_dir)
     if not scratch_dir.is_dir():
         raise DeviceError(f"scratch directory {scratch_dir} does not exist")
-    sess = _Session(target, Path(tempfile.mkdtemp(prefix="splitdev-", dir=_work_root())))
+    work, work_key = leftovers.make_dir(_work_root(), "splitdev-")
+    sess = _Session(target, work)
+    sess.work_key = work_key
     ok = False
     try:
         try:
@@ -819,8 +797,9 @@ def split_device(
         have = _file_size(sess.tfd)
         if have < target_offset + new_size:
             raise DeviceError(f"{target} holds {have} bytes, too few for {new_size} bytes at offset {target_offset}")
-        fd, name = tempfile.mkstemp(prefix="rescue-split-", suffix=".scratch", dir=str(scratch_dir))
-        sess.scratch, sess.sfd = Path(name), fd
+        scratch, fd, sess.scratch_key = leftovers.make_file(scratch_dir, "rescue-split-", ".scratch", "scratch file")
+        name = str(scratch)
+        sess.scratch, sess.sfd = scratch, fd
         try:
             os.ftruncate(fd, old_size - new_size)
         except OSError as e:

@@ -6,7 +6,14 @@ the partition table, the bytes outside partitions (imaging/outside.py: boot code
 after the MBR, which writing a table clears), every partition's chunks at its planned offset,
 filesystems grown in place or shrunk on the target (never writing past the end of a smaller
 partition: a shrink writes the bytes past the new end to a scratch file, hw/splitdev.py), the
-bytes outside partitions read back and compared, then the steps that make the drive boot."""
+bytes outside partitions read back and compared, then the steps that make the drive boot.
+
+From the first action that writes until the last action has run, the target is marked
+partly written (rescue.hw.leftovers: /run/rescue/partly-written/<drive>.json, naming the
+job, its source, its start and its log): a job that fails, is cancelled, interrupted or
+killed leaves the mark, so that its error, the CLI's exit message, `rescue disks` and the
+wizard's drive lists say that the drive will not boot. A job that completes removes it,
+also one that a failed job left on the same drive."""
 
 from __future__ import annotations
 
@@ -15,9 +22,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rescue.errors import RescueError
-from rescue.hw import blockdev
-from rescue.hw.loop import attached
+from rescue.errors import Cancelled, DeviceError, RescueError
+from rescue.hw import blockdev, leftovers
+from rescue.hw.mounts import loop_attached
 from rescue.hw.partitions import apply_layout
 from rescue.imaging import outside as outside_bytes
 from rescue.imaging import postrestore
@@ -76,13 +83,39 @@ class Job:
     scratch_dir: str
     recovered: Callable[[], None] = lambda: None  # clone: rewrite what later passes recovered
     keep_out: list[Extent] = field(default_factory=list)  # the new table's own structures
+    kind: str = "restore"  # "restore" or "clone": what the partly-written mark and words say
+    source: str = "?"  # the image's name or the source drive
+
+
+# Actions that only read the target; every other one writes it.
+READ_ONLY = frozenset({actions.CHECK_GAPS, actions.GRUB_GAP})
 
 
 def execute(job: Job, actions: list[Action]) -> tuple[list[str], list[Action]]:
     """Carry out `actions` (model/actions.py) in their order, each exactly as planned.
     A failing action that aborts stops the job (its error says whether the target is partly
     written); one that warns is logged and returned as a warning. Returns (warnings, the
-    actions executed)."""
+    actions executed). The target is marked partly written from the first action that
+    writes until all have run (see the module's docstring)."""
+    mark = _Mark(job)
+    try:
+        result = _run(job, actions, mark)
+    except (RescueError, OSError) as e:
+        if not mark.started:
+            raise
+        raise _partly_written(job, e, mark) from None
+    except BaseException:  # KeyboardInterrupt, SystemExit: the mark stays, the log says why
+        if mark.started:
+            job.log(f"INTERRUPTED: {mark.words()}")
+            if mark.marker is not None:
+                leftovers.ended(mark.marker, "interrupted")
+        raise
+    if mark.marker is not None:
+        leftovers.finished(mark.marker)
+    return result
+
+
+def _run(job: Job, actions: list[Action], mark: _Mark) -> tuple[list[str], list[Action]]:
     warnings: list[str] = []
     done: list[Action] = []
     reread = False
@@ -90,13 +123,13 @@ def execute(job: Job, actions: list[Action]) -> tuple[list[str], list[Action]]:
         if not act.aborts and not reread:  # the steps after writing see the new table
             _reread(job.target)
             reread = True
+        if act.kind not in READ_ONLY:
+            mark.start()
         job.log(f"step {len(done) + 1}/{len(actions)}: {act.what}")
         try:
             _HANDLERS[act.kind](job, act)
         except (RescueError, OSError) as e:
             if act.aborts:
-                if isinstance(e, RescueError):
-                    raise _partly_written(job, e) from None
                 raise
             warnings.append(f"the drive is written, but this step failed ({act.what}): {e}")
             job.log(f"WARNING: {warnings[-1]}")
@@ -106,13 +139,49 @@ def execute(job: Job, actions: list[Action]) -> tuple[list[str], list[Action]]:
     return warnings, done
 
 
-def _partly_written(job: Job, e: RescueError) -> RescueError:
-    """Every aborting action writes (a table commit can fail half-way too): once execution
-    started, the target is partly written, and the error says so."""
-    job.log(f"FAILED: {e}; {job.target} is partly written")
-    err = type(e)(f"{e}; {job.target} is partly written: restore onto it again before using it")
+class _Mark:
+    """The partly-written mark of one execution: made once, before the first write."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.started = False
+        self.marker: leftovers.Marker | None = None
+        self.kind, self.source = job.kind, job.source
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        path = self.job.log.path
+        self.marker = leftovers.mark_partly_written(self.job.target, self.kind, self.source, str(path or ""))
+
+    def words(self) -> str:
+        return leftovers.partly_written_words(self.job.target, self.kind)
+
+
+def _partly_written(job: Job, e: RescueError | OSError, mark: _Mark) -> RescueError:
+    """Every writing action can fail half-way (a table commit too): once one started, the
+    target is partly written, and the error says so (leftovers.partly_written_words, the
+    one wording). A cancel keeps its exit code and is marked interrupted, not failed."""
+    words = mark.words()
+    cancelled = isinstance(e, Cancelled)
+    text = str(e) if isinstance(e, RescueError) else _os_text(e)
+    job.log(f"{'CANCELLED' if cancelled else 'FAILED'}: {text}; {words}")
+    if mark.marker is not None:
+        leftovers.ended(mark.marker, "interrupted" if cancelled else "failed", text)
+    if not isinstance(e, RescueError):
+        return DeviceError(f"{text}; {words}")
+    try:
+        err = type(e)(f"{text}; {words}")
+    except TypeError:  # a subclass with its own constructor
+        err = RescueError(f"{text}; {words}")
     err.exit_code = e.exit_code
     return err
+
+
+def _os_text(e: OSError) -> str:
+    what = e.strerror or str(e)
+    return f"{e.filename}: {what}" if e.filename else what
 
 
 def _reread(target: str) -> None:
@@ -218,16 +287,21 @@ def write_chunks(
         meter.advance(length)
 
     todo = [i for i, k in enumerate(index.kinds) if k in (Kind.DATA, Kind.ZERO)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for _ in pool.map(write, todo):
             pass
+    except BaseException:  # a failure, a cancel, Ctrl-C: stop now, not after the whole area
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _resize_in_place(target: str, src: AreaSource, place: Placement) -> str:
     from rescue.filesystems.resize import resizer
 
     fs = src.fs or {}
-    with attached(target, offset=place.offset, size=place.size) as dev:
+    with loop_attached(target, offset=place.offset, size=place.size) as dev:
         return resizer(fs["type"]).resize(dev, place.size, label=fs.get("label"), uuid=fs.get("uuid"))
 
 

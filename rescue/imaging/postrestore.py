@@ -35,7 +35,7 @@ from rescue.errors import DeviceError, FilesystemError, RescueError
 from rescue.filesystems import lookup, probe
 from rescue.filesystems.base import Volume
 from rescue.filesystems.fat import mtools_env
-from rescue.hw.loop import attached
+from rescue.hw.mounts import loop_attached
 from rescue.hw.partitions import read_layout
 from rescue.hw.run import output, run
 from rescue.model.actions import bios_boot_moved, esp_partitions
@@ -67,7 +67,7 @@ def _volume(target: str, layout: DiskLayout, p: Partition) -> Volume:
 
 @contextlib.contextmanager
 def _partition(target: str, layout: DiskLayout, p: Partition) -> Iterator[str]:
-    with attached(target, offset=p.offset(layout.sector_size), size=p.size(layout.sector_size)) as dev:
+    with loop_attached(target, offset=p.offset(layout.sector_size), size=p.size(layout.sector_size)) as dev:
         yield dev
 
 

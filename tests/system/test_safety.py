@@ -4,9 +4,14 @@ on loop devices here), which is exactly the stacking the rules must see through.
 
 from __future__ import annotations
 
-import pytest
-from disks import MiB, sh
+import hashlib
+import os
+from pathlib import Path
 
+import pytest
+from disks import MiB, partition_table, sh
+
+from rescue.cli import main
 from rescue.errors import RefusedError
 from rescue.hw import devices
 from rescue.hw.safety import check_source, check_target
@@ -161,4 +166,247 @@ def test_second_loop_over_the_same_bytes_is_seen(loops):
     with loops.mounted(first) as mnt:
         with pytest.raises(RefusedError, match=rf"target {whole} has a mounted filesystem \({first} on {mnt}\)"):
             check_target(whole)
-        check_target(second)  # 50..90 MiB does not overlap 1..41 MiB
+        # 50..90 MiB does not overlap 1..41 MiB: refused only for being part of a file.
+        with pytest.raises(
+            RefusedError, match=rf"target {second} shows only bytes \d+-\d+ of {img}, not a whole drive$"
+        ):
+            check_target(second)
+
+
+# --------------------------------------------------------------------------- whole drives only
+#
+# Through the CLI, as a person types it: each refusal exits 3 with one line naming the rule,
+# and the bytes that would have been written are the same afterwards.
+
+PART_START, PART_SECTORS = 2048, 180000  # 1 MiB .. about 89 MiB of a 96 MiB drive
+PART_BYTES = f"bytes {PART_START * 512}-{(PART_START + PART_SECTORS) * 512 - 1}"
+
+
+def sha(*paths) -> list[str]:
+    out = []
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(MiB):
+                h.update(block)
+        out.append(h.hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def imaged(mloops):
+    """A small GPT drive with one ext4 partition, captured as "img"; returns (source, repo)."""
+    path = mloops.file("src.img", 64 * MiB)
+    partition_table(str(path), "label: gpt\nstart=2048, size=100000\n")
+    part = mloops.attach(path, offset=MiB, size=100000 * 512)
+    sh("mkfs.ext4", "-q", part)
+    source = mloops.attach(path)
+    repo = mloops.root / "repo"
+    assert main(["capture", source, str(repo), "--name", "img"]) == 0
+    return source, repo
+
+
+def refusal(capsys, argv: list[str]) -> str:
+    """Run the CLI in this process; it must refuse (exit 3) with one line on stderr."""
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rescue: "), err
+    return lines[0].removeprefix("rescue: ")
+
+
+def jobs(repo: Path, source: str, target: str) -> dict[str, list[str]]:
+    return {
+        "restore": ["restore", str(repo), "img", target, "--yes", "--no-preverify"],
+        "clone": ["clone", source, target, "--yes"],
+        "plan": ["plan", str(repo), "img", target],
+    }
+
+
+WRITING_JOBS = ["restore", "clone", "plan"]
+
+
+def partitioned(loops, name: str = "disk.img") -> tuple[Path, str]:
+    """A 96 MiB drive with a GPT and one partition, behind a loop device."""
+    path = loops.file(name, 96 * MiB)
+    partition_table(str(path), f"label: gpt\nstart={PART_START}, size={PART_SECTORS}\n")
+    return path, loops.attach(path)
+
+
+def partition_node(disk: str) -> str:
+    """A real partition node (the kernel does not read tables here; partx announces it)."""
+    sh("partx", "--add", disk)
+    node = f"{disk}p1"
+    assert os.path.exists(node) and devices.drive_info(node).parent == os.path.basename(disk)
+    return node
+
+
+@pytest.mark.parametrize("job", WRITING_JOBS)
+def test_a_partition_is_not_a_target(imaged, loops, capsys, job):
+    source, repo = imaged
+    path, disk = partitioned(loops)
+    part = partition_node(disk)
+    before = sha(path)
+    line = refusal(capsys, jobs(repo, source, part)[job])
+    assert line == f"target {part} is a partition of {disk}, not a whole drive"
+    assert sha(path) == before, "the drive was written"
+
+
+@pytest.mark.parametrize("job", WRITING_JOBS)
+def test_a_loop_over_part_of_a_drive_is_not_a_target(imaged, loops, capsys, job):
+    """This machine's partitions: a loop device with an offset over the whole-drive loop."""
+    source, repo = imaged
+    path, disk = partitioned(loops)
+    view = loops.partition(disk, PART_START, PART_SECTORS)
+    before = sha(path)
+    line = refusal(capsys, jobs(repo, source, view)[job])
+    assert line == f"target {view} shows only {PART_BYTES} of {disk}, not a whole drive"
+    assert sha(path) == before, "the drive was written"
+
+
+@pytest.mark.parametrize("job", WRITING_JOBS)
+def test_a_loop_over_a_partition_is_not_a_target(imaged, loops, capsys, job):
+    source, repo = imaged
+    path, disk = partitioned(loops)
+    part = partition_node(disk)
+    alias = loops.attach(part)
+    before = sha(path)
+    line = refusal(capsys, jobs(repo, source, alias)[job])
+    assert line == f"target {alias} shows {part}, a partition of {disk}, not a whole drive"
+    assert sha(path) == before, "the drive was written"
+
+
+def test_a_loop_over_part_of_an_image_file_is_not_a_target(imaged, loops, capsys):
+    source, repo = imaged
+    path = loops.file("image.img", 96 * MiB)
+    view = loops.attach(path, size=64 * MiB)  # from byte 0, but not to the end
+    line = refusal(capsys, jobs(repo, source, view)["restore"])
+    assert line == f"target {view} shows only bytes 0-{64 * MiB - 1} of {path}, not a whole drive"
+    assert sha(path) == sha(loops.file("zeros.img", 96 * MiB)), "the file was written"
+
+
+@pytest.mark.parametrize("job", ["capture", "clone"])
+def test_a_partition_is_not_a_source(imaged, loops, tmp_path, capsys, job):
+    """Capturing one partition is not a feature: the image would be a drive without a table."""
+    source, repo = imaged
+    path, disk = partitioned(loops)
+    part = partition_node(disk)
+    sh("mkfs.ext4", "-q", part)
+    view = loops.partition(disk, PART_START, PART_SECTORS)
+    target = loops.file("target.img", 128 * MiB)
+    before = sha(target)
+    for src, rule in [
+        (part, f"is a partition of {disk}, not a whole drive"),
+        (view, f"shows only {PART_BYTES} of {disk}, not a whole drive"),
+    ]:
+        argv = {
+            "capture": ["capture", src, str(tmp_path / "new-repo"), "--name", "part"],
+            "clone": ["clone", src, str(target), "--yes"],
+        }[job]
+        assert refusal(capsys, argv) == f"source {src} {rule}"
+    assert not (tmp_path / "new-repo" / "images" / "part").exists()
+    assert sha(target) == before, "the target was written"
+
+
+def chunk_files(repo: Path) -> list[Path]:
+    """The repository's chunk files, largest first."""
+    return sorted((repo / "chunks").glob("*/*"), key=lambda p: p.stat().st_size, reverse=True)
+
+
+def repo_state(repo: Path) -> dict[str, str]:
+    return {str(p.relative_to(repo)): sha(p)[0] for p in sorted(repo.rglob("*")) if p.is_file() and p.name != "lock"}
+
+
+@pytest.mark.parametrize("job", ["restore", "plan"])
+def test_a_file_inside_the_repository_is_not_a_target(imaged, loops, capsys, job):
+    source, repo = imaged
+    chunk = chunk_files(repo)[0]
+    manifest = repo / "images" / "img" / "manifest.json"
+    link = loops.root / "link-to-chunk.img"
+    link.symlink_to(chunk)
+    hard = loops.root / "hard-link-to-manifest.img"
+    os.link(manifest, hard)
+    before = repo_state(repo)
+    try:
+        for target, rule in [
+            (chunk, f"is inside the repository {repo}"),
+            (manifest, f"is inside the repository {repo}"),
+            (link, f"is inside the repository {repo}"),
+            (hard, f"is a hard link to a file inside the repository {repo}"),
+        ]:
+            line = refusal(capsys, jobs(repo, source, str(target))[job])
+            assert line == f"target {target} {rule}"
+    finally:
+        hard.unlink()
+    assert repo_state(repo) == before, "the repository was written"
+    assert main(["verify", str(repo), "img"]) == 0
+
+
+@pytest.mark.parametrize("job", ["restore", "plan"])
+def test_a_loop_over_a_file_inside_the_repository_is_not_a_target(imaged, loops, capsys, job):
+    source, repo = imaged
+    chunk = chunk_files(repo)[0]
+    assert chunk.stat().st_size >= 512, "a loop device needs a sector"
+    dev = loops.attach(chunk)
+    before = repo_state(repo)
+    line = refusal(capsys, jobs(repo, source, dev)[job])
+    assert line == f"target {dev} shows {chunk}, which is inside the repository {repo}"
+    assert repo_state(repo) == before, "the repository was written"
+
+
+@pytest.mark.parametrize("job", ["restore", "plan"])
+def test_a_loop_over_the_repository_filesystem_is_not_a_target(imaged, loops, capsys, job):
+    """The repository on a filesystem of its own: another name for the device under it (a
+    loop over that device, or a second loop over its image file) is refused."""
+    source, repo = imaged
+    img = loops.file("repo-fs.img", 96 * MiB)
+    fsdev = loops.attach(img)
+    sh("mkfs.ext4", "-q", fsdev)
+    with loops.mounted(fsdev) as mnt:
+        copy = mnt / "repo"
+        sh("cp", "-a", str(repo), str(copy))
+        sh("mount", "-o", "remount,ro", str(mnt))  # no access times: the bytes stay put unless written
+        over_device = loops.attach(fsdev)
+        over_file = loops.attach(img)
+        before = sha(img)
+        for dev in (over_device, over_file):
+            line = refusal(capsys, jobs(copy, source, dev)[job])
+            assert line == f"target {dev} holds the repository {copy}"
+        assert sha(img) == before, "the repository's filesystem was written"
+
+
+def test_a_loop_over_a_mounted_drive_is_refused_as_mounted(imaged, loops, capsys):
+    """A loop device over the whole of a drive is that drive: its mounts are the loop's."""
+    source, repo = imaged
+    dev = loops.disk("fs.img", 64 * MiB)
+    sh("mkfs.ext4", "-q", dev)
+    alias = loops.attach(dev)
+    target = loops.disk("t.img", 128 * MiB)
+    before = sha(loops.root / "fs.img", loops.root / "t.img")
+    with loops.mounted(dev, options="ro") as mnt:  # read-only: its bytes stay put unless written
+        line = refusal(capsys, jobs(repo, source, alias)["restore"])
+        assert line == f"target {alias} has a mounted filesystem ({dev} on {mnt})"
+    assert sha(loops.root / "fs.img")[0] == before[0], "the mounted drive was written"
+    with loops.mounted(dev) as mnt:
+        line = refusal(capsys, ["clone", alias, target, "--yes"])
+        assert line == f"source {alias} has a mounted filesystem ({dev} on {mnt}); unmount it or mount it read-only"
+    assert sha(loops.root / "t.img")[0] == before[1], "the clone target was written"
+    check_target(alias)  # unmounted: a whole-drive loop is a drive like any other
+
+
+def test_whole_drives_stay_allowed(imaged, loops, capsys):
+    """A loop device from byte 0 over a whole file, the file itself (beside the repository,
+    on its filesystem), a loop over a whole-drive loop, and a size limit past the end."""
+    source, repo = imaged
+    img = loops.file("whole.img", 96 * MiB)
+    loop = loops.attach(img)
+    assert check_target(loop, repo_path=str(repo)).size == 96 * MiB
+    assert check_target(str(img), repo_path=str(repo)).size == 96 * MiB
+    assert check_target(loops.attach(loop), repo_path=str(repo)).size == 96 * MiB
+    assert check_target(loops.attach(loops.file("limit.img", 64 * MiB), size=64 * MiB)).size == 64 * MiB
+    assert check_source(loop).size == 96 * MiB
+    capsys.readouterr()
+    assert main(["restore", str(repo), "img", loop, "--yes"]) == 0, capsys.readouterr().err
+    assert main(["restore", str(repo), "img", str(loops.file("beside.img", 96 * MiB)), "--yes"]) == 0
