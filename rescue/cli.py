@@ -9,11 +9,13 @@ import argparse
 import json
 import os
 import sys
+import threading
 from dataclasses import asdict
 
 from rescue import __version__, config, planview
 from rescue.browse import cli_commands as browse_cli
-from rescue.errors import Cancelled, RefusedError, RescueError
+from rescue.engine import Engine
+from rescue.errors import SECTORS_LOST, Cancelled, RefusedError, RescueError, TooSmallError
 from rescue.imaging.progress import TerminalProgress, fmt_bytes
 
 
@@ -27,13 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from rescue.browse.mounts import clear_leftovers
+    from rescue.hw import leftovers
+
     try:
+        if args.func is not cmd_wizard:  # the wizard clears them itself, and says so on its screen
+            cleared = clear_leftovers()  # what killed runs left: loop devices, mounts, files, drives
+            if cleared:
+                print(f"rescue: {cleared.line()}", file=sys.stderr)
         return args.func(args) or 0
     except RescueError as e:
         print(f"rescue: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("rescue: interrupted", file=sys.stderr)
+        unfinished = leftovers.mine()  # a restore or clone of ours that had started writing
+        print(f"rescue: interrupted{''.join(f'; {m.words()}' for m in unfinished)}", file=sys.stderr)
         return Cancelled.exit_code
     except BrokenPipeError:
         return 1
@@ -77,12 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="compression threads, 0 = one per core (config: capture.threads)")
     s.add_argument(
         "--bad-sectors",
-        default="retry=1",
         metavar="skip|retry=N",
         type=_bad_sector_policy,
         help="unreadable sectors are zero-filled and listed in the image's badsectors.map; "
         "'skip' reads around them once, 'retry=N' adds N retry passes at the end "
-        "(default: retry=1)",
+        "(default: capture.bad_sector_retries of the configuration, 1)",
     )
     s.set_defaults(func=cmd_capture)
 
@@ -154,10 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_option(s)
     s.add_argument(
         "--bad-sectors",
-        default="retry=1",
         metavar="skip|retry=N",
         type=_bad_sector_policy,
-        help="as for capture (default: retry=1)",
+        help="as for capture (default: capture.bad_sector_retries of the configuration, 1)",
     )
     _scratch_option(s)
     _new_ids_option(s)
@@ -231,17 +239,26 @@ def _cfg(args) -> config.Config:
     return config.load(Path(args.config) if args.config else None)
 
 
+def _engine(args) -> Engine:
+    """The engine both front ends call, with this command line's configuration."""
+    return Engine(cfg=_cfg(args), include_loop=True)
+
+
 def _print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=1, default=str)
     print()
 
 
 def cmd_disks(args) -> int:
+    """Every drive; one that a restore or clone left unfinished says so (partly_written in
+    JSON, a PARTLY WRITTEN line under it in text)."""
     from rescue.hw.devices import list_drives
+    from rescue.hw.leftovers import partly_written
 
     drives = list_drives()
+    notes = {d.path: (m.note() if (m := partly_written(d)) else None) for d in drives}
     if args.json:
-        _print_json([asdict(d) for d in drives])
+        _print_json([{**asdict(d), "partly_written": notes[d.path]} for d in drives])
         return 0
     print(f"{'DRIVE':<12} {'SIZE':>10}  {'BUS':<7} {'MODEL':<24} {'SERIAL':<20} IN USE BY")
     for d in drives:
@@ -251,22 +268,16 @@ def cmd_disks(args) -> int:
             f"{d.path:<12} {fmt_bytes(d.size):>10}  {d.bus or '':<7} {(d.model or '')[:24]:<24} "
             f"{(d.serial or '')[:20]:<20} {', '.join(use) or '-'}{rm}"
         )
+        if notes[d.path]:
+            print(f"{'':<12} PARTLY WRITTEN: {notes[d.path]}")
     return 0
 
 
-def default_name(disk: str) -> str:
-    import re
-    import time
-
-    model = ""
-    try:
-        from rescue.hw.devices import drive_info
-
-        model = drive_info(disk).model or ""
-    except (ImportError, RescueError):
-        pass
-    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", model).strip("-.") or os.path.basename(disk)
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _sectors_lost(lost: int) -> int:
+    """A copy with unreadable sectors is done but not clean: one line on stderr and its own
+    exit code, so that a script cannot take it for a clean one."""
+    print(f"rescue: incomplete: {lost} unreadable sectors were zero-filled", file=sys.stderr)
+    return SECTORS_LOST
 
 
 def _bad_sector_policy(text: str) -> int:
@@ -279,24 +290,19 @@ def _bad_sector_policy(text: str) -> int:
 
 
 def cmd_capture(args) -> int:
-    from rescue.imaging.capture import capture
-
-    cfg = _cfg(args)
-    level = args.level if args.level is not None else cfg.level
-    threads = args.threads if args.threads is not None else cfg.threads
-    config.validate(config.Config(level=level, threads=threads, chunk_mib=cfg.chunk_mib, source="flags"))
-    name = args.name or default_name(args.disk)
+    engine = _engine(args)
+    name = args.name or engine.default_image_name(engine.drive(args.disk))
     bar = TerminalProgress()
     try:
-        result = capture(
+        result = engine.capture(
             args.disk,
             args.repo,
             name,
-            level=level,
-            threads=threads or None,
-            chunk_size=cfg.chunk_mib << 20,
+            bar,
+            threading.Event(),
+            level=args.level,
+            threads=args.threads,
             retries=args.bad_sectors,
-            progress=bar,
         )
     finally:
         bar.close()
@@ -315,26 +321,37 @@ def cmd_capture(args) -> int:
             + (f", hitting {len(hit)} file{'s' if len(hit) > 1 else ''}" if hit else "")
             + "; the map is badsectors.map in the image (rescue info shows them)"
         )
+        return _sectors_lost(result.sectors_lost)
     return 0
 
 
 def cmd_list(args) -> int:
+    """Every entry of the repository's images/, none hidden: a damaged image with the reason,
+    leftovers of interrupted captures, and whatever else lies there. Names come from the
+    directory and may hold anything: they are printed with control characters replaced
+    visibly (JSON escapes them itself)."""
+    from rescue.repo.manifest import printable
     from rescue.repo.store import Repository
 
-    repo = Repository.open(args.repo)
-    images = repo.images()
+    listing = Repository.open(args.repo).listing()
     if args.json:
-        _print_json([asdict(i) for i in images])
+        _print_json([asdict(i) for i in listing.images])
         return 0
     print(f"{'NAME':<32} {'DATE':<20} {'SOURCE':<24} {'SIZE':>10} {'DATA':>10} {'NEW':>10}  VERIFIED")
-    for i in images:
+    for i in listing.images:
+        name = printable(i.name)
+        if i.damaged is not None:
+            print(f"{name:<32} DAMAGED: {printable(i.damaged)}")
+            continue
         ok = {True: "yes", False: "DAMAGED", None: "-"}[i.verified]
         print(
-            f"{i.name:<32} {i.created:<20} {i.source_model[:24]:<24} {fmt_bytes(i.source_size):>10} "
-            f"{fmt_bytes(i.data_bytes):>10} {fmt_bytes(i.stored_bytes):>10}  {ok}"
+            f"{name:<32} {printable(i.created):<20} {printable(i.source_model)[:24]:<24} "
+            f"{fmt_bytes(i.source_size):>10} {fmt_bytes(i.data_bytes):>10} {fmt_bytes(i.stored_bytes):>10}  {ok}"
         )
-    for name in repo.incomplete_names():
-        print(f"{name:<32} (incomplete: capture was interrupted; not restorable)")
+    for name in listing.incomplete:
+        print(f"{printable(name):<32} (incomplete: capture was interrupted; not restorable)")
+    for name, why in listing.foreign:
+        print(f"{printable(name):<32} (not an image: {printable(why)})")
     return 0
 
 
@@ -405,19 +422,15 @@ def _print_bad_ranges(repo, m, limit: int = 20) -> None:
 
 
 def cmd_verify(args) -> int:
-    from rescue.imaging.verify import verify_image
-    from rescue.repo.store import Repository
-
+    engine = _engine(args)
     bar = TerminalProgress()
     try:
-        result = verify_image(Repository.open(args.repo), args.name, progress=bar)
+        result = engine.verify(args.repo, args.name, bar, threading.Event())
     finally:
         bar.close()
     print(f"image {result.name} is intact: {result.chunks} chunks, {fmt_bytes(result.bytes)} checked")
     if args.disk:
-        from rescue.imaging.verify import verify_drive
-
-        compared = verify_drive(Repository.open(args.repo), args.name, args.disk)
+        compared = engine.verify_drive(args.repo, args.name, args.disk)
         print(f"{args.disk}: the {fmt_bytes(compared)} outside its partitions match the image")
     return 0
 
@@ -435,22 +448,24 @@ def confirm_target(disk: str, assume_yes: bool) -> None:
 
 
 def cmd_restore(args) -> int:
-    from rescue.imaging.restore import check_target_allowed, plan_restore, restore
-    from rescue.repo.store import Repository
-
-    cfg = _cfg(args)
-    repo = Repository.open(args.repo)
-    plan = plan_restore(
-        repo, args.name, args.disk, policy=args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids
+    engine = _engine(args)
+    plan = engine.plan_restore(
+        args.repo, args.name, args.disk, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids
     )
     print(planview.text(plan))
     if plan.fits:
-        check_target_allowed(args.disk, str(repo.path))
+        engine.check_target(args.disk, repo_path=args.repo)
         confirm_target(args.disk, args.yes)
     bar = TerminalProgress()
     try:
-        result = restore(
-            repo, args.name, args.disk, preverify=cfg.preverify and not args.no_preverify, progress=bar, plan=plan
+        result = engine.restore(
+            args.repo,
+            args.name,
+            args.disk,
+            plan,
+            bar,
+            threading.Event(),
+            preverify=False if args.no_preverify else None,
         )
     finally:
         bar.close()
@@ -464,19 +479,18 @@ def cmd_restore(args) -> int:
 
 
 def cmd_clone(args) -> int:
-    from rescue.hw.safety import check_source, check_target
-    from rescue.imaging.clone import clone, plan_clone
-
-    check_source(args.source)
-    check_target(args.target, source=args.source)
-    plan = plan_clone(args.source, args.target, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids)
+    engine = _engine(args)
+    engine.check_source(args.source)
+    engine.check_target(args.target, source=args.source)
+    plan = engine.plan_clone(args.source, args.target, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids)
     print(planview.text(plan))
     if not plan.fits:
-        return 1
+        print(f"rescue: {plan.reason}", file=sys.stderr)
+        return TooSmallError.exit_code
     confirm_target(args.target, args.yes)
     bar = TerminalProgress()
     try:
-        result = clone(args.source, args.target, retries=args.bad_sectors, progress=bar, plan=plan)
+        result = engine.clone(args.source, args.target, plan, bar, threading.Event(), retries=args.bad_sectors)
     finally:
         bar.close()
     print(
@@ -490,20 +504,15 @@ def cmd_clone(args) -> int:
         )
     for w in result.warnings:
         print(f"WARNING: {w}")
-    return 0
+    return _sectors_lost(result.sectors_lost) if result.sectors_lost else 0
 
 
 def cmd_plan(args) -> int:
-    from rescue.imaging.restore import plan_restore
-    from rescue.repo.store import Repository
-
-    plan = plan_restore(
-        Repository.open(args.repo),
-        args.name,
-        args.disk,
-        policy=args.layout,
-        scratch_dir=args.scratch,
-        fresh_ids=args.new_ids,
+    """What `restore` would do, refused by the same rules in the same words."""
+    engine = _engine(args)
+    engine.check_target(args.disk, repo_path=args.repo)
+    plan = engine.plan_restore(
+        args.repo, args.name, args.disk, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids
     )
     if args.json:
         _print_json(planview.to_json(plan))

@@ -32,6 +32,7 @@ class Config:
     threads: int = 0
     chunk_mib: int = 4
     preverify: bool = True
+    bad_sector_retries: int = 1
     source: str = "built-in defaults"
 
     def worker_threads(self) -> int:
@@ -76,6 +77,7 @@ def parse(text: str, source: str) -> Config:
         threads=_typed(cap["threads"], int, source, "capture.threads"),
         chunk_mib=_typed(cap["chunk_mib"], int, source, "capture.chunk_mib"),
         preverify=_typed(res["preverify"], bool, source, "restore.preverify"),
+        bad_sector_retries=_typed(cap["bad_sector_retries"], int, source, "capture.bad_sector_retries"),
         source=source,
     )
     validate(cfg)
@@ -113,3 +115,5 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"{cfg.source}: threads must be 0..256, not {cfg.threads!r}")
     if cfg.chunk_mib not in (1, 2, 4, 8, 16):
         raise UsageError(f"{cfg.source}: chunk_mib must be 1, 2, 4, 8 or 16, not {cfg.chunk_mib!r}")
+    if not 0 <= cfg.bad_sector_retries <= 100:
+        raise UsageError(f"{cfg.source}: bad_sector_retries must be 0..100, not {cfg.bad_sector_retries!r}")

@@ -1,6 +1,11 @@
 """Error hierarchy: every error a user can meet is a RescueError with a one-line message
 and an exit code, so front ends never show a traceback."""
 
+SECTORS_LOST = 5
+"""Exit code of a capture or clone that finished but could not read every sector: the copy is
+complete except for the unreadable sectors, which are zero-filled and listed (like restic's
+"incomplete snapshot", a success a script must not mistake for a clean one)."""
+
 
 class RescueError(Exception):
     """Base of all expected failures. str(err) is the one-line message for the user."""

@@ -6,6 +6,7 @@ hashes, compresses and stores what the repository does not hold yet."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -17,13 +18,14 @@ from pathlib import Path
 import zstandard
 
 from rescue import __version__
-from rescue.errors import RescueError
+from rescue.errors import DeviceError, RepoError, RescueError
 from rescue.filesystems import identify
 from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.filesystems.base import FsInfo, Volume
 from rescue.hw import blockdev
 from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
+from rescue.imaging.apply import AreaFacts
 from rescue.imaging.chunkread import UsedChunkReader, keep_only, patch, used_parts
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
@@ -33,8 +35,19 @@ from rescue.model.gaps import gaps
 from rescue.model.layout import DiskLayout
 from rescue.repo import chunks
 from rescue.repo.index import Index, Kind
-from rescue.repo.manifest import Area, Manifest, area_label
-from rescue.repo.store import Repository, check_name, now_iso
+from rescue.repo.manifest import (
+    FSUUID_RE,
+    GPT_NAME_UNITS,
+    MAX_TEXT,
+    Area,
+    Manifest,
+    area_label,
+    printable,
+    unsafe_char,
+    validate_fs,
+    validate_layout,
+)
+from rescue.repo.store import NoSpaceError, Repository, check_name, free_bytes, now_iso, write_error
 
 
 @dataclass
@@ -62,6 +75,10 @@ class CapturePlan:
 
     def read_bytes(self) -> int:
         return sum(a.read_bytes() for a in self.areas)
+
+    def area_facts(self) -> list[AreaFacts]:
+        """What the planner needs of each area (as restore has them from an image)."""
+        return [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None, a.used) for a in self.areas]
 
 
 @dataclass
@@ -165,12 +182,13 @@ def capture(
     _check_source(source, str(repo.path))
     started = time.monotonic()
     workers = threads or os.cpu_count() or 1
-    with repo.writer_lock():
-        image_dir = repo.start_image(name)
+    with repo.writer_lock(), _Undo(repo, name) as undo:
+        image_dir = undo.image_dir
         log = JobLog(image_dir / "log.txt")
         log(f"rescue {__version__}: capturing {source} into {repo.path} as {name}")
         plan = plan_capture(source, log)
-        meter = Meter("capture", plan.read_bytes(), progress, cancel)
+        _check_capturable(plan, log)
+        meter = undo.meter = Meter("capture", plan.read_bytes(), progress, cancel)
         storer = _Storer(repo, level)
         with TolerantReader(source, retries=retries, timeout=read_timeout, check=meter.check_cancel) as reader:
             facts = _source_facts(source, reader.fd, plan.layout)
@@ -394,6 +412,88 @@ def _source_facts(source: str, fd: int, layout: DiskLayout) -> dict:
     except (ImportError, RescueError):
         pass
     return facts
+
+
+def _check_capturable(plan: CapturePlan, log: JobLog) -> None:
+    """Refuse, before a byte is read, a drive whose image no restore would accept (the checks
+    every manifest passes when it is loaded): a table with overlapping or out-of-range
+    partitions. Text that could act on a terminal (a control character in a GPT partition name
+    or a filesystem label) is kept with those characters visibly replaced, and a filesystem UUID
+    of no known shape is left out, each logged: a damaged drive is still imaged."""
+    for p in plan.layout.partitions:
+        if unsafe_char(p.name) is not None:
+            p.name = printable(p.name)[:GPT_NAME_UNITS]
+            log(f"partition {p.number}: its name holds control characters; kept as {p.name!r}")
+    for ap in plan.areas:
+        fs = ap.fs
+        if fs is None:
+            continue
+        if fs.label is not None and unsafe_char(fs.label) is not None:
+            ap.fs = fs = dataclasses.replace(fs, label=printable(fs.label)[:MAX_TEXT])
+            log(f"{ap.name}: its label holds control characters; kept as {fs.label!r}")
+        if fs.uuid is not None and not FSUUID_RE.match(fs.uuid):
+            log(f"{ap.name}: its filesystem UUID {printable(repr(fs.uuid))[:80]} has no known shape; left out")
+            ap.fs = fs = dataclasses.replace(fs, uuid=None)
+    where = f"{plan.source} cannot be imaged"
+    validate_layout(plan.layout, where)
+    for ap in plan.areas:
+        validate_fs(dict(vars(ap.fs)) if ap.fs is not None else None, f"{where}: area {ap.name}")
+
+
+class _Undo:
+    """A capture that fails takes back what it wrote: its new chunk files (no other image
+    refers to them) and its image's files but the log, which says what happened; on a full
+    drive the log goes too, and the failure becomes one line naming the space the capture
+    needs. Earlier images are never touched, and an image whose manifest was written is
+    complete: nothing is undone then."""
+
+    def __init__(self, repo: Repository, name: str):
+        self.repo, self.name = repo, name
+        self.meter: Meter | None = None
+
+    def __enter__(self) -> _Undo:
+        self.image_dir = self.repo.start_image(self.name)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if error is None or (self.image_dir / "manifest.json").exists():
+            return
+        failure: BaseException = error
+        if isinstance(error, OSError):  # a write outside Repository's own methods, or the source
+            inside = str(error.filename or "").startswith(str(self.repo.path))
+            failure = write_error(self.repo.path, "write the image", error) if inside else _os_error(error)
+        stored = self.repo.written_bytes + self.repo.failed_bytes  # chunks for the bytes read so far
+        self.repo.undo_chunks()
+        full = isinstance(failure, NoSpaceError)
+        if not full:
+            why = str(failure) or type(failure).__name__
+            JobLog(self.image_dir / "log.txt")(f"capture failed, its new chunks were removed: {why}")
+        self.repo.discard_image(self.name, keep=() if full else ("log.txt",))
+        if full:
+            raise RepoError(self._space(stored)) from None
+        if failure is not error:
+            raise failure from None
+
+    def _space(self, stored: int) -> str:
+        """How much a full drive lacks: the chunks this capture stored or tried to store for
+        what it read before it stopped, scaled to all it had to read (compression and
+        deduplication as so far)."""
+        free = free_bytes(self.repo.path)
+        total = self.meter.total if self.meter else 0
+        done = self.meter.done if self.meter else 0
+        need = round(stored * total / done) if done else total
+        lacking = need - free
+        amount = f"about {fmt_bytes(lacking)} more than" if lacking > 0 else "more than"
+        return (
+            f"{self.repo.path}: the drive is full: capturing {self.name} needs {amount} the "
+            f"{fmt_bytes(free)} free (about {fmt_bytes(need)} of new chunks for {fmt_bytes(total)} "
+            f"to read); nothing of {self.name} was kept, earlier images are intact"
+        )
+
+
+def _os_error(e: OSError) -> RescueError:
+    where = f" ({e.filename})" if e.filename else ""
+    return DeviceError(f"capture failed: {e.strerror or e}{where}")
 
 
 def _check_source(source: str, repo_path: str) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from rescue.errors import RefusedError
 from rescue.hw.badread import TolerantReader
-from rescue.imaging.apply import AreaFacts, AreaSource, Job, execute
+from rescue.imaging.apply import AreaSource, Job, execute
 from rescue.imaging.capture import AreaPlan, CapturePlan, plan_capture
 from rescue.imaging.chunkread import UsedChunkReader
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
-from rescue.imaging.restore import RestorePlan, plan_onto
+from rescue.imaging.restore import RestorePlan, TargetFacts, look_at, plan_onto
 from rescue.model.actions import Action
 from rescue.repo.index import Index
 
@@ -42,13 +42,21 @@ def plan_clone(
     capture_plan: CapturePlan | None = None,
     scratch_dir: str | None = None,
     fresh_ids: bool = False,
+    facts: TargetFacts | None = None,
 ) -> RestorePlan:
     if os.path.realpath(source) == os.path.realpath(target):
         raise RefusedError(f"the target {target} is the source drive")
     cap = capture_plan or plan_capture(source)
-    areas = [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None, a.used) for a in cap.areas]
     plan = plan_onto(
-        source, cap.layout, areas, target, policy, cap.read_bytes(), scratch_dir, fresh_ids=fresh_ids, clone=True
+        source,
+        cap.layout,
+        cap.area_facts(),
+        facts or look_at(target),
+        policy,
+        cap.read_bytes(),
+        scratch_dir,
+        fresh_ids=fresh_ids,
+        clone=True,
     )
     plan.capture = cap
     return plan
@@ -115,6 +123,8 @@ def clone(
             log,
             plan.scratch_dir(),
             recovered,
+            kind="clone",
+            source=source,
         )
         warnings, done = execute(job, plan.actions)
         lost = reader.sectors_lost

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,23 +60,21 @@ class RestorePlan:
     layout_plan: LayoutPlan | None = None  # the planner's answer, for renderers
     capture: CapturePlan | None = None  # a clone's reading plan of its source
     target_sector_size: int = 0  # the target's logical sector size when planned
+    areas: list[AreaFacts] = field(default_factory=list)  # what the plan places, as planned
 
-    def check(self) -> None:
+    def check(self, now: TargetFacts | None = None) -> None:
         """Refuse a plan that cannot be carried out, before anything is written; and a plan
         made for a target that has changed since (another drive under the same name, a new
-        table written by someone else): the person confirmed what they were shown."""
+        table written by someone else): the person confirmed what they were shown. `now`:
+        the target as it is now (default: looked at on this machine)."""
         if self.scratch is not None and not self.scratch.fits:
             raise RefusedError(self.reason)
         if not self.fits:
             raise TooSmallError(self.reason)
-        size, sector_size = target_geometry(self.target_path)
-        try:
-            now: DiskLayout | None = read_layout(self.target_path)
-        except RescueError:
-            now = None
+        now = now or look_at(self.target_path)
         was = self.current.to_dict() if self.current else None
-        if (size, sector_size) != (self.target_size, self.target_sector_size) or (
-            now.to_dict() if now else None
+        if (now.size, now.sector_size) != (self.target_size, self.target_sector_size) or (
+            now.current.to_dict() if now.current else None
         ) != was:
             raise RefusedError(
                 f"{self.target_path} changed since the plan was made (its size or partition "
@@ -95,6 +94,29 @@ class RestoreResult:
     log_path: str
     warnings: list[str] = field(default_factory=list)  # steps after writing that failed
     actions: list[Action] = field(default_factory=list)  # the plan's actions, as executed
+
+
+@dataclass
+class TargetFacts:
+    """What planning needs from the machine besides the image: the target drive as it is now,
+    the firmware, the scratch space. `look_at` reads them from the live machine; a recorded
+    machine (rescue.machine) gives the ones it recorded, so the same planner runs over both."""
+
+    path: str
+    size: int
+    sector_size: int
+    current: DiskLayout | None  # the table on the target now, None when it has none
+    uefi: bool
+    scratch_space: Callable[[str], tuple[int, bool]] = scratch_space  # dir -> (free bytes, is RAM)
+
+
+def look_at(target: str) -> TargetFacts:
+    size, sector_size = target_geometry(target)
+    try:
+        current = read_layout(target)
+    except RescueError:
+        current = None
+    return TargetFacts(target, size, sector_size, current, uefi_firmware())
 
 
 def target_geometry(path: str) -> tuple[int, int]:
@@ -132,8 +154,27 @@ def plan_restore(
     indexes: dict[str, Index] | None = None,
     scratch_dir: str | None = None,
     fresh_ids: bool = False,
+    facts: TargetFacts | None = None,
 ) -> RestorePlan:
     """The layout that would be written on `target`, and whether the data fits. Writes nothing."""
+    image = image_facts(repo, name, manifest, indexes)
+    return plan_onto(
+        name, image.layout, image.areas, facts or look_at(target), policy, image.write, scratch_dir, fresh_ids=fresh_ids
+    )
+
+
+@dataclass
+class ImageFacts:
+    """What the planner needs of an image: its table, its areas, the bytes a restore writes."""
+
+    layout: DiskLayout
+    areas: list[AreaFacts]
+    write: int
+
+
+def image_facts(
+    repo: Repository, name: str, manifest: Manifest | None = None, indexes: dict[str, Index] | None = None
+) -> ImageFacts:
     if manifest is None or indexes is None:
         manifest, indexes = load_indexes(repo, name)
     write = sum(
@@ -143,7 +184,7 @@ def plan_restore(
         if k in (Kind.DATA, Kind.ZERO)
     )
     areas = [AreaFacts(a.name, a.partition, a.size, a.fs, _held(indexes[a.name])) for a in manifest.areas]
-    return plan_onto(name, manifest.layout, areas, target, policy, write, scratch_dir, fresh_ids=fresh_ids)
+    return ImageFacts(manifest.layout, areas, write)
 
 
 def _held(index: Index) -> list[Extent]:
@@ -166,7 +207,7 @@ def plan_onto(
     what: str,
     image: DiskLayout,
     areas: list[AreaFacts],
-    target: str,
+    facts: TargetFacts,
     policy: str,
     write: int,
     scratch_dir: str | None = None,
@@ -174,21 +215,18 @@ def plan_onto(
     fresh_ids: bool = False,
     clone: bool = False,
 ) -> RestorePlan:
-    """Plan `image` (an image's or a source drive's layout) onto `target`. Policy auto: the
-    same layout on a drive of the same size, proportional otherwise."""
+    """Plan `image` (an image's or a source drive's layout) onto the target `facts` describe.
+    Pure over its arguments. Policy auto: the same layout on a drive of the same size,
+    proportional otherwise."""
     if policy not in POLICIES:
         raise UsageError(f"unknown layout policy {policy!r} (choose from {', '.join(POLICIES)})")
-    size, sector_size = target_geometry(target)
-    try:
-        current = read_layout(target)
-    except RescueError:
-        current = None
+    target, size, sector_size, current = facts.path, facts.size, facts.sector_size, facts.current
     if image.table == "none":
         fits = image.size <= size
         reason = (
             f"fits: {what} needs {fmt_bytes(image.size)}, {target} has {fmt_bytes(size)}"
             if fits
-            else _too_small(target, image.size, size)
+            else _too_small(target, image.size, size, needs=what if clone else "the image")
         )
         layout = DiskLayout.from_dict({**image.to_dict(), "size": size})
         whole = {areas[0].name: Placement(0, areas[0].size, "keep")}
@@ -206,6 +244,7 @@ def plan_onto(
             source_layout=image,
             actions=plan_actions(image, layout, whole, _labels(areas)),
             target_sector_size=sector_size,
+            areas=areas,
         )
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
@@ -218,7 +257,8 @@ def plan_onto(
         else:
             m = moves[area.partition]
             placements[area.name] = Placement(m.new_start, m.new_size, m.action, (area.fs or {}).get("type"))
-    reason = lp.reason if lp.fits else _too_small(target, size + lp.shortfall, size, lp.reason)
+    needs = what if clone else "the image"
+    reason = lp.reason if lp.fits else _too_small(target, size + lp.shortfall, size, lp.reason, needs=needs)
     plan = RestorePlan(
         what,
         target,
@@ -234,15 +274,16 @@ def plan_onto(
         source_layout=image,
         target_sector_size=sector_size,
         layout_plan=lp,
+        areas=areas,
     )
-    plan.scratch = _scratch(areas, placements, scratch_dir)
+    plan.scratch = _scratch(areas, placements, scratch_dir, facts.scratch_space)
     plan.actions = plan_actions(
         image,
         lp.layout,
         placements,
         _labels(areas),
         fresh_ids=fresh_ids,
-        uefi=uefi_firmware(),
+        uefi=facts.uefi,
         clone=clone,
         scratch=plan.scratch_dir(),
     )
@@ -257,7 +298,12 @@ def _labels(areas: list[AreaFacts]) -> dict[str, str]:
     return {a.name: area_label(a.name, (a.fs or {}).get("type")) for a in areas}
 
 
-def _scratch(areas: list[AreaFacts], placements: dict[str, Placement], where: str | None) -> Scratch | None:
+def _scratch(
+    areas: list[AreaFacts],
+    placements: dict[str, Placement],
+    where: str | None,
+    space: Callable[[str], tuple[int, bool]],
+) -> Scratch | None:
     """The scratch space the plan's shrinks need (the largest; they run one at a time), and
     what `where` (default: the temporary directory, RAM on the live system) can give."""
     needs = [
@@ -266,13 +312,13 @@ def _scratch(areas: list[AreaFacts], placements: dict[str, Placement], where: st
     if not needs:
         return None
     where = where or default_scratch_dir()
-    free, ram = scratch_space(where)
+    free, ram = space(where)
     return Scratch(max(needs), where, free, ram)
 
 
-def _too_small(target: str, need: int, have: int, detail: str = "") -> str:
+def _too_small(target: str, need: int, have: int, detail: str = "", *, needs: str = "the image") -> str:
     return (
-        f"{target} is too small: the image needs {fmt_bytes(need)}, the drive has {fmt_bytes(have)}, "
+        f"{target} is too small: {needs} needs {fmt_bytes(need)}, the drive has {fmt_bytes(have)}, "
         f"short by {fmt_bytes(need - have)} ({need - have} bytes)" + (f"; {detail}" if detail else "")
     )
 
@@ -310,7 +356,19 @@ def restore(
         log(f"image verified: {len(refs)} chunks")
     meter = Meter("restore", plan.write_bytes, progress, cancel)
     sources = {area.name: image_source(repo, name, area, indexes[area.name]) for area in manifest.areas}
-    job = Job(target, manifest.layout, plan.layout, plan.placements, sources, meter, workers, log, plan.scratch_dir())
+    job = Job(
+        target,
+        manifest.layout,
+        plan.layout,
+        plan.placements,
+        sources,
+        meter,
+        workers,
+        log,
+        plan.scratch_dir(),
+        kind="restore",
+        source=name,
+    )
     warnings, done = execute(job, plan.actions)
     meter.finish()
     seconds = time.monotonic() - started

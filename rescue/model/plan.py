@@ -31,8 +31,8 @@ MBR_MAX_SECTORS = 1 << 32  # 32-bit LBA fields: nothing may start or end beyond 
 MARGIN_MIN = 64 * MiB  # safety margin over a filesystem's minimum: at least this ...
 MARGIN_PERCENT = 5  # ... or this share of the minimum, whichever is larger
 
-POLICIES = ("same", "proportional", "grow-last")
 Policy = Literal["same", "proportional", "grow-last"]
+POLICIES: tuple[Policy, ...] = ("same", "proportional", "grow-last")
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564454649"

@@ -204,15 +204,14 @@ class App:
 
 
 def choose_backend(args: argparse.Namespace) -> Any:
-    """The one place that decides between the real machine and a recorded one."""
-    machine = args.machine or os.environ.get("RESCUE_FAKE_BACKEND")
+    """The engine over the real machine, or over a recorded one (the dry run): the one place
+    that decides. The configuration is rescue.toml, as for the CLI."""
+    from rescue.engine import Engine
+
+    machine = args.machine or os.environ.get("RESCUE_MACHINE")
     if machine:
-        from rescue.tui.dryrun import DryRunBackend
-
-        return DryRunBackend.from_file(machine)
-    from rescue.tui.backend import RealBackend
-
-    return RealBackend(include_loop=args.include_loop)
+        return Engine.recorded(machine, include_loop=args.include_loop)
+    return Engine(include_loop=args.include_loop)
 
 
 def _ensure_terminal_size() -> None:
@@ -233,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repo", help="use this image repository (skips the repository screen)")
     parser.add_argument("--include-loop", action="store_true", help="offer loop devices as drives")
-    parser.add_argument("--machine", help="dry run against a recorded machine (JSON); also RESCUE_FAKE_BACKEND")
+    parser.add_argument(
+        "--machine",
+        help="dry run over a recorded machine (python3 -m rescue.hw.record > machine.json); also RESCUE_MACHINE",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -247,7 +249,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rescue wizard: {e}", file=sys.stderr)
         return EXIT_USAGE
     _ensure_terminal_size()
+    from rescue.browse.mounts import clear_leftovers
+
+    cleared = clear_leftovers()  # what killed runs left: loop devices, mounts, files, partly written drives
     app = App(backend, preset_repo=args.repo)
+    if cleared:  # the first main menu says so on its status line (App.run draws it without a message)
+        first_menu = app.main_menu
+
+        def main_menu(message: str = "") -> None:
+            del app.main_menu  # later menus are App's own
+            first_menu(message or cleared.line())
+
+        app.main_menu = main_menu  # type: ignore[method-assign]
     try:
         return app.run()
     except KeyboardInterrupt:

@@ -7,36 +7,27 @@ words and keeps the person on a screen that works."""
 from __future__ import annotations
 
 import os
-import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rescue.errors import Cancelled, RescueError
-from rescue.imaging.progress import fmt_bytes, fmt_duration
-from rescue.tui import views
-from rescue.tui.backend import (
+from rescue.browse.copy import CopyOutcome, FileEntry
+from rescue.engine import (
     BrowseSession,
     CaptureOutcome,
     CloneOutcome,
-    CopyOutcome,
     DriveInfo,
-    FileEntry,
     ImageInfo,
     ImagePart,
     PartInfo,
-    Plan,
     RepoInfo,
     RestoreOutcome,
 )
+from rescue.errors import Cancelled, RescueError
+from rescue.imaging.progress import fmt_bytes, fmt_duration
+from rescue.imaging.restore import RestorePlan as Plan
+from rescue.tui import views
 from rescue.tui.wizard import Step
 
-GiB = 1 << 30
-MIN_FREE = GiB  # a destination with less than this is refused when the image size is unknown
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-BOOT_REASON = "it booted the rescue system"
-REPO_REASON = "it holds the image repository"
 CANCEL_RESTORE = "{drive} will be left partially written and will not boot; restore again to fix."
 CANCEL_CLONE = "{drive} will be left partially written and will not boot; clone again to fix. {source} is not changed."
 SHOWN_RANGES = 3  # bad-sector ranges listed on a done screen; the log has them all
@@ -49,6 +40,13 @@ def warning_lines(warnings: list[str]) -> list[Any]:
 
 def too_small(needed: int, have: int) -> str:
     return f"too small: needs at least {fmt_bytes(needed)}, the drive has {fmt_bytes(have)}"
+
+
+def incomplete_line(lost: int, what: str) -> list[Any]:
+    """The first line of a done screen after unreadable sectors: the copy is not clean."""
+    if not lost:
+        return []
+    return [("error", f"Incomplete: {lost} unreadable sector(s) were zero-filled in {what}."), ""]
 
 
 def bad_sector_lines(lost: int, ranges: list[tuple[int, int]], what: str) -> list[Any]:
@@ -122,12 +120,6 @@ class BrowseState:
         session, self.session = self.session, None
         if session is not None and self.closer is not None:
             self.closer(session)
-
-
-def default_image_name(drive: DriveInfo, when: float | None = None) -> str:
-    """Model and date, reduced to the characters an image name may hold."""
-    model = re.sub(r"[^A-Za-z0-9._-]+", "_", drive.model).strip("_.-") or drive.name
-    return f"{model[:60]}-{time.strftime('%Y-%m-%d', time.localtime(when))}"
 
 
 class MenuController:
@@ -216,12 +208,11 @@ class DriveStep(Step):
     title = ""
     excerpt = ""
 
-    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
+    def refusal(self, drive: DriveInfo) -> str | None:
         raise NotImplementedError
 
     def start(self) -> None:
-        boot = self.backend.boot_drive()
-        drives = [(d, self.refusal(d, boot)) for d in self.backend.list_drives()]
+        drives = [(d, self.refusal(d)) for d in self.backend.list_drives()]
         self.app.show(views.DriveListView(self, self.title, self.excerpt, drives, self.app.wizard_position(self)))
 
     def rescan(self) -> None:
@@ -243,15 +234,15 @@ class WriteTargetStep(DriveStep):
         """The smallest drive the data fits onto with some layout policy."""
         raise NotImplementedError
 
-    def rule(self, drive: DriveInfo, boot: str | None) -> str | None:
+    def rule(self, drive: DriveInfo) -> str | None:
         raise NotImplementedError
 
     def start(self) -> None:
         self.needed = self.needs()
         super().start()
 
-    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
-        rule = self.rule(drive, boot)
+    def refusal(self, drive: DriveInfo) -> str | None:
+        rule = self.rule(drive)
         if rule:
             return rule
         return too_small(self.needed, drive.size) if drive.size < self.needed else None
@@ -268,11 +259,7 @@ class TargetStep(WriteTargetStep):
     def needs(self) -> int:
         return self.backend.image_needs(self.state.repo.path, self.state.image.name)
 
-    def rule(self, drive: DriveInfo, boot: str | None) -> str | None:
-        if drive.name == boot:
-            return BOOT_REASON
-        if drive.name == self.state.repo.drive:
-            return REPO_REASON
+    def rule(self, drive: DriveInfo) -> str | None:
         return self.backend.target_refusal(drive, self.state.repo.path)
 
 
@@ -482,8 +469,8 @@ class SourceStep(DriveStep):
     title = "Capture: choose the drive to image"
     excerpt = "Capture which drive? It is only read, never written."
 
-    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
-        return BOOT_REASON if drive.name == boot else None
+    def refusal(self, drive: DriveInfo) -> str | None:
+        return self.backend.source_refusal(drive)
 
     def choose(self, drive: DriveInfo) -> None:
         self.state.source = drive
@@ -491,23 +478,10 @@ class SourceStep(DriveStep):
 
 
 class DestStep(Step):
-    def needed(self) -> int:
-        return self.backend.capture_estimate(self.state.source) or MIN_FREE
-
     def check(self, repo: RepoInfo | None, path: str) -> tuple[str, str | None]:
         """(free space as text, why refused or None)."""
-        if repo is not None and repo.drive and repo.drive == self.state.source.name:
-            return "", "it is on the drive being captured"
-        if repo is not None and repo.read_only:
-            return "", "it is read-only"
-        try:
-            free = self.backend.free_space(path)
-        except RescueError as e:
-            return "", str(e)
-        need = self.needed()
-        if free < need:
-            return fmt_bytes(free), f"not enough free space: needs up to {fmt_bytes(need)}"
-        return fmt_bytes(free), None
+        free, reason = self.backend.destination_refusal(repo, path, self.state.source)
+        return ("" if free is None else fmt_bytes(free)), reason
 
     def start(self) -> None:
         rows = []
@@ -538,23 +512,20 @@ class NameStep(Step):
         s = self.state
         self.app.show(
             views.NameView(
-                self, s.name or default_image_name(s.source), s.source, s.dest, self.app.wizard_position(self)
+                self,
+                s.name or self.backend.default_image_name(s.source),
+                s.source,
+                s.dest,
+                self.app.wizard_position(self),
             )
         )
 
     def choose(self, name: str) -> None:
-        name = name.strip()
-        if not NAME_RE.match(name):
-            self.app.view.set_status("Use 1-100 letters, digits, '.', '-' or '_' (not first).", error=True)
-            return
         try:
-            taken = {im.name for im in self.backend.list_images(self.state.dest)}
-        except RescueError:
-            taken = set()  # not a repository yet: capture makes one
-        if name in taken:
-            self.app.view.set_status(f"An image named {name} already exists there.", error=True)
+            self.state.name = self.backend.check_image_name(self.state.dest, name.strip())
+        except RescueError as e:
+            self.app.view.set_status(views.sentence(str(e)), error=True)
             return
-        self.state.name = name
         self.done()
 
 
@@ -586,6 +557,7 @@ class CaptureDoneStep(DoneStep):
         return (
             "Capture: done",
             [
+                *incomplete_line(o.sectors_lost, f"the image {o.name}"),
                 ("heading", f"{s.source.name} ({s.source.model}) was captured as {o.name}."),
                 "",
                 ("heading", "Verification: passed. Every stored chunk was read back and checked."),
@@ -610,9 +582,7 @@ class CloneSourceStep(DriveStep):
     title = "Clone: choose the drive to copy"
     excerpt = "Copy which drive? It is only read, never written."
 
-    def refusal(self, drive: DriveInfo, boot: str | None) -> str | None:
-        if drive.name == boot:
-            return BOOT_REASON
+    def refusal(self, drive: DriveInfo) -> str | None:
         return self.backend.source_refusal(drive)
 
     def choose(self, drive: DriveInfo) -> None:
@@ -627,11 +597,7 @@ class CloneTargetStep(WriteTargetStep):
     def needs(self) -> int:
         return self.backend.clone_needs(self.state.source)
 
-    def rule(self, drive: DriveInfo, boot: str | None) -> str | None:
-        if drive.name == self.state.source.name:
-            return "it is the drive being copied"
-        if drive.name == boot:
-            return BOOT_REASON
+    def rule(self, drive: DriveInfo) -> str | None:
         return self.backend.clone_refusal(drive, self.state.source)
 
 
@@ -694,6 +660,7 @@ class CloneDoneStep(DoneStep):
         return (
             "Clone: done",
             [
+                *incomplete_line(o.sectors_lost, f"the copy on {s.target.name}"),
                 ("heading", f"{s.source.name} ({s.source.model}) was copied onto {s.target.name} ({s.target.model})."),
                 "",
                 *bad_sector_lines(

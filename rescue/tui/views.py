@@ -8,8 +8,11 @@ from typing import Any
 
 import urwid
 
+from rescue import planview
+from rescue.browse.copy import FileEntry
+from rescue.engine import POLICIES, DriveInfo, ImageInfo, ImagePart, PartInfo, RepoInfo
 from rescue.imaging.progress import fmt_bytes, fmt_duration
-from rescue.tui.backend import POLICIES, DriveInfo, FileEntry, ImageInfo, ImagePart, PartInfo, Plan, RepoInfo
+from rescue.imaging.restore import RestorePlan as Plan
 from rescue.tui.widgets import ActionEdit, Choice, Screen, ScrollBox, button, disabled, disabled_button
 
 WIDTH = 78  # columns inside the screen's 1-column margins
@@ -18,12 +21,36 @@ MiB = 1 << 20
 LIST_HELP = "Up/Down: move  Enter: choose  Tab: buttons  Esc: back"
 
 
+def ascii_text(text: str) -> str:
+    """The engine's words for a screen that may lack non-ASCII glyphs."""
+    for a, b in (
+        ("\u2192", "->"),
+        ("\u2190", "<-"),
+        ("\u2013", "-"),
+        ("\u2014", "-"),
+        ("\u00d7", "x"),
+        ("\u2026", "..."),
+    ):
+        text = text.replace(a, b)
+    return text.encode("ascii", "replace").decode()
+
+
+def sentence(text: str) -> str:
+    """An engine message ("an image named x already exists") as a status line."""
+    text = ascii_text(text)
+    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
+
+
 def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 2] + ".."
 
 
 def drive_line(d: DriveInfo) -> str:
-    return f"{d.name:<8}{clip(d.model, 28):<28} {fmt_bytes(d.size):>10}  {clip(d.serial, 16):<16} {d.bus}"
+    """One line; a second one when an unfinished restore or clone left it partly written."""
+    line = f"{d.name:<8}{clip(d.model, 28):<28} {fmt_bytes(d.size):>10}  {clip(d.serial, 16):<16} {d.bus}"
+    if d.partly_written:
+        line += "\n  " + clip(ascii_text(f"PARTLY WRITTEN: {d.partly_written}"), 72)
+    return line
 
 
 def part_lines(parts: Sequence[PartInfo], limit: int = 5) -> list[str]:
@@ -204,7 +231,7 @@ def plan_lines(plan: Plan, width: int = WIDTH) -> list[Any]:
     table already, in the plan's own words."""
     out: list[Any] = []
     block: list[str] = []
-    for kind, line in plan.lines or [("reason", plan.reason)]:
+    for kind, line in [(k, ascii_text(t)) for k, t in planview.plan_lines(plan)] or [("reason", plan.reason)]:
         if kind == "table":
             block.append(line)
             continue
@@ -260,11 +287,11 @@ class PlanView(Screen):
         self.policy_row.focus_position = 1 + POLICIES.index(policy)
         chosen = f"auto chose {plan.policy}: " if policy == "auto" else ""
         if plan.fits:
-            details: list[urwid.Widget] = [urwid.Text(("heading", f"{chosen}{plan.reason}"))]
+            details: list[urwid.Widget] = [urwid.Text(("heading", f"{chosen}{ascii_text(plan.reason)}"))]
         else:
             which = f"auto chose {plan.policy}" if policy == "auto" else policy
             details = [
-                urwid.Text(("error", f"Does not fit ({which}): {plan.reason}")),
+                urwid.Text(("error", f"Does not fit ({which}): {ascii_text(plan.reason)}")),
                 urwid.Text("Choose another layout above, or go back and choose a bigger drive."),
             ]
         details.append(urwid.Divider())

@@ -15,6 +15,7 @@ import pytest
 from disks import MiB, partition_table, rescue, sh
 from faulty_disk import faulty_block_device
 
+from rescue.errors import SECTORS_LOST
 from rescue.filesystems.badfiles import (
     BADFILES,
     FREE,
@@ -315,7 +316,7 @@ def failing_capture(mloops, tmp_path_factory):
     repo = tmp_path_factory.mktemp("badfiles-repo") / "repo"
     with faulty_block_device(mloops, backing, bad=bad) as dev:
         proc = rescue("capture", dev, str(repo), "--name", "failing")
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == SECTORS_LOST, proc.stderr  # done, not clean: sectors were lost
         from rescue.repo.store import Repository
 
         m = Repository.open(repo).manifest("failing")
@@ -335,7 +336,7 @@ def failing_capture(mloops, tmp_path_factory):
 @root
 def test_annotate_on_the_failing_drive_names_the_damaged_files(failing_capture):
     bad, repo, proc, hits, where = failing_capture
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == SECTORS_LOST, proc.stderr
     assert "4 sectors could not be read and were zero-filled, in 4 places, hitting 2 files" in proc.stdout, proc.stdout
     assert hits[range_key(*where["report"])] == ["/docs/report final.odt"]
     assert hits[range_key(*where["report2"])] == ["/docs/report final.odt"]

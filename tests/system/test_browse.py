@@ -605,10 +605,10 @@ def test_wizard_lists_and_copies_fat_files(gpt, repo, state_dir, tmp_path, monke
     import threading
 
     from rescue.browse.mounts import kernel_has
-    from rescue.tui.backend import RealBackend
+    from rescue.engine import Engine
 
     monkeypatch.setenv("RESCUE_STATE_DIR", str(state_dir))
-    backend = RealBackend()
+    backend = Engine()
     n = gpt.part("vfat").number
     part = next(p for p in backend.image_partitions(str(repo), "pc") if p.number == n)
     assert part.fat and part.refused is None

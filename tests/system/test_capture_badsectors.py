@@ -11,6 +11,7 @@ import pytest
 from disks import MiB, partition_table, rescue
 from faulty_disk import faulty_block_device
 
+from rescue.errors import SECTORS_LOST
 from rescue.model.badmap import parse_mapfile
 
 pytestmark = pytest.mark.root
@@ -47,8 +48,9 @@ def test_capture_of_a_drive_with_bad_sectors(loops, tmp_path):
     bad = bad_layout()
     with faulty_block_device(loops, backing, bad=bad) as dev:
         proc = rescue("capture", dev, str(tmp_path / "repo"), "--name", "failing")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == SECTORS_LOST, proc.stderr  # done, but not clean
     assert "2003 sectors could not be read" in proc.stdout, proc.stdout
+    assert proc.stderr == "rescue: incomplete: 2003 unreadable sectors were zero-filled\n"
 
     # The map is a ddrescue mapfile naming exactly the bad sectors.
     mapfile = (tmp_path / "repo" / "images" / "failing" / "badsectors.map").read_text()

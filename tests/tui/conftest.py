@@ -12,7 +12,9 @@ from rescue.tui.app import App  # noqa: E402
 
 @pytest.fixture
 def backend():
-    return FakeBackend()
+    b = FakeBackend()
+    yield b
+    b.close()  # the recorded machine stops standing in for this one
 
 
 @pytest.fixture

@@ -1,40 +1,73 @@
-"""An in-memory machine for the wizard's tests: the Backend protocol over the same data
-the dry run uses, plus what tests need — a record of every job started, jobs that wait
-for the test, and errors injected into chosen methods."""
+"""The wizard's tests run the real engine (rescue.engine.Engine) over a recorded machine
+(tests/machines), with what tests need on top: a record of every call, jobs that wait for
+the test, and errors injected into chosen methods. Planning, refusals, names and browsing
+are the engine's own; only the jobs' writes go to the recorded machine's logging runner."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
+from typing import Any
 
-from rescue.tui.dryrun import DryRunBackend
+from rescue.engine import Engine
+from rescue.errors import Cancelled
+from rescue.hw import devices
+from rescue.machine import RecordedMachine
 
-MACHINE_FILE = os.path.join(os.path.dirname(__file__), "machines", "two-disks-and-usb.json")
+MACHINES = os.path.join(os.path.dirname(__file__), os.pardir, "machines")
+MACHINE_FILE = os.path.join(MACHINES, "two-disks-and-usb.json")
 
 
-def machine() -> dict:
-    """The recorded demo machine (also used for dry runs), with jobs that do not sleep:
-    sda 500 GB SATA, sdb 2 TB USB holding /media/sdb1 with two images, sdc the boot stick,
-    sdd an 8 GB stick (too small for the images), nvme0n1 256 GB."""
-    with open(MACHINE_FILE) as f:
+def machine(path: str = MACHINE_FILE) -> dict[str, Any]:
+    """A recorded machine, with jobs that do not sleep. The default one: sda 500 GB SATA, sdb
+    2 TB USB holding /media/sdb1 with two images, sdc the boot stick, sdd an 8 GB stick (too
+    small for the images), nvme0n1 256 GB."""
+    with open(path) as f:
         m = json.load(f)
-    m["job_seconds"] = 0
+    m.setdefault("simulate", {})["job_seconds"] = 0
     return m
 
 
-class FakeBackend(DryRunBackend):
-    def __init__(self, machine_desc: dict | None = None):
-        super().__init__(machine_desc or machine())
+def mount(backend: FakeBackend, device: str, where: str, read_only: bool = False) -> None:
+    """Mount `device` on the recorded machine (its mountinfo line replaced, or a line more)."""
+    kernel = backend.data["kernel"]
+    d = next(d for d in kernel["devices"] if d["node"] == device)
+    ro = "ro" if read_only else "rw"
+    major, minor = os.major(d["devnum"]), os.minor(d["devnum"])
+    lines = [line for line in kernel["mountinfo"].splitlines() if f" {device} " not in line]
+    kernel["mountinfo"] = "\n".join(lines + [f"90 22 {major}:{minor} / {where} {ro} - ext4 {device} {ro}"]) + "\n"
+    backend.machine.snap = devices.Snapshot.from_record(kernel, live=False)
+    devices.replay(backend.machine.snap)
+
+
+class FakeBackend(Engine):
+    def __init__(self, machine_desc: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(RecordedMachine(machine_desc or machine()), **kwargs)
         self.calls: list[tuple] = []
         self.fail: dict[str, Exception] = {}  # method name -> exception it raises
         self.gate: threading.Event | None = None  # when set, jobs wait for it before ending
         self.mounted: list = []  # browse sessions open now (mounted partitions)
         self.plans_used: list = []  # plans handed to restore/clone
 
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.machine.data  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def log(self) -> list[str]:
+        return self.machine.runner.log  # type: ignore[attr-defined, no-any-return]
+
     def _maybe_fail(self, method: str) -> None:
         if method in self.fail:
             raise self.fail[method]
+
+    def _job(self, method: str, cancel: threading.Event) -> None:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self._maybe_fail(method)
+        if cancel.is_set():
+            raise Cancelled(f"{method} cancelled by the user")
 
     def find_repositories(self):
         self._maybe_fail("find_repositories")
@@ -52,26 +85,40 @@ class FakeBackend(DryRunBackend):
         self._maybe_fail("list_drives")
         return super().list_drives()
 
-    def plan_restore(self, repo_path, name, target_path, policy="auto"):
+    def plan_restore(self, repo_path, name, target_path, policy="auto", **kwargs):
         self.calls.append(("plan_restore", target_path, policy))
         self._maybe_fail("plan_restore")
-        return super().plan_restore(repo_path, name, target_path, policy)
+        return super().plan_restore(repo_path, name, target_path, policy, **kwargs)
 
-    def plan_clone(self, source_path, target_path, policy="auto"):
+    def plan_clone(self, source_path, target_path, policy="auto", **kwargs):
         self.calls.append(("plan_clone", source_path, target_path, policy))
         self._maybe_fail("plan_clone")
-        return super().plan_clone(source_path, target_path, policy)
+        return super().plan_clone(source_path, target_path, policy, **kwargs)
 
-    def clone(self, source_path, target_path, plan, progress, cancel):
+    def restore(self, repo_path, name, target_path, plan, progress, cancel, **kwargs):
+        self.calls.append(("restore", repo_path, name, target_path))
+        self.plans_used.append(plan)
+        out = super().restore(repo_path, name, target_path, plan, progress, cancel, **kwargs)
+        self._job("restore", cancel)
+        return out
+
+    def clone(self, source_path, target_path, plan, progress, cancel, **kwargs):
         self.calls.append(("clone", source_path, target_path, plan.policy))
         self.plans_used.append(plan)
-        out = super().clone(source_path, target_path, plan, progress, cancel)
-        self._job("clone")
-        if cancel.is_set():
-            from rescue.errors import Cancelled
-
-            raise Cancelled("clone cancelled by the user")
+        out = super().clone(source_path, target_path, plan, progress, cancel, **kwargs)
+        self._job("clone", cancel)
         return out
+
+    def capture(self, source_path, repo_path, name, progress, cancel, **kwargs):
+        self.calls.append(("capture", source_path, repo_path, name))
+        out = super().capture(source_path, repo_path, name, progress, cancel, **kwargs)
+        self._job("capture", cancel)
+        return out
+
+    def verify(self, repo_path, name, progress, cancel):
+        self.calls.append(("verify", repo_path, name))
+        self._maybe_fail("verify")
+        return super().verify(repo_path, name, progress, cancel)
 
     def browse_open(self, repo_path, name, part):
         self.calls.append(("mount", part.number))
@@ -96,40 +143,8 @@ class FakeBackend(DryRunBackend):
         self.calls.append(("copy", session.part.number, list(paths), dest))
         assert session.root is None or session.handle is not None, "copying from an unmounted partition"
         out = super().copy_files(session, paths, dest, progress, cancel)
-        self._job("copy_files")
-        if cancel.is_set():
-            from rescue.errors import Cancelled
-
-            raise Cancelled("copy cancelled by the user")
+        self._job("copy_files", cancel)
         return out
-
-    def _job(self, method, *args):
-        if self.gate is not None:
-            self.gate.wait(10)
-        self._maybe_fail(method)
-
-    def restore(self, repo_path, name, target_path, plan, progress, cancel):
-        self.calls.append(("restore", repo_path, name, target_path))
-        self.plans_used.append(plan)
-        out = super().restore(repo_path, name, target_path, plan, progress, cancel)
-        out.warnings = list(self.machine.get("restore_warnings", []))
-        self._job("restore")
-        if cancel.is_set():
-            from rescue.errors import Cancelled
-
-            raise Cancelled("restore cancelled by the user")
-        return out
-
-    def capture(self, source_path, repo_path, name, progress, cancel):
-        self.calls.append(("capture", source_path, repo_path, name))
-        out = super().capture(source_path, repo_path, name, progress, cancel)
-        self._job("capture")
-        return out
-
-    def verify(self, repo_path, name, progress, cancel):
-        self.calls.append(("verify", repo_path, name))
-        self._maybe_fail("verify")
-        return super().verify(repo_path, name, progress, cancel)
 
     def reboot(self):
         self.calls.append(("reboot",))

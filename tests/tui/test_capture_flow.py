@@ -3,6 +3,7 @@
 import threading
 import time
 
+from fake_backend import mount
 from helpers import (
     assert_fits,
     click,
@@ -17,9 +18,8 @@ from helpers import (
     type_text,
 )
 
+from rescue.engine import default_image_name
 from rescue.errors import IntegrityError
-from rescue.tui.backend import DriveInfo
-from rescue.tui.controllers import default_image_name
 
 
 def to_dest(app, source="nvme0n1"):
@@ -37,19 +37,22 @@ def focus_path_field(app):
         press(app, "down")
 
 
-def test_source_list_refuses_only_the_boot_drive(app):
+def test_source_list_refuses_the_boot_drive_and_a_drive_mounted_read_write(app):
     select(app, "Capture")
     screen = flat(app)
-    assert "not offered: it booted the rescue system" in screen
-    assert screen.count("not offered") == 1
+    assert "not offered: source /dev/sdc booted this rescue system (/dev/sdc)" in screen
+    assert "not offered: source /dev/sdb has a mounted filesystem (/dev/sdb1 on /media/sdb1)" in screen
+    assert screen.count("not offered") == 2
     assert "Now on sda:" in screen
 
 
-def test_destination_shows_free_space_and_refuses_the_source_drives_repo(app):
+def test_destination_shows_free_space_and_refuses_the_source_drives_repo(app, backend):
+    mount(backend, "/dev/sdb1", "/media/sdb1", read_only=True)  # as discovery mounts it: sdb is capturable
     to_dest(app, "sdb")
     assert "not offered: it is on the drive being captured" in flat(app)
     press(app, "esc")
     press(app, "esc")
+    mount(backend, "/dev/sdb1", "/media/sdb1")
     to_dest(app)
     assert "/media/sdb1" in focused_line(app) and "1.5 TiB free" in focused_line(app)
 
@@ -59,7 +62,7 @@ def test_typed_destination_without_enough_space_is_refused_in_words(app):
     focus_path_field(app)
     type_text(app, "/mnt/small")
     press(app, "enter")
-    assert "Cannot store the image in /mnt/small: not enough free space: needs up to 200.0 GiB" in flat(app)
+    assert "Cannot store the image in /mnt/small: not enough free space: needs up to 50.0 GiB" in flat(app)
     assert "where to store the image" in text(app)
 
 
@@ -80,22 +83,23 @@ def test_typed_destination_with_space_is_taken(app):
 
 
 def test_default_name_is_model_and_date_sanitized():
-    d = DriveInfo("sda", "/dev/sda", "Samsung SSD 860/EVO (500GB)", "x", 1, "sata")
+    """One rule for the CLI and the wizard (rescue.engine.default_image_name)."""
     when = time.mktime((2024, 5, 1, 12, 0, 0, 0, 0, -1))
-    assert default_image_name(d, when) == "Samsung_SSD_860_EVO_500GB-2024-05-01"
+    assert default_image_name("Samsung SSD 860/EVO (500GB)", "sda", when) == "Samsung-SSD-860-EVO-500GB-20240501-120000"
+    assert default_image_name("", "sda", when) == "sda-20240501-120000"
 
 
 def test_name_screen_prefills_the_default_and_rejects_bad_or_taken_names(app):
     to_name(app)
-    today = time.strftime("%Y-%m-%d")
-    assert f"Image name: WDC_PC_SN730_256GB-{today}" in text(app)
+    today = time.strftime("%Y%m%d")
+    assert f"Image name: WDC-PC-SN730-256GB-{today}-" in text(app)
     edit = app.view.edit
     edit.set_edit_text("bad name/with slash")
     press(app, "enter")
-    assert "Use 1-100 letters, digits" in text(app)
+    assert "Invalid image name 'bad name/with slash': use letters, digits" in flat(app)
     edit.set_edit_text("web01-2024-05-01")
     press(app, "enter")
-    assert "An image named web01-2024-05-01 already exists there." in text(app)
+    assert "An image named web01-2024-05-01 already exists in /media/sdb1." in text(app)
     assert "name the image" in text(app)
 
 
@@ -141,3 +145,11 @@ def test_esc_during_capture_asks_and_cancelling_keeps_no_image(app, backend):
     assert "Capture cancelled. No image was kept; nvme0n1 was not changed." in dialog_text(app)
     press(app, "enter")
     assert not dialog_open(app) and "Main menu" in text(app)
+
+
+def test_a_read_only_repository_is_refused_as_a_destination_as_on_the_real_machine(app, backend):
+    """The dry run decides as the engine does: a repository found mounted read-only (as
+    discovery mounts what it finds) cannot take a capture."""
+    backend.data["repositories"][0]["read_only"] = True
+    to_dest(app)
+    assert "not offered: it is read-only" in flat(app)

@@ -4,6 +4,7 @@ screen's bad-sector report."""
 
 import threading
 
+from fake_backend import mount
 from helpers import (
     assert_fits,
     click,
@@ -31,24 +32,22 @@ def to_plan(app, target="nvme0n1"):
 
 
 def test_source_list_refuses_the_boot_drive_and_a_drive_in_use(app, backend):
-    backend.machine["drives"][4]["source_refused"] = (
-        "source /dev/nvme0n1 has a mounted filesystem (/dev/nvme0n1p1 on /mnt)"
-    )
+    mount(backend, "/dev/nvme0n1p1", "/mnt")
     select(app, "Clone")
     screen = flat(app)
     assert "Clone: choose the drive to copy" in screen and "1/6" in text(app).splitlines()[0]
-    assert "not offered: it booted the rescue system" in screen
+    assert "not offered: source /dev/sdc booted this rescue system" in screen
     assert "not offered: source /dev/nvme0n1 has a mounted filesystem (/dev/nvme0n1p1 on /mnt)" in screen
-    assert screen.count("not offered") == 2
+    assert "not offered: source /dev/sdb has a mounted filesystem (/dev/sdb1 on /media/sdb1)" in screen
+    assert screen.count("not offered") == 3
 
 
 def test_target_list_refuses_source_boot_small_and_safety_rules(app, backend):
-    backend.machine["drives"][1]["refused"] = "target /dev/sdb has a mounted filesystem (/dev/sdb1 on /media/sdb1)"
     to_targets(app)
     lines = text(app).splitlines()
     for name, reason in (
-        ("sda", "it is the drive being copied"),
-        ("sdc", "it booted the rescue system"),
+        ("sda", "target /dev/sda is the source drive (/dev/sda)"),
+        ("sdc", "target /dev/sdc booted this rescue system"),
         ("sdd", "too small: needs at least 66.1 GiB, the drive has 7.5 GiB"),
         ("sdb", "target /dev/sdb has a mounted filesystem"),
     ):
@@ -103,6 +102,9 @@ def test_whole_clone_shows_progress_then_where_the_bad_sectors_were(app, backend
     finish_job(app)
     assert backend.calls[-1] == ("clone", "/dev/sda", "/dev/nvme0n1", "grow-last")
     assert backend.plans_used[-1] is app.state.plan
+    # the first line says the copy is not clean
+    body = [line.strip() for line in text(app).splitlines()[1:] if line.strip()]
+    assert body[0] == "Incomplete: 26 unreadable sector(s) were zero-filled in the copy on nvme0n1."
     words = flat(app)
     assert "sda (Samsung SSD 860 EVO 500GB) was copied onto nvme0n1 (WDC PC SN730 256GB)" in words
     assert "26 unreadable sector(s) were met (13.0 KiB in 4 range(s)); those bytes were written as zeros" in words
@@ -150,6 +152,8 @@ def test_capture_done_lists_the_bad_sectors_met(app, backend):
     select(app, "/media/sdb1")
     press(app, "enter")
     finish_job(app)
+    body = [line.strip() for line in text(app).splitlines()[1:] if line.strip()]
+    assert body[0].startswith("Incomplete: 26 unreadable sector(s) were zero-filled in the image")
     words = flat(app)
     assert "26 unreadable sector(s) were met (13.0 KiB in 4 range(s)); they are marked unreadable" in words
     assert "at byte 2147483648 (2048.0 MiB), 512 bytes" in text(app)

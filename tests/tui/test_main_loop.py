@@ -8,13 +8,13 @@ import pexpect
 import pytest
 
 HERE = os.path.dirname(__file__)
-MACHINE = os.path.join(HERE, "machines", "two-disks-and-usb.json")
+MACHINE = os.path.join(HERE, os.pardir, "machines", "two-disks-and-usb.json")
 DOWN, ENTER, TAB = "\x1b[B", "\r", "\t"
 
 
 @pytest.fixture
 def wizard(tmp_path):
-    env = dict(os.environ, RESCUE_FAKE_BACKEND=MACHINE, RESCUE_LOG_DIR=str(tmp_path), TERM="vt100", LANG="C.UTF-8")
+    env = dict(os.environ, RESCUE_MACHINE=MACHINE, RESCUE_LOG_DIR=str(tmp_path), TERM="vt100", LANG="C.UTF-8")
     child = pexpect.spawn(
         sys.executable,
         ["-c", "import sys; from rescue.tui.app import main; sys.exit(main([]))"],

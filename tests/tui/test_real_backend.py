@@ -1,4 +1,4 @@
-"""The wizard on real loop devices through RealBackend and the real engine: capture a small
+"""The wizard on real loop devices through the real engine (rescue.engine.Engine): capture a small
 drive, restore it (switching the layout policy on the plan screen), clone it, and browse the
 image and copy files out — checking what a person would check: the files are back, the screens
 said so, and nothing stays mounted."""
@@ -14,8 +14,8 @@ from disks import MiB, partition_table, sh
 from helpers import click, dialog_open, dialog_text, finish_job, flat, press, select, text, type_text
 from test_restore_flow import choose_policy, policy_line
 
+from rescue.engine import Engine
 from rescue.tui.app import App
-from rescue.tui.backend import RealBackend
 
 pytestmark = pytest.mark.root
 
@@ -55,7 +55,7 @@ def test_capture_then_restore_through_the_wizard_on_loop_devices(loops, tmp_path
     small = loops.disk("small.img", 32 * MiB)
     repo = tmp_path / "repo"
     repo.mkdir()
-    backend = RealBackend(include_loop=True)
+    backend = Engine(include_loop=True)
     app = App(backend, log_dir=str(tmp_path))
     app.main_menu()
     try:
@@ -106,7 +106,7 @@ def test_capture_then_restore_through_the_wizard_on_loop_devices(loops, tmp_path
 def test_clone_through_the_wizard_on_loop_devices(loops, tmp_path):
     source, payload = build_source(loops)
     target = loops.disk("dst.img", 128 * MiB)
-    backend = RealBackend(include_loop=True)
+    backend = Engine(include_loop=True)
     app = App(backend, log_dir=str(tmp_path))
     app.main_menu()
     try:
@@ -114,7 +114,7 @@ def test_clone_through_the_wizard_on_loop_devices(loops, tmp_path):
         select(app, os.path.basename(source))
         lines = text(app).splitlines()
         row = next(i for i, l in enumerate(lines) if l.lstrip(" >").startswith(os.path.basename(source) + " "))
-        assert "not offered: it is the drive being copied" in lines[row + 1]
+        assert f"not offered: target {source} is the source drive" in lines[row + 1]
         select(app, os.path.basename(target))
         assert not dialog_open(app), dialog_text(app)
         assert "Clone: the plan for" in text(app) and "auto chose proportional" in flat(app)
@@ -141,7 +141,7 @@ def test_browse_an_image_and_copy_files_out_through_the_wizard(loops, tmp_path):
     capture(source, str(repo), "img1")
     out = tmp_path / "out"
     out.mkdir()
-    backend = RealBackend(include_loop=True)
+    backend = Engine(include_loop=True)
     app = App(backend, preset_repo=str(repo), log_dir=str(tmp_path))
     app.main_menu()
     try:

@@ -62,7 +62,7 @@ def test_typed_path_that_is_no_repository_says_so_and_stays(app):
     type_text(app, "/mnt/nothing")
     press(app, "enter")
     assert dialog_open(app)
-    assert "/mnt/nothing is not an image repository" in dialog_text(app)
+    assert "/mnt/nothing is not a rescue repository" in dialog_text(app)
     press(app, "enter")  # OK
     assert not dialog_open(app)
     assert "Restore: where are the images?" in text(app)
@@ -93,7 +93,7 @@ def test_images_show_name_date_source_size_data_and_verification(app):
     assert "2024-05-01 10:15  source Samsung SSD 860 .., 120.0 GiB  data 12.0 GiB" in lines[row + 1]
     row = next(i for i, l in enumerate(lines) if "laptop-2024-06-30" in l)
     assert lines[row].rstrip().endswith("not verified")
-    assert "source WDC PC SN730 256GB, 238.4 GiB  data 60.0 GiB" in lines[row + 1]
+    assert "source WDC PC SN730 256GB, 260.8 GiB  data 60.0 GiB" in lines[row + 1]
 
 
 def test_esc_goes_back_one_step_at_a_time(app):
@@ -116,7 +116,10 @@ def test_back_button_goes_back(app):
 def test_boot_drive_and_repository_drive_are_not_offered(app):
     to_targets(app)
     lines = text(app).splitlines()
-    for name, reason in (("sdc", "it booted the rescue system"), ("sdb", "it holds the image repository")):
+    for name, reason in (
+        ("sdc", "target /dev/sdc booted this rescue system"),
+        ("sdb", "target /dev/sdb holds the repository /media/sdb1"),
+    ):
         row = next(i for i, l in enumerate(lines) if l.lstrip(" >").startswith(name))
         assert lines[row].startswith("   "), "refused drive must not be focusable"
         assert f"not offered: {reason}" in lines[row + 1]
@@ -198,14 +201,15 @@ def test_switching_the_layout_policy_plans_again_and_redraws(app, backend):
 def test_plan_that_does_not_fit_says_by_how_much_and_continue_is_disabled(app, backend):
     to_targets(app, "laptop")
     select(app, "nvme0n1")
+    choose_policy(app, "same")
     words = flat(app)
     assert (
-        "Does not fit (auto chose same): /dev/nvme0n1 is too small: the image needs 255.0 GiB, "
+        "Does not fit (same): /dev/nvme0n1 is too small: the image needs 255.0 GiB, "
         "the drive has 238.4 GiB, short by 16.6 GiB"
     ) in words
     assert "Choose another layout above, or go back and choose a bigger drive." in words
     assert "- Continue -" in text(app) and "< Continue >" not in text(app)
-    press(app, "enter")  # the only button that takes the focus is Back
+    press(app, "tab", "enter")  # the only button that takes the focus is Back
     assert "choose the target drive" in text(app)
     select(app, "nvme0n1")
     choose_policy(app, "proportional")
@@ -308,14 +312,14 @@ def test_whole_restore_ends_at_done_with_verification_and_log(app, backend):
     screen = flat(app)
     assert "web01-2024-05-01 was restored onto sda" in screen
     assert "Verification: passed" in screen
-    assert "The log was saved to /tmp/restore-web01-2024-05-01.log" in screen
+    assert "The log was saved to /run/rescue/restore-web01-2024-05-01.log" in screen
     assert_fits(app)
     press(app, "esc")
     assert "Main menu" in text(app)
 
 
 def test_a_boot_fix_that_failed_after_writing_is_shown_on_the_done_screen(app, backend):
-    backend.machine["restore_warnings"] = [
+    backend.data["simulate"]["restore_warnings"] = [
         "the drive is written, but adding the removable-media EFI loader failed: disk full"
     ]
     to_confirm(app)

@@ -1,0 +1,686 @@
+"""The one engine API under both front ends: the CLI and the wizard call this for every job.
+
+Each decision lives here once: which drives are refused for which role (the safety rules),
+which repositories a capture may write to, the default image name and the name rule, the
+layout policies and the plans, what is browsable, the configuration (rescue.toml). The front
+ends parse, draw, ask and print.
+
+The engine works on a `rescue.machine.Machine`: the live one, or a recorded one for the
+wizard's dry run. Over a recorded machine every question is answered by the same code; only
+jobs differ: their actions go to the machine's LoggingRunner instead of a drive.
+
+A plan is the engine's `RestorePlan` (model actions and all): the front end shows it, the
+person confirms it, and `restore`/`clone` execute exactly that object."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rescue import config as configuration
+from rescue.errors import RefusedError, RepoError, RescueError, UsageError
+from rescue.filesystems import lookup
+from rescue.hw import devices
+from rescue.imaging.apply import AreaFacts
+from rescue.imaging.progress import Progress, fmt_bytes
+from rescue.imaging.restore import POLICIES, RestorePlan, facts_of, plan_onto
+from rescue.machine import LiveMachine, Machine, PartInfo, RecordedMachine
+from rescue.model.layout import DiskLayout
+from rescue.repo.store import ImageSummary as ImageInfo
+from rescue.repo.store import check_name
+
+ProgressFn = Callable[[Progress], None]
+MIN_FREE = 1 << 30  # a capture destination with less than this is refused when the size is unknown
+
+__all__ = ["POLICIES", "Engine", "ImageInfo", "PartInfo"]
+
+
+@dataclass
+class DriveInfo:
+    name: str  # kernel name, "sda"
+    path: str  # "/dev/sda"
+    model: str
+    serial: str
+    size: int  # bytes
+    bus: str
+    removable: bool = False
+    partly_written: str | None = None  # an unfinished restore or clone onto it, in words
+
+
+@dataclass
+class RepoInfo:
+    path: str
+    drive: str | None = None  # kernel name of the drive holding it, when known
+    read_only: bool = False
+
+
+@dataclass
+class RestoreOutcome:
+    target_path: str
+    bytes_written: int
+    seconds: float
+    verified: bool
+    log_path: str
+    warnings: list[str] = field(default_factory=list)
+    actions: list[Any] = field(default_factory=list)  # the plan's actions, as executed
+
+
+@dataclass
+class CaptureOutcome:
+    name: str
+    bytes_read: int
+    stored_bytes: int
+    seconds: float
+    log_path: str
+    sectors_lost: int = 0  # unreadable sectors met (zero-filled)
+    bad_ranges: list[tuple[int, int]] = field(default_factory=list)  # (byte offset, length)
+
+
+@dataclass
+class CloneOutcome:
+    target_path: str
+    bytes_written: int
+    seconds: float
+    sectors_lost: int
+    bad_ranges: list[tuple[int, int]]
+    log_path: str
+    warnings: list[str] = field(default_factory=list)
+    actions: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class ImagePart:
+    """One partition of an image, as the browse flow offers it."""
+
+    number: int
+    size: int
+    fstype: str  # "" when unformatted
+    label: str = ""
+    used: int | None = None
+    refused: str | None = None  # why it cannot be browsed (swap, no filesystem), None if it can
+
+    @property
+    def fat(self) -> bool:
+        """FAT (the filesystem class says mtools reads it): listed only through the kernel's
+        vfat, else copied whole with mtools."""
+        fs = lookup(self.fstype)
+        return fs is not None and fs.mtools
+
+
+@dataclass
+class BrowseSession:
+    """A partition opened for browsing. `root` is where its files are (a private read-only
+    mount), None for a FAT partition that neither the kernel nor fusefat could mount: that
+    one is copied whole, with mtools."""
+
+    repo_path: str
+    image: str
+    part: ImagePart
+    root: str | None
+    handle: Any = None  # the engine's own record (mount state)
+
+
+def default_image_name(model: str, fallback: str, when: float | None = None) -> str:
+    """The one rule for a new image's name: the drive's model and the date and time, reduced to
+    the characters an image name may hold (rescue.repo.store.check_name)."""
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", model).strip("-.") or fallback
+    return check_name(f"{base[:60]}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}")
+
+
+def min_target_size(layout: DiskLayout, areas: list[AreaFacts]) -> int:
+    """The smallest drive some layout policy fits `layout` onto (shrinking what may shrink).
+    Pure: the planner is asked about an empty target and says how much it lacks."""
+    from rescue.model.plan import POLICIES as PLAN_POLICIES
+    from rescue.model.plan import plan_layout
+
+    if layout.table == "none":
+        return layout.size
+    needs = []
+    for policy in PLAN_POLICIES:
+        try:
+            lp = plan_layout(layout, facts_of(areas), 0, layout.sector_size, policy)
+        except RescueError:
+            continue
+        needs.append(lp.shortfall)
+    return min(needs) if needs else layout.end_bytes()
+
+
+class Engine:
+    """Every job of both front ends. Engine errors are RescueErrors with one-line messages."""
+
+    def __init__(
+        self,
+        machine: Machine | None = None,
+        cfg: configuration.Config | None = None,
+        *,
+        include_loop: bool = False,
+        log_dir: str | None = None,
+    ):
+        self.machine: Machine = machine or LiveMachine()
+        self.config = cfg or configuration.load()
+        self.include_loop = include_loop
+        self.log_dir = log_dir
+        self._located: list[Any] = []  # RepoLocations discovery mounted; released by close()
+        self._sources: dict[str, Any] = {}  # capture plans of source drives, read once per look
+
+    @classmethod
+    def recorded(cls, path: str, **kwargs: Any) -> Engine:
+        """The engine over a machine recorded elsewhere: the wizard's dry run."""
+        return cls(RecordedMachine.from_file(path), **kwargs)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.machine.recorded
+
+    def close(self) -> None:
+        """Unmount what repository discovery mounted (read-only), let go of a recorded machine."""
+        located, self._located = self._located, []
+        self.machine.release(located)
+        self.machine.close()
+
+    # drives -------------------------------------------------------------------------------
+    @staticmethod
+    def _drive(d: devices.Drive, partly_written: str | None = None) -> DriveInfo:
+        return DriveInfo(
+            d.name, d.path, d.model or "unknown model", d.serial or "-", d.size, d.bus, d.removable, partly_written
+        )
+
+    def list_drives(self) -> list[DriveInfo]:
+        """The drives, each with the unfinished restore or clone that left it partly written
+        (rescue.hw.leftovers' markers: this machine's, so none on a recorded one)."""
+        from rescue.hw import leftovers
+
+        snap = self.machine.snapshot()
+        found = devices.list_drives(include_loop=self.include_loop, snap=snap)
+        if self.machine.recorded:
+            return [self._drive(d) for d in found]
+        return [self._drive(d, (m.note() if (m := leftovers.partly_written(d)) else None)) for d in found]
+
+    def partitions(self, drive: DriveInfo) -> list[PartInfo]:
+        """The drive's partitions with what blkid finds on each (the kernel's view, not a
+        reading of the table: the plan step reads that)."""
+        snap = self.machine.snapshot()
+        d = snap.by_name(drive.name)
+        out = []
+        for name in d["partitions"] if d else []:
+            pd = snap.by_name(name)
+            if pd is None:
+                continue
+            props = pd["props"]
+            found = (
+                {"TYPE": props["ID_FS_TYPE"], "LABEL": props.get("ID_FS_LABEL", "")}
+                if props.get("ID_FS_TYPE")
+                else self.machine.probe(pd["node"])
+            )
+            size = int(pd["attrs"].get("size") or 0) * devices.SECTOR
+            out.append(PartInfo(name, size, found.get("TYPE", ""), found.get("LABEL", "")))
+        return out
+
+    @staticmethod
+    def _refused(check: Callable[[], object]) -> str | None:
+        try:
+            check()
+        except RefusedError as e:
+            return str(e)
+        return None
+
+    def check_target(self, path: str, *, repo_path: str | None = None, source: str | None = None) -> None:
+        """Raise RefusedError naming the rule when the safety rules refuse writing to `path`
+        (booted the rescue system, holds the repository, is the source, mounted, in use...)."""
+        from rescue.hw.safety import check_target
+
+        check_target(path, repo_path=repo_path, source=source)
+
+    def check_source(self, path: str, *, repo_path: str | None = None) -> None:
+        """Raise RefusedError when `path` cannot be read as a capture or clone source now."""
+        from rescue.hw.safety import check_source
+
+        check_source(path, repo_path)
+
+    def target_refusal(self, drive: DriveInfo, repo_path: str | None) -> str | None:
+        """Why restoring onto the drive is refused, or None."""
+        return self._refused(lambda: self.check_target(drive.path, repo_path=repo_path))
+
+    def source_refusal(self, drive: DriveInfo) -> str | None:
+        """Why a drive cannot be read as a capture or clone source now, or None."""
+        return self._refused(lambda: self.check_source(drive.path))
+
+    def clone_refusal(self, target: DriveInfo, source: DriveInfo) -> str | None:
+        return self._refused(lambda: self.check_target(target.path, source=source.path))
+
+    # repositories ---------------------------------------------------------------------------
+    def find_repositories(self) -> list[RepoInfo]:
+        found = self.machine.find_repositories(self.include_loop)
+        self._located += [r for r in found if r.mounted_by_us]
+        return [RepoInfo(r.path, os.path.basename(r.drive) if r.drive else None, r.read_only) for r in found]
+
+    def open_repository(self, path: str) -> RepoInfo:
+        """Raises RepoError when `path` is not a usable repository."""
+        known = next((r for r in self.machine.find_repositories(self.include_loop) if r.path == path), None)
+        if known is not None:
+            return RepoInfo(known.path, known.drive, known.read_only)
+        if self.dry_run:
+            raise RepoError(f"{path} is not a rescue repository (no rescue-repo.json)")
+        from rescue.repo.store import Repository
+
+        repo = Repository.open(path)
+        try:
+            drives = devices.drive_of_path(str(repo.path), self.machine.snapshot())
+        except RescueError:
+            drives = []  # the repository is usable even when its drive is not known
+        return RepoInfo(str(repo.path), drives[-1] if drives else None, not os.access(repo.path, os.W_OK))
+
+    def list_images(self, repo_path: str) -> list[ImageInfo]:
+        return self.machine.images(repo_path)
+
+    def image_needs(self, repo_path: str, name: str) -> int:
+        """The smallest drive the image fits onto with some layout policy."""
+        image = self.machine.image_facts(repo_path, name)
+        return min_target_size(image.layout, image.areas)
+
+    def destination_refusal(self, repo: RepoInfo | None, path: str, source: DriveInfo) -> tuple[int | None, str | None]:
+        """(free bytes or None, why a capture of `source` may not store its image at `path`)."""
+        if repo is not None and repo.drive and repo.drive == source.name:
+            return None, "it is on the drive being captured"
+        if repo is not None and repo.read_only:
+            return None, "it is read-only"
+        try:
+            free = self.machine.free_space(path)
+        except RescueError as e:
+            return None, str(e)
+        need = self.capture_estimate(source) or MIN_FREE
+        if free < need:
+            return free, f"not enough free space: needs up to {fmt_bytes(need)}"
+        return free, None
+
+    def default_image_name(self, drive: DriveInfo, when: float | None = None) -> str:
+        return default_image_name(drive.model if drive.model != "unknown model" else "", drive.name, when)
+
+    def drive(self, path: str) -> DriveInfo:
+        """Any drive by path (a /dev node, a by-id link, an image file on the live machine)."""
+        return self._drive(devices.drive_info(path, self.machine.snapshot()))
+
+    def check_image_name(self, repo_path: str, name: str) -> str:
+        """The repository's name rule, and not taken yet (a folder that is no repository yet
+        has no names taken: capture makes it one)."""
+        check_name(name)
+        try:
+            taken = {im.name for im in self.list_images(repo_path)}
+        except RescueError:
+            taken = set()
+        if name in taken:
+            raise UsageError(f"an image named {name} already exists in {repo_path}")
+        return name
+
+    # plans ------------------------------------------------------------------------------------
+    def plan_restore(
+        self,
+        repo_path: str,
+        name: str,
+        target_path: str,
+        policy: str = "auto",
+        *,
+        scratch_dir: str | None = None,
+        fresh_ids: bool = False,
+    ) -> RestorePlan:
+        """What restoring would write, and whether it fits. Writes nothing."""
+        image = self.machine.image_facts(repo_path, name)
+        facts = self.machine.target(target_path)
+        return plan_onto(name, image.layout, image.areas, facts, policy, image.write, scratch_dir, fresh_ids=fresh_ids)
+
+    def _source(self, path: str) -> Any:
+        """A source's capture plan (it reads every filesystem's metadata): once per look at
+        the target list, not once per policy."""
+        if path not in self._sources:
+            self._sources = {path: self.machine.source(path)}
+        return self._sources[path]
+
+    def clone_needs(self, source: DriveInfo) -> int:
+        """The smallest target size any layout policy can fit the source's partitions into."""
+        self._sources = {}  # a fresh look at the source each time the target list is drawn
+        cap = self._source(source.path)
+        return min_target_size(cap.layout, cap.area_facts())
+
+    def plan_clone(
+        self,
+        source_path: str,
+        target_path: str,
+        policy: str = "auto",
+        *,
+        scratch_dir: str | None = None,
+        fresh_ids: bool = False,
+    ) -> RestorePlan:
+        from rescue.imaging.clone import plan_clone
+
+        return plan_clone(
+            source_path,
+            target_path,
+            policy,
+            self._source(source_path),
+            scratch_dir,
+            fresh_ids,
+            facts=self.machine.target(target_path),
+        )
+
+    def capture_estimate(self, drive: DriveInfo) -> int | None:
+        """The bytes capture will read (used blocks); what it stores is at most that."""
+        try:
+            return int(self._source(drive.path).read_bytes())
+        except RescueError:
+            return None  # unreadable now; capture itself will say why
+
+    # jobs -------------------------------------------------------------------------------------
+    def restore(
+        self,
+        repo_path: str,
+        name: str,
+        target_path: str,
+        plan: RestorePlan,
+        progress: ProgressFn,
+        cancel: threading.Event,
+        *,
+        preverify: bool | None = None,
+    ) -> RestoreOutcome:
+        """Exactly the confirmed `plan`, after the safety rules and a check that the target
+        is still what the plan was made for."""
+        preverify = self.config.preverify if preverify is None else preverify
+        if isinstance(self.machine, RecordedMachine):
+            return self._simulate_restore(repo_path, name, target_path, plan, progress, cancel, preverify)
+        from rescue.imaging.restore import restore
+        from rescue.repo.store import Repository
+
+        r = restore(
+            Repository.open(repo_path),
+            name,
+            target_path,
+            preverify=preverify,
+            progress=progress,
+            cancel=cancel,
+            plan=plan,
+            threads=self.config.worker_threads(),
+        )
+        return RestoreOutcome(r.target_path, r.bytes_written, r.seconds, r.verified, r.log_path, r.warnings, r.actions)
+
+    def clone(
+        self,
+        source_path: str,
+        target_path: str,
+        plan: RestorePlan,
+        progress: ProgressFn,
+        cancel: threading.Event,
+        *,
+        retries: int | None = None,
+    ) -> CloneOutcome:
+        retries = self.config.bad_sector_retries if retries is None else retries
+        self._sources = {}
+        if isinstance(self.machine, RecordedMachine):
+            return self._simulate_clone(source_path, target_path, plan, progress, cancel)
+        from rescue.imaging.clone import clone
+
+        r = clone(source_path, target_path, retries=retries, progress=progress, cancel=cancel, plan=plan)
+        return CloneOutcome(
+            r.target_path,
+            r.bytes_written,
+            r.seconds,
+            r.sectors_lost,
+            list(r.bad_ranges),
+            r.log_path,
+            r.warnings,
+            r.actions,
+        )
+
+    def capture(
+        self,
+        source_path: str,
+        repo_path: str,
+        name: str,
+        progress: ProgressFn,
+        cancel: threading.Event,
+        *,
+        level: int | None = None,
+        threads: int | None = None,
+        retries: int | None = None,
+    ) -> CaptureOutcome:
+        """Image `source_path` into the repository at `repo_path` (created if missing)."""
+        level = self.config.level if level is None else level
+        threads = self.config.threads if threads is None else threads
+        retries = self.config.bad_sector_retries if retries is None else retries
+        configuration.validate(
+            configuration.Config(level=level, threads=threads, chunk_mib=self.config.chunk_mib, source="flags")
+        )
+        check_name(name)
+        if isinstance(self.machine, RecordedMachine):
+            return self._simulate_capture(source_path, repo_path, name, progress, cancel)
+        from rescue.imaging.capture import capture
+
+        r = capture(
+            source_path,
+            repo_path,
+            name,
+            level=level,
+            threads=threads or None,
+            chunk_size=self.config.chunk_mib << 20,
+            retries=retries,
+            progress=progress,
+            cancel=cancel,
+        )
+        return CaptureOutcome(
+            r.name, r.bytes_read, r.stored_bytes, r.seconds, r.log_path, r.sectors_lost, list(r.bad_ranges)
+        )
+
+    def verify(self, repo_path: str, name: str, progress: ProgressFn, cancel: threading.Event) -> Any:
+        """Raises IntegrityError when the image is damaged."""
+        if isinstance(self.machine, RecordedMachine):
+            image = self.machine.image_facts(repo_path, name)
+            self.machine.runner.move("verify", [("chunks", image.write)], progress, cancel)
+            return None
+        from rescue.imaging.verify import verify_image
+        from rescue.repo.store import Repository
+
+        return verify_image(Repository.open(repo_path), name, progress=progress, cancel=cancel)
+
+    def verify_drive(self, repo_path: str, name: str, disk: str) -> int:
+        """Compare the bytes outside a restored drive's partitions with the image; returns how
+        many were compared, raises IntegrityError naming the first difference."""
+        from rescue.imaging.verify import verify_drive
+        from rescue.repo.store import Repository
+
+        return int(verify_drive(Repository.open(repo_path), name, disk))
+
+    # browse -----------------------------------------------------------------------------------
+    def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
+        out = []
+        m = self.machine.manifest(repo_path, name)
+        by_number = {p.number: p for p in m.layout.partitions}
+        for a in m.areas:
+            if a.partition is None:
+                continue
+            fs = a.fs or {}
+            fstype = fs.get("type") or ""
+            refused = None
+            if not fstype or fstype == "raw":
+                refused = "no filesystem"
+            elif (kind := lookup(fstype)) is not None and kind.no_files:
+                refused = kind.no_files
+            part = by_number.get(a.partition)
+            label = fs.get("label") or (part.name if part else "") or ""
+            out.append(ImagePart(a.partition, a.size, fstype, label, fs.get("used_bytes"), refused))
+        return out
+
+    def browse_open(self, repo_path: str, name: str, part: ImagePart) -> BrowseSession:
+        """Mount the partition read-only, privately; undone by browse_close, also when this
+        raises half-way."""
+        from rescue.errors import FilesystemError
+
+        if part.refused:
+            raise UsageError(f"partition {part.number} cannot be browsed: {part.refused}")
+        if isinstance(self.machine, RecordedMachine):
+            tree = self.machine.files(repo_path, name, part.number)
+            root = None if part.fat else f"/run/rescue/wizard/p{part.number}"
+            return BrowseSession(repo_path, name, part, root, handle=("recorded", tree))
+        try:
+            return self._browse_mount(repo_path, name, part)
+        except FilesystemError:
+            if not part.fat:
+                raise
+            return BrowseSession(repo_path, name, part, None)  # mtools still reads it, whole
+
+    def _browse_mount(self, repo_path: str, name: str, part: ImagePart) -> BrowseSession:
+        """A private read-only mount of the one partition, torn down again if anything fails.
+        FAT only through the kernel's vfat: fusefat shows short names in capitals and dates a
+        month late, and what the wizard copies must be exact; mtools copies it whole instead."""
+        from rescue.browse import mounts
+
+        _, manifest = mounts.open_image(repo_path, name)
+        area = mounts.select_areas(manifest, part.number)[0]
+        state, mnt = mounts.open_private(repo_path, name, area, "wizard", f"p{part.number}-", fusefat=False)
+        return BrowseSession(repo_path, name, part, str(mnt / area.name), (state, mnt))
+
+    def browse_list(self, session: BrowseSession, path: str) -> list[Any]:
+        """One directory, read when asked (directories first, then by name)."""
+        from rescue.browse import copy
+
+        if session.root is None:
+            return []
+        if isinstance(session.handle, tuple) and session.handle[0] == "recorded":
+            return copy.list_tree(session.handle[1], path)
+        return copy.list_directory(session.root, path)
+
+    def browse_close(self, session: BrowseSession) -> None:
+        from rescue.browse import mounts
+
+        handle, session.handle = session.handle, None
+        if handle is None or (isinstance(handle, tuple) and handle[0] == "recorded"):
+            return
+        state, mnt = handle
+        mounts.close_private(state, mnt)
+
+    def _copy_names(self, session: BrowseSession, paths: list[str]) -> list[str]:
+        return [f"{session.image}-p{session.part.number}"] if session.root is None else paths
+
+    def check_copy(self, session: BrowseSession, paths: list[str], dest: str) -> None:
+        """Refuses (UsageError) a destination where a chosen item would overwrite something."""
+        from rescue.browse import copy
+
+        if isinstance(self.machine, RecordedMachine):
+            self.machine.free_space(dest)
+            existing = set(self.machine.data.get("simulate", {}).get("existing_files", []))
+            for n in self._copy_names(session, paths):
+                target = dest.rstrip("/") + "/" + n.rstrip("/").rsplit("/", 1)[-1]
+                if target in existing:
+                    raise UsageError(f"{target} already exists: choose another folder or move it away first")
+            return
+        copy.check_copy_dest(dest, self._copy_names(session, paths))
+
+    def copy_files(
+        self, session: BrowseSession, paths: list[str], dest: str, progress: ProgressFn, cancel: threading.Event
+    ) -> Any:
+        from rescue.browse import copy
+
+        if session.root is not None and not paths:
+            raise UsageError("choose at least one file or folder first (Space marks it)")
+        self.check_copy(session, paths, dest)
+        if isinstance(self.machine, RecordedMachine):
+            tree = session.handle[1] if isinstance(session.handle, tuple) else None
+            return copy.simulate_copy(self.machine.runner, session, tree, paths, dest, progress, cancel)
+        if session.root is None:  # FAT: the whole partition, through mtools
+            return copy.copy_partition(session, dest, progress)
+        return copy.copy_tree(session.root, paths, dest, progress, cancel)
+
+    def free_space(self, path: str) -> int:
+        """Free bytes at a directory; raises RepoError when it is missing or not writable."""
+        return self.machine.free_space(path)
+
+    # power ------------------------------------------------------------------------------------
+    def reboot(self) -> None:
+        self._power("reboot")
+
+    def poweroff(self) -> None:
+        self._power("poweroff")
+
+    def _power(self, what: str) -> None:
+        if isinstance(self.machine, RecordedMachine):
+            self.machine.runner.step(f"systemctl {what}")
+            return
+        from rescue.errors import DeviceError
+        from rescue.hw.run import run
+
+        run(["systemctl", what], error=DeviceError)
+
+    # the recorded machine's jobs: the plan's actions logged, the bytes counted -----------------
+    def _simulate_restore(
+        self,
+        repo_path: str,
+        name: str,
+        target_path: str,
+        plan: RestorePlan,
+        progress: ProgressFn,
+        cancel: threading.Event,
+        preverify: bool,
+    ) -> RestoreOutcome:
+        assert isinstance(self.machine, RecordedMachine)
+        runner = self.machine.runner
+        from rescue.hw.safety import check_target
+
+        check_target(target_path, repo_path=repo_path)
+        image = self.machine.image_facts(repo_path, name)
+        if preverify:
+            runner.move("verify", [("chunks", image.write)], progress, cancel)
+        seconds = self._simulate_actions("restore", plan, progress, cancel)
+        warnings = list(self.machine.simulate.get("restore_warnings", []))
+        log = f"{self.log_dir or '/run/rescue'}/restore-{name}.log"
+        return RestoreOutcome(target_path, plan.write_bytes, seconds, preverify, log, warnings, list(plan.actions))
+
+    def _simulate_actions(self, phase: str, plan: RestorePlan, progress: ProgressFn, cancel: threading.Event) -> float:
+        """Each action of the confirmed plan, in order: its description logged, the bytes it
+        writes counted through progress."""
+        assert isinstance(self.machine, RecordedMachine)
+        runner = self.machine.runner
+        plan.check(self.machine.target(plan.target_path))
+        held = {a.name: a.data_end() for a in plan.areas}
+        seconds = 0.0
+        for action in plan.actions:
+            runner.step(f"{phase}: {action.what}")
+            if action.area is not None and action.kind in ("write", "grow", "shrink", "gap"):
+                seconds += runner.move(phase, [(action.area, held.get(action.area, 0))], progress, cancel)
+        return seconds
+
+    def _bad_ranges(self, path: str) -> list[tuple[int, int]]:
+        assert isinstance(self.machine, RecordedMachine)
+        return [(int(o), int(n)) for o, n in self.machine.simulate.get("bad_ranges", {}).get(path, [])]
+
+    def _simulate_clone(
+        self, source_path: str, target_path: str, plan: RestorePlan, progress: ProgressFn, cancel: threading.Event
+    ) -> CloneOutcome:
+        from rescue.hw.safety import check_source, check_target
+
+        check_source(source_path)
+        check_target(target_path, source=source_path)
+        seconds = self._simulate_actions("clone", plan, progress, cancel)
+        bad = self._bad_ranges(source_path)
+        log = f"{self.log_dir or '/run/rescue'}/clone.log"
+        return CloneOutcome(
+            target_path, plan.write_bytes, seconds, sum(n for _, n in bad) // 512, bad, log, [], list(plan.actions)
+        )
+
+    def _simulate_capture(
+        self, source_path: str, repo_path: str, name: str, progress: ProgressFn, cancel: threading.Event
+    ) -> CaptureOutcome:
+        assert isinstance(self.machine, RecordedMachine)
+        from rescue.hw.safety import check_source
+
+        check_source(source_path, repo_path)
+        cap = self._source(source_path)
+        areas = [(a.label, a.read_bytes()) for a in cap.areas if a.read_bytes()]
+        seconds = self.machine.runner.move("capture", areas, progress, cancel)
+        size = sum(s for _, s in areas)
+        self.machine.add_image(repo_path, name, cap, devices.drive_info(source_path, self.machine.snapshot()))
+        bad = self._bad_ranges(source_path)
+        return CaptureOutcome(
+            name, size, size // 2, seconds, f"{repo_path}/images/{name}/log.txt", sum(n for _, n in bad) // 512, bad
+        )

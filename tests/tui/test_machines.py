@@ -1,0 +1,77 @@
+"""Every recorded machine in tests/machines, through the real engine and the wizard: drives
+and their refusals for each role, every image planned onto every drive the rules allow,
+every allowed clone planned, and the restore flow driven from the main menu to its done
+screen. A machine recorded anywhere (`python3 -m rescue.hw.record`) joins by being copied
+there."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+from fake_backend import MACHINES, FakeBackend, machine
+from helpers import click, finish_job, press, select, text, type_text
+
+from rescue.tui.app import App
+
+RECORDS = sorted(p for p in glob.glob(os.path.join(MACHINES, "*.json")) if not p.endswith(".desc.json"))
+
+
+@pytest.fixture(params=RECORDS, ids=[os.path.basename(p) for p in RECORDS])
+def engine(request):
+    e = FakeBackend(machine(request.param))
+    yield e
+    e.close()
+
+
+def test_the_corpus_is_not_empty():
+    assert RECORDS
+
+
+def test_every_decision_can_be_made_on_every_machine(engine):
+    drives = engine.list_drives()
+    assert drives, "a recorded machine without drives"
+    repos = engine.find_repositories()
+    for d in drives:
+        engine.partitions(d)
+        engine.source_refusal(d)
+        for r in repos:
+            engine.target_refusal(d, r.path)
+    for r in repos:
+        for im in engine.list_images(r.path):
+            need = engine.image_needs(r.path, im.name)
+            for d in drives:
+                if engine.target_refusal(d, r.path) is None:
+                    plan = engine.plan_restore(r.path, im.name, d.path)
+                    assert plan.actions and (plan.fits or d.size < need or not plan.reason.startswith("fits"))
+    sources = [d for d in drives if engine.source_refusal(d) is None]
+    for s in sources[:2]:
+        for t in drives:
+            if t.name != s.name and engine.clone_refusal(t, s) is None:
+                assert engine.plan_clone(s.path, t.path).actions
+
+
+def test_the_restore_flow_reaches_done_on_every_machine_with_an_image(engine, tmp_path):
+    repos = [r for r in engine.find_repositories() if engine.list_images(r.path)]
+    if not repos:
+        pytest.skip("no repository with an image on this machine")
+    app = App(engine, log_dir=str(tmp_path))
+    app.main_menu()
+    select(app, "Restore")
+    select(app, repos[0].path)
+    select(app, engine.list_images(repos[0].path)[0].name)
+    assert "choose the target drive" in text(app)
+    need = engine.image_needs(repos[0].path, engine.list_images(repos[0].path)[0].name)
+    target = next(
+        (d for d in engine.list_drives() if engine.target_refusal(d, repos[0].path) is None and d.size >= need), None
+    )
+    if target is None:
+        pytest.skip("no drive here can take the image")
+    select(app, target.name)
+    click(app, "Continue")
+    type_text(app, target.name)
+    press(app, "enter")
+    finish_job(app)
+    assert "Restore: done" in text(app)
+    assert any(line.startswith("restore: ") for line in engine.log), "no action was executed"
