@@ -252,11 +252,9 @@ def _print_json(obj) -> None:
 def cmd_disks(args) -> int:
     """Every drive; one that a restore or clone left unfinished says so (partly_written in
     JSON, a PARTLY WRITTEN line under it in text)."""
-    from rescue.hw.devices import list_drives
-    from rescue.hw.leftovers import partly_written
-
-    drives = list_drives()
-    notes = {d.path: (m.note() if (m := partly_written(d)) else None) for d in drives}
+    found = _engine(args).disks()
+    drives = [d for d, _ in found]
+    notes = {d.path: note for d, note in found}
     if args.json:
         _print_json([{**asdict(d), "partly_written": notes[d.path]} for d in drives])
         return 0

@@ -190,16 +190,19 @@ class Engine:
             d.name, d.path, d.model or "unknown model", d.serial or "-", d.size, d.bus, d.removable, partly_written
         )
 
-    def list_drives(self) -> list[DriveInfo]:
-        """The drives, each with the unfinished restore or clone that left it partly written
-        (rescue.hw.leftovers' markers: this machine's, so none on a recorded one)."""
+    def disks(self) -> list[tuple[devices.Drive, str | None]]:
+        """Every drive with all the kernel says of it, and the unfinished restore or clone that
+        left it partly written (rescue.hw.leftovers' markers: this machine's, so none on a
+        recorded one)."""
         from rescue.hw import leftovers
 
-        snap = self.machine.snapshot()
-        found = devices.list_drives(include_loop=self.include_loop, snap=snap)
+        found = devices.list_drives(include_loop=self.include_loop, snap=self.machine.snapshot())
         if self.machine.recorded:
-            return [self._drive(d) for d in found]
-        return [self._drive(d, (m.note() if (m := leftovers.partly_written(d)) else None)) for d in found]
+            return [(d, None) for d in found]
+        return [(d, m.note() if (m := leftovers.partly_written(d)) else None) for d in found]
+
+    def list_drives(self) -> list[DriveInfo]:
+        return [self._drive(d, note) for d, note in self.disks()]
 
     def partitions(self, drive: DriveInfo) -> list[PartInfo]:
         """The drive's partitions with what blkid finds on each (the kernel's view, not a

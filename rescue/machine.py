@@ -166,7 +166,8 @@ def _extents(extents: list[Extent] | None) -> list[list[int]] | None:
 
 
 def _from_extents(raw: list[list[int]] | None) -> list[Extent] | None:
-    return None if raw is None else [Extent(int(s), int(e)) for s, e in raw]
+    """[[start, end], ...] as recorded (end exclusive) back to Extents (start, length)."""
+    return None if raw is None else [Extent(int(s), int(e) - int(s)) for s, e in raw]
 
 
 def record(include_loop: bool = True) -> dict[str, Any]:
@@ -454,6 +455,9 @@ class RecordedMachine:
         free = self.data.get("free_space", {})
         if path in free:
             return int(free[path])
+        scratch = self.data.get("scratch", {})
+        if path == scratch.get("dir"):  # recorded with its free space: a destination as good as any
+            return int(scratch["free"])
         raise RepoError(f"{path} is not a directory")
 
 

@@ -75,3 +75,87 @@ def test_the_restore_flow_reaches_done_on_every_machine_with_an_image(engine, tm
     finish_job(app)
     assert "Restore: done" in text(app)
     assert any(line.startswith("restore: ") for line in engine.log), "no action was executed"
+
+
+def test_the_clone_flow_reaches_done_on_every_machine_with_two_usable_drives(engine, tmp_path):
+    drives = engine.list_drives()
+    pairs = [
+        (s, t)
+        for s in drives
+        if engine.source_refusal(s) is None
+        for t in drives
+        if t.name != s.name and engine.clone_refusal(t, s) is None and t.size >= engine.clone_needs(s)
+    ]
+    if not pairs:
+        pytest.skip("no source and target pair here")
+    source, target = pairs[0]
+    app = App(engine, log_dir=str(tmp_path))
+    app.main_menu()
+    select(app, "Clone")
+    select(app, source.name)
+    select(app, target.name)
+    assert "Clone: the plan for" in text(app)
+    click(app, "Continue")
+    type_text(app, target.name)
+    press(app, "enter")
+    finish_job(app)
+    assert "Clone: done" in text(app)
+    assert any(line.startswith("clone: ") for line in engine.log), "no action was executed"
+
+
+def test_the_capture_flow_reaches_done_on_every_machine(engine, tmp_path):
+    """Into a repository found, or the recorded scratch directory typed as the destination;
+    the image is then in the repository, as a restore would find it."""
+    source = next((d for d in engine.list_drives() if engine.source_refusal(d) is None), None)
+    if source is None:
+        pytest.skip("no drive here can be captured")
+    app = App(engine, log_dir=str(tmp_path))
+    app.main_menu()
+    select(app, "Capture")
+    select(app, source.name)
+    usable = [r.path for r in engine.find_repositories() if engine.destination_refusal(r, r.path, source)[1] is None]
+    if usable:
+        dest = usable[0]
+        select(app, dest)
+    else:
+        dest = engine.machine.data["scratch"]["dir"]
+        while app.view.walker.focus != len(app.view.walker) - 1:
+            press(app, "down")
+        type_text(app, dest)
+        press(app, "enter")
+    assert "name the image" in text(app), text(app)
+    app.view.edit.set_edit_text("corpus-capture")
+    press(app, "enter")
+    finish_job(app)
+    assert "Capture: done" in text(app)
+    assert "corpus-capture" in [im.name for im in engine.list_images(dest)]
+
+
+def test_the_browse_flow_lists_files_on_every_machine_with_an_image(engine, tmp_path):
+    repos = [r for r in engine.find_repositories() if engine.list_images(r.path)]
+    if not repos:
+        pytest.skip("no repository with an image on this machine")
+    image = engine.list_images(repos[0].path)[0].name
+    parts = [p for p in engine.image_partitions(repos[0].path, image) if p.refused is None and not p.fat]
+    if not parts:
+        pytest.skip("no partition with files in the image")
+    app = App(engine, log_dir=str(tmp_path))
+    app.main_menu()
+    select(app, "Browse")
+    select(app, repos[0].path)
+    select(app, image)
+    assert "Browse: choose a partition" in text(app)
+    select(app, f"partition {parts[0].number} ")
+    assert f"Browse: files in partition {parts[0].number}" in text(app), text(app)
+    assert engine.mounted, "the partition was not opened"
+
+
+def test_a_record_replays_what_was_recorded():
+    """Extents, sizes and facts survive the JSON round trip (an extent is [start, end])."""
+    from rescue.imaging.capture import AreaPlan
+    from rescue.machine import _extents, _from_extents
+    from rescue.model.extents import Extent
+
+    used = [Extent(0, 4096), Extent(1 << 20, 3 << 20)]
+    assert _from_extents(_extents(used)) == used
+    assert AreaPlan("p1", 0, 8 << 20, 1, None, _from_extents(_extents(used))).read_bytes() == 4096 + (3 << 20)
