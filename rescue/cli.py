@@ -329,9 +329,8 @@ def cmd_list(args) -> int:
     directory and may hold anything: they are printed with control characters replaced
     visibly (JSON escapes them itself)."""
     from rescue.repo.manifest import printable
-    from rescue.repo.store import Repository
 
-    listing = Repository.open(args.repo).listing()
+    listing = _engine(args).listing(args.repo)
     if args.json:
         _print_json([asdict(i) for i in listing.images])
         return 0
@@ -356,7 +355,7 @@ def cmd_list(args) -> int:
 def cmd_info(args) -> int:
     from rescue.repo.store import Repository
 
-    m = Repository.open(args.repo).manifest(args.name)
+    m = _engine(args).manifest(args.repo, args.name)
     if args.json:
         _print_json(asdict(m))
         return 0

@@ -495,7 +495,35 @@ class Engine:
 
         return int(verify_drive(Repository.open(repo_path), name, disk))
 
+    # repositories, read ---------------------------------------------------------------------
+    def listing(self, repo_path: str) -> Any:
+        """Everything under a repository's images/ (rescue.repo.store.Listing), none hidden."""
+        from rescue.repo.store import Repository
+
+        return Repository.open(repo_path).listing()
+
+    def manifest(self, repo_path: str, name: str) -> Any:
+        """An image's manifest, validated (rescue.repo.manifest.Manifest)."""
+        return self.machine.manifest(repo_path, name)
+
     # browse -----------------------------------------------------------------------------------
+    def mount_image(self, repo_path: str, name: str, mountpoint: str, partition: int | None = None) -> Any:
+        """The image's partitions mounted read-only under `mountpoint` (rescue mount)."""
+        from rescue.browse.mounts import mount_image
+
+        return mount_image(repo_path, name, mountpoint, partition)
+
+    def umount_image(self, mountpoint: str) -> Any:
+        from rescue.browse.mounts import umount_image
+
+        return umount_image(mountpoint)
+
+    def extract(self, repo_path: str, name: str, partition: int, paths: list[str], dest: str) -> Any:
+        """Files out of one partition of an image into `dest` (rescue extract)."""
+        from rescue.browse.extract import extract
+
+        return extract(repo_path, name, partition, paths, dest)
+
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
         out = []
         m = self.machine.manifest(repo_path, name)

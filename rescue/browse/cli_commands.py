@@ -1,9 +1,11 @@
-"""The `rescue mount`, `rescue umount` and `rescue extract` commands. rescue/cli.py calls
-add_commands(sub) once; the handlers only parse, call rescue.browse and print."""
+"""The `rescue mount`, `rescue umount` and `rescue extract` commands: the command line's
+browsing part (a front end kept beside what it fronts). rescue/cli.py calls add_commands(sub)
+once; the handlers only parse, call the engine (rescue.engine) and print."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -49,10 +51,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_extract)
 
 
-def cmd_mount(args) -> int:
-    from rescue.browse.mounts import mount_image
+def _engine() -> Any:
+    from rescue.engine import Engine
 
-    result = mount_image(args.repo, args.name, args.mountpoint, args.partition)
+    return Engine()
+
+
+def cmd_mount(args) -> int:
+    result = _engine().mount_image(args.repo, args.name, args.mountpoint, args.partition)
     for p in result.parts:
         kind = p.fstype or "-"
         if p.path:
@@ -67,17 +73,13 @@ def cmd_mount(args) -> int:
 
 
 def cmd_umount(args) -> int:
-    from rescue.browse.mounts import umount_image
-
-    state = umount_image(args.mountpoint)
+    state = _engine().umount_image(args.mountpoint)
     print(f"unmounted {state.image or 'leftovers'} from {state.mountpoint}")
     return 0
 
 
 def cmd_extract(args) -> int:
-    from rescue.browse.extract import extract
-
-    result = extract(args.repo, args.name, args.partition, args.paths, args.dest)
+    result = _engine().extract(args.repo, args.name, args.partition, args.paths, args.dest)
     for path in result.copied:
         print(f"extracted {path}")
     return 0

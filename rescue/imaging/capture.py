@@ -22,7 +22,7 @@ from rescue.errors import DeviceError, RepoError, RescueError
 from rescue.filesystems import identify
 from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.filesystems.base import FsInfo, Volume
-from rescue.hw import blockdev
+from rescue.hw import blockdev, leftovers
 from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
 from rescue.imaging.apply import AreaFacts
@@ -94,6 +94,7 @@ class CaptureResult:
 
 
 BAD_MAP = "badsectors.map"
+TEMP_PATTERNS = ["chunks/*/.*.tmp", "images/*/.*.tmp", ".*.tmp"]  # rescue.repo.store.write_atomic's names
 
 
 def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
@@ -182,7 +183,10 @@ def capture(
     _check_source(source, str(repo.path))
     started = time.monotonic()
     workers = threads or os.cpu_count() or 1
-    with repo.writer_lock(), _Undo(repo, name) as undo:
+    # A run killed while writing leaves only temporary files the next command may remove
+    # (rescue.hw.leftovers, once it can take the writer's lock: nobody writes then).
+    temps = leftovers.temp_files(repo.path, TEMP_PATTERNS, repo.path / "lock")
+    with repo.writer_lock(), temps, _Undo(repo, name) as undo:
         image_dir = undo.image_dir
         log = JobLog(image_dir / "log.txt")
         log(f"rescue {__version__}: capturing {source} into {repo.path} as {name}")
