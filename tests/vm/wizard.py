@@ -30,7 +30,7 @@ def restore_with_wizard(vm: VM, image: str = "workstation", timeout: float = RES
     vm.expect_text(image)
     vm.sendkey("enter")
     vm.expect_text("Restore: choose the target drive", timeout=60)
-    vm.expect_text("holds the image repository", timeout=30)
+    vm.expect_text("holds the repository", timeout=30)  # the safety rule's words
     vm.sendkey("enter")
     vm.expect_text("Restore: the plan for", timeout=120)
     vm.sendkey("enter")  # Continue has the focus
@@ -52,7 +52,7 @@ def clone_with_wizard(vm: VM, source_serial: str, timeout: float = RESTORE_TIMEO
     vm.expect_text(source_serial, timeout=30)
     vm.sendkey("enter")  # the first drive: vda, the system drive
     vm.expect_text("Clone: choose the target drive", timeout=60)
-    vm.expect_text("it is the drive being copied", timeout=30)
+    vm.expect_text("is the source drive", timeout=30)  # the safety rule's words
     vm.sendkey("enter")
     vm.expect_text("Clone: the plan for", timeout=120)
     vm.sendkey("enter")
