@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # which a normal user's PATH on Debian lacks.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: test check lint unit deps venv bench iso e2e clean
+.PHONY: test check lint unit deps venv bench fuzz iso e2e clean
 
 # Debian packages (config/apt-test.txt) need root; without it they are only checked, and
 # the tools of a missing one fail or skip their tests.
@@ -64,6 +64,18 @@ test: check
 	$(PYTEST) -v -rs -m "root and not vm" $(PYTEST_ARGS) tests
 	@echo "== QEMU tests: the ISO, the system drive, the whole mission"
 	$(PYTEST) -v -rs -s -m vm $(PYTEST_ARGS) tests
+
+# The repository fuzz test (tests/system/test_fuzz.py, root) far longer than `make test` runs
+# it: FUZZ_EXAMPLES mutated repositories (about a second each) from seed FUZZ_SEED (a new one each
+# run unless given; it is printed, so a failure can be run again).
+FUZZ_EXAMPLES ?= 1500
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell date +%s)
+endif
+fuzz: venv
+	@echo "== fuzz: $(FUZZ_EXAMPLES) mutated repositories, seed $(FUZZ_SEED)"
+	RESCUE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RESCUE_FUZZ_SEED=$(FUZZ_SEED) \
+		$(PYTEST) -v -rs -m root $(PYTEST_ARGS) tests/system/test_fuzz.py
 
 bench: venv
 	$(VPY) tests/bench/imaging.py
