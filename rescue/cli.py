@@ -398,7 +398,10 @@ def _print_bad_ranges(repo, m, limit: int = 20) -> None:
     from rescue.model.badmap import parse_mapfile
 
     try:
-        bad = parse_mapfile((repo.image_dir(m.name) / m.stats["bad_map"]).read_text()).bad_ranges()
+        raw = repo.read_image_file(m.name, m.stats["bad_map"])  # a regular file of bounded size, or None
+        if raw is None:
+            raise OSError("missing")
+        bad = parse_mapfile(raw.decode(errors="replace")).bad_ranges()
     except (OSError, RescueError):
         print("  (the bad-sector map is missing or unreadable)")
         return
