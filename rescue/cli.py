@@ -15,7 +15,7 @@ from dataclasses import asdict
 from rescue import __version__, config, planview
 from rescue.browse import cli_commands as browse_cli
 from rescue.engine import Engine
-from rescue.errors import SECTORS_LOST, Cancelled, RefusedError, RescueError, TooSmallError
+from rescue.errors import SECTORS_LOST, Cancelled, RefusedError, RescueError
 from rescue.imaging.progress import TerminalProgress, fmt_bytes
 
 
@@ -312,7 +312,7 @@ def cmd_capture(args) -> int:
         from rescue.filesystems.badfiles import damaged_files, read_badfiles
         from rescue.repo.store import Repository
 
-        hit = damaged_files(read_badfiles(Repository.open(args.repo).image_dir(result.name)))
+        hit = damaged_files(read_badfiles(Repository.open(args.repo), result.name))
         print(
             f"WARNING: {result.sectors_lost} sectors could not be read and were zero-filled, in "
             f"{len(result.bad_ranges)} places"
@@ -405,7 +405,7 @@ def _print_bad_ranges(repo, m, limit: int = 20) -> None:
     except (OSError, RescueError):
         print("  (the bad-sector map is missing or unreadable)")
         return
-    hits = read_badfiles(repo.image_dir(m.name))
+    hits = read_badfiles(repo, m.name)
     for start, length in bad[:limit]:
         area = next((a for a in m.areas if a.offset <= start < a.offset + a.size), None)
         where = f"{area.name}+{start - area.offset}" if area else "outside partitions"
@@ -484,9 +484,8 @@ def cmd_clone(args) -> int:
     engine.check_target(args.target, source=args.source)
     plan = engine.plan_clone(args.source, args.target, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids)
     print(planview.text(plan))
-    if not plan.fits:
-        print(f"rescue: {plan.reason}", file=sys.stderr)
-        return TooSmallError.exit_code
+    if rc := _refused_plan(plan):
+        return rc
     confirm_target(args.target, args.yes)
     bar = TerminalProgress()
     try:
@@ -518,7 +517,18 @@ def cmd_plan(args) -> int:
         _print_json(planview.to_json(plan))
     else:
         print(planview.text(plan))
-    return 0 if plan.fits else 1
+    return _refused_plan(plan)
+
+
+def _refused_plan(plan) -> int:
+    """0 when the plan can be carried out; else the refusal the job itself would give (the
+    same words, one line on stderr) and its exit code."""
+    try:
+        plan.check()
+    except RescueError as e:
+        print(f"rescue: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
 
 
 def cmd_wizard(args) -> int:

@@ -4,7 +4,9 @@ and detach them whether the test passes or fails."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,25 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def drive_store():
+    """A tmpfs of its own for blank test drives: a target drive is never stored on the
+    filesystem that holds the repository (the safety rules refuse that), and test
+    repositories live under tmp_path. Sparse files: only what a test writes takes memory,
+    and each registry deletes its drives at teardown."""
+    path = tempfile.mkdtemp(prefix="rescue-test-drives-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,mode=0700", "rescue-test-drives", path], check=True)
+    try:
+        yield Path(path)
+    finally:
+        subprocess.run(["umount", "--lazy", path])
+        os.rmdir(path)
+
+
 @pytest.fixture
-def loops(tmp_path):
+def loops(tmp_path, drive_store):
     """Attach loop devices over files in this test's directory; all detached at teardown."""
-    reg = LoopRegistry(tmp_path)
+    reg = LoopRegistry(tmp_path, drive_store)
     try:
         yield reg
     finally:
@@ -48,9 +65,9 @@ def loops(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mloops(tmp_path_factory, request):
+def mloops(tmp_path_factory, request, drive_store):
     """Like `loops`, shared by the tests of one module (for drives that take seconds to build)."""
-    reg = LoopRegistry(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    reg = LoopRegistry(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), drive_store)
     try:
         yield reg
     finally:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +24,21 @@ def sh(*argv: str, input: bytes | None = None) -> str:
 
 
 class LoopRegistry:
-    """Creates backing files under `root` and loop devices over them, and undoes it all."""
+    """Creates backing files and loop devices over them, and undoes it all.
 
-    def __init__(self, root: Path):
+    Backing files (`file`, `disk`) are stored under `drives` when given: a filesystem of
+    their own, apart from the repositories and mount points tests make under `root`, as a
+    real drive is (the safety rules refuse a target loop device stored on the repository's
+    filesystem)."""
+
+    def __init__(self, root: Path, drives: Path | None = None):
         self.root = Path(root)
+        self.drives = Path(tempfile.mkdtemp(prefix="drives-", dir=drives)) if drives is not None else self.root
         self.devices: list[str] = []
         self.mounts: list[str] = []
 
     def file(self, name: str, size: int) -> Path:
-        path = self.root / name
+        path = self.drives / name
         with open(path, "wb") as f:
             f.truncate(size)
         return path
@@ -46,7 +54,7 @@ class LoopRegistry:
         return dev
 
     def disk(self, name: str, size: int) -> str:
-        """A blank drive: a sparse file behind a loop device."""
+        """A blank drive: a sparse file (under `drives`) behind a loop device."""
         return self.attach(self.file(name, size))
 
     def partition(self, disk: str, start_sector: int, sectors: int, sector_size: int = 512) -> str:
@@ -86,8 +94,10 @@ class LoopRegistry:
         ).stdout
         for line in out.splitlines():
             parts = line.split(None, 1)
-            if len(parts) == 2 and parts[1].startswith(str(self.root)):
+            if len(parts) == 2 and parts[1].startswith((str(self.root), str(self.drives))):
                 subprocess.run(["losetup", "--detach", parts[0]], stderr=subprocess.DEVNULL)
+        if self.drives != self.root:  # memory, on a tmpfs
+            shutil.rmtree(self.drives, ignore_errors=True)
 
 
 def rescue(*args: str, check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:

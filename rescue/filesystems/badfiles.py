@@ -34,10 +34,12 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rescue.errors import RescueError
+
+if TYPE_CHECKING:
+    from rescue.repo.store import Repository
 from rescue.filesystems.base import FREE, METADATA, MORE, Range
 
 __all__ = [
@@ -204,19 +206,22 @@ def damaged_files(hits: dict[str, list[str]]) -> list[str]:
     return sorted({n for names in hits.values() for n in names if not n.startswith("(")})
 
 
-def write_badfiles(image_dir: str | Path, hits: dict[str, list[str]]) -> None:
-    """badfiles.json beside the image: {"version": 1, "ranges": {"first-last": [names]}}."""
-    path = Path(image_dir) / BADFILES
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": 1, "ranges": hits}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def write_badfiles(repo: Repository, name: str, hits: dict[str, list[str]]) -> None:
+    """badfiles.json beside image `name`: {"version": 1, "ranges": {"first-last": [names]}},
+    written as every file of an image is (a temporary name, fsync, rename)."""
+    body = json.dumps({"version": 1, "ranges": hits}, indent=1, sort_keys=True) + "\n"
+    repo.write_image_file(name, BADFILES, body.encode())
 
 
-def read_badfiles(image_dir: str | Path) -> dict[str, list[str]]:
-    """What write_badfiles stored; {} when absent or unreadable (older images have none)."""
+def read_badfiles(repo: Repository, name: str) -> dict[str, list[str]]:
+    """What write_badfiles stored for image `name`; {} when absent or unreadable (older images
+    have none). Read through the repository: a regular file of bounded size, never a FIFO."""
     try:
-        body = json.loads((Path(image_dir) / BADFILES).read_text())
+        raw = repo.read_image_file(name, BADFILES)
+        if raw is None:
+            return {}
+        body = json.loads(raw)
         ranges = body["ranges"]
         return {str(k): [str(n) for n in v] for k, v in ranges.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, RescueError, ValueError, KeyError, TypeError, AttributeError):
         return {}

@@ -14,8 +14,10 @@ or is the source. A source is refused when a filesystem on it is mounted read-wr
 used as swap or held, or it holds the repository: the bytes would change while they are
 read.
 
-An image file outside the repository directory stays a valid target even on the
-repository's filesystem: writing it changes that file's bytes only."""
+A loop device over a file stored on the repository's filesystem (anywhere on it, or on a
+filesystem stacked on it) is refused too: its bytes are the repository filesystem's bytes, and
+a restore would fill the drive that holds the images. An image file named directly stays a
+valid target outside the repository directory: writing a file is what was asked for."""
 
 from __future__ import annotations
 
@@ -183,6 +185,27 @@ def _check_inside(label: str, node: Node, base: tuple[Node, str], repo_path: str
     raise RefusedError(f"{label} shows {path}, which is {how} the repository {repo_path}")
 
 
+def _check_stored_on_repo(
+    label: str, node: Node, base: tuple[Node, str], snap: Snapshot, repo_path: str | None
+) -> None:
+    """A device whose bytes live in a file on the repository's filesystem. Compared by the
+    filesystem's device through every layer under the file (a loop-mounted filesystem whose
+    image is on the repository's), and by st_dev for filesystems without one (tmpfs)."""
+    shown, path = base
+    if repo_path is None or shown == node or shown[0] != "file":
+        return
+    repo_dev = snap.device_of_path(repo_path)
+    same = os.stat(path).st_dev == os.stat(repo_path).st_dev
+    if not same and repo_dev is not None:
+        same = ("dev", repo_dev) in snap.underlying(shown, path)
+    if same:
+        m = snap.mount_of_path(repo_path)
+        where = f" ({m.source} on {m.mountpoint})" if m else ""
+        raise RefusedError(
+            f"{label} is stored in {path}, on the filesystem that holds the repository {repo_path}{where}"
+        )
+
+
 def _check_shown(label: str, node: Node, shown: Node, snap: Snapshot, *, writable_only: bool = False) -> None:
     """The rules about use, asked of what a loop device shows: a filesystem mounted from the
     drive under a whole-drive loop device is mounted on the loop device just as well."""
@@ -249,6 +272,7 @@ def check_target(
     if base[0] != node:
         _check_repo(label, base[0], snap, repo_path)
     _check_inside(label, node, base, repo_path)
+    _check_stored_on_repo(label, node, base, snap, repo_path)
     if drive.mounts:
         raise RefusedError(f"{label} has a mounted filesystem ({_mount_text(drive.mounts)})")
     _check_use(label, drive)

@@ -208,7 +208,7 @@ def capture(
                 )
             bad = list(reader.map.bad_ranges())
             if bad:
-                (image_dir / BAD_MAP).write_text(reader.mapfile())
+                repo.write_image_file(name, BAD_MAP, reader.mapfile().encode())
         areas = [_area_record(ap, index, image_dir) for ap, index in zip(plan.areas, indexes)]
         meter.finish()
         _sync(repo.path)
@@ -240,7 +240,7 @@ def capture(
         )
         repo.commit_manifest(manifest)
         if bad:
-            _name_damaged_files(source, plan, bad, image_dir, log)
+            _name_damaged_files(source, plan, bad, repo, name, log)
     return CaptureResult(
         name, meter.done, data_bytes, storer.stored_bytes, seconds, str(image_dir / "log.txt"), lost, bad
     )
@@ -365,13 +365,13 @@ def _finish_bad_sectors(
 
 
 def _name_damaged_files(
-    source: str, plan: CapturePlan, bad: list[tuple[int, int]], image_dir: Path, log: JobLog
+    source: str, plan: CapturePlan, bad: list[tuple[int, int]], repo: Repository, name: str, log: JobLog
 ) -> None:
     """badfiles.json, once the image is safely committed: the lookup reads the failing
     drive again through its filesystem tools, and whatever happens there must not cost the
     image."""
     try:
-        write_badfiles(image_dir, annotate(source, plan.areas, bad, log))
+        write_badfiles(repo, name, annotate(source, plan.areas, bad, log))
     except Exception as e:  # noqa: BLE001 - best effort by design
         log(f"could not name the files hit by bad sectors: {e}")
 

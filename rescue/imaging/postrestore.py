@@ -117,8 +117,8 @@ def new_ids(target: str, log: Log) -> dict[str, str]:
 def _new_table_ids(target: str, layout: DiskLayout, log: Log) -> dict[str, str]:
     """New disk GUID and partition GUIDs (GPT) or disk id (MBR, whose PARTUUIDs derive from it)."""
 
-    def sfdisk(*args: str) -> None:
-        run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", *args], error=DeviceError)
+    def sfdisk(command: str, *args: str) -> None:
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", command, "--", *args], error=DeviceError)
 
     mapping: dict[str, str] = {}
     if layout.table == "gpt":

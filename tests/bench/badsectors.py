@@ -200,7 +200,7 @@ def main() -> int:
             from rescue.model.badmap import parse_mapfile
             from rescue.repo.store import Repository
 
-            stored = read_badfiles(work / "repo-b" / "images" / "bad")
+            stored = read_badfiles(Repository.open(work / "repo-b"), "bad")
             began = time.monotonic()
             mapped = parse_mapfile((work / "repo-b" / "images" / "bad" / "badsectors.map").read_text()).bad_ranges()
             hits = stored or annotate(dev, Repository.open(work / "repo-b").manifest("bad").areas, mapped)

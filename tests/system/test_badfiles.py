@@ -7,6 +7,7 @@ inside a known file."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -30,6 +31,7 @@ from rescue.filesystems.badfiles import (
 )
 from rescue.filesystems.ntfs import file_name as ntfs_name
 from rescue.model.badmap import parse_mapfile
+from rescue.repo.store import Repository
 
 root = pytest.mark.root
 
@@ -42,13 +44,19 @@ def test_range_names_match_what_rescue_info_prints():
 
 
 def test_badfiles_json_round_trip_and_damage(tmp_path):
+    repo = Repository.create(tmp_path / "repo")
+    image_dir = repo.image_dir("img")
+    image_dir.mkdir(parents=True)
     hits = {"10-521": ["/a b.txt", FREE], "1024-2047": [METADATA]}
-    write_badfiles(tmp_path, hits)
-    assert read_badfiles(tmp_path) == hits
+    write_badfiles(repo, "img", hits)
+    assert read_badfiles(repo, "img") == hits
     assert damaged_files({**hits, "5-9": ["/a b.txt", "/c"]}) == ["/a b.txt", "/c"]
-    (tmp_path / BADFILES).write_text('{"version": 1, "ranges": ')
-    assert read_badfiles(tmp_path) == {}
-    assert read_badfiles(tmp_path / "missing") == {}
+    (image_dir / BADFILES).write_text('{"version": 1, "ranges": ')
+    assert read_badfiles(repo, "img") == {}
+    assert read_badfiles(repo, "missing") == {}
+    (image_dir / BADFILES).unlink()
+    os.mkfifo(image_dir / BADFILES)  # would hang a plain read
+    assert read_badfiles(repo, "img") == {}
 
 
 def test_ntfs_attribute_suffixes_and_system_files():
@@ -349,7 +357,7 @@ def test_annotate_on_the_failing_drive_names_the_damaged_files(failing_capture):
 def test_capture_stores_the_damaged_files_and_info_shows_them(failing_capture):
     bad, repo, proc, hits, where = failing_capture
     image_dir = repo / "images" / "failing"
-    stored = read_badfiles(image_dir)
+    stored = read_badfiles(Repository.open(repo), "failing")
     assert stored == hits
     assert json.loads((image_dir / BADFILES).read_text())["version"] == 1
     info = rescue("info", str(repo), "failing", check=True).stdout

@@ -23,7 +23,7 @@ def test_clone_same_layout(gpt, mloops):
     target = mloops.disk("same.img", 900 * MiB)
     proc = rescue("clone", gpt.device, target, "--yes", "--layout", "same")
     assert proc.returncode == 0, proc.stderr
-    path = mloops.root / "same.img"
+    path = mloops.drives / "same.img"
     check_restored(mloops, gpt, path)
     assert table(path)["parts"] == table(gpt.image)["parts"]
     assert sha_of(gpt.image, 0, 440) == sha_of(path, 0, 440)
@@ -34,7 +34,7 @@ def test_clone_onto_larger_drive_grows_partitions(gpt, mloops):
     proc = rescue("clone", gpt.device, target, "--yes")
     assert proc.returncode == 0, proc.stderr
     assert "proportional" in proc.stdout
-    check_restored(mloops, gpt, mloops.root / "larger.img")
+    check_restored(mloops, gpt, mloops.drives / "larger.img")
 
 
 def test_clone_refuses_source_as_target_and_mounted_target(gpt, mloops):

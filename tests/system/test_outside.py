@@ -133,7 +133,7 @@ def test_restore_keeps_every_byte_outside_partitions(source, mloops, size_mib, l
     table, drive, repo = source
     target = mloops.disk(f"restore-{table}-{size_mib}.img", size_mib * MiB)
     rescue("restore", str(repo), "img", target, "--yes", "--layout", layout)
-    dst = mloops.root / f"restore-{table}-{size_mib}.img"
+    dst = mloops.drives / f"restore-{table}-{size_mib}.img"
     assert_outside_restored(drive.image, dst, table)
     check_restored(mloops, drive, str(dst))
     out = rescue("verify", str(repo), "img", target).stdout
@@ -145,7 +145,7 @@ def test_clone_keeps_every_byte_outside_partitions(source, mloops, size_mib):
     table, drive, _ = source
     target = mloops.disk(f"clone-{table}-{size_mib}.img", size_mib * MiB)
     rescue("clone", drive.device, target, "--yes")
-    dst = mloops.root / f"clone-{table}-{size_mib}.img"
+    dst = mloops.drives / f"clone-{table}-{size_mib}.img"
     assert_outside_restored(drive.image, dst, table)
     check_restored(mloops, drive, str(dst))
 

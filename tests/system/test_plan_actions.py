@@ -51,10 +51,10 @@ def test_a_target_changed_after_planning_is_refused_and_left_alone(source, loops
     target = loops.disk("changed.img", 400 * MiB)
     plan = plan_restore(repo, "img", target)
     partition_table(target, "label: dos\nstart=2048, size=4096, type=83\n")  # someone partitions it meanwhile
-    before = (loops.root / "changed.img").read_bytes()  # 400 MiB, sparse
+    before = (loops.drives / "changed.img").read_bytes()  # 400 MiB, sparse
     with pytest.raises(RefusedError, match="changed since the plan was made"):
         restore(repo, "img", target, plan=plan, preverify=False)
-    assert (loops.root / "changed.img").read_bytes() == before
+    assert (loops.drives / "changed.img").read_bytes() == before
 
 
 def test_clone_executes_exactly_the_confirmed_actions(source, loops):

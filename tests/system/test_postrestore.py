@@ -464,7 +464,7 @@ def test_a_boot_fix_that_fails_after_writing_is_a_warning_not_a_failed_restore(t
 
     assert proc.returncode == 0, proc.stderr
     assert "WARNING: the drive is written, but this step failed (add EFI/BOOT/BOOTX64.EFI" in proc.stdout, proc.stdout
-    dev = loops.partition(str(tmp_path / "target.img"), 2048, 36 * 2048)
+    dev = loops.partition(str(loops.drives / "target.img"), 2048, 36 * 2048)
     sh("fsck.vfat", "-n", dev)
     got = tmp_path / "back.efi"
     mtools("mcopy", "-i", f"{target}@@{MiB}", "::/EFI/debian/grubx64.efi", str(got))

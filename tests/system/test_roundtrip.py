@@ -49,14 +49,14 @@ def test_restore_onto_blank_larger_drive(gpt, captured, mloops):
     target = mloops.disk("blank.img", 1024 * MiB)
     out = rescue("restore", str(captured), "first", target, "--yes", "--layout", "same")
     assert "restored first" in out.stdout
-    check_restored(mloops, gpt, mloops.root / "blank.img")
-    src, dst = table(gpt.image), table(mloops.root / "blank.img")
+    check_restored(mloops, gpt, mloops.drives / "blank.img")
+    src, dst = table(gpt.image), table(mloops.drives / "blank.img")
     assert src["id"] == dst["id"] and src["parts"] == dst["parts"]
-    assert sha_of(gpt.image, 0, 440) == sha_of(mloops.root / "blank.img", 0, 440), "boot code changed"
+    assert sha_of(gpt.image, 0, 440) == sha_of(mloops.drives / "blank.img", 0, 440), "boot code changed"
     gap = (34 * 512, (2048 - 34) * 512)
-    assert sha_of(gpt.image, *gap) == sha_of(mloops.root / "blank.img", *gap), "post-GPT gap changed"
+    assert sha_of(gpt.image, *gap) == sha_of(mloops.drives / "blank.img", *gap), "post-GPT gap changed"
     # The backup GPT is at the end of the new, larger drive: sfdisk --verify is clean.
-    assert "No errors detected" in sh("sfdisk", "--verify", str(mloops.root / "blank.img"))
+    assert "No errors detected" in sh("sfdisk", "--verify", str(mloops.drives / "blank.img"))
 
 
 def test_restore_over_a_differently_partitioned_drive(gpt, captured, mloops):
@@ -93,7 +93,10 @@ def test_restore_onto_a_larger_or_smaller_drive(gpt, captured, mloops, size_mib,
 def test_plan_says_by_how_much_data_cannot_fit(captured, mloops):
     path = mloops.file("tiny.img", 300 * MiB)
     proc = rescue("plan", str(captured), "first", str(path), "--layout", "proportional", check=False)
-    assert proc.returncode == 1 and "DOES NOT FIT" in proc.stdout and "short by" in proc.stdout
+    assert proc.returncode == 3 and "DOES NOT FIT" in proc.stdout and "short by" in proc.stdout
+    restore = run_rescue("restore", str(captured), "first", str(path), "--layout", "proportional", "--yes")
+    assert restore.returncode == 3
+    assert proc.stderr == restore.stderr and proc.stderr.count("\n") == 1 and "short by" in proc.stderr, proc.stderr
 
 
 def test_too_small_target_is_refused_before_writing(captured, mloops):
@@ -127,16 +130,16 @@ def test_mbr_drive_with_logical_partition(mloops):
     rescue("capture", drive.device, str(repo), "--name", "mbr")
     target = mloops.disk("mbr-target.img", 300 * MiB)
     rescue("restore", str(repo), "mbr", target, "--yes", "--layout", "same")
-    check_restored(mloops, drive, mloops.root / "mbr-target.img")
-    src, dst = table(drive.image), table(mloops.root / "mbr-target.img")
+    check_restored(mloops, drive, mloops.drives / "mbr-target.img")
+    src, dst = table(drive.image), table(mloops.drives / "mbr-target.img")
     assert src["id"] == dst["id"] == "0x1234abcd"
     assert src["parts"] == dst["parts"]
-    assert sha_of(drive.image, 0, 440) == sha_of(mloops.root / "mbr-target.img", 0, 440)
+    assert sha_of(drive.image, 0, 440) == sha_of(mloops.drives / "mbr-target.img", 0, 440)
     # Onto a larger drive the logical partition grows inside a grown extended partition.
     grown = mloops.disk("mbr-grown.img", 400 * MiB)
     rescue("restore", str(repo), "mbr", grown, "--yes", "--layout", "proportional")
-    check_restored(mloops, drive, mloops.root / "mbr-grown.img")
-    parts = {p["type"]: p for p in table(mloops.root / "mbr-grown.img")["parts"]}
+    check_restored(mloops, drive, mloops.drives / "mbr-grown.img")
+    parts = {p["type"]: p for p in table(mloops.drives / "mbr-grown.img")["parts"]}
     assert parts["5"]["start"] + parts["5"]["size"] > 390 * 2048
 
 

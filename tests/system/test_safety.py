@@ -122,7 +122,7 @@ def test_source_and_target_must_differ(loops):
     with pytest.raises(RefusedError, match="is the source drive"):
         check_target(disk, source=part)
     with pytest.raises(RefusedError, match="is the source drive"):
-        check_target(loops.root / "src.img", source=disk)  # the file behind the source loop
+        check_target(loops.drives / "src.img", source=disk)  # the file behind the source loop
     check_target(other, source=disk)
 
 
@@ -377,6 +377,38 @@ def test_a_loop_over_the_repository_filesystem_is_not_a_target(imaged, loops, ca
         assert sha(img) == before, "the repository's filesystem was written"
 
 
+@pytest.mark.parametrize("job", ["restore", "plan"])
+def test_a_loop_over_a_file_on_the_repository_filesystem_is_not_a_target(imaged, loops, capsys, job):
+    """Outside the repository directory but on its filesystem, directly or through a
+    filesystem whose image file is stored there: the drive's bytes are the repository's
+    filesystem's, and a restore would fill it."""
+    source, repo = imaged
+
+    def on_repo_fs(name: str) -> Path:
+        path = loops.root / name  # tmp_path, like the repository
+        with open(path, "wb") as f:
+            f.truncate(96 * MiB)
+        return path
+
+    beside = on_repo_fs("beside.img")
+    fsdev = loops.attach(on_repo_fs("stacked-fs.img"))
+    sh("mkfs.ext4", "-q", fsdev)
+    mount = sh("findmnt", "--noheadings", "--output", "SOURCE,TARGET", "--target", str(repo)).split()
+    with loops.mounted(fsdev) as mnt:
+        stacked = mnt / "drive.img"
+        with open(stacked, "wb") as f:
+            f.truncate(96 * MiB)
+        for backing in (beside, stacked):
+            dev = loops.attach(backing)
+            before = sha(backing)
+            line = refusal(capsys, jobs(repo, source, dev)[job])
+            assert line == (
+                f"target {dev} is stored in {backing}, on the filesystem that holds the repository {repo} "
+                f"({mount[0]} on {mount[1]})"
+            )
+            assert sha(backing) == before, "the drive was written"
+
+
 def test_a_loop_over_a_mounted_drive_is_refused_as_mounted(imaged, loops, capsys):
     """A loop device over the whole of a drive is that drive: its mounts are the loop's."""
     source, repo = imaged
@@ -384,26 +416,26 @@ def test_a_loop_over_a_mounted_drive_is_refused_as_mounted(imaged, loops, capsys
     sh("mkfs.ext4", "-q", dev)
     alias = loops.attach(dev)
     target = loops.disk("t.img", 128 * MiB)
-    before = sha(loops.root / "fs.img", loops.root / "t.img")
+    before = sha(loops.drives / "fs.img", loops.drives / "t.img")
     with loops.mounted(dev, options="ro") as mnt:  # read-only: its bytes stay put unless written
         line = refusal(capsys, jobs(repo, source, alias)["restore"])
         assert line == f"target {alias} has a mounted filesystem ({dev} on {mnt})"
-    assert sha(loops.root / "fs.img")[0] == before[0], "the mounted drive was written"
+    assert sha(loops.drives / "fs.img")[0] == before[0], "the mounted drive was written"
     with loops.mounted(dev) as mnt:
         line = refusal(capsys, ["clone", alias, target, "--yes"])
         assert line == f"source {alias} has a mounted filesystem ({dev} on {mnt}); unmount it or mount it read-only"
-    assert sha(loops.root / "t.img")[0] == before[1], "the clone target was written"
+    assert sha(loops.drives / "t.img")[0] == before[1], "the clone target was written"
     check_target(alias)  # unmounted: a whole-drive loop is a drive like any other
 
 
 def test_whole_drives_stay_allowed(imaged, loops, capsys):
-    """A loop device from byte 0 over a whole file, the file itself (beside the repository,
-    on its filesystem), a loop over a whole-drive loop, and a size limit past the end."""
+    """A loop device from byte 0 over a whole file on another filesystem, an image file
+    itself (beside the repository, on its filesystem), a loop over a whole-drive loop, and a
+    size limit past the end."""
     source, repo = imaged
-    img = loops.file("whole.img", 96 * MiB)
-    loop = loops.attach(img)
+    loop = loops.disk("whole.img", 96 * MiB)
     assert check_target(loop, repo_path=str(repo)).size == 96 * MiB
-    assert check_target(str(img), repo_path=str(repo)).size == 96 * MiB
+    assert check_target(str(loops.file("whole.img", 96 * MiB)), repo_path=str(repo)).size == 96 * MiB
     assert check_target(loops.attach(loop), repo_path=str(repo)).size == 96 * MiB
     assert check_target(loops.attach(loops.file("limit.img", 64 * MiB), size=64 * MiB)).size == 64 * MiB
     assert check_source(loop).size == 96 * MiB

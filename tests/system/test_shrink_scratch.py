@@ -112,7 +112,7 @@ def test_shrink_with_scratch_limited_to_64_mib(system, mloops, job):
                 out = rescue("clone", device, target, "--yes", "--scratch", str(scratch))
         assert list(scratch.iterdir()) == [], "scratch files left behind"
     assert "shrink" in out.stdout and "scratch space for shrinking" in out.stdout, out.stdout
-    size = _check_root(mloops, mloops.root / f"{job}.img", hashes)
+    size = _check_root(mloops, mloops.drives / f"{job}.img", hashes)
     assert size < ROOT_MIB * MiB
     print(
         f"\n{job}: root ext4 {ROOT_MIB} MiB holding {DATA_MIB} MiB shrunk to {size >> 20} MiB; "
@@ -130,10 +130,11 @@ def test_a_shrink_whose_scratch_cannot_fit_is_refused_before_writing(system, mlo
     with mloops.mounted("tmpfs", "tmpfs", "size=1m") as scratch:
         plan = run_rescue("plan", str(repo), "sys", target, "--scratch", str(scratch))
         proc = run_rescue("restore", str(repo), "sys", target, "--yes", "--scratch", str(scratch))
-    assert plan.returncode == 1 and "scratch space" in plan.stdout, plan.stdout
+    assert plan.returncode == 3 and "scratch space" in plan.stdout, plan.stdout
     assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert plan.stderr == proc.stderr and plan.stderr.count("\n") == 1, (plan.stderr, proc.stderr)
     assert "--scratch DIR" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    with open(mloops.root / "refused.img", "rb") as f:
+    with open(mloops.drives / "refused.img", "rb") as f:
         assert f.read(2 * MiB) == bytes(2 * MiB), "the target was written"
 
 
