@@ -26,13 +26,17 @@ from rescue import config as configuration
 from rescue.errors import RefusedError, RepoError, RescueError, UsageError
 from rescue.filesystems import lookup
 from rescue.hw import devices
+from rescue.hw.destination import REPO_FOLDER, Opened, writable_refusal
+from rescue.hw.discover import Place
+from rescue.hw.netmount import NfsExport, SmbShare
 from rescue.imaging.apply import AreaFacts
 from rescue.imaging.progress import Progress, fmt_bytes
 from rescue.imaging.restore import POLICIES, RestorePlan, facts_of, plan_onto
 from rescue.machine import LiveMachine, Machine, PartInfo, RecordedMachine
 from rescue.model.layout import DiskLayout
+from rescue.repo.manifest import printable
 from rescue.repo.store import ImageSummary as ImageInfo
-from rescue.repo.store import check_name
+from rescue.repo.store import check_name, same_name
 
 ProgressFn = Callable[[Progress], None]
 MIN_FREE = 1 << 30  # a capture destination with less than this is refused when the size is unknown
@@ -57,6 +61,22 @@ class RepoInfo:
     path: str
     drive: str | None = None  # kernel name of the drive holding it, when known
     read_only: bool = False
+
+
+@dataclass
+class DestInfo:
+    """A place images (or copied files) can be written to, as a front end lists it: a
+    filesystem on a drive, or a blank drive that can be prepared; with why it may not be
+    used, when it may not."""
+
+    place: Place
+    refusal: str | None = None
+    drive_model: str = ""  # the model of the drive it is on, when the kernel tells
+
+    @property
+    def repo(self) -> str | None:
+        """The repository already on it that a job writes into; None: a new one is made."""
+        return self.place.repos[0] if self.place.repos else None
 
 
 @dataclass
@@ -128,8 +148,12 @@ class BrowseSession:
 def default_image_name(model: str, fallback: str, when: float | None = None) -> str:
     """The one rule for a new image's name: the drive's model and the date and time, reduced to
     the characters an image name may hold (rescue.repo.store.check_name)."""
-    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", model).strip("-.") or fallback
-    return check_name(f"{base[:60]}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", model).strip("-.")
+    try:
+        return check_name(f"{base[:60]}-{stamp}")
+    except UsageError:  # no model, or one no drive may hold as a name (NUL.x)
+        return check_name(f"{fallback}-{stamp}")
 
 
 def min_target_size(layout: DiskLayout, areas: list[AreaFacts]) -> int:
@@ -166,6 +190,8 @@ class Engine:
         self.include_loop = include_loop
         self.log_dir = log_dir
         self._located: list[Any] = []  # RepoLocations discovery mounted; released by close()
+        self._surveyed: list[Place] = []  # places the survey mounted (read-only); released by close()
+        self._opened: dict[str, Opened] = {}  # destinations mounted read-write, by repository path
         self._sources: dict[str, Any] = {}  # capture plans of source drives, read once per look
 
     @classmethod
@@ -178,10 +204,20 @@ class Engine:
         return self.machine.recorded
 
     def close(self) -> None:
-        """Unmount what repository discovery mounted (read-only), let go of a recorded machine."""
-        located, self._located = self._located, []
-        self.machine.release(located)
-        self.machine.close()
+        """Unmount a destination a job left open (after an error), what discovery mounted
+        (read-only); let go of a recorded machine."""
+        try:
+            for repo_path in list(self._opened):
+                self.close_destination(repo_path)
+        finally:
+            located, self._located = self._located, []
+            surveyed, self._surveyed = self._surveyed, []
+            try:
+                for place in surveyed:
+                    self.machine.release_place(place)
+            finally:
+                self.machine.release(located)
+                self.machine.close()
 
     # drives -------------------------------------------------------------------------------
     @staticmethod
@@ -301,6 +337,98 @@ class Engine:
             return free, f"not enough free space: needs up to {fmt_bytes(need)}"
         return free, None
 
+    # where images go ----------------------------------------------------------------------
+    def destinations(self, source: DriveInfo | None = None, need: int | None = None) -> list[DestInfo]:
+        """Every filesystem (and blank drive) on the machine's drives that a capture of
+        `source`, or a copy of `need` bytes, could write to; each one that may not be used
+        says why: on the drive being captured or the one this system booted from, a
+        filesystem rescue does not write, too little free space, or (a blank drive, which
+        preparing writes) the safety rules' own words."""
+        places = self.machine.places(self.include_loop)
+        self._surveyed += [p for p in places if p.mounted_by_us]
+        snap = self.machine.snapshot()
+        boot = devices.boot_medium(snap=snap)
+        boot_drive = os.path.basename(boot) if boot else None
+        models = {d.name: d.model or "" for d in devices.list_drives(include_loop=True, snap=snap)}
+        return [
+            DestInfo(p, self._dest_refusal(p, source, boot_drive, need), models.get(p.drive or "", "")) for p in places
+        ]
+
+    def _dest_refusal(self, p: Place, source: DriveInfo | None, boot_drive: str | None, need: int | None) -> str | None:
+        if p.drive is not None and p.drive == boot_drive:
+            return "it is on the drive this rescue system booted from"
+        if source is not None and p.drive == source.name:
+            return "it is on the drive being captured"
+        if p.blank:
+            return self._refused(lambda: self.check_target(p.device))
+        reason = writable_refusal(p)
+        if reason is None and need is not None and p.free is not None and p.free < need:
+            reason = f"not enough free space: needs up to {fmt_bytes(need)}, has {fmt_bytes(p.free)}"
+        return reason
+
+    def open_share(
+        self, share: SmbShare | NfsExport, source: DriveInfo | None = None, need: int | None = None
+    ) -> DestInfo:
+        """Mount a Windows share or an NFS export read-only and look at it: its repositories
+        (for Restore and Browse) and, as a destination, whether a capture of `source` (or a
+        copy of `need` bytes) may write there. Stays mounted until close(); a job that
+        writes mounts it read-write for itself (open_destination). RepoError in words when
+        it cannot be reached or mounted."""
+        place = self.machine.mount_share(share)
+        self._surveyed.append(place)
+        return DestInfo(place, self._dest_refusal(place, source, None, need))
+
+    def share_repository(self, dest: DestInfo) -> RepoInfo:
+        """The repository on a share just opened (the first found); RepoError when none is."""
+        if dest.repo is None:
+            raise RepoError(
+                f"{dest.place.device} holds no image repository (no rescue-repo.json at its top or one folder down)"
+            )
+        return RepoInfo(dest.repo, None, True)
+
+    def network_summary(self) -> str:
+        """The network in one line: "network: 10.0.2.15 (enp0s2)" or "no network"."""
+        return self.machine.network()
+
+    def capture_need(self, source: DriveInfo) -> int:
+        """What a capture of `source` may store, at most (MIN_FREE when it cannot be told)."""
+        return self.capture_estimate(source) or MIN_FREE
+
+    def prepare_drive(self, dest: DestInfo) -> DestInfo:
+        """Partition and format a blank drive for images (one exFAT partition); the person has
+        confirmed it. Refused by the same rules as any other write to a drive."""
+        self.check_target(dest.place.device)
+        node = self.machine.prepare(dest.place.device)
+        place = self.machine.place_of(node)
+        if place.mounted_by_us:
+            self._surveyed.append(place)
+        return DestInfo(place)
+
+    def open_destination(self, dest: DestInfo, folder: str | None = None) -> str:
+        """Mount the place read-write for one job and open its repository (made when it has
+        none: REPO_FOLDER at the top), or with `folder` make that folder on it (for copied
+        files); returns the path. close_destination(path) syncs and unmounts it: the front
+        end calls it before it says done, also after an error or a cancel."""
+        opened = self.machine.open_place(dest.place, None if folder else dest.repo, folder)
+        self._opened[opened.repo] = opened
+        return opened.repo
+
+    def close_destination(self, repo_path: str) -> None:
+        opened = self._opened.pop(repo_path, None)
+        if opened is not None:
+            self.machine.close_place(opened)
+
+    @staticmethod
+    def place_text(dest: DestInfo) -> str:
+        """A place in words: its device (or share) and label."""
+        p = dest.place
+        return f"{p.device}" + (f" ({printable(p.label)})" if p.label else "")
+
+    def destination_text(self, dest: DestInfo) -> str:
+        """Where the image goes, in words: the repository, or the folder that will be made."""
+        where = self.place_text(dest)
+        return f"{dest.repo} on {where}" if dest.repo else f"a new folder {REPO_FOLDER} on {where}"
+
     def default_image_name(self, drive: DriveInfo, when: float | None = None) -> str:
         return default_image_name(drive.model if drive.model != "unknown model" else "", drive.name, when)
 
@@ -308,16 +436,17 @@ class Engine:
         """Any drive by path (a /dev node, a by-id link, an image file on the live machine)."""
         return self._drive(devices.drive_info(path, self.machine.snapshot()))
 
-    def check_image_name(self, repo_path: str, name: str) -> str:
-        """The repository's name rule, and not taken yet (a folder that is no repository yet
-        has no names taken: capture makes it one)."""
+    def check_image_name(self, repo_path: str | None, name: str) -> str:
+        """The repository's name rule, and not taken yet (a folder that is no repository yet,
+        or None for one still to be made, has no names taken: capture makes it one)."""
         check_name(name)
         try:
-            taken = {im.name for im in self.list_images(repo_path)}
+            taken = {im.name for im in self.list_images(repo_path)} if repo_path else set()
         except RescueError:
             taken = set()
-        if name in taken:
-            raise UsageError(f"an image named {name} already exists in {repo_path}")
+        same = next((t for t in taken if same_name(t, name)), None)
+        if same is not None:
+            raise UsageError(f"an image named {same} already exists in {repo_path}")
         return name
 
     # plans ------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ mounts filesystems read-only and unmounts them again). Its parts:
                                  "held": area -> [[start, end], ...] (data extents),
                                  "verified": true/false/null, "files": optional tree}]}]
     free_space     directory -> free bytes (a typed destination's)
+    places         [rescue.hw.discover.Place as a dict]: every filesystem and blank drive
+                   images could be written to (older records: made from the repositories)
+    network        the main menu's network line (rescue.hw.network.summary)
 
 Optional, for demos and tests only (a recorded machine says what a job would meet):
 "simulate": {"bad_ranges": {drive path: [[offset, length], ...]}, "job_seconds": N,
@@ -41,7 +44,9 @@ from typing import Any, Protocol
 from rescue import __version__
 from rescue.errors import Cancelled, DeviceError, RepoError, RescueError, UsageError
 from rescue.hw import devices
-from rescue.hw.discover import RepoLocation
+from rescue.hw.destination import Opened
+from rescue.hw.discover import Place, RepoLocation, locations
+from rescue.hw.netmount import NfsExport, SmbShare
 from rescue.imaging.apply import AreaFacts
 from rescue.imaging.capture import AreaPlan, CapturePlan
 from rescue.imaging.progress import Progress
@@ -89,6 +94,22 @@ class Machine(Protocol):
     def image_facts(self, repo_path: str, name: str) -> ImageFacts: ...
 
     def free_space(self, path: str) -> int: ...
+
+    def places(self, include_loop: bool) -> list[Place]: ...
+
+    def place_of(self, device: str) -> Place: ...
+
+    def mount_share(self, share: SmbShare | NfsExport) -> Place: ...
+
+    def release_place(self, place: Place) -> None: ...
+
+    def network(self) -> str: ...
+
+    def prepare(self, path: str) -> str: ...
+
+    def open_place(self, place: Place, repo: str | None, folder: str | None = None) -> Opened: ...
+
+    def close_place(self, opened: Opened) -> None: ...
 
     def close(self) -> None: ...
 
@@ -154,6 +175,46 @@ class LiveMachine:
     def free_space(self, path: str) -> int:
         return writable_free_space(path)
 
+    def places(self, include_loop: bool) -> list[Place]:
+        from rescue.hw.discover import survey
+
+        return survey(include_loop=include_loop)
+
+    def place_of(self, device: str) -> Place:
+        from rescue.hw.discover import survey
+
+        return survey(devices=[device])[0]
+
+    def mount_share(self, share: SmbShare | NfsExport) -> Place:
+        from rescue.hw.discover import mount_share
+
+        return mount_share(share)
+
+    def release_place(self, place: Place) -> None:
+        from rescue.hw.discover import release_place
+
+        release_place(place)
+
+    def network(self) -> str:
+        from rescue.hw.network import summary
+
+        return summary()
+
+    def prepare(self, path: str) -> str:
+        from rescue.hw.destination import prepare
+
+        return prepare(path)
+
+    def open_place(self, place: Place, repo: str | None, folder: str | None = None) -> Opened:
+        from rescue.hw.destination import open_for_writing
+
+        return open_for_writing(place, repo, folder)
+
+    def close_place(self, opened: Opened) -> None:
+        from rescue.hw.destination import close
+
+        close(opened)
+
     def close(self) -> None:
         pass
 
@@ -173,16 +234,17 @@ def _from_extents(raw: list[list[int]] | None) -> list[Extent] | None:
 def record(include_loop: bool = True) -> dict[str, Any]:
     """Everything the engine asks of this machine, as JSON-ready data. Reads only."""
     live = LiveMachine()
-    # Repositories are looked for first and released last, so that the kernel's tables are
-    # recorded as the wizard sees them: with the filesystems discovery mounted (read-only).
-    located = live.find_repositories(include_loop)
+    # Places are surveyed first and released last, so that the kernel's tables are recorded
+    # as the wizard sees them: with the filesystems discovery mounted (read-only).
+    places = live.places(include_loop)
+    located = locations(places)
     try:
-        return _record(live, located, include_loop)
+        return _record(live, places, located, include_loop)
     finally:
         live.release(located)
 
 
-def _record(live: LiveMachine, located: list[RepoLocation], include_loop: bool) -> dict[str, Any]:
+def _record(live: LiveMachine, places: list[Place], located: list[RepoLocation], include_loop: bool) -> dict[str, Any]:
     from rescue.hw.firmware import uefi_firmware
     from rescue.hw.scratch import default_dir, space
     from rescue.imaging.restore import image_facts
@@ -204,6 +266,8 @@ def _record(live: LiveMachine, located: list[RepoLocation], include_loop: bool) 
         "probes": {},
         "repositories": [],
         "free_space": {},
+        "places": [{**asdict(p), "mounted_by_us": False} for p in places],  # replaying never unmounts
+        "network": live.network(),
     }
     for drive in devices.list_drives(include_loop=include_loop, snap=snap):
         entry: dict[str, Any] = {"sector_size": drive.logical_sector_size}
@@ -445,6 +509,90 @@ class RecordedMachine:
         """The file tree recorded for browsing a partition, when the record has one."""
         tree = self._image(repo_path, name).get("files", {}).get(str(number))
         return None if tree is None else {"files": tree}
+
+    def places(self, include_loop: bool) -> list[Place]:
+        recorded = self.data.get("places")
+        if recorded is None:  # an older record: the places that hold its repositories
+            by_device: dict[str, dict[str, Any]] = {}
+            for r in self._repos():
+                p = by_device.setdefault(
+                    r["device"],
+                    {
+                        "device": r["device"],
+                        "drive": r["drive"],
+                        "fstype": self.probe(r["device"]).get("TYPE", ""),
+                        "label": self.probe(r["device"]).get("LABEL", ""),
+                        "size": int(r.get("free", 0)),
+                        "free": int(r.get("free", 0)),
+                        "mountpoint": r["mountpoint"],
+                        "mounted_by_us": False,
+                        "read_only": r["read_only"],
+                        "repos": [],
+                    },
+                )
+                p["repos"].append(r["path"])
+            recorded = list(by_device.values())
+        out = []
+        for p in recorded:
+            place = Place(**p)
+            place.repos = list(place.repos)  # the record's list is not handed out
+            out.append(place)
+        return out
+
+    def place_of(self, device: str) -> Place:
+        for p in self.places(False):
+            if p.device == device:
+                return p
+        raise DeviceError(f"{device} is not a filesystem of the recorded machine")
+
+    def mount_share(self, share: SmbShare | NfsExport) -> Place:
+        """A share the record's "simulate": {"shares": {"//server/share": {"error": words} or
+        {"size", "free", "repos": [paths]}}} describes; any other has no server to answer."""
+        found = self.simulate.get("shares", {}).get(str(share))
+        if found is None:
+            raise RepoError(f"{share}: no route to host (the recorded machine has no network)")
+        if "error" in found:
+            raise RepoError(f"{share}: {found['error']}")
+        self.runner.step(f"mount {share} read-only")
+        where = f"/run/rescue/repos/share-{os.path.basename(str(share))}"
+        for path in found.get("repos", []):
+            if not any(r["path"] == path for r in self._repos()):
+                entry = {"path": path, "drive": None, "device": str(share), "mountpoint": where, "read_only": True}
+                self.data.setdefault("repositories", []).append(entry | {"mounted_by_us": False, "images": []})
+        fstype = "cifs" if isinstance(share, SmbShare) else "nfs"
+        size, free = int(found.get("size", 0)), int(found.get("free", 0))
+        return Place(str(share), None, fstype, "", size, free, where, True, True, list(found.get("repos", [])), share)
+
+    def release_place(self, place: Place) -> None:
+        pass
+
+    def network(self) -> str:
+        return str(self.data.get("network", "no network (a recorded machine)"))
+
+    def prepare(self, path: str) -> str:
+        """The drive becomes one exFAT partition (the record's place changes with it)."""
+        part = f"{path}p1" if path[-1].isdigit() else f"{path}1"
+        self.runner.step(f"prepare {path}: MBR, one partition {part}, exFAT")
+        places = [asdict(p) for p in self.places(False) if p.device != path]
+        size = next((p.size for p in self.places(False) if p.device == path), 0)
+        places.append(
+            asdict(Place(part, os.path.basename(path), "exfat", "RESCUE", size, size, None, False, False, []))
+        )
+        self.data["places"] = places
+        return part
+
+    def open_place(self, place: Place, repo: str | None, folder: str | None = None) -> Opened:
+        theirs = place.mountpoint is not None and not place.mounted_by_us  # used where it is
+        where = (
+            place.mountpoint if place.mountpoint and theirs else f"/run/rescue/dest/{os.path.basename(place.device)}"
+        )
+        path = os.path.join(where, folder) if folder else repo or os.path.join(where, "rescue-images")
+        self.runner.step(f"use {where}" if theirs else f"mount {place.device} read-write at {where}")
+        self.data.setdefault("free_space", {})[path] = place.free or 0
+        return Opened(place, where, path, None, created=repo is None)
+
+    def close_place(self, opened: Opened) -> None:
+        self.runner.step(f"sync and unmount {opened.where}")
 
     def free_space(self, path: str) -> int:
         for r in self._repos():

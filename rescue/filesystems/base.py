@@ -111,6 +111,7 @@ CAPABILITIES = (
     "mount_type",
     "mount_ro",
     "mount_rw",
+    "image_store",
     "no_files",
     "mtools",
     "linux_config",
@@ -151,6 +152,9 @@ class Filesystem:
     # Options for a private read-write mount of a restored copy (tools that need it mounted,
     # rewriting fstab): the original with the same UUID may be mounted at the same time.
     mount_rw: ClassVar[str | None]
+    # Options for a read-write mount that stores images (or files copied out of one) on it, a
+    # technician's USB disk: noatime (reading never writes); None: rescue stores nothing there.
+    image_store: ClassVar[str | None]
     # Why it holds no files to browse (swap), None when it does.
     no_files: ClassVar[str | None]
     # mtools (and fusefat) read it from the partition's bytes, without a kernel driver (FAT):

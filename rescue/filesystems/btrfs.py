@@ -473,6 +473,7 @@ class Btrfs(Filesystem):
     mount_type = "btrfs"
     mount_ro = "ro,rescue=nologreplay"  # no tree-log replay: nothing is written
     mount_rw = "rw"
+    image_store = "noatime"
     no_files = None
     mtools = False
     linux_config = True

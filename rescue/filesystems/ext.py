@@ -165,6 +165,7 @@ class Ext(Filesystem):
     mount_type = "ext4"  # the ext4 driver reads ext2 and ext3 too
     mount_ro = "ro,noload"  # no journal replay: nothing is written
     mount_rw = "rw"
+    image_store = "noatime"
     no_files = None
     mtools = False
     linux_config = True

@@ -318,6 +318,7 @@ class Fat(Filesystem):
     mount_type = "vfat"  # never msdos: long names
     mount_ro = "ro"
     mount_rw = "rw"
+    image_store = "noatime,flush"  # flush: written back as each file closes, for a stick pulled out early
     no_files = None
     mtools = True
     linux_config = False

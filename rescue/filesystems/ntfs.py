@@ -147,6 +147,7 @@ class Ntfs(Filesystem):
     mount_type = "ntfs-3g"  # FUSE: no NTFS kernel driver here
     mount_ro = "ro"
     mount_rw = "rw"
+    image_store = "noatime"
     no_files = None
     mtools = False
     linux_config = False

@@ -71,6 +71,7 @@ class Swap(Filesystem):
     mount_type = None
     mount_ro = None
     mount_rw = None
+    image_store = None
     no_files = "swap space holds no files"
     mtools = False
     linux_config = False

@@ -127,6 +127,7 @@ class Xfs(Filesystem):
     mount_type = "xfs"
     mount_ro = "ro,norecovery,nouuid"  # no log replay; nouuid: the source may be mounted too
     mount_rw = "rw,nouuid"
+    image_store = "noatime"
     no_files = None
     mtools = False
     linux_config = True

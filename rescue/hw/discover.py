@@ -1,7 +1,9 @@
-"""Finding image repositories on the machine's drives, the way the wizard's first step
-needs them: every filesystem that is not mounted yet is mounted read-only under
-/run/rescue/repos/<name>, searched, and kept mounted only if it holds a repository.
-Filesystems already mounted are searched where they are, never remounted.
+"""Finding image repositories, and the places images could go, on the machine's drives, the
+way the wizard's first step needs them: every filesystem that is not mounted yet is mounted
+read-only under /run/rescue/repos/<name>, searched and measured (size, free space), and kept
+mounted only if it holds a repository. Filesystems already mounted are searched where they
+are, never remounted. A whole drive with no partition table and no filesystem is a blank
+drive: a place once it is prepared (rescue.hw.destination).
 
 Read-only because the drive being searched may be the very drive the person wants to
 restore to or capture from: looking must not change it."""
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from rescue.errors import DeviceError, RescueError
+from rescue.filesystems import lookup
 from rescue.hw import devices as hwdev
 from rescue.hw import mounts as hwmounts
+from rescue.hw.netmount import NfsExport, SmbShare
 from rescue.hw.run import run
 
 log = logging.getLogger(__name__)
@@ -22,8 +27,36 @@ log = logging.getLogger(__name__)
 RUN_DIR = "/run/rescue/repos"
 MARKER = "rescue-repo.json"  # the file that makes a directory a repository (rescue/repo/store.py)
 
-# blkid TYPE -> mount -t value, where they differ (no NTFS kernel driver: ntfs-3g over FUSE).
-_MOUNT_TYPE = {"ntfs": "ntfs-3g"}
+# Filesystems rescue has no class for (rescue.filesystems) that a FUSE driver mounts where
+# the kernel has no driver: mount then runs /sbin/mount.exfat-fuse.
+_WITHOUT_KERNEL_DRIVER = {"exfat": "exfat-fuse"}
+
+
+def mount_type(fstype: str) -> str:
+    """What `mount -t` is given for a filesystem blkid calls `fstype`: the class's answer
+    (NTFS through ntfs-3g), else the type itself or its FUSE driver."""
+    fs = lookup(fstype)
+    if fs is not None and fs.mount_type:
+        return fs.mount_type
+    if fstype in _WITHOUT_KERNEL_DRIVER and not _kernel_has(fstype):
+        return _WITHOUT_KERNEL_DRIVER[fstype]
+    return fstype
+
+
+def _kernel_has(fstype: str) -> bool:
+    """Whether the kernel mounts `fstype` itself: built in, or a module modprobe finds."""
+    try:
+        with open("/proc/filesystems") as f:
+            if any(line.split()[-1:] == [fstype] for line in f):
+                return True
+    except OSError:
+        return True
+    try:
+        return run(["modprobe", "--quiet", "--", fstype], check=False, timeout=30).returncode == 0
+    except RescueError:  # no modprobe: no modules either
+        return False
+
+
 # Skipped outright: not filesystems, or nothing a repository could be stored on.
 _NOT_FS = {
     "swap",
@@ -47,6 +80,30 @@ class RepoLocation:
     mountpoint: str
     mounted_by_us: bool  # release() unmounts only these
     read_only: bool
+
+
+@dataclass
+class Place:
+    """A filesystem images can be stored on (or a blank drive to prepare), as the person
+    chooses it: which drive, which filesystem, its label, size and free space, and the
+    repositories already on it."""
+
+    device: str  # "/dev/sdb1"; a blank drive's own node
+    drive: str | None  # kernel name of the whole drive ("sdb")
+    fstype: str  # blkid's TYPE ("exfat", "ntfs", "ext4", ...); "" for a blank drive
+    label: str
+    size: int  # bytes: the filesystem's when it could be measured, else the device's
+    free: int | None  # bytes; None when not known (blank, or it would not mount)
+    mountpoint: str | None  # where it is mounted while this is known, else None
+    mounted_by_us: bool  # by the survey (read-only); release() unmounts only these
+    read_only: bool  # mounted read-only (by us: always)
+    repos: list[str]  # repository directories on it
+    # A network share: what to mount it again with (holds the password: never recorded).
+    share: SmbShare | NfsExport | None = field(default=None, repr=False)
+
+    @property
+    def blank(self) -> bool:
+        return not self.fstype
 
 
 def repo_dirs(top: str) -> list[str]:
@@ -113,20 +170,6 @@ def _candidates(snap: hwdev.Snapshot, paths: list[str] | None, include_loop: boo
     return sorted(out, key=lambda d: d["name"])
 
 
-def _location(
-    path: str, d: hwdev.DeviceDict, snap: hwdev.Snapshot, mountpoint: str, ours: bool, ro: bool
-) -> RepoLocation:
-    whole = snap.whole_disk(d["devnum"])
-    return RepoLocation(
-        path=path,
-        drive=whole["name"] if whole else None,
-        device=d["node"],
-        mountpoint=mountpoint,
-        mounted_by_us=ours,
-        read_only=ro,
-    )
-
-
 def _mount_ro(d: hwdev.DeviceDict, fstype: str, run_dir: str) -> str | None:
     target = os.path.join(run_dir, d["name"])
     os.makedirs(target, exist_ok=True)
@@ -134,12 +177,11 @@ def _mount_ro(d: hwdev.DeviceDict, fstype: str, run_dir: str) -> str | None:
         log.warning("%s is already a mountpoint; skipping %s", target, d["node"])
         return None
     # Plain "ro" still replays an ext4 journal and xfs refuses a dirty log: looking for a
-    # repository must never change a drive.
-    options = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}.get(fstype, "")
+    # repository must never change a drive (the class's read-only options say how not to).
+    fs = lookup(fstype)
+    options = (fs.mount_ro or "") if fs is not None else ""
     try:
-        return hwmounts.mount(
-            d["node"], target, _MOUNT_TYPE.get(fstype, fstype), options, read_only=True, timeout=120
-        ).where
+        return hwmounts.mount(d["node"], target, mount_type(fstype), options, read_only=True, timeout=120).where
     except RescueError as e:
         log.info("%s", e)
         _rmdir(target)
@@ -164,33 +206,143 @@ def _umount(device: str, mountpoint: str) -> bool:
     return True
 
 
-def find_repositories(
-    run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_loop: bool = False
-) -> list[RepoLocation]:
-    """Every repository on the machine's filesystems. `devices` limits the search to those
-    device paths (loop devices included); otherwise every drive and partition is tried,
-    loop devices only with include_loop. Filesystems this mounts and finds no repository
-    on are unmounted again before it returns."""
+def _blank(d: hwdev.DeviceDict, snap: hwdev.Snapshot) -> bool:
+    """A whole drive with nothing on it: no partitions, no table, no filesystem or other
+    signature blkid knows (a RAID member, LVM, LUKS all have one)."""
+    if d["parent"] or d["partitions"] or snap.mounts_of(d["devnum"]) or d["holders"]:
+        return False
+    found = probe(d["node"])
+    return not (found.get("TYPE") or found.get("PTTYPE"))
+
+
+def _measure(path: str) -> tuple[int, int] | None:
+    """(size, free bytes) of the filesystem at a mount point; None when it does not answer."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
+def survey(run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_loop: bool = False) -> list[Place]:
+    """Every filesystem on the machine's drives (and every blank drive), measured and searched
+    for repositories. `devices` limits the search to those device paths (loop devices
+    included); otherwise every drive and partition is tried, loop devices only with
+    include_loop. A filesystem this mounts and finds no repository on is unmounted again
+    before it returns (its place keeps the size and free space measured)."""
     snap = hwdev.snapshot()
-    found: list[RepoLocation] = []
+    found: list[Place] = []
     for d in _candidates(snap, devices, include_loop):
         mounted = snap.mounts_of(d["devnum"])
         if mounted:
-            for m in mounted[:1]:
-                found += [_location(p, d, snap, m.mountpoint, False, m.read_only) for p in repo_dirs(m.mountpoint)]
+            m = mounted[0]
+            fstype = fs_type(d) or m.fstype
+            found.append(_place(d, snap, fstype, m.mountpoint, False, m.read_only, repo_dirs(m.mountpoint)))
             continue
-        fstype = fs_type(d)
-        if not fstype or fstype in _NOT_FS:
+        found_type = fs_type(d)
+        if not found_type:
+            if _blank(d, snap):
+                found.append(_place(d, snap, "", None, False, False, []))
             continue
-        mountpoint = _mount_ro(d, fstype, run_dir)
+        if found_type in _NOT_FS:
+            continue
+        mountpoint = _mount_ro(d, found_type, run_dir)
         if mountpoint is None:
+            found.append(_place(d, snap, found_type, None, False, True, []))
             continue
         repos = repo_dirs(mountpoint)
+        p = _place(d, snap, found_type, mountpoint, True, True, repos)
         if not repos:
             _umount(d["node"], mountpoint)
-            continue
-        found += [_location(p, d, snap, mountpoint, True, True) for p in repos]
+            p.mountpoint, p.mounted_by_us = None, False
+        found.append(p)
     return found
+
+
+def _place(
+    d: hwdev.DeviceDict, snap: hwdev.Snapshot, fstype: str, where: str | None, ours: bool, ro: bool, repos: list[str]
+) -> Place:
+    whole = snap.whole_disk(d["devnum"])
+    measured = _measure(where) if where else None
+    label = d["props"].get("ID_FS_LABEL") or (probe(d["node"]).get("LABEL") or "" if fstype else "")
+    return Place(
+        device=d["node"],
+        drive=whole["name"] if whole else None,
+        fstype=fstype,
+        label=label,
+        size=measured[0] if measured else int(d["attrs"].get("size") or 0) * hwdev.SECTOR,
+        free=measured[1] if measured else None,
+        mountpoint=where,
+        mounted_by_us=ours,
+        read_only=ro,
+        repos=repos,
+    )
+
+
+def share_dir(share: SmbShare | NfsExport, run_dir: str = RUN_DIR) -> str:
+    """A mount point of its own for a share, named after it."""
+    name = re.sub(r"[^A-Za-z0-9.-]+", "-", str(share)).strip("-")[:60]
+    return os.path.join(run_dir, f"share-{name}")
+
+
+def mount_share(share: SmbShare | NfsExport, run_dir: str = RUN_DIR) -> Place:
+    """Mount a share read-only (looking never writes), measure it and search it for
+    repositories; it stays mounted (release_place) whatever it holds: the person chose it."""
+    from rescue.hw import netmount
+
+    where = share_dir(share, run_dir)
+    os.makedirs(where, exist_ok=True)
+    if hwmounts.is_mountpoint(where):
+        raise DeviceError(f"{where} is already a mount point; not mounting {share} over it")
+    try:
+        if isinstance(share, SmbShare):
+            mounted = netmount.mount_smb(share, where, read_only=True)
+        else:
+            mounted = netmount.mount_nfs(share, where, read_only=True)
+    except BaseException:
+        _rmdir(where)
+        raise
+    measured = _measure(where)
+    fstype = "cifs" if isinstance(share, SmbShare) else "nfs"
+    return Place(
+        device=mounted.place,
+        drive=None,
+        fstype=fstype,
+        label=mounted.protocol,
+        size=measured[0] if measured else 0,
+        free=measured[1] if measured else None,
+        mountpoint=where,
+        mounted_by_us=True,
+        read_only=True,
+        repos=repo_dirs(where),
+        share=share,
+    )
+
+
+def find_repositories(
+    run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_loop: bool = False
+) -> list[RepoLocation]:
+    """Every repository on the machine's filesystems (see survey); what it mounts stays
+    mounted until release()."""
+    return locations(survey(run_dir, devices, include_loop=include_loop))
+
+
+def locations(places: list[Place]) -> list[RepoLocation]:
+    """The repositories of surveyed places."""
+    return [
+        RepoLocation(path, p.drive, p.device, p.mountpoint, p.mounted_by_us, p.read_only)
+        for p in places
+        if p.mountpoint is not None
+        for path in p.repos
+    ]
+
+
+def release_place(place: Place) -> None:
+    """Unmount the survey's read-only mount of one place (before it is mounted to write)."""
+    if place.mounted_by_us and place.mountpoint:
+        if not _umount(place.device, place.mountpoint):
+            raise DeviceError(f"cannot unmount {place.mountpoint} (still in use?)")
+        place.mountpoint, place.mounted_by_us = None, False
 
 
 def release(locations: list[RepoLocation]) -> None:

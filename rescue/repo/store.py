@@ -11,7 +11,14 @@ Every file is read through `read_file`: only a regular file inside its repositor
 (no symbolic link, FIFO or device, which could hang a reader or feed it endless bytes), and only
 up to the size it can have. Every write goes through a temporary name and a rename, and a
 failed write removes its temporary file; a full drive is a NoSpaceError, a read-only or
-misshapen repository a RepoError, each one line."""
+misshapen repository a RepoError, each one line.
+
+A repository often lives on a USB drive formatted FAT32, exFAT or NTFS, so nothing here needs
+POSIX semantics beyond what those give (docs/format.md, "Filesystems a repository may live
+on"): no hard or symbolic links, no permissions, every name valid on all of them
+(`check_name`), names that differ only in case taken as the same name, no file near 4 GiB,
+rename over an existing file only for verified.json, and every finished file fsynced before
+it counts (a technician pulls the stick as soon as rescue says done)."""
 
 from __future__ import annotations
 
@@ -44,6 +51,10 @@ MARKER = "rescue-repo.json"
 MANIFEST = "manifest.json"
 MAX_MANIFEST = 16 << 20  # bytes; a manifest with 256 partitions is well under 1 MiB
 MAX_SMALL = 1 << 20  # rescue-repo.json, verified.json
+MAX_FILE = (4 << 30) - 1  # the largest file FAT32 holds; every repository file stays far below
+# Entries an empty drive's root may hold whoever formatted it: created by the filesystem or by
+# Windows, they do not make a repository's directory "not empty".
+SYSTEM_ENTRIES = frozenset(["lost+found", "System Volume Information", "$RECYCLE.BIN"])
 
 
 class NoSpaceError(RepoError):
@@ -167,15 +178,31 @@ def _dir_problem(path: Path, e: OSError) -> str:
     return f"{path.name}, which is unreadable ({e.strerror})"
 
 
+def temp_name(path: Path) -> Path:
+    """Where `path` is written before its rename: a hidden name of the same directory, valid on
+    FAT, exFAT and NTFS (no ':' or '~', at most 64 + 14 characters for a chunk) and matched by
+    rescue.imaging.capture.TEMP_PATTERNS, so a killed writer's leftovers are found."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist) with `data`, and fsync it: written in one go, never
+    reopened for appending (fusefat, the FUSE FAT driver tests use, refuses appends)."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write, fsync, rename, fsync the directory: readers see the old file or the new one.
-    A failed write leaves no temporary file behind."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    A failed write leaves no temporary file behind. Renaming over an existing file works on
+    FAT, exFAT and NTFS under Linux (kernel drivers and FUSE alike)."""
+    if len(data) > MAX_FILE:
+        raise OSError(errno.EFBIG, f"{len(data)} bytes is more than a FAT32 drive holds in one file", str(path))
+    tmp = temp_name(path)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -185,20 +212,78 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable. Some FUSE filesystems answer fsync of a directory
+    with EINVAL (they have nothing to flush there, or cannot): that one answer is taken as
+    done, since the files themselves were fsynced; any other error is a real one."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 
 
-def check_name(name: str) -> str:
+# Names Windows keeps for devices, whatever the extension: a folder "CON" or "nul.2024" on a
+# FAT, exFAT or NTFS drive cannot be opened there (and Linux's ntfs-3g refuses them with its
+# windows_names option). Compared case-insensitively, on the part before the first dot.
+WINDOWS_DEVICES = frozenset(["CON", "PRN", "AUX", "NUL"] + [f"{kind}{n}" for kind in ("COM", "LPT") for n in range(10)])
+FAT_FORBIDDEN = '"*/:<>?\\|'  # never in a file name on FAT, exFAT or NTFS (nor control characters)
+MAX_NAME = 128
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a new image's name (it becomes a directory name, so it must be a
+    valid file name on ext4 and on FAT, exFAT and NTFS alike), or None when it can."""
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_NAME:
+        return f"it is longer than {MAX_NAME} characters"
+    if name[0] in ".-":
+        return "it starts with a dot or a dash"
+    for c in name:
+        if c in FAT_FORBIDDEN or not c.isprintable():
+            return f"'{printable(c)}' cannot be in a file name on FAT, exFAT or NTFS drives"
     if not NAME_RE.match(name):
-        raise UsageError(
-            f"invalid image name {printable(repr(name))}: use letters, digits, '.', '_', '+', '-' "
-            "(up to 128, not starting with a dot or dash)"
-        )
+        return "use letters, digits, '.', '_', '+', '-' only"
+    if name.endswith("."):
+        return "it ends with a dot, which FAT and exFAT drop from file names"
+    stem = name.split(".", 1)[0].upper()
+    if stem in WINDOWS_DEVICES:
+        return f"{stem} is a device name on Windows, which cannot open it on a FAT, exFAT or NTFS drive"
+    return None
+
+
+def check_name(name: str) -> str:
+    """`name` when it can be a new image's name, else UsageError with the reason, one line."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise UsageError(f"invalid image name {printable(repr(name))}: {problem}")
     return name
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two image names are the same name on a case-insensitive filesystem (FAT,
+    exFAT; NTFS as Windows uses it). Names are ASCII, so folding case is enough."""
+    return a.casefold() == b.casefold()
+
+
+def _existing_name(name: str) -> str:
+    """`name` when it can name an image already stored (the older, wider rule, so an image
+    made before the FAT rules still reads), else UsageError."""
+    if not NAME_RE.match(name):
+        raise UsageError(f"invalid image name {printable(repr(name))}: use letters, digits, '.', '_', '+', '-'")
+    return name
+
+
+def _listed(path: Path) -> bool:
+    """Whether `path`'s name is in its directory exactly as spelled (on a case-insensitive
+    filesystem, opening it also finds a name that differs in case)."""
+    try:
+        return path.name in os.listdir(path.parent)
+    except OSError:
+        return True
 
 
 def free_bytes(path: Path) -> int:
@@ -278,7 +363,7 @@ class Repository:
             path.mkdir(parents=True, exist_ok=True)
             if kind_of(path / MARKER) is not None:
                 return cls.open(path)
-            if any(p.name != "lost+found" for p in path.iterdir()):
+            if any(p.name not in SYSTEM_ENTRIES for p in path.iterdir()):
                 raise RepoError(f"{path} is not empty and not a rescue repository")
             (path / "chunks").mkdir(exist_ok=True)
             (path / "images").mkdir(exist_ok=True)
@@ -303,7 +388,7 @@ class Repository:
     def writer_lock(self) -> Iterator[None]:
         """One writer at a time per repository (two captures racing on the same chunks and
         names would be safe for chunks but not for image names)."""
-        try:
+        try:  # created if missing, never written: flock works on FUSE filesystems too
             f = open(self.path / "lock", "a")
         except OSError as e:
             raise write_error(self.path, "lock it for writing", e) from None
@@ -327,15 +412,16 @@ class Repository:
             return False
 
     def write_chunk(self, digest: bytes, blob: bytes) -> int:
-        """Store a chunk file atomically (temp name, rename). Returns bytes added. The file is
-        remembered until undo_chunks() or forget_chunks(): a capture that fails takes its new
-        chunks away with it."""
+        """Store a chunk file atomically (temp name, fsync, rename). Returns bytes added. The
+        file is remembered until undo_chunks() or forget_chunks(): a capture that fails takes
+        its new chunks away with it. Fsynced before it counts as stored: on a FUSE filesystem
+        (exFAT, NTFS) syncfs() does not reach the driver, so only fsync makes a chunk
+        survive the stick being pulled; commit_manifest then makes the names durable."""
         final = self.chunk_path(digest)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = temp_name(final)
         try:
             final.parent.mkdir(exist_ok=True)
-            with open(tmp, "xb") as f:
-                f.write(blob)
+            write_new(tmp, blob)
             os.replace(tmp, final)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -365,6 +451,15 @@ class Repository:
             with contextlib.suppress(OSError):
                 os.rmdir(path.parent)  # only when empty
         return removed
+
+    def sync_chunk_names(self) -> None:
+        """Fsync the directories of the chunk files written so far (their names), and chunks/
+        (new subdirectories): the manifest that refers to them comes after. Once per
+        directory, at most 257 fsyncs, whatever the number of chunks."""
+        with self._written_lock:
+            dirs = {p.parent for p in self._written}
+        for d in sorted(dirs) + ([self.path / "chunks"] if dirs else []):
+            fsync_dir(d)
 
     def forget_chunks(self) -> None:
         """The chunks written so far belong to a committed image: undo_chunks() keeps them."""
@@ -399,7 +494,23 @@ class Repository:
 
     # -- images --------------------------------------------------------------------------
     def image_dir(self, name: str) -> Path:
-        return self.path / "images" / check_name(name)
+        return self.path / "images" / _existing_name(name)
+
+    def taken_name(self, name: str) -> str | None:
+        """The name of the complete image that `name` would collide with: itself, or one that
+        differs only in case (the same directory on FAT and exFAT, and on NTFS under
+        Windows; refused everywhere, so a repository can move between filesystems)."""
+        images = self.path / "images"
+        try:
+            entries = os.listdir(images)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise RepoError(f"{images} cannot be listed ({e.strerror})") from None
+        for entry in sorted(entries, key=lambda e: e != name):
+            if same_name(entry, name) and kind_of(images / entry / MANIFEST) is not None:
+                return entry
+        return None
 
     def listing(self) -> Listing:
         """Every entry of images/: images (a damaged manifest is listed with the reason, not
@@ -487,6 +598,9 @@ class Repository:
         except UnicodeDecodeError:
             raise IntegrityError(f"image {name}: manifest is not valid UTF-8 (damaged)") from None
         manifest = Manifest.from_json(text, f"image {name}")
+        if manifest.name != name and same_name(manifest.name, name) and not _listed(d):
+            # a case-insensitive filesystem found images/pc when asked for PC
+            raise RepoError(f"no image named {name!r} in {self.path} (there is {manifest.name!r}: case differs)")
         if manifest.name != name:
             raise IntegrityError(f"image {name}: manifest field name is {manifest.name!r}, not the directory's name")
         if manifest.chunk_size != self.chunk_size:
@@ -547,17 +661,25 @@ class Repository:
     def start_image(self, name: str) -> Path:
         """A fresh directory for a capture: an existing complete image is never replaced;
         a leftover of an interrupted capture is cleared."""
-        d = self.image_dir(name)
-        kind = kind_of(d)
-        if kind == "a directory" and kind_of(d / MANIFEST) is not None:
+        d = self.path / "images" / check_name(name)
+        taken = self.taken_name(name)
+        if taken == name:
             raise RepoError(f"an image named {name!r} already exists in {self.path}")
+        if taken is not None:
+            raise RepoError(
+                f"an image named {taken!r} already exists in {self.path}: names that differ only in case "
+                "are one name on FAT, exFAT and NTFS drives"
+            )
+        kind = kind_of(d)
         if kind not in (None, "a directory"):
             raise RepoError(f"{d} is {kind}, not an image directory: remove it or choose another name")
         try:
             for part in ("chunks", "images"):
                 (self.path / part).mkdir(exist_ok=True)
-            if kind is not None:
-                shutil.rmtree(d)
+            # leftovers of interrupted captures under this name, in any case
+            for entry in os.listdir(d.parent):
+                if same_name(entry, name) and kind_of(d.parent / entry) == "a directory":
+                    shutil.rmtree(d.parent / entry)
             d.mkdir()
         except OSError as e:
             raise write_error(self.path, f"start image {name}", e) from None
@@ -607,6 +729,8 @@ class Repository:
         text = manifest.to_json()
         Manifest.from_json(text, f"image {manifest.name}")
         try:
+            self.sync_chunk_names()
+            fsync_dir(self.path / "images")  # the image directory's own name
             write_atomic(self.image_dir(manifest.name) / MANIFEST, text.encode())
         except OSError as e:
             raise write_error(self.path, f"write the manifest of image {manifest.name}", e) from None

@@ -27,6 +27,7 @@ from rescue.tui import controllers, views
 from rescue.tui.widgets import PALETTE, Dialog, overlay
 from rescue.tui.wizard import JobRunner, Step, Wizard
 
+NETWORK_REFRESH = 5.0  # seconds between looks at the network while the main menu shows
 EXIT_SHELL = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -84,7 +85,13 @@ class App:
     def main_menu(self, message: str = "") -> None:
         self.wizard = None
         problem = self.close_state()
-        self.show(views.MainMenuView(self.menu, message or problem))
+        self.show(views.MainMenuView(self.menu, message or problem, self.backend.network_summary()))
+
+    def _refresh_network(self, loop: Any, _data: Any = None) -> None:
+        """The main menu's network line, every few seconds: DHCP answers after the wizard starts."""
+        if isinstance(self.view, views.MainMenuView):
+            self.view.network.set_text(self.backend.network_summary())
+        loop.set_alarm_in(NETWORK_REFRESH, self._refresh_network)
 
     def close_state(self) -> str:
         """End the flow's leftovers (a mounted partition); returns what went wrong, in words."""
@@ -190,6 +197,7 @@ class App:
         self.loop = urwid.MainLoop(self.root, PALETTE, screen=screen, handle_mouse=False)
         self._pipe_fd = self.loop.watch_pipe(self.on_pipe)
         self.main_menu()
+        self.loop.set_alarm_in(NETWORK_REFRESH, self._refresh_network)
         try:
             self.loop.run()
         finally:

@@ -15,6 +15,7 @@ from rescue.engine import (
     BrowseSession,
     CaptureOutcome,
     CloneOutcome,
+    DestInfo,
     DriveInfo,
     ImageInfo,
     ImagePart,
@@ -23,6 +24,8 @@ from rescue.engine import (
     RestoreOutcome,
 )
 from rescue.errors import Cancelled, RescueError
+from rescue.hw import netmount
+from rescue.hw.destination import REPO_FILES
 from rescue.imaging.progress import fmt_bytes, fmt_duration
 from rescue.imaging.restore import RestorePlan as Plan
 from rescue.tui import views
@@ -82,9 +85,13 @@ class RestoreState:
 @dataclass
 class CaptureState:
     source: DriveInfo | None = None
-    dest: str | None = None
-    name: str | None = None
+    dest: str | None = None  # the repository's path (None: a place's new repository, made by the job)
+    place: DestInfo | None = None  # the place chosen from the list; None: a path was typed
+    prepare: DestInfo | None = None  # a blank drive to prepare first
+    where: str = ""  # where the image goes, in words
+    written: str | None = None  # the repository the capture wrote into (a place's, while it was mounted)
     outcome: CaptureOutcome | None = None
+    name: str | None = None
 
     def close(self) -> None:
         pass
@@ -110,7 +117,9 @@ class BrowseState:
     part: ImagePart | None = None
     session: BrowseSession | None = None  # the mounted partition, while one is
     marked: list[str] = field(default_factory=list)  # paths inside the partition
-    dest: str | None = None
+    dest: str | None = None  # a typed folder
+    place: DestInfo | None = None  # or a place from the list (a new folder is made on it)
+    where: str = ""  # where the files go, in words
     outcome: CopyOutcome | None = None
     closer: Any = None  # backend.browse_close, set when a session is opened
 
@@ -164,11 +173,72 @@ class MenuController:
         self.app.exit(self.app.EXIT_POWER)
 
 
+class ShareSteps:
+    """The "Windows share (SMB)..." and "NFS export..." rows of a list step: a form, then the
+    share is mounted read-only in the worker (a server that does not answer takes its time
+    limit, not the screen), and `opened_share` gets it; a failure comes back to the form in
+    words (access denied, share not found, no route to host...), with what was typed."""
+
+    share_title = ""
+    _typed: dict[str, str] | None = None
+
+    def smb(self) -> None:
+        self.app.show(views.SmbView(self, self.share_title, self.app.wizard_position(self), self._typed))
+
+    def nfs(self) -> None:
+        self.app.show(
+            views.NfsView(self, self.share_title, self.app.wizard_position(self), (self._typed or {}).get("nfs", ""))
+        )
+
+    def connect_smb(self, typed: dict[str, str]) -> None:
+        self._typed = {k: v for k, v in typed.items() if k != "password"}
+        server, share = typed["server"].strip().strip("/\\"), typed["share"].strip().strip("/\\")
+        self._connect(
+            lambda: netmount.parse_smb(
+                f"//{server}/{share}",
+                user=typed["user"].strip(),
+                password=typed["password"],
+                domain=typed["domain"].strip(),
+            ),
+            self.smb,
+        )
+
+    def connect_nfs(self, typed: str) -> None:
+        self._typed = {"nfs": typed}
+        self._connect(lambda: netmount.parse_nfs(typed.strip()), self.nfs)
+
+    def _connect(self, parse, form) -> None:
+        try:
+            share = parse()
+        except RescueError as e:
+            self.app.view.set_status(views.sentence(str(e)), error=True)
+            return
+        self.app.show(
+            views.ProgressView(self, self.share_title, f"Connecting to {share}...", self.app.wizard_position(self))
+        )
+
+        def failed(error: BaseException, tb: str) -> None:
+            if not isinstance(error, RescueError):
+                self.app.job_failed(error, tb)
+                return
+            form()
+            self.app.view.set_status(views.sentence(str(error)), error=True)
+
+        self.app.run_job(lambda _p, _c: self.open_share(share), lambda _p: None, self.opened_share, failed)
+
+    def open_share(self, share) -> DestInfo:
+        return self.backend.open_share(share)  # type: ignore[no-any-return]
+
+    def opened_share(self, dest: DestInfo) -> None:
+        raise NotImplementedError
+
+
 # --- restore ---------------------------------------------------------------------------------
 
 
-class RepoStep(Step):
+class RepoStep(ShareSteps, Step):
     title = "Restore: where are the images?"
+    share_title = "Restore: images on another computer"
 
     def applies(self) -> bool:
         return self.app.preset_repo is None
@@ -187,6 +257,15 @@ class RepoStep(Step):
             self.app.view.set_status("Type the path of a repository first.", error=True)
             return
         self.state.repo = self.backend.open_repository(path)
+        self.done()
+
+    def opened_share(self, dest: DestInfo) -> None:
+        try:
+            self.state.repo = self.backend.share_repository(dest)
+        except RescueError as e:
+            self.start()
+            self.app.view.set_status(views.sentence(str(e)), error=True)
+            return
         self.done()
 
 
@@ -336,15 +415,18 @@ class ConfirmStep(Step):
     title = "Restore: confirm"
     button_label = "Erase and restore"
 
+    def drive(self) -> DriveInfo:
+        return self.state.target  # type: ignore[no-any-return]
+
     def start(self) -> None:
         self.app.show(
             views.ConfirmView(
-                self, self.state.target, self.app.wizard_position(self), self.action, self.title, self.button_label
+                self, self.drive(), self.app.wizard_position(self), self.action, self.title, self.button_label
             )
         )
 
     def confirm(self, typed: str) -> None:
-        name = self.state.target.name
+        name = self.drive().name
         if typed.strip() == name:
             self.done()
             return
@@ -477,21 +559,40 @@ class SourceStep(DriveStep):
         self.done()
 
 
-class DestStep(Step):
+class DestStep(ShareSteps, Step):
+    share_title = "Capture: store the image on another computer"
+
     def check(self, repo: RepoInfo | None, path: str) -> tuple[str, str | None]:
-        """(free space as text, why refused or None)."""
+        """(free space as text, why refused or None) of a typed path."""
         free, reason = self.backend.destination_refusal(repo, path, self.state.source)
         return ("" if free is None else fmt_bytes(free)), reason
 
     def start(self) -> None:
-        rows = []
-        for r in self.backend.find_repositories():
-            free, reason = self.check(r, r.path)
-            rows.append((r, free, reason))
-        self.app.show(views.DestView(self, rows, self.app.wizard_position(self)))
+        s = self.state
+        dests = self.backend.destinations(s.source, self.backend.capture_need(s.source))
+        self.app.show(views.DestView(self, dests, self.app.wizard_position(self)))
 
     def rescan(self) -> None:
         self.start()
+
+    def open_share(self, share) -> DestInfo:
+        s = self.state
+        return self.backend.open_share(share, s.source, self.backend.capture_need(s.source))  # type: ignore[no-any-return]
+
+    def opened_share(self, dest: DestInfo) -> None:
+        if dest.refusal is not None:
+            self.start()
+            self.app.view.set_status(f"Cannot store the image on {dest.place.device}: {dest.refusal}", error=True)
+            return
+        self.choose_place(dest)
+
+    def choose_place(self, dest: DestInfo) -> None:
+        s = self.state
+        if dest.place.blank:
+            s.prepare = dest
+        else:
+            s.place, s.dest, s.where = dest, dest.repo, self.backend.destination_text(dest)
+        self.done()
 
     def choose(self, path: str) -> None:
         path = path.strip()
@@ -503,8 +604,62 @@ class DestStep(Step):
         if reason:
             self.app.view.set_status(f"Cannot store the image in {path}: {reason}", error=True)
             return
-        self.state.dest = path
+        s = self.state
+        s.place, s.dest, s.where = None, path, path
         self.done()
+
+
+class PrepareConfirmStep(ConfirmStep):
+    """A blank drive chosen as the destination: erased and formatted only when its name is typed."""
+
+    action = "prepare it for images"
+    title = "Capture: prepare the drive"
+    button_label = "Erase and prepare"
+
+    def applies(self) -> bool:
+        return self.state.prepare is not None
+
+    def drive(self) -> DriveInfo:
+        return self.backend.drive(self.state.prepare.place.device)  # type: ignore[no-any-return]
+
+    def back(self) -> None:
+        self.state.prepare = None
+        super().back()
+
+
+class PrepareStep(Step):
+    """Partitions and formats the blank drive (exFAT) in the worker; then it is the place."""
+
+    def applies(self) -> bool:
+        return self.state.prepare is not None
+
+    def start(self) -> None:
+        s = self.state
+        self.app.show(
+            views.ProgressView(
+                self,
+                "Capture: preparing the drive",
+                f"Making one exFAT partition on {s.prepare.place.device}...",
+                self.app.wizard_position(self),
+            )
+        )
+        prepare = s.prepare
+        self.app.run_job(
+            lambda _p, _c: self.backend.prepare_drive(prepare), lambda _p: None, self.finished, self.failed
+        )
+
+    def finished(self, dest: DestInfo) -> None:
+        s = self.state
+        s.prepare = None
+        s.place, s.dest, s.where = dest, dest.repo, self.backend.destination_text(dest)
+        self.done()
+
+    def failed(self, error: BaseException, tb: str) -> None:
+        self.state.prepare = None
+        self.app.job_failed(error, tb)
+
+    def back(self) -> None:
+        pass  # preparing takes seconds and cannot be undone halfway: it finishes
 
 
 class NameStep(Step):
@@ -515,7 +670,7 @@ class NameStep(Step):
                 self,
                 s.name or self.backend.default_image_name(s.source),
                 s.source,
-                s.dest,
+                s.where,
                 self.app.wizard_position(self),
             )
         )
@@ -535,12 +690,20 @@ class CaptureProgressStep(JobStep):
 
     def intro(self) -> str:
         s = self.state
-        return f"Capturing {s.source.name} ({s.source.model}) into {s.dest} as {s.name}, then verifying it."
+        return f"Capturing {s.source.name} ({s.source.model}) into {s.where} as {s.name}, then verifying it."
 
     def job(self, progress, cancel) -> CaptureOutcome:
+        """A place from the list is mounted read-write for this job only, and synced and
+        unmounted before the done screen, also after an error or a cancel."""
         s = self.state
-        outcome = self.backend.capture(s.source.path, s.dest, s.name, progress, cancel)
-        self.backend.verify(s.dest, outcome.name, progress, cancel)
+        repo = self.backend.open_destination(s.place) if s.place else s.dest
+        s.written = repo
+        try:
+            outcome = self.backend.capture(s.source.path, repo, s.name, progress, cancel)
+            self.backend.verify(repo, outcome.name, progress, cancel)
+        finally:
+            if s.place:
+                self.backend.close_destination(repo)
         return outcome
 
     def finished(self, result: CaptureOutcome) -> None:
@@ -568,7 +731,8 @@ class CaptureDoneStep(DoneStep):
                 "",
                 f"{fmt_bytes(o.bytes_read)} read, {fmt_bytes(o.stored_bytes)} newly stored, "
                 f"in {fmt_duration(o.seconds)}.",
-                f"Repository: {s.dest}",
+                f"Repository: {s.where}",
+                *(["It was unmounted: the drive can be unplugged."] if s.place and s.place.place.drive else []),
                 f"The log was saved to {o.log_path}",
             ],
             True,
@@ -824,7 +988,10 @@ class TreeStep(Step):
         super().done()
 
 
-class CopyDestStep(Step):
+class CopyDestStep(ShareSteps, Step):
+    share_title = "Browse: copy onto another computer"
+    blank = "a blank drive: prepare it for images from Capture first"
+
     def what(self) -> str:
         s = self.state
         if s.session.root is None:
@@ -834,10 +1001,32 @@ class CopyDestStep(Step):
         return f"Copy {views.clip(items, 40)} from partition {s.part.number} of {views.clip(s.image.name, 30)}."
 
     def start(self) -> None:
-        self.app.show(views.CopyDestView(self, self.what(), self.state.dest or "", self.app.wizard_position(self)))
+        dests = [
+            d if not d.place.blank else DestInfo(d.place, self.blank, d.drive_model)
+            for d in self.backend.destinations()
+        ]
+        typed = self.state.dest if self.state.place is None else ""
+        self.app.show(views.CopyDestView(self, self.what(), dests, typed or "", self.app.wizard_position(self)))
 
     def paths(self) -> list[str]:
         return ["/"] if self.state.session.root is None else list(self.state.marked)
+
+    def folder(self) -> str:
+        """The new folder on a chosen place: named after the image and the partition."""
+        s = self.state
+        return f"{REPO_FILES}/{s.image.name}-p{s.part.number}"
+
+    def choose_place(self, dest: DestInfo) -> None:
+        s = self.state
+        s.place, s.dest, s.where = dest, None, f"{self.folder()} on {self.backend.place_text(dest)}"
+        self.done()
+
+    def opened_share(self, dest: DestInfo) -> None:
+        if dest.refusal is not None:
+            self.start()
+            self.app.view.set_status(f"Cannot copy onto {dest.place.device}: {dest.refusal}", error=True)
+            return
+        self.choose_place(dest)
 
     def choose(self, path: str) -> None:
         path = path.strip()
@@ -850,7 +1039,8 @@ class CopyDestStep(Step):
         except RescueError as e:
             self.app.view.set_status(f"Cannot copy into {path}: {e}", error=True)
             return
-        self.state.dest = path
+        s = self.state
+        s.place, s.dest, s.where = None, path, path
         self.done()
 
 
@@ -859,16 +1049,23 @@ class CopyProgressStep(JobStep):
 
     @property
     def cancel_question(self) -> str:  # type: ignore[override]
-        return f"Cancel the copy? What was copied so far stays in {self.state.dest}; the item being copied is removed."
+        return f"Cancel the copy? What was copied so far stays in {self.state.where}; the item being copied is removed."
 
     def intro(self) -> str:
         s = self.state
-        return f"Copying from {s.image.name}, partition {s.part.number}, into {s.dest}."
+        return f"Copying from {s.image.name}, partition {s.part.number}, into {s.where}."
 
     def job(self, progress, cancel) -> CopyOutcome:
+        """A place from the list is mounted read-write for this copy only (a new folder is
+        made on it), and synced and unmounted before the done screen, also after an error."""
         s = self.state
         paths = ["/"] if s.session.root is None else list(s.marked)
-        return self.backend.copy_files(s.session, paths, s.dest, progress, cancel)
+        dest = self.backend.open_destination(s.place, folder=CopyDestStep.folder(self)) if s.place else s.dest
+        try:
+            return self.backend.copy_files(s.session, paths, dest, progress, cancel)
+        finally:
+            if s.place:
+                self.backend.close_destination(dest)
 
     def finished(self, result: CopyOutcome) -> None:
         self.state.outcome = result
@@ -876,7 +1073,7 @@ class CopyProgressStep(JobStep):
         self.done()
 
     def cancelled_text(self) -> str:
-        return f"Copy cancelled. What was copied before stays in {self.state.dest}; the partition was unmounted."
+        return f"Copy cancelled. What was copied before stays in {self.state.where}; the partition was unmounted."
 
 
 class BrowseDoneStep(DoneStep):
@@ -888,7 +1085,7 @@ class BrowseDoneStep(DoneStep):
         return (
             "Browse: done",
             [
-                ("heading", f"Copied from {s.image.name}, partition {s.part.number}, into {o.dest}:"),
+                ("heading", f"Copied from {s.image.name}, partition {s.part.number}, into {s.where}:"),
                 *shown,
                 "",
                 f"{o.files} file(s), {fmt_bytes(o.bytes)}, in {fmt_duration(o.seconds)}. "
@@ -898,6 +1095,7 @@ class BrowseDoneStep(DoneStep):
                     else "Permissions, owners and times were kept."
                 ),
                 "The partition was unmounted; the image was only read.",
+                *(["The copy's drive was unmounted: it can be unplugged."] if s.place and s.place.place.drive else []),
             ],
             True,
         )
@@ -908,7 +1106,10 @@ FLOWS = {
         RestoreState,
         [RepoStep, ImageStep, TargetStep, PlanStep, ConfirmStep, RestoreProgressStep, RestoreDoneStep],
     ),
-    "capture": (CaptureState, [SourceStep, DestStep, NameStep, CaptureProgressStep, CaptureDoneStep]),
+    "capture": (
+        CaptureState,
+        [SourceStep, DestStep, PrepareConfirmStep, PrepareStep, NameStep, CaptureProgressStep, CaptureDoneStep],
+    ),
     "clone": (
         CloneState,
         [CloneSourceStep, CloneTargetStep, ClonePlanStep, CloneConfirmStep, CloneProgressStep, CloneDoneStep],

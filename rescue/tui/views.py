@@ -10,9 +10,11 @@ import urwid
 
 from rescue import planview
 from rescue.browse.copy import FileEntry
-from rescue.engine import POLICIES, DriveInfo, ImageInfo, ImagePart, PartInfo, RepoInfo
+from rescue.engine import POLICIES, DestInfo, DriveInfo, ImageInfo, ImagePart, PartInfo, RepoInfo
+from rescue.hw.destination import REPO_FOLDER
 from rescue.imaging.progress import fmt_bytes, fmt_duration
 from rescue.imaging.restore import RestorePlan as Plan
+from rescue.repo.manifest import printable
 from rescue.tui.widgets import ActionEdit, Choice, Screen, ScrollBox, button, disabled, disabled_button
 
 WIDTH = 78  # columns inside the screen's 1-column margins
@@ -75,7 +77,8 @@ def image_lines(im: ImageInfo) -> str:
 
 
 class MainMenuView(Screen):
-    def __init__(self, c: Any, message: str = ""):
+    def __init__(self, c: Any, message: str = "", network: str = ""):
+        self.network = urwid.Text(network)
         items = [
             Choice("Restore an image to a drive", c.restore),
             Choice("Capture a drive into an image", c.capture),
@@ -85,6 +88,8 @@ class MainMenuView(Screen):
             Choice("Shell (leave the wizard for a command line)", c.shell),
             Choice("Reboot", c.reboot),
             Choice("Power off", c.poweroff),
+            urwid.Divider(),
+            self.network,
         ]
         super().__init__("Main menu", items, excerpt="What do you want to do?", help="Up/Down: move  Enter: choose")
         if message:
@@ -104,10 +109,11 @@ class RepoView(Screen):
             rows.append(
                 urwid.Text(
                     "No image repository was found on any drive. Plug in the drive "
-                    "that holds your images and choose Rescan, or type its path."
+                    "that holds your images and choose Rescan, open a share, or type its path."
                 )
             )
-        rows += [urwid.Divider(), ActionEdit("Type a path...: ", c.choose)]
+        self.edit = ActionEdit("Type a path...: ", c.choose)
+        rows += [urwid.Divider(), self.edit, *share_rows(c)]
         super().__init__(
             title,
             rows,
@@ -423,28 +429,114 @@ class DoneView(Screen):
         self.focus_buttons()
 
 
+def place_line(dest: DestInfo, files: bool = False) -> str:
+    """One place in a destination list, two lines: the filesystem (type, label, size, free
+    space), then its drive and what a job does there. Labels come from the drive: made
+    printable."""
+    p = dest.place
+    model = f" ({clip(ascii_text(dest.drive_model), 26)})" if dest.drive_model else ""
+    drive = f"on {p.drive}{model}" if p.drive else "a share"
+    if p.blank:
+        return f"{p.device:<15} blank drive {fmt_bytes(p.size):>34}\n  {drive}: prepare this drive for images (exFAT)"
+    label = f'"{clip(ascii_text(printable(p.label)), 16)}"' if p.label else ""
+    free = f"{fmt_bytes(p.free)} free" if p.free is not None else ""
+    first = f"{p.device:<15} {p.fstype:<8} {label:<18} {fmt_bytes(p.size):>10}  {free}"
+    if dest.refusal is not None:
+        return f"{first}\n  {drive}"
+    if files:
+        what = "a new folder for the files is made on it"
+    elif dest.repo:
+        what = f"into {clip(dest.repo, 40)}"
+    else:
+        what = f"new repository folder {REPO_FOLDER}"
+    return f"{first}\n  {drive}: {what}"
+
+
+def place_rows(c: Any, dests: Sequence[DestInfo], files: bool = False) -> list[urwid.Widget]:
+    rows: list[urwid.Widget] = []
+    for d in dests:
+        line = place_line(d, files)
+        if d.refusal is None:
+            rows.append(Choice(line, lambda d=d: c.choose_place(d)))
+        else:
+            rows.append(disabled(f"{line}\n  not offered: {ascii_text(d.refusal)}"))
+    return rows
+
+
+def share_rows(c: Any) -> list[urwid.Widget]:
+    """The rows that reach images on another computer."""
+    return [Choice("Windows share (SMB)...", c.smb), Choice("NFS export...", c.nfs)]
+
+
+class SmbView(Screen):
+    """Where a Windows share is and who may open it; the password is not shown."""
+
+    def __init__(self, c: Any, title: str, step: str = "", typed: dict[str, str] | None = None):
+        typed = typed or {}
+        self.fields = {
+            "server": ActionEdit("Server (name or address): ", lambda _t: self._connect(c), typed.get("server", "")),
+            "share": ActionEdit("Share (and folder, share/a/b): ", lambda _t: self._connect(c), typed.get("share", "")),
+            "user": ActionEdit("User (empty: guest): ", lambda _t: self._connect(c), typed.get("user", "")),
+            "password": ActionEdit("Password: ", lambda _t: self._connect(c)),
+            "domain": ActionEdit("Domain (optional): ", lambda _t: self._connect(c), typed.get("domain", "")),
+        }
+        self.fields["password"].set_mask("*")
+        rows: list[urwid.Widget] = [
+            urwid.Text("The share is opened read-only to look; only a capture or a copy writes to it."),
+            urwid.Divider(),
+            *self.fields.values(),
+        ]
+        super().__init__(
+            title,
+            rows,
+            [button("Connect", lambda: self._connect(c)), button("Back", c.start)],
+            on_back=c.start,
+            help="Up/Down: field  Enter: connect  Esc: back",
+            step=step,
+        )
+
+    def values(self) -> dict[str, str]:
+        return {k: e.edit_text for k, e in self.fields.items()}
+
+    def _connect(self, c: Any) -> None:
+        c.connect_smb(self.values())
+
+
+class NfsView(Screen):
+    def __init__(self, c: Any, title: str, step: str = "", typed: str = ""):
+        self.edit = ActionEdit("Export (server:/path): ", c.connect_nfs, typed)
+        rows: list[urwid.Widget] = [
+            urwid.Text("The export is opened read-only to look; only a capture or a copy writes to it."),
+            urwid.Divider(),
+            self.edit,
+        ]
+        super().__init__(
+            title,
+            rows,
+            [button("Connect", lambda: c.connect_nfs(self.edit.edit_text)), button("Back", c.start)],
+            on_back=c.start,
+            help="Enter: connect  Esc: back",
+            step=step,
+        )
+
+
 class DestView(Screen):
-    def __init__(self, c: Any, repos: Sequence[tuple[RepoInfo, str, str | None]], step: str = ""):
-        rows: list[urwid.Widget] = []
-        for r, free, reason in repos:
-            line = f"{clip(r.path, 50):<50} {free:>12} free"
-            if reason is None:
-                rows.append(Choice(line, lambda r=r: c.choose(r.path)))
-            else:
-                rows.append(disabled(f"{line}\n  not offered: {reason}"))
-        if not repos:
+    def __init__(self, c: Any, dests: Sequence[DestInfo], step: str = ""):
+        rows = place_rows(c, dests)
+        if not dests:
             rows.append(
                 urwid.Text(
-                    "No image repository was found. Type the path of a mounted, "
-                    "writable directory; a new repository is made there."
+                    "No drive to store the image on was found. Plug in a USB drive and choose "
+                    "Rescan, use a share, or type the path of a mounted, writable directory."
                 )
             )
-        rows += [urwid.Divider(), ActionEdit("Type a path...: ", c.choose)]
+        self.edit = ActionEdit("Type a path...: ", c.choose)
+        rows += [urwid.Divider(), self.edit, *share_rows(c)]
         super().__init__(
             "Capture: where to store the image",
             rows,
             [button("Rescan", c.rescan), button("Back", c.back)],
-            excerpt="Repositories found (the image goes into one of these):",
+            excerpt="Filesystems and blank drives on this machine (the image goes onto one of these):",
             on_back=c.back,
             help=LIST_HELP,
             step=step,
@@ -621,23 +713,15 @@ class WholePartitionView(Screen):
 
 
 class CopyDestView(Screen):
-    def __init__(self, c: Any, what: str, default: str = "", step: str = ""):
-        self.edit = ActionEdit("Copy into folder: ", c.choose, default)
-        rows = [
-            urwid.Text(what),
-            urwid.Divider(),
-            urwid.Text(
-                "Type the path of an existing, writable folder (for example a USB "
-                "drive mounted under /media). Nothing in it is overwritten."
-            ),
-            urwid.Divider(),
-            self.edit,
-        ]
+    def __init__(self, c: Any, what: str, dests: Sequence[DestInfo], default: str = "", step: str = ""):
+        self.edit = ActionEdit("Type a folder...: ", c.choose, default)
+        rows = [*place_rows(c, dests, files=True), urwid.Divider(), self.edit, *share_rows(c)]
         super().__init__(
             "Browse: copy to where?",
             rows,
-            [button("Start copy", lambda: c.choose(self.edit.edit_text)), button("Back", c.back)],
+            [button("Rescan", c.start), button("Back", c.back)],
+            excerpt=f"{what} Onto a filesystem here (a new folder is made on it), a typed folder, or a share:",
             on_back=c.back,
-            help="Type the folder, Enter: start  Esc: back",
+            help=LIST_HELP,
             step=step,
         )

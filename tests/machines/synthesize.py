@@ -9,7 +9,7 @@ reads a recorded machine.
 
 Description: {"uefi", "drives": [{"name", "model", "serial", "size", "bus", "removable",
 "partitions": [{"size", "fstype", "label", "used", "min_size", "mounted": "/where",
-"read_only": bool}]}], "boot": "sdc1" (mounted at /run/live/medium), "repositories":
+"read_only": bool, "free"}], "blank": bool}], "boot": "sdc1" (mounted at /run/live/medium), "repositories":
 [{"partition": "sdb1", "folder": "" , "read_only", "free", "images": [{"name", "created",
 "source_model", "source_serial", "source_size", "data_bytes", "stored_bytes", "verified",
 "partitions": [{"size", "fstype", "label", "used", "min_size"}], "files": {N: tree}}]}],
@@ -222,7 +222,7 @@ def synthesize(desc: dict[str, Any]) -> dict[str, Any]:
             "source_layout": layout.to_dict(),
             "areas": areas_of(parts, layout),
         }
-    repositories = []
+    repositories: list[dict[str, Any]] = []
     for r in desc.get("repositories", []):
         top = by_part[r["partition"]]
         path = os.path.join(top, r["folder"]) if r.get("folder") else top
@@ -249,6 +249,7 @@ def synthesize(desc: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return {
+        "places": places_of(desc, by_part, repositories),
         "format": "rescue-machine",
         "version": 1,
         "recorded": "described",
@@ -266,6 +267,57 @@ def synthesize(desc: dict[str, Any]) -> dict[str, Any]:
         "repositories": repositories,
         "free_space": desc.get("free_space", {}),
         "simulate": desc.get("simulate", {}),
+    }
+
+
+def places_of(
+    desc: dict[str, Any], by_part: dict[str, str], repositories: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What rescue.hw.discover.survey would find: every filesystem, with its free space (as
+    described, else its size less what is used), and every blank drive."""
+    places = []
+    for d in desc["drives"]:
+        parts = d.get("partitions", [])
+        if not parts and d.get("blank"):
+            places.append(_place(f"/dev/{d['name']}", d["name"], "", "", int(d["size"]), None, None, False, []))
+        for i, p in enumerate(parts, 1):
+            if p.get("fstype", "swap") == "swap":
+                continue
+            name = _node_name(d["name"], i)
+            size = int(p["size"])
+            free = int(p.get("free", size - int(p.get("used", 0))))
+            where = by_part.get(name)
+            repos = [r["path"] for r in repositories if r["device"] == f"/dev/{name}"]
+            free = next((int(r["free"]) for r in repositories if r["device"] == f"/dev/{name}"), free)
+            ro = bool(p.get("read_only")) or name == desc.get("boot")
+            places.append(
+                _place(f"/dev/{name}", d["name"], p["fstype"], p.get("label", ""), size, free, where, ro, repos)
+            )
+    return places
+
+
+def _place(
+    device: str,
+    drive: str,
+    fstype: str,
+    label: str,
+    size: int,
+    free: int | None,
+    where: str | None,
+    ro: bool,
+    repos: list[str],
+) -> dict[str, Any]:
+    return {
+        "device": device,
+        "drive": drive,
+        "fstype": fstype,
+        "label": label,
+        "size": size,
+        "free": free,
+        "mountpoint": where,
+        "mounted_by_us": False,
+        "read_only": ro,
+        "repos": repos,
     }
 
 

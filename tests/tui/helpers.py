@@ -110,6 +110,15 @@ def select(app, label: str, limit: int = 30) -> None:
     raise AssertionError(f"{label!r} never got the focus on:\n{text(app)}")
 
 
+def focus_field(app, limit: int = 40) -> None:
+    """Move the focus down to the screen's text field (a typed path or folder)."""
+    for _ in range(limit):
+        if app.view.walker[app.view.walker.focus] is app.view.edit:
+            return
+        press(app, "down")
+    raise AssertionError(f"the text field never got the focus on:\n{text(app)}")
+
+
 def finish_job(app) -> None:
     """Let the worker end, then deliver its events the way urwid's watch_pipe would."""
     app.runner.wait(10)

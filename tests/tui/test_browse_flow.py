@@ -10,6 +10,7 @@ from helpers import (
     dialog_text,
     finish_job,
     flat,
+    focus_field,
     focused_line,
     press,
     select,
@@ -101,6 +102,7 @@ def test_destination_must_exist_be_writable_and_not_overwrite(app, backend):
     to_tree(app)
     press(app, " ")  # etc/
     click(app, "Copy marked")
+    focus_field(app)
     type_text(app, "/nowhere")
     press(app, "enter")
     assert "Cannot copy into /nowhere: /nowhere is not a directory" in flat(app)
@@ -117,6 +119,7 @@ def test_whole_copy_reports_progress_and_unmounts_before_done(app, backend):
     to_tree(app)
     press(app, "down", " ", "down", " ")  # home/, srv/
     click(app, "Copy marked")
+    focus_field(app)
     type_text(app, "/mnt/big")
     press(app, "enter")
     assert "Browse: copying" in text(app)
@@ -125,7 +128,7 @@ def test_whole_copy_reports_progress_and_unmounts_before_done(app, backend):
     assert "Phase: copy" in text(app)
     backend.gate.set()
     finish_job(app)
-    assert ("copy", 2, ["/home", "/srv"], "/mnt/big") in backend.calls
+    assert ("copy", 2, ["/home", "/srv"], "/mnt/big") in backend.calls, backend.calls
     assert backend.calls[-1] == ("umount", 2) and backend.mounted == []
     words = flat(app)
     assert "Copied from web01-2024-05-01, partition 2, into /mnt/big: home srv 3 file(s)" in words
@@ -144,6 +147,7 @@ def test_fat_partition_is_copied_whole_into_a_new_folder(app, backend):
     assert "into a new folder web01-2024-05-01-p1 inside the folder you choose next" in words
     press(app, "enter")  # Copy whole partition... has the focus
     assert "Copy the whole partition from partition 1" in flat(app)
+    focus_field(app)
     type_text(app, "/mnt/big")
     press(app, "enter")
     finish_job(app)
@@ -183,6 +187,7 @@ def test_copy_error_unmounts_and_returns_to_the_menu(app, backend):
     to_tree(app)
     press(app, "down", "down", " ")  # srv/
     click(app, "Copy marked")
+    focus_field(app)
     type_text(app, "/mnt/big")
     press(app, "enter")
     finish_job(app)
@@ -197,6 +202,7 @@ def test_cancelled_copy_unmounts(app, backend):
     to_tree(app)
     press(app, "down", "down", " ")  # srv/
     click(app, "Copy marked")
+    focus_field(app)
     type_text(app, "/mnt/big")
     press(app, "enter")
     press(app, "esc")

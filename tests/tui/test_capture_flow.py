@@ -11,7 +11,7 @@ from helpers import (
     dialog_text,
     finish_job,
     flat,
-    focused_line,
+    focus_field,
     press,
     select,
     text,
@@ -29,12 +29,7 @@ def to_dest(app, source="nvme0n1"):
 
 def to_name(app):
     to_dest(app)
-    select(app, "/media/sdb1")
-
-
-def focus_path_field(app):
-    while app.view.walker.focus != len(app.view.walker) - 1:
-        press(app, "down")
+    select(app, "/dev/sdb1")
 
 
 def test_source_list_refuses_the_boot_drive_and_a_drive_mounted_read_write(app):
@@ -54,12 +49,20 @@ def test_destination_shows_free_space_and_refuses_the_source_drives_repo(app, ba
     press(app, "esc")
     mount(backend, "/dev/sdb1", "/media/sdb1")
     to_dest(app)
-    assert "/media/sdb1" in focused_line(app) and "1.5 TiB free" in focused_line(app)
+    lines = text(app).splitlines()
+    assert any(line.split() == ["/dev/sdb1", "ext4", '"images"', "1.8", "TiB", "1.5", "TiB", "free"] for line in lines)
+    screen = flat(app)
+    assert "on sdb (WD Elements 25A2): into /media/sdb1" in screen
+    sda2 = '/dev/sda2 ext4 "old-root" 400.0 GiB 350.0 GiB free on sda (Samsung SSD 860 EVO 500GB):'
+    assert f"{sda2} new repository folder rescue-images" in screen
+    assert "/dev/sdc1 iso9660" in screen and "not offered: it is on the drive this rescue system booted from" in screen
+    assert "/dev/sdd blank drive 7.5 GiB on sdd (Kingston DataTraveler): prepare this drive for images" in screen
+    assert "/dev/nvme0n1p1 ntfs" in screen and "not offered: it is on the drive being captured" in screen
 
 
 def test_typed_destination_without_enough_space_is_refused_in_words(app):
     to_dest(app)
-    focus_path_field(app)
+    focus_field(app)
     type_text(app, "/mnt/small")
     press(app, "enter")
     assert "Cannot store the image in /mnt/small: not enough free space: needs up to 50.0 GiB" in flat(app)
@@ -68,7 +71,7 @@ def test_typed_destination_without_enough_space_is_refused_in_words(app):
 
 def test_typed_destination_that_is_not_a_directory_is_refused(app):
     to_dest(app)
-    focus_path_field(app)
+    focus_field(app)
     type_text(app, "/nowhere")
     press(app, "enter")
     assert "Cannot store the image in /nowhere: /nowhere is not a directory" in flat(app)
@@ -76,7 +79,7 @@ def test_typed_destination_that_is_not_a_directory_is_refused(app):
 
 def test_typed_destination_with_space_is_taken(app):
     to_dest(app)
-    focus_path_field(app)
+    focus_field(app)
     type_text(app, "/mnt/big")
     press(app, "enter")
     assert "into /mnt/big" in text(app)
@@ -96,7 +99,7 @@ def test_name_screen_prefills_the_default_and_rejects_bad_or_taken_names(app):
     edit = app.view.edit
     edit.set_edit_text("bad name/with slash")
     press(app, "enter")
-    assert "Invalid image name 'bad name/with slash': use letters, digits" in flat(app)
+    assert "Invalid image name 'bad name/with slash'" in flat(app)
     edit.set_edit_text("web01-2024-05-01")
     press(app, "enter")
     assert "An image named web01-2024-05-01 already exists in /media/sdb1." in text(app)
@@ -150,6 +153,6 @@ def test_esc_during_capture_asks_and_cancelling_keeps_no_image(app, backend):
 def test_a_read_only_repository_is_refused_as_a_destination_as_on_the_real_machine(app, backend):
     """The dry run decides as the engine does: a repository found mounted read-only (as
     discovery mounts what it finds) cannot take a capture."""
-    backend.data["repositories"][0]["read_only"] = True
+    backend.data["places"][2]["read_only"] = True
     to_dest(app)
-    assert "not offered: it is read-only" in flat(app)
+    assert "not offered: it is mounted read-only at /media/sdb1" in flat(app)

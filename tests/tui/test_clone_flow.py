@@ -149,7 +149,7 @@ def test_esc_during_clone_asks_and_cancelling_says_what_is_left(app, backend):
 def test_capture_done_lists_the_bad_sectors_met(app, backend):
     select(app, "Capture")
     select(app, "sda")
-    select(app, "/media/sdb1")
+    select(app, "/dev/sdb1")
     press(app, "enter")
     finish_job(app)
     body = [line.strip() for line in text(app).splitlines()[1:] if line.strip()]

@@ -11,7 +11,7 @@ import os
 
 import pytest
 from fake_backend import MACHINES, FakeBackend, machine
-from helpers import click, finish_job, press, select, text, type_text
+from helpers import click, finish_job, focus_field, press, select, text, type_text
 
 from rescue.tui.app import App
 
@@ -104,8 +104,9 @@ def test_the_clone_flow_reaches_done_on_every_machine_with_two_usable_drives(eng
 
 
 def test_the_capture_flow_reaches_done_on_every_machine(engine, tmp_path):
-    """Into a repository found, or the recorded scratch directory typed as the destination;
-    the image is then in the repository, as a restore would find it."""
+    """Onto the first place offered (a repository found, or a filesystem a new one is made
+    on), else the recorded scratch directory typed as the destination; the image is then in
+    the repository, as a restore would find it."""
     source = next((d for d in engine.list_drives() if engine.source_refusal(d) is None), None)
     if source is None:
         pytest.skip("no drive here can be captured")
@@ -113,22 +114,54 @@ def test_the_capture_flow_reaches_done_on_every_machine(engine, tmp_path):
     app.main_menu()
     select(app, "Capture")
     select(app, source.name)
-    usable = [r.path for r in engine.find_repositories() if engine.destination_refusal(r, r.path, source)[1] is None]
+    dests = engine.destinations(source, engine.capture_need(source))
+    usable = [d for d in dests if d.refusal is None and not d.place.blank]
     if usable:
-        dest = usable[0]
-        select(app, dest)
+        select(app, usable[0].place.device + " ")
     else:
-        dest = engine.machine.data["scratch"]["dir"]
-        while app.view.walker.focus != len(app.view.walker) - 1:
-            press(app, "down")
-        type_text(app, dest)
+        focus_field(app)
+        type_text(app, engine.machine.data["scratch"]["dir"])
         press(app, "enter")
     assert "name the image" in text(app), text(app)
     app.view.edit.set_edit_text("corpus-capture")
     press(app, "enter")
     finish_job(app)
     assert "Capture: done" in text(app)
-    assert "corpus-capture" in [im.name for im in engine.list_images(dest)]
+    assert "corpus-capture" in [im.name for im in engine.list_images(app.state.written)]
+    if usable and not usable[0].place.mountpoint:  # mounted for the job only, and unmounted after
+        assert engine.log[0].startswith(f"mount {usable[0].place.device} read-write"), engine.log
+        assert engine.log[-1].startswith("sync and unmount"), engine.log
+
+
+def test_a_blank_drive_is_prepared_then_captured_onto(tmp_path):
+    """The machine with a USB stick and no repository anywhere: the blank 2 TB disk is
+    prepared (typed confirmation), then the image goes into a new repository on it."""
+    engine = FakeBackend(machine(os.path.join(MACHINES, "usb-stick-no-repository.json")))
+    app = App(engine, log_dir=str(tmp_path))
+    app.main_menu()
+    select(app, "Capture")
+    select(app, "sda")
+    screen = " ".join(text(app).split())
+    stick = '/dev/sdb1 exfat "STICK" 59.6 GiB 55.9 GiB free on sdb (SanDisk Ultra USB 3.0):'
+    assert f"{stick} new repository folder rescue-images" in screen
+    select(app, "/dev/sdd ")
+    type_text(app, "sdc")  # not the drive's name: back, nothing written
+    press(app, "enter")
+    assert "where to store the image" in text(app) and engine.log == []
+    select(app, "/dev/sdd ")
+    assert "All data on sdd (Seagate Expansion HDD" in " ".join(text(app).split())
+    type_text(app, "sdd")
+    press(app, "enter")
+    finish_job(app)
+    assert engine.log == ["prepare /dev/sdd: MBR, one partition /dev/sdd1, exFAT"]
+    assert "name the image" in text(app) and "a new folder rescue-images on /dev/sdd1 (RESCUE)" in text(app)
+    press(app, "enter")
+    finish_job(app)
+    assert "Capture: done" in text(app), text(app)
+    assert engine.log[1] == "mount /dev/sdd1 read-write at /run/rescue/dest/sdd1"
+    assert engine.log[-1] == "sync and unmount /run/rescue/dest/sdd1"
+    assert [im.name for im in engine.list_images("/run/rescue/dest/sdd1/rescue-images")] == [app.state.name]
+    assert "It was unmounted: the drive can be unplugged." in text(app)
 
 
 def test_the_browse_flow_lists_files_on_every_machine_with_an_image(engine, tmp_path):

@@ -9,6 +9,7 @@ from helpers import (
     dialog_text,
     finish_job,
     flat,
+    focus_field,
     focused_line,
     press,
     select,
@@ -58,7 +59,7 @@ def test_repository_screen_lists_found_repos_and_a_path_field(app):
 
 def test_typed_path_that_is_no_repository_says_so_and_stays(app):
     select(app, "Restore")
-    select_path_field(app)
+    focus_field(app)
     type_text(app, "/mnt/nothing")
     press(app, "enter")
     assert dialog_open(app)
@@ -68,17 +69,9 @@ def test_typed_path_that_is_no_repository_says_so_and_stays(app):
     assert "Restore: where are the images?" in text(app)
 
 
-def select_path_field(app):
-    for _ in range(10):
-        if "Type a path" in text(app) and app.view.walker.focus == len(app.view.walker) - 1:
-            return
-        press(app, "down")
-    raise AssertionError("path field never focused")
-
-
 def test_typed_path_of_a_repository_opens_it(app):
     select(app, "Restore")
-    select_path_field(app)
+    focus_field(app)
     type_text(app, "/media/sdb1")
     press(app, "enter")
     assert "Restore: choose an image" in text(app)

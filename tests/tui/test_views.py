@@ -3,7 +3,7 @@ the controller to do. And every screen fits 80x24 in ASCII."""
 
 from unittest import mock
 
-from helpers import assert_fits, click, finish_job, press, render, select, type_text
+from helpers import assert_fits, click, finish_job, focus_field, press, render, select, type_text
 
 from rescue.browse.copy import FileEntry
 from rescue.engine import DriveInfo, ImageInfo, PartInfo, RepoInfo
@@ -179,7 +179,7 @@ def every_screen(app, backend):
     yield "source"
     select(app, "nvme0n1")
     yield "dest"
-    select(app, "/media/sdb1")
+    select(app, "/dev/sdb1")
     yield "name"
     press(app, "enter")
     finish_job(app)
@@ -210,6 +210,7 @@ def every_screen(app, backend):
     press(app, "enter", "down", " ")
     click(app, "Copy marked")
     yield "copy dest"
+    focus_field(app)
     type_text(app, "/mnt/big")
     press(app, "enter")
     yield "copy progress"

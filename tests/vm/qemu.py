@@ -80,7 +80,8 @@ class VM:
     firmware: "bios" (SeaBIOS) or "uefi" (OVMF with a private copy of the variable store).
     cdrom: an ISO attached as a CD; usb: an image attached as a USB stick (writes are
     discarded); disks: virtio disks. boot: "cdrom", "usb" or a disk serial to boot from
-    first (default: the CD, else the stick).
+    first (default: the CD, else the stick). network: a virtio card on QEMU's user network
+    (DHCP gives 10.0.2.15; 10.0.2.2 reaches the host's 127.0.0.1), else no card at all.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class VM:
         cpus: int = 2,
         name: str = "vm",
         no_reboot: bool = False,
+        network: bool = False,
     ):
         if firmware not in ("bios", "uefi"):
             raise ValueError(f"firmware must be bios or uefi, not {firmware!r}")
@@ -104,6 +106,9 @@ class VM:
         self.firmware = firmware
         self.log_path = self.workdir / f"{name}-serial.log"
         self.args = self._command(firmware, cdrom, usb, list(disks), boot, memory_mb, cpus, no_reboot)
+        if network:
+            at = self.args.index("-nic")
+            self.args[at : at + 2] = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
         self.child: pexpect.spawn | None = None
         self.started = 0.0
         self._log = None

@@ -22,15 +22,24 @@ def restore_with_wizard(vm: VM, image: str = "workstation", timeout: float = RES
     vm.expect_text("rescue - disk imaging", timeout=WIZARD_BOOT_TIMEOUT)
     vm.expect_text("Restore an image")
     print(f"[e2e] wizard up {vm.elapsed:.0f}s after power-on", flush=True)
+    return restore_in_wizard(vm, "rescue-images", image, None, timeout)
+
+
+def restore_in_wizard(vm: VM, repo: str, image: str, target: str | None, timeout: float = RESTORE_TIMEOUT) -> str:
+    """From the main menu: Restore from the repository drawn as `repo` (the first one found,
+    which has the focus), the image, onto `target` (a drive name), or the first drive
+    offered; returns the target's name."""
     vm.sendkey("enter")
     vm.expect_text("Restore: where are the images?", timeout=120)
-    vm.expect_text("rescue-images", timeout=60)  # found on the repository drive by itself
+    vm.expect_text(repo, timeout=120)  # found by itself
     vm.sendkey("enter")
     vm.expect_text("Restore: choose an image", timeout=60)
     vm.expect_text(image)
     vm.sendkey("enter")
     vm.expect_text("Restore: choose the target drive", timeout=60)
     vm.expect_text("holds the repository", timeout=30)  # the safety rule's words
+    if target is not None:
+        focus(vm, f"> {target}")
     vm.sendkey("enter")
     vm.expect_text("Restore: the plan for", timeout=120)
     vm.sendkey("enter")  # Continue has the focus
@@ -41,6 +50,18 @@ def restore_with_wizard(vm: VM, image: str = "workstation", timeout: float = RES
     vm.expect_text("Restore: done", timeout=timeout)
     vm.expect_text("Verification: passed")
     return name
+
+
+def focus(vm: VM, row: str, moves: int = 12) -> None:
+    """Press Down until the focused row (drawn with "> ") starts with `row`."""
+    for _ in range(moves):
+        vm.sendkey("down")
+        try:
+            vm.expect_text(row, timeout=10)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"{row!r} never got the focus")
 
 
 def clone_with_wizard(vm: VM, source_serial: str, timeout: float = RESTORE_TIMEOUT) -> None:

@@ -1,0 +1,217 @@
+"""Images go where a technician keeps them, on the real ISO in QEMU (issue 13): one boot of the
+ISO with a system drive, 4 GiB drives formatted exFAT, NTFS and FAT32 (no repository on
+any), a blank disk, four blank smaller targets, and a network card on QEMU's
+user network that reaches a Samba server and an NFS server this test starts on 127.0.0.1.
+
+In that one boot:
+- the wizard, over the serial line: Capture the system drive onto the exFAT stick (a new
+  repository folder on it, mounted for the job only), then Restore from it onto a smaller
+  blank drive;
+- the same engine, driven step by step from the serial shell (tests/vm/places_guest.py): the
+  NTFS disk likewise; "prepare this drive" on the blank disk, then a capture onto it; the
+  Samba share refused with a wrong password (in words), then captured onto and restored from;
+  a restore from the NFS export (its image captured by the host); a capture onto a FAT32
+  stick, and files copied out of that image onto the exFAT stick.
+Then each restored drive boots alone to its marker, and the host reads the stick: the files
+copied are the system drive's own. The wizard's screens for all of it run over recorded
+machines in tests/tui (test_shares.py, test_machines.py)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from disks import GiB, LoopRegistry, MiB, partition_table, sh, tree_hashes
+from qemu import VM, Disk
+from servers import nfs, samba
+from servers.bounded import free_port
+from sysdrive import boot_and_expect, build_system_drive
+from wizard import WIZARD_BOOT_TIMEOUT, blank, restore_in_wizard
+
+pytestmark = pytest.mark.vm
+
+SHELL_PROMPT = re.compile(rb"root@[\w.-]+:[^\r\n]*# ")
+GUEST_SCRIPT = Path(__file__).with_name("places_guest.py")
+STEP_TIMEOUT = 900  # one capture or restore of the system drive under TCG, on a loaded host
+SYSTEM = 512 * MiB  # small: the steps are many, each under TCG
+TARGET = 480 * MiB  # smaller than the system drive: its root partition shrinks
+
+
+MKFS = {
+    "ext4": ("83", ["mkfs.ext4", "-q", "-L"]),
+    "exfat": ("7", ["mkfs.exfat", "-L"]),
+    "ntfs": ("7", ["mkfs.ntfs", "--quick", "--label"]),
+    "vfat": ("c", ["mkfs.vfat", "-F", "32", "-n"]),
+}
+
+
+def formatted(path: Path, fstype: str, label: str) -> Path:
+    """A 4 GiB drive as a shop sells it: MBR, one partition, formatted."""
+    blank(path, 4 * GiB)
+    mbr_type, mkfs = MKFS[fstype]
+    partition_table(str(path), f"label: dos\nstart=2048, type={mbr_type}\n")
+    reg = LoopRegistry(path.parent)
+    try:
+        part = reg.attach(path, offset=MiB, size=4 * GiB - MiB)
+        sh(*mkfs, label, part)
+    finally:
+        reg.cleanup()
+    return path
+
+
+def script_disk(path: Path) -> Path:
+    """The guest script, NUL-padded to a whole MiB, as a drive the guest reads with head."""
+    data = GUEST_SCRIPT.read_bytes()
+    path.write_bytes(data + bytes(MiB - len(data) % MiB))
+    return path
+
+
+def run_step(vm: VM, step: str, *args: str, password: str | None = None, timeout: float = STEP_TIMEOUT) -> str:
+    """One step of the guest script; returns what follows `PLACES <step> ok`."""
+    quoted = " ".join(f"'{a}'" for a in args)
+    stdin = f" <<< '{password}'" if password is not None else ""
+    vm.sendline(f"python3 /tmp/places.py {step} {quoted}{stdin} 2>>/tmp/places.log")
+    m = vm.expect(rf"PLACES {step} (ok [^\r\n]*|failed: [^\r\n]*)\r".encode(), timeout=timeout, what=f"step {step}")
+    said = m.group(1).decode()
+    print(f"[places] {step}: {said} ({vm.elapsed:.0f}s)", flush=True)
+    vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
+    assert said.startswith("ok "), f"{step} {said}"
+    return said[3:]
+
+
+def wizard_capture_then_restore(vm: VM) -> tuple[str, str]:
+    """Main menu -> Capture: the system drive (vda) onto the exFAT stick's filesystem, the
+    first place offered; then Restore: from the repository found on the stick onto vde."""
+    vm.boot_rescue_on_serial()
+    vm.expect_text("Capture a drive", timeout=WIZARD_BOOT_TIMEOUT)
+    print(f"[places] wizard up {vm.elapsed:.0f}s after power-on", flush=True)
+    vm.sendkey("down", "enter")
+    vm.expect_text("Capture: choose the drive to image", timeout=120)
+    vm.expect_text("> vda", timeout=60)
+    vm.sendkey("enter")
+    vm.expect_text("Capture: where to store the image", timeout=180)
+    vm.expect_text("not offered: it is on the drive being captured", timeout=60)
+    vm.expect_text("> /dev/vdb1", timeout=60)  # the stick: the first place offered
+    vm.expect_text("new repository folder rescue-images", timeout=30)
+    vm.sendkey("enter")
+    vm.expect_text("Capture: name the image", timeout=60)
+    vm.expect_text("a new folder rescue-images on /dev/vdb1 (STICK)", timeout=30)
+    vm.sendkey("enter")
+    m = vm.expect(rb"captured as ([A-Za-z0-9._+-]+)\.", timeout=STEP_TIMEOUT, what="the capture's done screen")
+    image = m.group(1).decode()
+    vm.expect_text("Verification: passed", timeout=30)
+    vm.expect_text("It was unmounted: the drive can be unplugged.", timeout=30)
+    print(f"[places] wizard captured {image} onto the exFAT stick at {vm.elapsed:.0f}s", flush=True)
+    vm.sendkey("enter")  # Main menu
+    vm.expect_text("Restore an image", timeout=60)
+    restore_in_wizard(vm, "> /run/rescue/repos/vdb1/rescue-images", image, "vde", STEP_TIMEOUT)
+    print(f"[places] wizard restored from the stick onto vde at {vm.elapsed:.0f}s", flush=True)
+    return image, "vde"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    work = tmp_path_factory.mktemp("places")
+    system = work / "system.img"
+    info = build_system_drive(system, size=SYSTEM, seed=31)
+    return work, info
+
+
+def test_images_on_sticks_disks_and_shares(iso, world):
+    work, info = world
+    drives = {  # in this order: vda, vdb, ...
+        "SYSTEM": work / "system.img",
+        "STICK": formatted(work / "stick.img", "exfat", "STICK"),
+        "WINDISK": formatted(work / "windisk.img", "ntfs", "WINDISK"),
+        "BLANK": blank(work / "blank.img", 2 * GiB),
+        "T-EXFAT": blank(work / "t-exfat.img", TARGET),
+        "T-NTFS": blank(work / "t-ntfs.img", TARGET),
+        "T-SMB": blank(work / "t-smb.img", TARGET),
+        "T-NFS": blank(work / "t-nfs.img", TARGET),
+        "FAT32": formatted(work / "fat32.img", "vfat", "OLDSTICK"),
+        "EXT4": formatted(work / "ext4.img", "ext4", "LINUXDISK"),
+        "T-EXT4": blank(work / "t-ext4.img", TARGET),
+        "SCRIPT": script_disk(work / "script.img"),
+    }
+    with samba.servers() as smb_server, nfs.servers() as nfs_server:
+        smb = smb_server(port=free_port())
+        export = nfs_server(port=free_port())
+        # The NFS export holds an image the host captured (as another technician would have).
+        argv = [
+            sys.executable,
+            "-m",
+            "rescue",
+            "capture",
+            str(drives["SYSTEM"]),
+            str(export.export_dir / "rescue-images"),
+        ]
+        proc = subprocess.run([*argv, "--name", "from-nfs"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        smb_spec = f"10.0.2.2:{smb.port}/{smb.share} {smb.user}"
+        nfs_spec = f"10.0.2.2:{export.port}:/repo"
+        disks = [Disk(path, serial) for serial, path in drives.items()]
+        with VM(work, firmware="bios", cdrom=iso, disks=disks, name="places", network=True, memory_mb=1536) as vm:
+            wizard_image, _ = wizard_capture_then_restore(vm)
+            vm.sendkey("enter")  # Main menu
+            vm.expect_text("Shell (leave the wizard", timeout=60)
+            vm.sendkey("down", "down", "down", "down", "enter")  # Restore, Capture, Clone, Browse, [Shell]
+            vm.expect(SHELL_PROMPT, timeout=60, what="the root shell")
+            vm.sendline("tail -n 4 /run/rescue/restore-*.log")  # the wizard's restore, in the serial log
+            vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
+            vm.sendline(f"head -c {GUEST_SCRIPT.stat().st_size} /dev/disk/by-id/virtio-SCRIPT > /tmp/places.py")
+            vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
+
+            # The same capture and restore onto an ext4 drive: the yardstick for the others.
+            run_step(vm, "capture-drive", "EXT4", "on-ext4")
+            run_step(vm, "restore-drive", "EXT4", "on-ext4", "T-EXT4")
+            run_step(vm, "capture-drive", "WINDISK", "on-ntfs")
+            run_step(vm, "restore-drive", "WINDISK", "on-ntfs", "T-NTFS")
+            prepared = run_step(vm, "prepare-capture", "BLANK", "on-prepared")
+            assert prepared.startswith("/dev/vdd1 exfat "), prepared
+            refused = run_step(vm, "share-refused", "smb", smb_spec, password="not-the-password")
+            assert "access denied" in refused, refused
+            run_step(vm, "capture-share", "smb", smb_spec, "on-smb", password=smb.password)
+            run_step(vm, "restore-share", "smb", smb_spec, "on-smb", "T-SMB", password=smb.password)
+            run_step(vm, "restore-share", "nfs", nfs_spec, "from-nfs", "T-NFS", password="")
+            run_step(vm, "capture-drive", "FAT32", "on-fat32")
+            copied = run_step(vm, "copy-out", "FAT32", "on-fat32", "3", "/etc", "STICK")
+            assert copied.startswith("files="), copied
+            vm.sendline("poweroff")
+            vm.wait_shutdown(timeout=180)
+        assert (smb.share_dir / "rescue-images" / "images" / "on-smb" / "manifest.json").is_file()
+
+    # Every restored drive boots alone, finds its root by UUID, its files intact.
+    for serial in ("T-EXFAT", "T-NTFS", "T-SMB", "T-NFS"):
+        result = boot_and_expect([drives[serial]], firmware="bios", marker=info["expect"], timeout=300)
+        assert result.found, f"{serial}: {result.tail()}"
+        print(f"[places] {serial} booted to its marker", flush=True)
+
+    # The stick, read on the host: the wizard's image and the copied files are there.
+    root = next(p for p in info["partitions"] if p["role"] == "root")
+    _check_stick(drives["STICK"], drives["SYSTEM"], (root["offset"], root["size"]), wizard_image, work)
+
+
+def _check_stick(stick: Path, system: Path, root: tuple[int, int], image: str, work: Path) -> None:
+    reg = LoopRegistry(work)
+    try:
+        part = reg.attach(stick, offset=MiB, size=4 * GiB - MiB, readonly=True)
+        mnt = work / "stick-mnt"
+        mnt.mkdir(exist_ok=True)
+        sh("mount.exfat-fuse", "-o", "ro", part, str(mnt))
+        try:
+            assert (mnt / "rescue-images" / "images" / image / "manifest.json").is_file()
+            log = (mnt / "rescue-images" / "images" / image / "log.txt").read_text().splitlines()
+            print("[places] the wizard's capture onto exFAT:", *log[-3:], sep="\n  ", flush=True)
+            copied = mnt / "rescue-files" / "on-fat32-p3" / "etc"
+            src = reg.attach(system, offset=root[0], size=root[1], readonly=True)
+            with reg.mounted(src, "ext4", "ro,noload") as sysmnt:
+                expected = {k: v for k, v in tree_hashes(sysmnt / "etc").items() if not v.startswith("link:")}
+            got = {k: v for k, v in tree_hashes(copied).items() if not v.startswith("link:")}
+            assert got == expected and expected, "the files copied onto the stick differ from the system drive's"
+        finally:
+            subprocess.run(["umount", str(mnt)])
+    finally:
+        reg.cleanup()
