@@ -68,14 +68,6 @@ GUEST_ADDRESS = "10.0.2.15"
 QEMU_DNS = "10.0.2.3"
 
 
-def with_user_network(vm: VM) -> VM:
-    """A virtio network card on QEMU's user network (its own DHCP and DNS server, no access
-    to the host needed) instead of the VM helper's no network at all."""
-    at = vm.args.index("-nic")
-    vm.args[at : at + 2] = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
-    return vm
-
-
 def test_iso_is_hybrid_and_small(iso):
     """One file serves as CD and as USB stick: an MBR partition table after the ISO boot
     area, with an EFI system partition for UEFI. The size target is 350 MB."""
@@ -108,7 +100,7 @@ def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):
     With a network card: by the time the wizard is up the card has its DHCP address
     (networkd, in the background: nothing in the boot waits for the network), the main menu's
     network summary names it, and the tools and kernel modules for shares are there."""
-    with with_user_network(VM(tmp_path, firmware="uefi", usb=iso, name="uefi-usb")) as vm:
+    with VM(tmp_path, firmware="uefi", usb=iso, name="uefi-usb", network=True) as vm:
         vm.expect_text(MENU_ENTRY, timeout=MENU_TIMEOUT)
         vm.expect_text("the wizard is running on tty1", timeout=BOOT_TIMEOUT)
         print(f"UEFI USB: console launcher on serial {vm.elapsed:.0f}s after power-on", flush=True)
