@@ -42,6 +42,22 @@ class CopyOutcome:
     files: int
     bytes: int
     seconds: float
+    owners_kept: bool = True  # False: onto FAT, exFAT, NTFS, a share: times only
+    links_left: int = 0  # symbolic links such a destination cannot hold (never followed)
+
+
+# Filesystems that hold a file's owner and mode bits as Linux has them; onto any other (FAT,
+# exFAT, NTFS through FUSE, an SMB share) cp -a would fail on every chown and chmod.
+POSIX_OWNERS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "tmpfs", "nfs", "nfs4"})
+
+
+def keeps_owners(dest: str) -> bool:
+    """Whether the filesystem holding `dest` keeps owners and permissions (by its type in the
+    kernel's mount table)."""
+    from rescue.hw import devices
+
+    mount = devices.snapshot().mount_of_path(dest)
+    return mount is None or mount.fstype in POSIX_OWNERS
 
 
 def tree_size(path: str) -> tuple[int, int]:
@@ -121,8 +137,11 @@ def copy_tree(
 ) -> CopyOutcome:
     """Copy the chosen paths out of ROOT into DEST with `cp -a` (owners, permissions, times,
     symlinks, hard links), one item at a time, reporting the bytes that have arrived so far.
-    cp runs as a child we hold (not through rescue.hw.run) so that Cancel can stop it; a
-    cancelled item's partial copy is removed."""
+    Onto a filesystem without owners (a USB stick's FAT or exFAT, NTFS, a share) only the
+    times are kept, and symbolic links, which it cannot hold, are left out and counted:
+    never followed, since an absolute one would name a file of the rescue system. cp runs as
+    a child we hold (not through rescue.hw.run) so that Cancel can stop it; a cancelled
+    item's partial copy is removed."""
     from rescue.imaging.progress import Progress
 
     if not paths:
@@ -137,14 +156,17 @@ def copy_tree(
         from rescue.imaging.progress import fmt_bytes
 
         raise UsageError(f"{dest} has {fmt_bytes(free)} free, the chosen items need {fmt_bytes(total)}")
+    owners = keeps_owners(dest)
+    cp = ["cp", "-a"] if owners else ["cp", "--recursive", "--no-dereference", "--preserve=timestamps"]
     started = time.monotonic()
     done_before = 0
     copied: list[str] = []
     io_errors: list[str] = []
+    links_left = 0
     for path, src, target, (_, size) in zip(paths, sources, targets, sizes):
         area = path if len(path) <= 40 else ".." + path[-38:]
         proc = subprocess.Popen(
-            ["cp", "-a", "--", src, target], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*cp, "--", src, target], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         err = b""
         try:
@@ -182,7 +204,10 @@ def copy_tree(
         text = err.decode(errors="replace")
         if proc.returncode != 0:
             bad = [ln for ln in text.splitlines() if "Input/output error" in ln]
-            if bad:
+            links = [ln for ln in text.splitlines() if "cannot create symbolic link" in ln]
+            if not owners and links and len(links) == len([ln for ln in text.splitlines() if ln.strip()]):
+                links_left += len(links)
+            elif bad:
                 io_errors += bad
             else:
                 lines = [ln for ln in text.strip().splitlines() if ln.strip()]
@@ -194,7 +219,7 @@ def copy_tree(
         raise IntegrityError(
             f"{len(io_errors)} file(s) could not be read (the image is damaged there); the rest was copied to {dest}"
         )
-    return CopyOutcome(dest, copied, files, done_before, time.monotonic() - started)
+    return CopyOutcome(dest, copied, files, done_before, time.monotonic() - started, owners, links_left)
 
 
 def _remove(path: str) -> None:

@@ -1093,6 +1093,13 @@ class BrowseDoneStep(DoneStep):
                     "Times were kept (FAT has no owners or permissions)."
                     if s.part.fat
                     else "Permissions, owners and times were kept."
+                    if o.owners_kept
+                    else "Times were kept (the destination has no owners or permissions)."
+                ),
+                *(
+                    [f"{o.links_left} symbolic link(s) were left out: the destination cannot hold them."]
+                    if o.links_left
+                    else []
                 ),
                 "The partition was unmounted; the image was only read.",
                 *(["The copy's drive was unmounted: it can be unplugged."] if s.place and s.place.place.drive else []),

@@ -453,8 +453,10 @@ def place_line(dest: DestInfo, files: bool = False) -> str:
 
 
 def place_rows(c: Any, dests: Sequence[DestInfo], files: bool = False) -> list[urwid.Widget]:
+    """The places offered first, then those not offered with the reason: a list shows from
+    its first choice, so what cannot be chosen must not come before it, out of sight."""
     rows: list[urwid.Widget] = []
-    for d in dests:
+    for d in sorted(dests, key=lambda d: d.refusal is not None):
         line = place_line(d, files)
         if d.refusal is None:
             rows.append(Choice(line, lambda d=d: c.choose_place(d)))

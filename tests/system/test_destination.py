@@ -44,6 +44,12 @@ def source(loops):
     with loops.mounted(part) as mnt:
         (mnt / "hello.txt").write_text("hello from the source\n")
         (mnt / "random.bin").write_bytes(os.urandom(2 * MiB))
+        docs = mnt / "docs"
+        docs.mkdir()
+        (docs / "letter.txt").write_text("private\n")
+        os.chmod(docs / "letter.txt", 0o600)
+        os.utime(docs / "letter.txt", (1600000000, 1600000000))
+        (docs / "passwd").symlink_to("/etc/passwd")  # absolute: never followed out of the image
     return disk
 
 
@@ -93,6 +99,34 @@ def test_a_blank_drive_is_prepared_captured_onto_and_restored_from(loops, source
     finally:
         engine.close()
     assert not mounted_at(os.path.join(discover.RUN_DIR, os.path.basename(part)))
+
+
+def test_files_copied_onto_an_exfat_stick_keep_their_bytes_and_times(loops, source, tmp_path):
+    """A stick has no owners, permissions or symbolic links: the files and their times
+    arrive, the link is left out and counted (not followed to the rescue system's file)."""
+    stick = loops.disk("copy-stick.img", 256 * MiB)
+    repo = str(tmp_path / "repo")
+    engine = Engine(include_loop=True)
+    try:
+        engine.capture(source, repo, "src", lambda p: None, threading.Event())
+        blank = next(d for d in engine.destinations() if d.place.device == stick)
+        prepared = engine.prepare_drive(blank)
+        part = next(p for p in engine.image_partitions(repo, "src") if p.number == 1)
+        session = engine.browse_open(repo, "src", part)
+        try:
+            folder = engine.open_destination(prepared, folder="rescue-files/src-p1")
+            try:
+                out = engine.copy_files(session, ["/docs"], folder, lambda p: None, threading.Event())
+                letter = os.path.join(folder, "docs", "letter.txt")
+                assert open(letter).read() == "private\n" and int(os.stat(letter).st_mtime) == 1600000000
+                assert not os.path.lexists(os.path.join(folder, "docs", "passwd"))
+            finally:
+                engine.close_destination(folder)
+        finally:
+            engine.browse_close(session)
+    finally:
+        engine.close()
+    assert (out.files, out.owners_kept, out.links_left) == (1, False, 1), out
 
 
 def test_the_destination_is_unmounted_after_a_failed_job(loops):

@@ -204,7 +204,7 @@ def make_fat(loops, work: Path, bits: int, *, offset: int = 0, container: int | 
     size = SIZES[bits]
     path = work / f"fat{bits}.img"
     if container is None:
-        loops.file(path.name, size)
+        path = loops.file(path.name, size)
         vol = Volume(str(path), 0, size)
         sh("mkfs.vfat", "-F", str(bits), "-n", f"FAT{bits}LBL", "-i", f"C0DE{bits:04X}", str(path))
     else:

@@ -142,7 +142,7 @@ def expected(work: Path) -> dict[str, str]:
 def make_ntfs(loops, work: Path, *, size: int = SIZE, offset: int = 0, container: int | None = None) -> Volume:
     path = work / "ntfs.img"
     if container is None:
-        loops.file(path.name, size)
+        path = loops.file(path.name, size)
     else:
         rnd = random.Random(5)
         with open(path, "wb") as f:  # garbage all around and inside: free space must not matter

@@ -11,7 +11,7 @@ import stat
 
 import pytest
 from disks import MiB, partition_table, sh
-from helpers import click, dialog_open, dialog_text, finish_job, flat, press, select, text, type_text
+from helpers import click, dialog_open, dialog_text, finish_job, flat, focus_field, press, select, text, type_text
 from test_restore_flow import choose_policy, policy_line
 
 from rescue.engine import Engine
@@ -62,9 +62,7 @@ def test_capture_then_restore_through_the_wizard_on_loop_devices(loops, tmp_path
         # capture --------------------------------------------------------------------
         select(app, "Capture")
         select(app, os.path.basename(source))
-        view = app.view
-        while view.walker.focus != len(view.walker) - 1:
-            press(app, "down")
+        focus_field(app)
         for ch in str(repo):
             press(app, ch)
         press(app, "enter")
@@ -165,6 +163,7 @@ def test_browse_an_image_and_copy_files_out_through_the_wizard(loops, tmp_path):
         assert "payload.bin" in text(app).split(" > ")[1].splitlines()[0]
         press(app, " ")
         click(app, "Copy marked")
+        focus_field(app)
         type_text(app, str(tmp_path / "missing"))
         press(app, "enter")
         assert "is not a directory" in flat(app)

@@ -32,7 +32,7 @@ def nothing(_progress: object) -> None:
 
 def dest_on(engine: Engine, source, serial: str):
     drive = engine.drive(by_id(serial))
-    dests = engine.destinations(source, engine.capture_need(source))
+    dests = engine.destinations(source, engine.capture_need(source) if source else None)
     return next(d for d in dests if d.place.drive == drive.name)
 
 
@@ -68,7 +68,7 @@ def share(kind: str, spec: str, password: str = ""):
 
 
 def step(engine: Engine, name: str, args: list[str]) -> str:
-    source = engine.drive(by_id("SYSTEM")) if name.startswith("capture") else None
+    source = engine.drive(by_id("SYSTEM"))  # the drive every capture reads
     if name == "capture-drive":  # SERIAL IMAGE: onto the filesystem on that drive
         serial, image = args
         return capture_onto(engine, dest_on(engine, source, serial), source, image)
