@@ -46,18 +46,23 @@ class CopyOutcome:
     links_left: int = 0  # symbolic links such a destination cannot hold (never followed)
 
 
-# Filesystems that hold a file's owner and mode bits as Linux has them; onto any other (FAT,
-# exFAT, NTFS through FUSE, an SMB share) cp -a would fail on every chown and chmod.
-POSIX_OWNERS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "tmpfs", "nfs", "nfs4"})
+# Mount types rescue has no filesystem class for (rescue.filesystems: their `owners` says)
+# that cannot hold a file's owner and mode bits: exFAT, NTFS or exFAT through FUSE (fuseblk),
+# SMB shares. cp -a fails on every chown and chmod there.
+OTHER_NO_OWNERS = frozenset({"exfat", "fuseblk", "ntfs3", "cifs", "smb3"})
 
 
 def keeps_owners(dest: str) -> bool:
     """Whether the filesystem holding `dest` keeps owners and permissions (by its type in the
     kernel's mount table)."""
+    from rescue.filesystems import lookup
     from rescue.hw import devices
 
     mount = devices.snapshot().mount_of_path(dest)
-    return mount is None or mount.fstype in POSIX_OWNERS
+    if mount is None:
+        return True
+    fs = lookup(mount.fstype)
+    return fs.owners if fs is not None else mount.fstype not in OTHER_NO_OWNERS
 
 
 def tree_size(path: str) -> tuple[int, int]:

@@ -112,6 +112,7 @@ CAPABILITIES = (
     "mount_ro",
     "mount_rw",
     "image_store",
+    "owners",
     "no_files",
     "mtools",
     "linux_config",
@@ -155,6 +156,8 @@ class Filesystem:
     # Options for a read-write mount that stores images (or files copied out of one) on it, a
     # technician's USB disk: noatime (reading never writes); None: rescue stores nothing there.
     image_store: ClassVar[str | None]
+    # Holds a file's owner and mode bits as Linux has them (files copied onto it keep them).
+    owners: ClassVar[bool]
     # Why it holds no files to browse (swap), None when it does.
     no_files: ClassVar[str | None]
     # mtools (and fusefat) read it from the partition's bytes, without a kernel driver (FAT):

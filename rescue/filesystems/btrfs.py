@@ -474,6 +474,7 @@ class Btrfs(Filesystem):
     mount_ro = "ro,rescue=nologreplay"  # no tree-log replay: nothing is written
     mount_rw = "rw"
     image_store = "noatime"
+    owners = True
     no_files = None
     mtools = False
     linux_config = True

@@ -166,6 +166,7 @@ class Ext(Filesystem):
     mount_ro = "ro,noload"  # no journal replay: nothing is written
     mount_rw = "rw"
     image_store = "noatime"
+    owners = True
     no_files = None
     mtools = False
     linux_config = True

@@ -319,6 +319,7 @@ class Fat(Filesystem):
     mount_ro = "ro"
     mount_rw = "rw"
     image_store = "noatime,flush"  # flush: written back as each file closes, for a stick pulled out early
+    owners = False
     no_files = None
     mtools = True
     linux_config = False

@@ -148,6 +148,7 @@ class Ntfs(Filesystem):
     mount_ro = "ro"
     mount_rw = "rw"
     image_store = "noatime"
+    owners = False  # ntfs-3g without a user mapping
     no_files = None
     mtools = False
     linux_config = False

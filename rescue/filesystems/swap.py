@@ -72,6 +72,7 @@ class Swap(Filesystem):
     mount_ro = None
     mount_rw = None
     image_store = None
+    owners = False
     no_files = "swap space holds no files"
     mtools = False
     linux_config = False

@@ -128,6 +128,7 @@ class Xfs(Filesystem):
     mount_ro = "ro,norecovery,nouuid"  # no log replay; nouuid: the source may be mounted too
     mount_rw = "rw,nouuid"
     image_store = "noatime"
+    owners = True
     no_files = None
     mtools = False
     linux_config = True

@@ -229,7 +229,17 @@ class ShareSteps:
     def open_share(self, share) -> DestInfo:
         return self.backend.open_share(share)  # type: ignore[no-any-return]
 
+    refused = "Cannot store the image on"  # how a share that may not take the job is refused
+
     def opened_share(self, dest: DestInfo) -> None:
+        """A destination list's share: chosen like any place, unless it may not be."""
+        if dest.refusal is not None:
+            self.start()
+            self.app.view.set_status(f"{self.refused} {dest.place.device}: {dest.refusal}", error=True)
+            return
+        self.choose_place(dest)
+
+    def choose_place(self, dest: DestInfo) -> None:
         raise NotImplementedError
 
 
@@ -578,13 +588,6 @@ class DestStep(ShareSteps, Step):
     def open_share(self, share) -> DestInfo:
         s = self.state
         return self.backend.open_share(share, s.source, self.backend.capture_need(s.source))  # type: ignore[no-any-return]
-
-    def opened_share(self, dest: DestInfo) -> None:
-        if dest.refusal is not None:
-            self.start()
-            self.app.view.set_status(f"Cannot store the image on {dest.place.device}: {dest.refusal}", error=True)
-            return
-        self.choose_place(dest)
 
     def choose_place(self, dest: DestInfo) -> None:
         s = self.state
@@ -990,6 +993,7 @@ class TreeStep(Step):
 
 class CopyDestStep(ShareSteps, Step):
     share_title = "Browse: copy onto another computer"
+    refused = "Cannot copy onto"
     blank = "a blank drive: prepare it for images from Capture first"
 
     def what(self) -> str:
@@ -1020,13 +1024,6 @@ class CopyDestStep(ShareSteps, Step):
         s = self.state
         s.place, s.dest, s.where = dest, None, f"{self.folder()} on {self.backend.place_text(dest)}"
         self.done()
-
-    def opened_share(self, dest: DestInfo) -> None:
-        if dest.refusal is not None:
-            self.start()
-            self.app.view.set_status(f"Cannot copy onto {dest.place.device}: {dest.refusal}", error=True)
-            return
-        self.choose_place(dest)
 
     def choose(self, path: str) -> None:
         path = path.strip()

@@ -82,14 +82,8 @@ def test_iso_is_hybrid_and_small(iso):
     assert iso.stat().st_size <= 350 * 1024 * 1024
 
 
-def test_bios_cdrom_serial_entry_starts_wizard_on_serial(iso, tmp_path):
-    """SeaBIOS, ISO as a CD: isolinux draws its menu on the serial line; the menu's serial
-    entry puts the wizard on ttyS0."""
-    with VM(tmp_path, firmware="bios", cdrom=iso, name="bios-cd") as vm:
-        vm.expect_text("rescue boot menu", timeout=MENU_TIMEOUT)
-        vm.boot_rescue_on_serial(timeout=30)
-        vm.expect_text(WIZARD_TITLE, timeout=BOOT_TIMEOUT)
-        print(f"BIOS CD: wizard on serial {vm.elapsed:.0f}s after power-on", flush=True)
+# SeaBIOS with the ISO as a CD, isolinux's serial entry and the wizard on ttyS0: the boot of
+# tests/vm/test_places.py, which then works in that wizard.
 
 
 def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):

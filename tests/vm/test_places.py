@@ -7,9 +7,11 @@ In that one boot:
 - the wizard, over the serial line: Capture the system drive onto the exFAT stick (a new
   repository folder on it, mounted for the job only), then Restore from it onto a smaller
   blank drive;
-- the same engine, driven step by step from the serial shell (tests/vm/places_guest.py): the
-  NTFS disk likewise; "prepare this drive" on the blank disk, then a capture onto it; the
-  Samba share refused with a wrong password (in words), then captured onto and restored from;
+- the same engine, driven step by step from the serial shell (tests/vm/places_guest.py): an
+  ext4 drive (the yardstick) and the NTFS disk likewise; "prepare this drive" on the blank
+  disk, then a capture onto it; the Samba share refused in words with a wrong password, a
+  wrong share name, and by a server that speaks only SMB 2.0, then captured onto and restored
+  from;
   a restore from the NFS export (its image captured by the host); a capture onto a FAT32
   stick, and files copied out of that image onto the exFAT stick.
 Then each restored drive boots alone to its marker, and the host reads the stick: the files
@@ -137,6 +139,7 @@ def test_images_on_sticks_disks_and_shares(iso, world):
     }
     with samba.servers() as smb_server, nfs.servers() as nfs_server:
         smb = smb_server(port=free_port())
+        old_smb = smb_server(port=free_port(), max_protocol="SMB2_02")  # a server from before SMB 2.1
         export = nfs_server(port=free_port())
         # The NFS export holds an image the host captured (as another technician would have).
         argv = [
@@ -172,6 +175,12 @@ def test_images_on_sticks_disks_and_shares(iso, world):
             assert prepared.startswith("/dev/vdd1 exfat "), prepared
             refused = run_step(vm, "share-refused", "smb", smb_spec, password="not-the-password")
             assert "access denied" in refused, refused
+            missing = smb_spec.replace(f"/{smb.share} ", "/no-such-share ")
+            refused = run_step(vm, "share-refused", "smb", missing, password=smb.password)
+            assert "not found" in refused, refused
+            old_spec = f"10.0.2.2:{old_smb.port}/{old_smb.share} {old_smb.user}"
+            refused = run_step(vm, "share-refused", "smb", old_spec, password=old_smb.password)
+            assert "refused SMB 3.1.1, 3.0 and 2.1" in refused, refused
             run_step(vm, "capture-share", "smb", smb_spec, "on-smb", password=smb.password)
             run_step(vm, "restore-share", "smb", smb_spec, "on-smb", "T-SMB", password=smb.password)
             run_step(vm, "restore-share", "nfs", nfs_spec, "from-nfs", "T-NFS", password="")
