@@ -100,9 +100,13 @@ def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):
         print(f"UEFI USB: console launcher on serial {vm.elapsed:.0f}s after power-on", flush=True)
         vm.sendkey("enter")
         vm.expect(SHELL_PROMPT, timeout=60, what="root shell prompt")
-        # First thing at the shell: the address is already there (no waiting, no retry).
-        vm.sendline("python3 -c 'from rescue.hw.network import summary; print(\"summary:\", summary())'")
-        found = vm.expect(rb"summary: ([^\r\n]*)\r", timeout=60, what="the network summary")
+        # The network starts after the consoles (nothing in the boot waits for it): the
+        # address comes within a minute of the wizard, and the summary names it.
+        vm.sendline(
+            "for i in $(seq 90); do s=$(python3 -c 'from rescue.hw.network import summary; print(summary())');"
+            ' case "$s" in "network: 10."*) break;; esac; sleep 1; done; echo "summ""ary: $s"'
+        )
+        found = vm.expect(rb"summary: ([^\r\n]*)\r", timeout=180, what="the network summary")
         summary = found.group(1).decode()
         print(f"UEFI USB: {summary!r}", flush=True)
         assert summary.startswith(f"network: {GUEST_ADDRESS} ("), summary
@@ -115,6 +119,7 @@ def test_uefi_usb_default_entry_wizard_on_screen_then_serial(iso, tmp_path):
         found = vm.expect(rb"lease +([0-9.]+) wizard ([0-9]+) at\.", timeout=30, what="lease and wizard times")
         lease, wizard = float(found.group(1)), int(found.group(2)) / 1e6
         print(f"UEFI USB: DHCP lease {lease:.1f}s, wizard started {wizard:.1f}s after the kernel", flush=True)
+        assert lease > wizard, "the boot waited for DHCP before the wizard"
         # Nothing waited for the network, and the DHCP client that would have is gone; names
         # go through resolved, which has the DNS server from the lease.
         vm.sendline(
