@@ -237,7 +237,10 @@ def survey(run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_
         if mounted:
             m = mounted[0]
             fstype = fs_type(d) or m.fstype
-            found.append(_place(d, snap, fstype, m.mountpoint, False, m.read_only, repo_dirs(m.mountpoint)))
+            # Under run_dir: mounted read-only by an earlier look of ours (a repository kept
+            # mounted for Restore or Browse), which a job that writes may take over.
+            ours = m.mountpoint.startswith(os.path.join(run_dir, ""))
+            found.append(_place(d, snap, fstype, m.mountpoint, ours, m.read_only, repo_dirs(m.mountpoint)))
             continue
         found_type = fs_type(d)
         if not found_type:

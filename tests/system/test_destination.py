@@ -129,6 +129,27 @@ def test_files_copied_onto_an_exfat_stick_keep_their_bytes_and_times(loops, sour
     assert (out.files, out.owners_kept, out.links_left) == (1, False, 1), out
 
 
+def test_a_repository_found_for_browsing_can_take_a_copy(loops, source):
+    """Browse mounts the repositories it finds read-only and keeps them mounted; the copy
+    destination list then offers that drive as well (its read-only mount is ours)."""
+    dev = loops.disk("found.img", 128 * MiB)
+    sh("mkfs.ext4", "-q", dev)
+    with loops.mounted(dev) as mnt:
+        Repository.create(mnt / "rescue-images")
+    engine = Engine(include_loop=True)
+    try:
+        [found] = [r for r in engine.find_repositories() if r.drive == os.path.basename(dev)]
+        assert found.read_only
+        dest = next(d for d in engine.destinations() if d.place.device == dev)
+        assert dest.refusal is None and dest.place.mounted_by_us, dest
+        folder = engine.open_destination(dest, folder="rescue-files/x")
+        assert os.path.isdir(folder) and mounted_at(os.path.dirname(os.path.dirname(folder)))
+        engine.close_destination(folder)
+    finally:
+        engine.close()
+    assert not mounted_at(os.path.dirname(found.path))
+
+
 def test_the_destination_is_unmounted_after_a_failed_job(loops):
     dev = loops.disk("ext4dest.img", 64 * MiB)
     sh("mkfs.ext4", "-q", dev)
