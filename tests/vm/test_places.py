@@ -161,7 +161,9 @@ def test_images_on_sticks_disks_and_shares(iso, world):
             vm.expect_text("Shell (leave the wizard", timeout=60)
             vm.sendkey("down", "down", "down", "down", "enter")  # Restore, Capture, Clone, Browse, [Shell]
             vm.expect(SHELL_PROMPT, timeout=60, what="the root shell")
-            vm.sendline("tail -n 4 /run/rescue/restore-*.log")  # the wizard's restore, in the serial log
+            vm.sendline("grep -h 'do''ne: wrote' /run/rescue/restore-*.log")  # the wizard's restore
+            took = vm.expect(rb"done: wrote ([^\r\n]*)\r", timeout=60, what="the wizard's restore log")
+            print(f"[places] the wizard's restore from exFAT: wrote {took.group(1).decode()}", flush=True)
             vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
             vm.sendline(f"head -c {GUEST_SCRIPT.stat().st_size} /dev/disk/by-id/virtio-SCRIPT > /tmp/places.py")
             vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
