@@ -410,8 +410,8 @@ class Engine:
         files); returns the path. close_destination(path) syncs and unmounts it: the front
         end calls it before it says done, also after an error or a cancel."""
         opened = self.machine.open_place(dest.place, None if folder else dest.repo, folder)
-        self._opened[opened.repo] = opened
-        return opened.repo
+        self._opened[opened.path] = opened
+        return opened.path
 
     def close_destination(self, repo_path: str) -> None:
         opened = self._opened.pop(repo_path, None)

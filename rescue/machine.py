@@ -589,7 +589,7 @@ class RecordedMachine:
         path = os.path.join(where, folder) if folder else repo or os.path.join(where, "rescue-images")
         self.runner.step(f"use {where}" if theirs else f"mount {place.device} read-write at {where}")
         self.data.setdefault("free_space", {})[path] = place.free or 0
-        return Opened(place, where, path, None, created=repo is None)
+        return Opened(place, where, path, None)
 
     def close_place(self, opened: Opened) -> None:
         self.runner.step(f"sync and unmount {opened.where}")

@@ -46,13 +46,12 @@ def _store_options(fstype: str) -> str | None:
 
 @dataclass
 class Opened:
-    """A place mounted read-write for one job, and the repository the job writes into."""
+    """A place mounted read-write for one job, and where on it the job writes."""
 
     place: Place
     where: str  # the filesystem's mount point
-    repo: str  # the repository directory
+    path: str  # the repository directory, or the folder made for copied files
     mount: hwmounts.OurMount | None  # ours to unmount at close; None: mounted read-write by someone else
-    created: bool  # the repository was made by open_for_writing
 
 
 def writable_refusal(place: Place) -> str | None:
@@ -93,17 +92,16 @@ def open_for_writing(
         if hwmounts.is_mountpoint(where):
             raise RefusedError(f"{where} is already a mount point; not mounting {place.device} over it")
         ours = _mount_rw(place, where)
-    opened = Opened(place, where, os.path.join(where, relative), ours, created=False)
+    opened = Opened(place, where, os.path.join(where, relative), ours)
     try:
         if folder:
-            os.makedirs(opened.repo, exist_ok=True)
-        elif not os.path.exists(os.path.join(opened.repo, "rescue-repo.json")):
+            os.makedirs(opened.path, exist_ok=True)
+        elif not os.path.exists(os.path.join(opened.path, "rescue-repo.json")):
             if repo:
-                raise RepoError(f"{opened.repo} is no longer a repository")
-            Repository.create(opened.repo)
-            opened.created = True
+                raise RepoError(f"{opened.path} is no longer a repository")
+            Repository.create(opened.path)
         else:
-            Repository.open(opened.repo)
+            Repository.open(opened.path)
     except BaseException:
         close(opened)
         raise

@@ -119,6 +119,7 @@ class BrowseState:
     marked: list[str] = field(default_factory=list)  # paths inside the partition
     dest: str | None = None  # a typed folder
     place: DestInfo | None = None  # or a place from the list (a new folder is made on it)
+    folder: str = ""  # that folder, relative to the place's top
     where: str = ""  # where the files go, in words
     outcome: CopyOutcome | None = None
     closer: Any = None  # backend.browse_close, set when a session is opened
@@ -1015,14 +1016,12 @@ class CopyDestStep(ShareSteps, Step):
     def paths(self) -> list[str]:
         return ["/"] if self.state.session.root is None else list(self.state.marked)
 
-    def folder(self) -> str:
-        """The new folder on a chosen place: named after the image and the partition."""
-        s = self.state
-        return f"{REPO_FILES}/{s.image.name}-p{s.part.number}"
-
     def choose_place(self, dest: DestInfo) -> None:
+        """A place from the list: the files go into a new folder on it, named after the image
+        and the partition."""
         s = self.state
-        s.place, s.dest, s.where = dest, None, f"{self.folder()} on {self.backend.place_text(dest)}"
+        s.place, s.dest, s.folder = dest, None, f"{REPO_FILES}/{s.image.name}-p{s.part.number}"
+        s.where = f"{s.folder} on {self.backend.place_text(dest)}"
         self.done()
 
     def choose(self, path: str) -> None:
@@ -1057,7 +1056,7 @@ class CopyProgressStep(JobStep):
         made on it), and synced and unmounted before the done screen, also after an error."""
         s = self.state
         paths = ["/"] if s.session.root is None else list(s.marked)
-        dest = self.backend.open_destination(s.place, folder=CopyDestStep.folder(self)) if s.place else s.dest
+        dest = self.backend.open_destination(s.place, folder=s.folder) if s.place else s.dest
         try:
             return self.backend.copy_files(s.session, paths, dest, progress, cancel)
         finally:
