@@ -40,6 +40,7 @@ from rescue.repo.store import check_name, same_name
 
 ProgressFn = Callable[[Progress], None]
 MIN_FREE = 1 << 30  # a capture destination with less than this is refused when the size is unknown
+ON_SOURCE = "it is on the drive being captured"  # why a place there is not a capture's destination
 
 __all__ = ["POLICIES", "Engine", "ImageInfo", "PartInfo"]
 
@@ -325,14 +326,14 @@ class Engine:
     def destination_refusal(self, repo: RepoInfo | None, path: str, source: DriveInfo) -> tuple[int | None, str | None]:
         """(free bytes or None, why a capture of `source` may not store its image at `path`)."""
         if repo is not None and repo.drive and repo.drive == source.name:
-            return None, "it is on the drive being captured"
+            return None, ON_SOURCE
         if repo is not None and repo.read_only:
             return None, "it is read-only"
         try:
             free = self.machine.free_space(path)
         except RescueError as e:
             return None, str(e)
-        need = self.capture_estimate(source) or MIN_FREE
+        need = self.capture_need(source)
         if free < need:
             return free, f"not enough free space: needs up to {fmt_bytes(need)}"
         return free, None
@@ -358,7 +359,7 @@ class Engine:
         if p.drive is not None and p.drive == boot_drive:
             return "it is on the drive this rescue system booted from"
         if source is not None and p.drive == source.name:
-            return "it is on the drive being captured"
+            return ON_SOURCE
         if p.blank:
             return self._refused(lambda: self.check_target(p.device))
         reason = writable_refusal(p)

@@ -515,13 +515,14 @@ class RecordedMachine:
         if recorded is None:  # an older record: the places that hold its repositories
             by_device: dict[str, dict[str, Any]] = {}
             for r in self._repos():
+                probed = self.probe(r["device"])
                 p = by_device.setdefault(
                     r["device"],
                     {
                         "device": r["device"],
                         "drive": r["drive"],
-                        "fstype": self.probe(r["device"]).get("TYPE", ""),
-                        "label": self.probe(r["device"]).get("LABEL", ""),
+                        "fstype": probed.get("TYPE", ""),
+                        "label": probed.get("LABEL", ""),
                         "size": int(r.get("free", 0)),
                         "free": int(r.get("free", 0)),
                         "mountpoint": r["mountpoint"],
