@@ -79,7 +79,8 @@ class LoopRegistry:
             umount(str(mnt))
             self.mounts.remove(str(mnt))
 
-    def cleanup(self) -> None:
+    def detach(self) -> None:
+        """Unmount and detach everything, keeping the backing files (to boot them, say)."""
         for mnt in reversed(self.mounts):
             umount(mnt)
         self.mounts.clear()
@@ -96,6 +97,10 @@ class LoopRegistry:
             parts = line.split(None, 1)
             if len(parts) == 2 and parts[1].startswith((str(self.root), str(self.drives))):
                 subprocess.run(["losetup", "--detach", parts[0]], stderr=subprocess.DEVNULL)
+
+    def cleanup(self) -> None:
+        """Detach everything and delete the drives stored apart (they take memory)."""
+        self.detach()
         if self.drives != self.root:  # memory, on a tmpfs
             shutil.rmtree(self.drives, ignore_errors=True)
 

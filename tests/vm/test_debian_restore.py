@@ -112,7 +112,7 @@ def test_cli_restore_boots(debian, loops, size):
     assert "GRUB BIOS: core image after the MBR" in log and "read back equal to the source" in log, log
     verify = rescue("verify", str(repo), "debian", dev, check=True)
     assert "outside its partitions match the image" in verify.stdout
-    loops.cleanup()  # detached before booting: nothing may linger in a loop's cache
+    loops.detach()  # detached before booting: nothing may linger in a loop's cache
     try:
         assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
         _boots_with_its_files(target, drive)

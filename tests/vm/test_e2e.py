@@ -133,6 +133,6 @@ def test_resized_restore_boots(captured_system, loops, size_mib, firmware):
     target = loops.file(f"resized-{size_mib}.img", size_mib * MiB)
     proc = rescue("restore", str(repo), "system", loops.attach(target), "--yes", "--layout", "proportional", check=True)
     assert ("grow" if size_mib > 1024 else "shrink") in proc.stdout, proc.stdout
-    loops.cleanup()  # detached before booting: no writes may linger in a loop's cache
+    loops.detach()  # detached before booting: no writes may linger in a loop's cache
     result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
     assert result.found, result.tail()
