@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from rescue.browse.mounts import clear_leftovers
     from rescue.hw import leftovers
 
+    if getattr(args, "s3_endpoint", None):
+        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint  # where rescue.repo.s3 looks, for every repository named
     try:
         if args.func is not cmd_wizard:  # the wizard clears them itself, and says so on its screen
             cleared = clear_leftovers()  # what killed runs left: loop devices, mounts, files, drives
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "again, so a second capture of the same drive is incremental.",
     )
     s.add_argument("disk", help="source drive, e.g. /dev/sda (or an image file)")
-    s.add_argument("repo", help="repository directory")
+    s.add_argument("repo", help="repository: a directory, sftp://[user@]host/path, s3://bucket/prefix")
     s.add_argument("--name", help="image name (default: drive model and date)")
     s.add_argument("--level", type=int, help="zstd level 1-19 (config: capture.level)")
     s.add_argument("--threads", type=int, help="compression threads, 0 = one per core (config: capture.threads)")
@@ -190,6 +192,54 @@ def build_parser() -> argparse.ArgumentParser:
     browse_cli.add_commands(sub)
 
     s = sub.add_parser(
+        "delete",
+        help="delete an image from a repository",
+        description="Delete image NAME: it is gone from `list` at once. The chunks it alone "
+        "used stay until `rescue prune`.",
+    )
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser(
+        "prune",
+        help="remove images by keep rules, and chunks no image needs",
+        description="With --keep-last/--keep-daily, delete the images those rules do not keep "
+        "(counted per source drive); then remove every chunk no remaining image needs and "
+        "the leftovers of interrupted captures, and report the space freed. Refused while "
+        "another job holds the repository's lock, and while any image is damaged.",
+    )
+    s.add_argument("repo")
+    s.add_argument("--keep-last", type=_count, metavar="N", help="keep the N newest images of each drive")
+    s.add_argument(
+        "--keep-daily", type=_count, metavar="N", help="keep the newest image of each of the last N days (per drive)"
+    )
+    s.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser(
+        "copy",
+        help="copy an image to another repository",
+        description="Copy image NAME from SRC to DST (created if missing). Only the chunks DST "
+        "lacks travel, each checked on the way; an interrupted copy, run again, sends only "
+        "the rest.",
+    )
+    s.add_argument("src")
+    s.add_argument("name")
+    s.add_argument("dst")
+    s.set_defaults(func=cmd_copy)
+
+    s = sub.add_parser(
+        "unlock",
+        help="remove a stale lock",
+        description="Show who holds the repository's lock and remove it when it is stale "
+        "(not refreshed for two minutes, or left by a process of this machine that is gone).",
+    )
+    s.add_argument("repo")
+    s.add_argument("--force", action="store_true", help="remove it even when it is not stale")
+    s.set_defaults(func=cmd_unlock)
+
+    s = sub.add_parser(
         "wizard",
         help="the interactive text-mode wizard",
         description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
@@ -197,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--machine JSON (dry run against a recorded machine).",
     )
     s.set_defaults(func=cmd_wizard)
+    for name, command in sub.choices.items():
+        if name not in ("disks", "wizard"):
+            command.add_argument(
+                "--s3-endpoint",
+                metavar="URL",
+                help="the S3 service of s3:// repositories, e.g. https://s3.lan:9000 (default: "
+                "$AWS_ENDPOINT_URL, else AWS); credentials as the AWS tools read them",
+            )
     return p
 
 
@@ -528,6 +586,50 @@ def _refused_plan(plan) -> int:
     except RescueError as e:
         print(f"rescue: {e}", file=sys.stderr)
         return e.exit_code
+    return 0
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of images, 1 or more, not {text!r}")
+    return int(text)
+
+
+def cmd_delete(args) -> int:
+    _engine(args).delete_image(args.repo, args.name)
+    print(f"deleted image {args.name} (its chunks stay until `rescue prune {args.repo}`)")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    r = _engine(args).prune(args.repo, keep_last=args.keep_last, keep_daily=args.keep_daily, dry_run=args.dry_run)
+    would = "would remove" if r.dry_run else "removed"
+    for name in r.forgotten:
+        print(f"{would} image {name}")
+    for name in r.incomplete:
+        print(f"{would} what an interrupted capture left: {name}")
+    print(
+        f"{would} {r.chunks_removed} chunks, {fmt_bytes(r.bytes_removed)}; "
+        f"kept {len(r.kept)} images, {r.chunks_kept} chunks, {fmt_bytes(r.bytes_kept)}"
+    )
+    return 0
+
+
+def cmd_copy(args) -> int:
+    bar = TerminalProgress()
+    try:
+        r = _engine(args).copy_image(args.src, args.name, args.dst, bar)
+    finally:
+        bar.close()
+    print(
+        f"copied {r.name}: {r.copied} of {r.chunks} chunks travelled ({fmt_bytes(r.copied_bytes)}), "
+        f"the rest were there already, {r.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_unlock(args) -> int:
+    print(_engine(args).unlock(args.repo, force=args.force))
     return 0
 
 

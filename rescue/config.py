@@ -33,6 +33,8 @@ class Config:
     chunk_mib: int = 4
     preverify: bool = True
     bad_sector_retries: int = 1
+    network_timeout: int = 30
+    network_give_up: int = 300
     source: str = "built-in defaults"
 
     def worker_threads(self) -> int:
@@ -72,12 +74,15 @@ def parse(text: str, source: str) -> Config:
     data = _toml(text, source)
     cap = {**base["capture"], **data["capture"]}
     res = {**base["restore"], **data["restore"]}
+    net = {**base["network"], **data["network"]}
     cfg = Config(
         level=_typed(cap["level"], int, source, "capture.level"),
         threads=_typed(cap["threads"], int, source, "capture.threads"),
         chunk_mib=_typed(cap["chunk_mib"], int, source, "capture.chunk_mib"),
         preverify=_typed(res["preverify"], bool, source, "restore.preverify"),
         bad_sector_retries=_typed(cap["bad_sector_retries"], int, source, "capture.bad_sector_retries"),
+        network_timeout=_typed(net["timeout"], int, source, "network.timeout"),
+        network_give_up=_typed(net["give_up"], int, source, "network.give_up"),
         source=source,
     )
     validate(cfg)
@@ -93,13 +98,13 @@ def _typed(value: object, kind: type[T], source: str, key: str) -> T:
 
 
 def _toml(text: str, source: str) -> dict[str, dict[str, object]]:
-    """The [capture] and [restore] tables of a file (empty when absent)."""
+    """The [capture], [restore] and [network] tables of a file (empty when absent)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{source}: {e}") from None
     tables: dict[str, dict[str, object]] = {}
-    for section in ("capture", "restore"):
+    for section in ("capture", "restore", "network"):
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise UsageError(f"{source}: {section} must be a [{section}] table")
@@ -115,5 +120,9 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"{cfg.source}: threads must be 0..256, not {cfg.threads!r}")
     if cfg.chunk_mib not in (1, 2, 4, 8, 16):
         raise UsageError(f"{cfg.source}: chunk_mib must be 1, 2, 4, 8 or 16, not {cfg.chunk_mib!r}")
+    if not 1 <= cfg.network_timeout <= 3600:
+        raise UsageError(f"{cfg.source}: network.timeout must be 1..3600 seconds, not {cfg.network_timeout!r}")
+    if not 1 <= cfg.network_give_up <= 86400:
+        raise UsageError(f"{cfg.source}: network.give_up must be 1..86400 seconds, not {cfg.network_give_up!r}")
     if not 0 <= cfg.bad_sector_retries <= 100:
         raise UsageError(f"{cfg.source}: bad_sector_retries must be 0..100, not {cfg.bad_sector_retries!r}")

@@ -14,11 +14,12 @@ person confirms it, and `restore`/`clone` execute exactly that object."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from rescue.hw.destination import REPO_FOLDER, Opened, writable_refusal
 from rescue.hw.discover import Place
 from rescue.hw.netmount import NfsExport, SmbShare
 from rescue.imaging.apply import AreaFacts
-from rescue.imaging.progress import Progress, fmt_bytes
+from rescue.imaging.progress import Meter, Progress, fmt_bytes
 from rescue.imaging.restore import POLICIES, RestorePlan, facts_of, plan_onto
 from rescue.machine import LiveMachine, Machine, PartInfo, RecordedMachine
 from rescue.model.layout import DiskLayout
@@ -188,6 +189,9 @@ class Engine:
     ):
         self.machine: Machine = machine or LiveMachine()
         self.config = cfg or configuration.load()
+        from rescue.repo import retry
+
+        retry.configure(retry.Patience(timeout=self.config.network_timeout, give_up=self.config.network_give_up))
         self.include_loop = include_loop
         self.log_dir = log_dir
         self._located: list[Any] = []  # RepoLocations discovery mounted; released by close()
@@ -274,13 +278,13 @@ class Engine:
         (booted the rescue system, holds the repository, is the source, mounted, in use...)."""
         from rescue.hw.safety import check_target
 
-        check_target(path, repo_path=repo_path, source=source)
+        check_target(path, repo_path=_on_this_machine(repo_path), source=source)
 
     def check_source(self, path: str, *, repo_path: str | None = None) -> None:
         """Raise RefusedError when `path` cannot be read as a capture or clone source now."""
         from rescue.hw.safety import check_source
 
-        check_source(path, repo_path)
+        check_source(path, _on_this_machine(repo_path))
 
     def target_refusal(self, drive: DriveInfo, repo_path: str | None) -> str | None:
         """Why restoring onto the drive is refused, or None."""
@@ -309,6 +313,9 @@ class Engine:
         from rescue.repo.store import Repository
 
         repo = Repository.open(path)
+        repo.close()
+        if repo.path is None:  # on a server
+            return RepoInfo(path, None, not repo.storage.writable)
         try:
             drives = devices.drive_of_path(str(repo.path), self.machine.snapshot())
         except RescueError:
@@ -636,6 +643,57 @@ class Engine:
         """An image's manifest, validated (rescue.repo.manifest.Manifest)."""
         return self.machine.manifest(repo_path, name)
 
+    def waiting(self) -> str | None:
+        """ "waiting for <server> (N s)" while a repository's server does not answer, else None."""
+        from rescue.repo.retry import waiting
+
+        return waiting()
+
+    # repositories, maintenance (rescue.repo.maintain) ---------------------------------------
+    def delete_image(self, repo_path: str, name: str) -> None:
+        """Image `name` is gone from the repository's listing; its chunks stay until prune."""
+        from rescue.repo import maintain
+
+        with _opened(repo_path) as repo:
+            maintain.delete(repo, name)
+
+    def prune(self, repo_path: str, *, keep_last: int | None, keep_daily: int | None, dry_run: bool) -> Any:
+        """Apply keep rules and remove what no image needs (rescue.repo.maintain.PruneResult)."""
+        from rescue.repo import maintain
+
+        with _opened(repo_path) as repo:
+            return maintain.prune(repo, keep_last=keep_last, keep_daily=keep_daily, dry_run=dry_run)
+
+    def unlock(self, repo_path: str, *, force: bool) -> str:
+        """Remove a stale lock (any lock with `force`): one line saying whose it was."""
+        from rescue.repo import lock
+
+        with _opened(repo_path) as repo:
+            return lock.unlock(repo.storage, force=force)
+
+    def copy_image(self, src_path: str, name: str, dst_path: str, progress: ProgressFn) -> Any:
+        """Copy an image between repositories, only the chunks the destination lacks
+        (rescue.repo.maintain.CopyResult); the destination is created when missing."""
+        from rescue.repo import maintain
+        from rescue.repo.store import Repository
+
+        with _opened(src_path) as src:
+            dst = Repository.open_or_create(dst_path, src.chunk_size)
+            try:
+                meter: Meter | None = None
+
+                def moved(done: int, total: int) -> None:
+                    nonlocal meter
+                    meter = meter or Meter("copy", total, progress, None)
+                    meter.advance(done - meter.done)
+
+                result = maintain.copy(src, name, dst, threads=self.config.worker_threads() or 4, progress=moved)
+                if meter is not None:
+                    meter.finish()
+                return result
+            finally:
+                dst.close()
+
     # browse -----------------------------------------------------------------------------------
     def mount_image(self, repo_path: str, name: str, mountpoint: str, partition: int | None = None) -> Any:
         """The image's partitions mounted read-only under `mountpoint` (rescue mount)."""
@@ -845,3 +903,23 @@ class Engine:
         return CaptureOutcome(
             name, size, size // 2, seconds, f"{repo_path}/images/{name}/log.txt", sum(n for _, n in bad) // 512, bad
         )
+
+
+def _on_this_machine(repo_path: str | None) -> str | None:
+    """The repository's path when it is on this machine's filesystems (the safety rules then
+    protect its drive), None for one on a server (sftp://, s3://, http(s)://)."""
+    from rescue.repo.storage import is_url
+
+    return None if repo_path is None or is_url(repo_path) else repo_path
+
+
+@contextlib.contextmanager
+def _opened(location: str) -> Iterator[Any]:
+    """A repository opened for one call, closed after it (a remote one holds a connection)."""
+    from rescue.repo.store import Repository
+
+    repo = Repository.open(location)
+    try:
+        yield repo
+    finally:
+        repo.close()

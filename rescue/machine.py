@@ -305,7 +305,7 @@ def _record(live: LiveMachine, places: list[Place], located: list[RepoLocation],
             image = image_facts(repo, s.name)
             images.append(
                 {
-                    "manifest": (repo.image_dir(s.name) / "manifest.json").read_text(),
+                    "manifest": repo.manifest(s.name).to_json(),
                     "write": image.write,
                     "held": {a.name: _extents(a.held) for a in image.areas},
                     "verified": s.verified,

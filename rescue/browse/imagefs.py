@@ -248,7 +248,7 @@ def serve(
 
     options = set(llfuse.default_options) | {"ro", f"fsname=rescue:{name}", "subtype=rescue"}
     llfuse.init(ImageFS(), mountpoint, options)
-    log(f"serving image {name} of {repo.path} at {mountpoint}: {', '.join(a.name for a in areas)} (pid {os.getpid()})")
+    log(f"serving image {name} of {repo.where} at {mountpoint}: {', '.join(a.name for a in areas)} (pid {os.getpid()})")
     try:
         llfuse.main(workers=4)
     finally:

@@ -6,6 +6,7 @@ hashes, compresses and stores what the repository does not hold yet."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -47,7 +48,7 @@ from rescue.repo.manifest import (
     validate_fs,
     validate_layout,
 )
-from rescue.repo.store import NoSpaceError, Repository, check_name, free_bytes, now_iso, write_error
+from rescue.repo.store import NoSpaceError, Repository, check_name, now_iso, write_error
 
 
 @dataclass
@@ -180,16 +181,37 @@ def capture(
     and counted in the result."""
     check_name(name)
     repo = Repository.open_or_create(repo_path, chunk_size)
-    _check_source(source, str(repo.path))
+    try:
+        return _capture(source, repo, name, level, threads, retries, read_timeout, progress, cancel)
+    finally:
+        repo.close()
+
+
+def _capture(
+    source: str,
+    repo: Repository,
+    name: str,
+    level: int,
+    threads: int | None,
+    retries: int,
+    read_timeout: float,
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> CaptureResult:
+    _check_source(source, str(repo.path) if repo.path else None)
     started = time.monotonic()
     workers = threads or os.cpu_count() or 1
     # A run killed while writing leaves only temporary files the next command may remove
-    # (rescue.hw.leftovers, once it can take the writer's lock: nobody writes then).
-    temps = leftovers.temp_files(repo.path, TEMP_PATTERNS, repo.path / "lock")
+    # (rescue.hw.leftovers, once it can take the writer's lock: nobody writes then). On a
+    # server, a put is atomic: nothing half-written is left there.
+    temps = (
+        leftovers.temp_files(repo.path, TEMP_PATTERNS, repo.path / "lock")
+        if repo.path is not None
+        else contextlib.nullcontext()
+    )
     with repo.writer_lock(), temps, _Undo(repo, name) as undo:
-        image_dir = undo.image_dir
-        log = JobLog(image_dir / "log.txt")
-        log(f"rescue {__version__}: capturing {source} into {repo.path} as {name}")
+        log = undo.log
+        log(f"rescue {__version__}: capturing {source} into {repo.where} as {name}")
         plan = plan_capture(source, log)
         _check_capturable(plan, log)
         meter = undo.meter = Meter("capture", plan.read_bytes(), progress, cancel)
@@ -209,9 +231,10 @@ def capture(
             bad = list(reader.map.bad_ranges())
             if bad:
                 repo.write_image_file(name, BAD_MAP, reader.mapfile().encode())
-        areas = [_area_record(ap, index, image_dir) for ap, index in zip(plan.areas, indexes)]
+        areas = [_area_record(ap, index, repo, name) for ap, index in zip(plan.areas, indexes)]
         meter.finish()
-        _sync(repo.path)
+        if repo.path is not None:
+            _sync(repo.path)
         seconds = time.monotonic() - started
         data_bytes = sum(a.stats["data_bytes"] for a in areas)
         manifest = Manifest(
@@ -238,12 +261,11 @@ def capture(
             f"stored {fmt_bytes(storer.stored_bytes)} new in {storer.new_chunks} chunks, "
             f"{lost} unreadable sectors, {seconds:.1f} s"
         )
+        undo.save_log()
         repo.commit_manifest(manifest)
         if bad:
             _name_damaged_files(source, plan, bad, repo, name, log)
-    return CaptureResult(
-        name, meter.done, data_bytes, storer.stored_bytes, seconds, str(image_dir / "log.txt"), lost, bad
-    )
+    return CaptureResult(name, meter.done, data_bytes, storer.stored_bytes, seconds, undo.log_where, lost, bad)
 
 
 def _capture_area(
@@ -376,9 +398,9 @@ def _name_damaged_files(
         log(f"could not name the files hit by bad sectors: {e}")
 
 
-def _area_record(ap: AreaPlan, index: Index, image_dir: Path) -> Area:
+def _area_record(ap: AreaPlan, index: Index, repo: Repository, name: str) -> Area:
     blob = index.to_bytes()
-    (image_dir / f"{ap.name}.idx").write_bytes(blob)
+    repo.write_image_file(name, f"{ap.name}.idx", blob)
     counts = {k.name.lower(): index.kinds.count(k) for k in Kind}
     data_bytes = sum(index.span(i)[1] for i, k in enumerate(index.kinds) if k == Kind.DATA)
     return Area(
@@ -456,22 +478,35 @@ class _Undo:
         self.meter: Meter | None = None
 
     def __enter__(self) -> _Undo:
-        self.image_dir = self.repo.start_image(self.name)
+        self.repo.start_image(self.name)
+        # A local repository keeps the log beside the image as it grows (what an interrupted
+        # capture leaves says how far it got); on a server it is put with the image.
+        local = self.repo.image_dir(self.name) / "log.txt" if self.repo.path is not None else None
+        self.log = JobLog(local)
+        self.log_where = str(local) if local else f"{self.repo.where}/{self.repo.image_key(self.name, 'log.txt')}"
         return self
 
+    def save_log(self) -> None:
+        """Put the log of a capture into a remote repository (a local one has it already)."""
+        if self.repo.path is None:
+            with contextlib.suppress(RescueError):
+                text = "".join(f"{line}\n" for line in self.log.lines)
+                self.repo.write_image_file(self.name, "log.txt", text.encode())
+
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        if error is None or (self.image_dir / "manifest.json").exists():
+        if error is None or self.repo.has_manifest(self.name):
             return
         failure: BaseException = error
         if isinstance(error, OSError):  # a write outside Repository's own methods, or the source
-            inside = str(error.filename or "").startswith(str(self.repo.path))
-            failure = write_error(self.repo.path, "write the image", error) if inside else _os_error(error)
+            inside = self.repo.path is not None and str(error.filename or "").startswith(str(self.repo.path))
+            failure = write_error(self.repo.where, "write the image", error) if inside else _os_error(error)
         stored = self.repo.written_bytes + self.repo.failed_bytes  # chunks for the bytes read so far
         self.repo.undo_chunks()
         full = isinstance(failure, NoSpaceError)
         if not full:
             why = str(failure) or type(failure).__name__
-            JobLog(self.image_dir / "log.txt")(f"capture failed, its new chunks were removed: {why}")
+            self.log(f"capture failed, its new chunks were removed: {why}")
+            self.save_log()
         self.repo.discard_image(self.name, keep=() if full else ("log.txt",))
         if full:
             raise RepoError(self._space(stored)) from None
@@ -482,14 +517,14 @@ class _Undo:
         """How much a full drive lacks: the chunks this capture stored or tried to store for
         what it read before it stopped, scaled to all it had to read (compression and
         deduplication as so far)."""
-        free = free_bytes(self.repo.path)
+        free = self.repo.storage.free_bytes() or 0
         total = self.meter.total if self.meter else 0
         done = self.meter.done if self.meter else 0
         need = round(stored * total / done) if done else total
         lacking = need - free
         amount = f"about {fmt_bytes(lacking)} more than" if lacking > 0 else "more than"
         return (
-            f"{self.repo.path}: the drive is full: capturing {self.name} needs {amount} the "
+            f"{self.repo.where}: the drive is full: capturing {self.name} needs {amount} the "
             f"{fmt_bytes(free)} free (about {fmt_bytes(need)} of new chunks for {fmt_bytes(total)} "
             f"to read); nothing of {self.name} was kept, earlier images are intact"
         )
@@ -500,7 +535,7 @@ def _os_error(e: OSError) -> RescueError:
     return DeviceError(f"capture failed: {e.strerror or e}{where}")
 
 
-def _check_source(source: str, repo_path: str) -> None:
+def _check_source(source: str, repo_path: str | None) -> None:
     from rescue.hw.safety import check_source
 
     check_source(source, repo_path=repo_path)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from rescue.errors import Cancelled
+from rescue.repo.retry import waiting
 
 
 @dataclass(frozen=True)
@@ -102,27 +103,50 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 class TerminalProgress:
-    """A single self-overwriting line on a terminal; silent when the stream is not a tty."""
+    """A single self-overwriting line on a terminal; silent when the stream is not a tty. While
+    a server does not answer (rescue.repo.retry), the line says "waiting for <server> (N s)"
+    and is redrawn every second, though no byte moves."""
 
     def __init__(self, stream: TextIO = sys.stderr):
         self.stream = stream
         self.enabled = stream.isatty()
         self.shown = False
+        self.last: Progress | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
+        with self._lock:
+            self.last = p
+            self._draw(p)
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="progress-tick", daemon=True)
+                self._ticker.start()
+
+    def _draw(self, p: Progress) -> None:
         pct = 100.0 * p.done / p.total if p.total else 100.0
+        tail = waiting() or f"ETA {fmt_duration(p.eta)}"
         line = (
             f"{p.phase}: {p.area:<14.14} {pct:5.1f}%  {fmt_bytes(p.done)} / {fmt_bytes(p.total)}"
-            f"  {p.rate / 1e6:6.1f} MB/s  ETA {fmt_duration(p.eta)}"
+            f"  {p.rate / 1e6:6.1f} MB/s  {tail}"
         )
         self.stream.write("\r" + line[:79].ljust(79))
         self.stream.flush()
         self.shown = True
 
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self.last is not None and self.shown and waiting():
+                    self._draw(self.last)
+
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.shown = False
+        self._stop.set()
+        with self._lock:
+            if self.shown:
+                self.stream.write("\n")
+                self.stream.flush()
+                self.shown = False

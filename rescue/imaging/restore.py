@@ -339,13 +339,13 @@ def restore(
 ) -> RestoreResult:
     started = time.monotonic()
     manifest, indexes = load_indexes(repo, name)
-    check_target_allowed(target, str(repo.path))
+    check_target_allowed(target, str(repo.path) if repo.path else None)
     plan = plan or plan_restore(
         repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir, fresh_ids=fresh_ids
     )
     plan.check()
     log = JobLog(_log_path(repo, name, log_dir))
-    log(f"restoring image {name} from {repo.path} onto {target} ({fmt_bytes(plan.target_size)})")
+    log(f"restoring image {name} from {repo.where} onto {target} ({fmt_bytes(plan.target_size)})")
     if plan.scratch:
         log(plan.scratch.describe(fmt_bytes))
     workers = threads or os.cpu_count() or 1
@@ -376,7 +376,7 @@ def restore(
     return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""), warnings, done)
 
 
-def check_target_allowed(target: str, repo_path: str) -> None:
+def check_target_allowed(target: str, repo_path: str | None) -> None:
     """The safety rules (rescue.hw.safety), applied before asking and again before writing."""
     from rescue.hw.safety import check_target
 
@@ -384,9 +384,11 @@ def check_target_allowed(target: str, repo_path: str) -> None:
 
 
 def _log_path(repo: Repository, name: str, log_dir: Path | None) -> Path | None:
-    """Beside the image when the repository is writable, else in /run (read-only media)."""
+    """Beside the image when the repository is a writable directory, else in /run (read-only
+    media, a server)."""
     stamp = now_iso().replace(":", "")
-    for d in ([log_dir] if log_dir else []) + [repo.image_dir(name), Path("/run/rescue")]:
+    beside = [repo.image_dir(name)] if repo.path is not None else []
+    for d in ([log_dir] if log_dir else []) + beside + [Path("/run/rescue")]:
         try:
             d.mkdir(parents=True, exist_ok=True)
             path = d / f"restore-{stamp}.log"

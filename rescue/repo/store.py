@@ -28,8 +28,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
-import stat
 import threading
 import time
 import uuid
@@ -42,8 +42,12 @@ import zstandard
 
 from rescue.errors import IntegrityError, RepoError, RescueError, UsageError
 from rescue.repo import chunks
+from rescue.repo.files import MAX_FILE, FileProblem, free_bytes, kind_of, read_file, write_atomic  # noqa: F401 - re-exported
 from rescue.repo.index import Index, Kind
+from rescue.repo.local import LocalStorage
+from rescue.repo.lock import Lock
 from rescue.repo.manifest import MAX_CHUNK, MIN_CHUNK, NAME_RE, Manifest, printable
+from rescue.repo.storage import FOLDER, OBJECT, Entry, ObjectMissing, ObjectProblem, Storage, open_storage
 
 FORMAT = "rescue-repository"
 VERSION = 1
@@ -51,22 +55,15 @@ MARKER = "rescue-repo.json"
 MANIFEST = "manifest.json"
 MAX_MANIFEST = 16 << 20  # bytes; a manifest with 256 partitions is well under 1 MiB
 MAX_SMALL = 1 << 20  # rescue-repo.json, verified.json
-MAX_FILE = (4 << 30) - 1  # the largest file FAT32 holds; every repository file stays far below
 # Entries an empty drive's root may hold whoever formatted it: created by the filesystem or by
 # Windows, they do not make a repository's directory "not empty".
 SYSTEM_ENTRIES = frozenset(["lost+found", "System Volume Information", "$RECYCLE.BIN"])
+CHUNK_DIR_RE = re.compile(r"^[0-9a-f]{2}$")
+CHUNK_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class NoSpaceError(RepoError):
     """The repository's drive is full (or the quota reached)."""
-
-
-class FileProblem(Exception):
-    """A repository file that must not be read: `reason` says what it is instead."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class RepoMeta(TypedDict):
@@ -100,129 +97,6 @@ class Listing:
     images: list[ImageSummary] = field(default_factory=list)  # with a manifest, good or damaged
     incomplete: list[str] = field(default_factory=list)  # leftovers of interrupted captures
     foreign: list[tuple[str, str]] = field(default_factory=list)  # (name, why it is not an image)
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISREG, "a file"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def kind_of(path: Path) -> str | None:
-    """What `path` is, without following a symbolic link; None when it does not exist."""
-    try:
-        return _kind(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
-
-
-def read_file(path: Path, limit: int, *, confined: bool = True) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, opened without following a
-    symbolic link in its last two components (the file and, when `confined`, the directory
-    holding it: a directory inside the repository; the repository itself may be reached
-    through a link). FileNotFoundError when it is missing, FileProblem for anything else."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if confined else 0)
-    try:
-        dir_fd = os.open(path.parent, dir_flags)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise FileProblem(f"is in {_dir_problem(path.parent, e)}") from None
-    try:
-        fd = os.open(path.name, flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise FileProblem("is a symbolic link") from None
-        raise FileProblem(f"is unreadable ({e.strerror})") from None
-    finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileProblem(f"is {_kind(st.st_mode)}, not a regular file")
-        if st.st_size > limit:
-            raise FileProblem(f"is {st.st_size} bytes, more than the {limit} it can be")
-        parts, left = [], limit + 1
-        while left > 0:
-            block = os.read(fd, min(left, 16 << 20))
-            if not block:
-                break
-            parts.append(block)
-            left -= len(block)
-        if left <= 0:
-            raise FileProblem(f"grows beyond the {limit} bytes it can be")
-        return b"".join(parts)
-    except OSError as e:
-        raise FileProblem(f"is unreadable ({e.strerror})") from None
-    finally:
-        os.close(fd)
-
-
-def _dir_problem(path: Path, e: OSError) -> str:
-    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-        return f"{path.name}, which is {kind_of(path) or 'missing'}, not a directory"
-    return f"{path.name}, which is unreadable ({e.strerror})"
-
-
-def temp_name(path: Path) -> Path:
-    """Where `path` is written before its rename: a hidden name of the same directory, valid on
-    FAT, exFAT and NTFS (no ':' or '~', at most 64 + 14 characters for a chunk) and matched by
-    rescue.imaging.capture.TEMP_PATTERNS, so a killed writer's leftovers are found."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def write_new(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist) with `data`, and fsync it: written in one go, never
-    reopened for appending (fusefat, the FUSE FAT driver tests use, refuses appends)."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: readers see the old file or the new one.
-    A failed write leaves no temporary file behind. Renaming over an existing file works on
-    FAT, exFAT and NTFS under Linux (kernel drivers and FUSE alike)."""
-    if len(data) > MAX_FILE:
-        raise OSError(errno.EFBIG, f"{len(data)} bytes is more than a FAT32 drive holds in one file", str(path))
-    tmp = temp_name(path)
-    try:
-        write_new(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries durable. Some FUSE filesystems answer fsync of a directory
-    with EINVAL (they have nothing to flush there, or cannot): that one answer is taken as
-    done, since the files themselves were fsynced; any other error is a real one."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
 
 
 # Names Windows keeps for devices, whatever the extension: a folder "CON" or "nul.2024" on a
@@ -286,38 +160,50 @@ def _listed(path: Path) -> bool:
         return True
 
 
-def free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer can still use on the filesystem holding `path`."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
-
-
 class Repository:
-    def __init__(self, path: Path, meta: RepoMeta):
-        self.path = Path(path)
+    """A repository on any Storage backend (rescue.repo.storage): the same checks, the same
+    messages, the same order of writes everywhere. `path` is the directory of a local
+    repository (None for a remote one); `where` names it in messages (a path or a URL
+    without secrets)."""
+
+    def __init__(self, storage: Storage, meta: RepoMeta):
+        self.storage = storage
+        self.where = storage.where
+        self.path: Path | None = storage.path if isinstance(storage, LocalStorage) else None
         self.meta = meta
         self.chunk_size: int = meta["chunk_size"]
         self._written_lock = threading.Lock()
-        self._written: list[Path] = []  # chunk files this process created, for undo_chunks()
+        self._written: list[str] = []  # keys of chunks this process created, for undo_chunks()
         self.written_bytes = 0  # bytes of chunk files written
         self.failed_bytes = 0  # bytes of chunk files that could not be written (a full drive)
+        self._lock: Lock | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.path is not None
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> Repository:
-        path = Path(path)
-        marker = path / MARKER
-        if not path.is_dir():
-            what = kind_of(path)
-            raise RepoError(f"{path} is not a rescue repository" + (f" ({what}, not a directory)" if what else ""))
+    def open(cls, location: str | Path, *, s3_endpoint: str | None = None) -> Repository:
+        storage = open_storage(str(location), s3_endpoint=s3_endpoint)
         try:
-            blob = read_file(marker, MAX_SMALL, confined=False)
-        except FileNotFoundError:
-            raise RepoError(f"{path} is not a rescue repository (no {MARKER})") from None
-        except FileProblem as e:
+            return cls.on(storage)
+        except BaseException:
+            storage.close()
+            raise
+
+    @classmethod
+    def on(cls, storage: Storage) -> Repository:
+        where = storage.where
+        if isinstance(storage, LocalStorage) and not storage.path.is_dir():
+            what = kind_of(storage.path)
+            raise RepoError(f"{where} is not a rescue repository" + (f" ({what}, not a directory)" if what else ""))
+        marker = f"{where}/{MARKER}"
+        try:
+            blob = storage.get(MARKER, MAX_SMALL)
+        except ObjectMissing:
+            raise RepoError(f"{where} is not a rescue repository (no {MARKER})") from None
+        except ObjectProblem as e:
             raise RepoError(f"{marker} {e.reason}") from None
         try:
             meta: object = json.loads(blob)
@@ -327,7 +213,7 @@ class Repository:
             raise RepoError(f"{marker} is not a rescue repository description")
         if meta.get("version") != VERSION:
             raise RepoError(
-                f"{path}: repository version {printable(repr(meta.get('version')))[:40]} is not supported "
+                f"{where}: repository version {printable(repr(meta.get('version')))[:40]} is not supported "
                 f"(this rescue reads version {VERSION})"
             )
         size = meta.get("chunk_size")
@@ -342,10 +228,11 @@ class Repository:
         ident, compression = meta.get("id", ""), meta.get("compression", "zstd")
         if not isinstance(ident, str) or compression != "zstd":
             raise RepoError(f"{marker}: unsupported id or compression")
-        for part in ("chunks", "images"):
-            kind = kind_of(path / part)
-            if kind not in (None, "a directory"):
-                raise RepoError(f"{path / part} is {kind}, not a directory: this is not a usable repository")
+        if isinstance(storage, LocalStorage):
+            for part in ("chunks", "images"):
+                kind = storage.kind(part)
+                if kind not in (None, "a directory"):
+                    raise RepoError(f"{where}/{part} is {kind}, not a directory: this is not a usable repository")
         checked: RepoMeta = {
             "format": FORMAT,
             "version": VERSION,
@@ -354,112 +241,146 @@ class Repository:
             "hash": "sha256",
             "compression": "zstd",
         }
-        return cls(path, checked)
+        return cls(storage, checked)
 
     @classmethod
-    def create(cls, path: str | Path, chunk_size: int = 4 << 20) -> Repository:
-        path = Path(path)
+    def create(cls, location: str | Path, chunk_size: int = 4 << 20, *, s3_endpoint: str | None = None) -> Repository:
+        """A new, empty repository at `location` (an existing one is opened instead); its place
+        must be empty but for what a filesystem or Windows puts on any drive."""
+        storage = open_storage(str(location), s3_endpoint=s3_endpoint)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            if kind_of(path / MARKER) is not None:
-                return cls.open(path)
-            if any(p.name not in SYSTEM_ENTRIES for p in path.iterdir()):
-                raise RepoError(f"{path} is not empty and not a rescue repository")
-            (path / "chunks").mkdir(exist_ok=True)
-            (path / "images").mkdir(exist_ok=True)
-            meta: RepoMeta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "id": str(uuid.uuid4()),
-                "chunk_size": chunk_size,
-                "hash": "sha256",
-                "compression": "zstd",
-            }
-            write_atomic(path / MARKER, (json.dumps(meta, indent=1) + "\n").encode())
-        except OSError as e:
-            raise write_error(path, "create the repository", e) from None
-        return cls(path, meta)
+            return cls._create(storage, chunk_size)
+        except BaseException:
+            storage.close()
+            raise
 
     @classmethod
-    def open_or_create(cls, path: str | Path, chunk_size: int = 4 << 20) -> Repository:
-        return cls.open(path) if kind_of(Path(path) / MARKER) is not None else cls.create(path, chunk_size)
+    def _create(cls, storage: Storage, chunk_size: int) -> Repository:
+        where = storage.where
+        meta: RepoMeta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "id": str(uuid.uuid4()),
+            "chunk_size": chunk_size,
+            "hash": "sha256",
+            "compression": "zstd",
+        }
+        try:
+            if isinstance(storage, LocalStorage):
+                storage.path.mkdir(parents=True, exist_ok=True)
+            if storage.size(MARKER) is not None or (isinstance(storage, LocalStorage) and storage.kind(MARKER)):
+                return cls.on(storage)
+            if any(e.name not in SYSTEM_ENTRIES for e in storage.list("")):
+                raise RepoError(f"{where} is not empty and not a rescue repository")
+            if isinstance(storage, LocalStorage):
+                for part in ("chunks", "images"):
+                    (storage.path / part).mkdir(exist_ok=True)
+            if not storage.put_new(MARKER, (json.dumps(meta, indent=1) + "\n").encode()):
+                return cls.on(storage)  # another job created it meanwhile
+            storage.flush()
+        except OSError as e:
+            raise write_error(where, "create the repository", e) from None
+        return cls(storage, meta)
+
+    @classmethod
+    def open_or_create(
+        cls, location: str | Path, chunk_size: int = 4 << 20, *, s3_endpoint: str | None = None
+    ) -> Repository:
+        storage = open_storage(str(location), s3_endpoint=s3_endpoint)
+        try:
+            if storage.size(MARKER) is None and not (isinstance(storage, LocalStorage) and storage.kind(MARKER)):
+                return cls._create(storage, chunk_size)
+            return cls.on(storage)
+        except BaseException:
+            storage.close()
+            raise
+
+    def close(self) -> None:
+        self.storage.close()
 
     @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """One writer at a time per repository (two captures racing on the same chunks and
-        names would be safe for chunks but not for image names)."""
-        try:  # created if missing, never written: flock works on FUSE filesystems too
-            f = open(self.path / "lock", "a")
-        except OSError as e:
-            raise write_error(self.path, "lock it for writing", e) from None
-        with f:
+    def writer_lock(self, job: str = "capture") -> Iterator[Lock]:
+        """The repository for this job alone (rescue.repo.lock): two captures would be safe
+        for chunks but not for image names, and prune must never run beside a job that
+        counts on chunks being there. A local repository is also locked with flock on `lock`
+        (what a job killed at any moment releases, and what rescue.hw.leftovers waits for)."""
+        with contextlib.ExitStack() as stack:
+            if self.path is not None:
+                try:  # created if missing, never written: flock works on FUSE filesystems too
+                    f = stack.enter_context(open(self.path / "lock", "a"))
+                except OSError as e:
+                    raise write_error(self.where, "lock it for writing", e) from None
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RepoError(f"{self.where} is busy: another job is writing to it") from None
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RepoError(f"{self.path} is busy: another capture is writing to it") from None
-            yield
+                self._lock = stack.enter_context(Lock(self.storage, job))
+            except OSError as e:
+                raise write_error(self.where, "lock it for writing", e) from None
+            try:
+                yield self._lock
+            finally:
+                self._lock = None
+
+    def check_lock(self) -> None:
+        """Before a write that makes something count (a manifest, a deletion): the lock is
+        still this job's. Nothing to check outside writer_lock."""
+        if self._lock is not None:
+            self._lock.check()
 
     # -- chunks --------------------------------------------------------------------------
-    def chunk_path(self, digest: bytes) -> Path:
+    @staticmethod
+    def chunk_key(digest: bytes) -> str:
         h = digest.hex()
-        return self.path / "chunks" / h[:2] / h
+        return f"chunks/{h[:2]}/{h}"
+
+    def chunk_path(self, digest: bytes) -> Path:
+        """The file of a chunk of a local repository."""
+        return self._local_path() / self.chunk_key(digest)
+
+    def _local_path(self) -> Path:
+        if self.path is None:
+            raise RepoError(f"{self.where} is not a local directory")
+        return self.path
 
     def has_chunk(self, digest: bytes) -> bool:
-        """A chunk file is there (a regular file: anything else is overwritten when stored)."""
-        try:
-            return stat.S_ISREG(os.lstat(self.chunk_path(digest)).st_mode)
-        except OSError:
-            return False
+        """A chunk is there (a regular file: anything else is overwritten when stored)."""
+        return self.storage.size(self.chunk_key(digest)) is not None
 
     def write_chunk(self, digest: bytes, blob: bytes) -> int:
-        """Store a chunk file atomically (temp name, fsync, rename). Returns bytes added. The
-        file is remembered until undo_chunks() or forget_chunks(): a capture that fails takes
-        its new chunks away with it. Fsynced before it counts as stored: on a FUSE filesystem
-        (exFAT, NTFS) syncfs() does not reach the driver, so only fsync makes a chunk
-        survive the stick being pulled; commit_manifest then makes the names durable."""
-        final = self.chunk_path(digest)
-        tmp = temp_name(final)
+        """Store a chunk atomically. Returns bytes added. The chunk is remembered until
+        undo_chunks() or forget_chunks(): a capture that fails takes its new chunks away with
+        it. A local chunk file is fsynced before it counts as stored: on a FUSE filesystem
+        (exFAT, NTFS) syncfs() does not reach the driver, so only fsync makes a chunk survive
+        the stick being pulled; commit_manifest then makes the names durable."""
+        key = self.chunk_key(digest)
         try:
-            final.parent.mkdir(exist_ok=True)
-            write_new(tmp, blob)
-            os.replace(tmp, final)
+            self.storage.put(key, blob)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             with self._written_lock:
                 self.failed_bytes += len(blob)
-            raise write_error(self.path, f"store chunk {final.name[:16]}…", e) from None
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            raise write_error(self.where, f"store chunk {digest.hex()[:16]}…", e) from None
+        except RepoError:
+            with self._written_lock:
+                self.failed_bytes += len(blob)
             raise
         with self._written_lock:
-            self._written.append(final)
+            self._written.append(key)
             self.written_bytes += len(blob)
         return len(blob)
 
     def undo_chunks(self) -> int:
-        """Remove every chunk file this Repository object wrote (they belong to an image that
-        will not exist). Returns how many were removed."""
+        """Remove every chunk this Repository object wrote (they belong to an image that will
+        not exist). Returns how many were removed."""
         with self._written_lock:
             written, self._written = self._written, []
         removed = 0
-        for path in written:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        for key in written:
+            with contextlib.suppress(OSError, RepoError):
+                self.storage.delete(key)
                 removed += 1
-            with contextlib.suppress(OSError):
-                os.rmdir(path.parent)  # only when empty
         return removed
-
-    def sync_chunk_names(self) -> None:
-        """Fsync the directories of the chunk files written so far (their names), and chunks/
-        (new subdirectories): the manifest that refers to them comes after. Once per
-        directory, at most 257 fsyncs, whatever the number of chunks."""
-        with self._written_lock:
-            dirs = {p.parent for p in self._written}
-        for d in sorted(dirs) + ([self.path / "chunks"] if dirs else []):
-            fsync_dir(d)
 
     def forget_chunks(self) -> None:
         """The chunks written so far belong to a committed image: undo_chunks() keeps them."""
@@ -469,70 +390,90 @@ class Repository:
     _threads = threading.local()  # a zstd decompressor per thread: they are not thread-safe
 
     def read_chunk(self, digest: bytes, where: str, length: int | None = None) -> bytes:
-        """A stored chunk's bytes, checked: present, a regular file of plausible size,
+        """A stored chunk's bytes, checked: present, a regular object of plausible size,
         decoded, of hash `digest` and, when given, `length` bytes long (what the index
         expects). The one place that reads stored chunks (restore, verify, browse, capture's
-        re-read), so every check and every message is the same: IntegrityError, starting with
-        `where`. Thread-safe."""
-        path = self.chunk_path(digest)
-        expect = length if length is not None else self.chunk_size
-        try:
-            blob = read_file(path, chunks.max_blob(expect))
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"{where}: chunk {digest.hex()[:16]}… is missing ({path.relative_to(self.path)})"
-            ) from None
-        except FileProblem as e:
-            raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… {e.reason}") from None
+        re-read), so every check and every message is the same on every backend:
+        IntegrityError, starting with `where`. Thread-safe."""
+        blob = self.read_chunk_blob(digest, where, length)
         dctx: zstandard.ZstdDecompressor | None = getattr(self._threads, "dctx", None)
         if dctx is None:
             dctx = self._threads.dctx = zstandard.ZstdDecompressor()
+        expect = length if length is not None else self.chunk_size
         data = chunks.decode(blob, digest, where, dctx, expect)
         if length is not None and len(data) != length:
             raise IntegrityError(f"{where}: chunk has {len(data)} bytes, the index expects {length}")
         return data
 
+    def read_chunk_blob(self, digest: bytes, where: str, length: int | None = None) -> bytes:
+        """A chunk as stored (compressed), unchecked but for its size: what `copy` moves."""
+        key = self.chunk_key(digest)
+        try:
+            return self.storage.get(key, chunks.max_blob(length if length is not None else self.chunk_size))
+        except ObjectMissing:
+            raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… is missing ({key})") from None
+        except ObjectProblem as e:
+            raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… {e.reason}") from None
+
+    def chunk_keys(self) -> Iterator[tuple[bytes, int]]:
+        """Every stored chunk: (digest, stored bytes). Anything in chunks/ that is not a chunk
+        is left out (prune never deletes what it does not recognise)."""
+        for top in self.storage.list("chunks"):
+            if top.kind != FOLDER or not CHUNK_DIR_RE.match(top.name):
+                continue
+            for e in self.storage.list(f"chunks/{top.name}"):
+                if e.kind == OBJECT and CHUNK_NAME_RE.match(e.name) and e.name.startswith(top.name):
+                    yield bytes.fromhex(e.name), e.size
+
+    def delete_chunk(self, digest: bytes) -> None:
+        self.storage.delete(self.chunk_key(digest))
+
     # -- images --------------------------------------------------------------------------
+    def image_key(self, name: str, filename: str = "") -> str:
+        base = f"images/{_existing_name(name)}"
+        return f"{base}/{filename}" if filename else base
+
     def image_dir(self, name: str) -> Path:
-        return self.path / "images" / _existing_name(name)
+        """The directory of an image of a local repository."""
+        return self._local_path() / self.image_key(name)
+
+    def _image_folders(self) -> list[Entry]:
+        try:
+            return self.storage.list("images")
+        except OSError as e:
+            raise RepoError(f"{self.where}/images cannot be listed ({e.strerror})") from None
+
+    def has_manifest(self, name: str) -> bool:
+        """Whether images/`name` holds a manifest (of any kind: a FIFO there is a damaged image)."""
+        return any(e.name == MANIFEST for e in self.storage.list(f"images/{name}"))
 
     def taken_name(self, name: str) -> str | None:
         """The name of the complete image that `name` would collide with: itself, or one that
         differs only in case (the same directory on FAT and exFAT, and on NTFS under
         Windows; refused everywhere, so a repository can move between filesystems)."""
-        images = self.path / "images"
-        try:
-            entries = os.listdir(images)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as e:
-            raise RepoError(f"{images} cannot be listed ({e.strerror})") from None
-        for entry in sorted(entries, key=lambda e: e != name):
-            if same_name(entry, name) and kind_of(images / entry / MANIFEST) is not None:
-                return entry
+        entries = self._image_folders()
+        for entry in sorted(entries, key=lambda e: e.name != name):
+            if entry.kind == FOLDER and same_name(entry.name, name) and self.has_manifest(entry.name):
+                return entry.name
         return None
 
     def listing(self) -> Listing:
         """Every entry of images/: images (a damaged manifest is listed with the reason, not
         left out), leftovers of interrupted captures, and anything else found there."""
         out = Listing()
-        images = self.path / "images"
-        kind = kind_of(images)
-        if kind is None:
-            return out
-        if kind != "a directory":
-            raise RepoError(f"{images} is {kind}, not a directory")
-        try:
-            entries = sorted(os.scandir(images), key=lambda e: e.name)
-        except OSError as e:
-            raise RepoError(f"{images} cannot be listed ({e.strerror})") from None
-        for entry in entries:
+        if isinstance(self.storage, LocalStorage):
+            kind = self.storage.kind("images")
+            if kind is None:
+                return out
+            if kind != "a directory":
+                raise RepoError(f"{self.where}/images is {kind}, not a directory")
+        for entry in self._image_folders():
             name = entry.name
-            what = kind_of(Path(entry.path))
-            if what != "a directory":
+            if entry.kind != FOLDER:
+                what = "a file" if entry.kind == OBJECT else entry.kind
                 out.foreign.append((name, f"{what}, not an image directory"))
                 continue
-            has_manifest = kind_of(Path(entry.path) / MANIFEST) is not None
+            has_manifest = self.has_manifest(name)
             if not NAME_RE.match(name):
                 reason = "not a valid image name"
                 if has_manifest:
@@ -579,28 +520,31 @@ class Repository:
     def manifest(self, name: str) -> Manifest:
         """The validated manifest of image `name`: RepoError when there is no such image,
         IntegrityError naming the image and what is wrong when it cannot be trusted."""
-        d = self.image_dir(name)
-        kind = kind_of(d)
-        if kind is None:
-            raise RepoError(f"no image named {name!r} in {self.path}")
-        if kind != "a directory":
-            raise IntegrityError(f"image {name}: images/{name} is {kind}, not a directory")
+        key = self.image_key(name)
+        if isinstance(self.storage, LocalStorage):
+            kind = self.storage.kind(key)
+            if kind is None:
+                raise RepoError(f"no image named {name!r} in {self.where}")
+            if kind != "a directory":
+                raise IntegrityError(f"image {name}: images/{name} is {kind}, not a directory")
         try:
-            blob = read_file(d / MANIFEST, MAX_MANIFEST)
-        except FileNotFoundError:
+            blob = self.storage.get(f"{key}/{MANIFEST}", MAX_MANIFEST)
+        except ObjectMissing:
+            if self.path is None and not self.storage.list(key):
+                raise RepoError(f"no image named {name!r} in {self.where}") from None
             raise RepoError(
-                f"no image named {name!r} in {self.path} (images/{name} is what an interrupted capture left)"
+                f"no image named {name!r} in {self.where} (images/{name} is what an interrupted capture left)"
             ) from None
-        except FileProblem as e:
+        except ObjectProblem as e:
             raise IntegrityError(f"image {name}: {MANIFEST} {e.reason}") from None
         try:
             text = blob.decode()
         except UnicodeDecodeError:
             raise IntegrityError(f"image {name}: manifest is not valid UTF-8 (damaged)") from None
         manifest = Manifest.from_json(text, f"image {name}")
-        if manifest.name != name and same_name(manifest.name, name) and not _listed(d):
+        if manifest.name != name and same_name(manifest.name, name) and not self._listed(name):
             # a case-insensitive filesystem found images/pc when asked for PC
-            raise RepoError(f"no image named {name!r} in {self.path} (there is {manifest.name!r}: case differs)")
+            raise RepoError(f"no image named {name!r} in {self.where} (there is {manifest.name!r}: case differs)")
         if manifest.name != name:
             raise IntegrityError(f"image {name}: manifest field name is {manifest.name!r}, not the directory's name")
         if manifest.chunk_size != self.chunk_size:
@@ -610,18 +554,28 @@ class Repository:
             )
         return manifest
 
+    def _listed(self, name: str) -> bool:
+        """Whether images/`name` is listed exactly as spelled (on a case-insensitive
+        filesystem, opening it also finds a name that differs in case)."""
+        try:
+            return any(e.name == name for e in self.storage.list("images"))
+        except OSError:
+            return True
+
     def load_index(self, name: str, manifest: Manifest, area_name: str) -> Index:
-        """An area's index, read only when it is a regular file of exactly the size the
+        """An area's index, read only when it is a regular object of exactly the size the
         manifest implies, and checked against the manifest's checksum and sizes."""
         area = manifest.area(area_name)
         where = f"image {name}, area {area_name}"
         expected = Index.file_size(manifest.chunk_size, area.size)
         try:
-            blob = read_file(self.image_dir(name) / area.index, expected)
-        except FileNotFoundError:
+            blob = self.storage.get(self.image_key(name, area.index), expected)
+        except ObjectMissing:
             raise IntegrityError(f"{where}: index file {area.index} is missing") from None
-        except FileProblem as e:
+        except ObjectProblem as e:
             raise IntegrityError(f"{where}: index file {area.index} {e.reason}") from None
+        except ValueError:
+            raise IntegrityError(f"{where}: index file {printable(area.index)!r} is not a file name") from None
         if hashlib.sha256(blob).hexdigest() != area.index_sha256:
             raise IntegrityError(f"{where}: index file {area.index} does not match the manifest")
         index = Index.from_bytes(blob, where)
@@ -642,48 +596,71 @@ class Repository:
 
     def verified(self, name: str) -> bool | None:
         try:
-            body: object = json.loads(read_file(self.image_dir(name) / "verified.json", MAX_SMALL))
-        except (OSError, FileProblem, ValueError, RecursionError):
+            body: object = json.loads(self.storage.get(self.image_key(name, "verified.json"), MAX_SMALL))
+        except (ObjectMissing, ObjectProblem, RepoError, OSError, ValueError, RecursionError):
             return None
         ok = body.get("ok") if isinstance(body, dict) else None
         return ok if isinstance(ok, bool) else None
 
     def record_verify(self, name: str, ok: bool, detail: str = "") -> None:
         """Remember the last verify result; silently skipped on a read-only repository."""
+        if not self.storage.writable:
+            return
         try:
-            write_atomic(
-                self.image_dir(name) / "verified.json",
+            self.storage.put(
+                self.image_key(name, "verified.json"),
                 json.dumps({"ok": ok, "when": now_iso(), "detail": detail}).encode(),
             )
-        except OSError:
+            self.storage.flush()
+        except (OSError, RepoError):
             pass
 
-    def start_image(self, name: str) -> Path:
-        """A fresh directory for a capture: an existing complete image is never replaced;
-        a leftover of an interrupted capture is cleared."""
-        d = self.path / "images" / check_name(name)
+    def start_image(self, name: str) -> None:
+        """A fresh place for a capture: an existing complete image is never replaced; a
+        leftover of an interrupted capture is cleared."""
+        check_name(name)
         taken = self.taken_name(name)
         if taken == name:
-            raise RepoError(f"an image named {name!r} already exists in {self.path}")
+            raise RepoError(f"an image named {name!r} already exists in {self.where}")
         if taken is not None:
             raise RepoError(
-                f"an image named {taken!r} already exists in {self.path}: names that differ only in case "
+                f"an image named {taken!r} already exists in {self.where}: names that differ only in case "
                 "are one name on FAT, exFAT and NTFS drives"
             )
-        kind = kind_of(d)
-        if kind not in (None, "a directory"):
-            raise RepoError(f"{d} is {kind}, not an image directory: remove it or choose another name")
+        key = self.image_key(name)
+        if isinstance(self.storage, LocalStorage):
+            kind = self.storage.kind(key)
+            if kind not in (None, "a directory"):
+                raise RepoError(
+                    f"{self.where}/{key} is {kind}, not an image directory: remove it or choose another name"
+                )
         try:
-            for part in ("chunks", "images"):
-                (self.path / part).mkdir(exist_ok=True)
             # leftovers of interrupted captures under this name, in any case
-            for entry in os.listdir(d.parent):
-                if same_name(entry, name) and kind_of(d.parent / entry) == "a directory":
-                    shutil.rmtree(d.parent / entry)
-            d.mkdir()
+            for entry in self._image_folders():
+                if same_name(entry.name, name) and entry.kind == FOLDER:
+                    self._remove_folder(f"images/{entry.name}")
+            if isinstance(self.storage, LocalStorage):
+                for part in ("chunks", "images"):
+                    (self.storage.path / part).mkdir(exist_ok=True)
+                (self.storage.path / key).mkdir()
         except OSError as e:
-            raise write_error(self.path, f"start image {name}", e) from None
-        return d
+            raise write_error(self.where, f"start image {name}", e) from None
+
+    def _remove_folder(self, key: str, keep: tuple[str, ...] = ()) -> None:
+        """Every object under `key` but those named in `keep` (at its top level)."""
+        if isinstance(self.storage, LocalStorage) and not keep:
+            shutil.rmtree(self.storage.file(key), ignore_errors=True)
+            return
+        for e in self.storage.list(key):
+            if e.name in keep:
+                continue
+            if e.kind == FOLDER:
+                self._remove_folder(f"{key}/{e.name}")
+            elif isinstance(self.storage, LocalStorage) and e.kind != OBJECT:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.storage.file(f"{key}/{e.name}"))
+            else:
+                self.storage.delete(f"{key}/{e.name}")
 
     def read_image_file(self, name: str, filename: str, limit: int = MAX_SMALL) -> bytes | None:
         """A small file beside an image's manifest (badsectors.map, badfiles.json, a log):
@@ -692,51 +669,63 @@ class Repository:
         if "/" in filename or filename in ("", ".", ".."):
             raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name")
         try:
-            return read_file(self.image_dir(name) / filename, limit)
-        except FileNotFoundError:
+            return self.storage.get(self.image_key(name, filename), limit)
+        except ObjectMissing:
             return None
-        except FileProblem as e:
+        except ObjectProblem as e:
             raise IntegrityError(f"image {name}: {filename} {e.reason}") from None
+        except ValueError:
+            raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name") from None
 
     def write_image_file(self, name: str, filename: str, data: bytes) -> None:
         """A file of an image being captured (an index, the bad-sector map), atomically."""
         try:
-            write_atomic(self.image_dir(name) / filename, data)
+            if len(data) > MAX_FILE:
+                raise OSError(errno.EFBIG, f"{len(data)} bytes is more than a FAT32 drive holds in one file")
+            self.storage.put(self.image_key(name, filename), data)
         except OSError as e:
-            raise write_error(self.path, f"write {filename} of image {name}", e) from None
+            raise write_error(self.where, f"write {filename} of image {name}", e) from None
 
     def discard_image(self, name: str, keep: tuple[str, ...] = ()) -> None:
         """Remove what a failed capture wrote of image `name`, but the files named in `keep`
         (its log); the directory goes too when nothing is kept."""
-        d = self.image_dir(name)
-        if kind_of(d) != "a directory":
+        key = self.image_key(name)
+        if isinstance(self.storage, LocalStorage) and self.storage.kind(key) != "a directory":
             return
-        if not keep:
-            shutil.rmtree(d, ignore_errors=True)
-            return
-        for entry in os.scandir(d):
-            if entry.name in keep:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+        with contextlib.suppress(OSError, RepoError):
+            self._remove_folder(key, keep)
+
+    def delete_image(self, name: str) -> None:
+        """Delete a complete image: its manifest first, so it is gone from every listing at
+        once and a crash midway leaves only what `prune` clears (an incomplete image's files);
+        then its other files. Its chunks stay until `prune` (other images may share them)."""
+        self.manifest(name)  # RepoError when there is none; a damaged one may be deleted too
+        self.check_lock()
+        key = self.image_key(name)
+        try:
+            self.storage.delete(f"{key}/{MANIFEST}")
+            self.storage.flush()
+            self._remove_folder(key)
+        except OSError as e:
+            raise write_error(self.where, f"delete image {name}", e) from None
 
     def commit_manifest(self, manifest: Manifest) -> None:
         """Write the manifest, the image's last file, after checking that it reads back as
-        valid: a capture never writes an image no restore would accept."""
+        valid (a capture never writes an image no restore would accept), that every chunk
+        and index before it is durable, and that the lock is still this job's."""
         text = manifest.to_json()
         Manifest.from_json(text, f"image {manifest.name}")
+        self.check_lock()
         try:
-            self.sync_chunk_names()
-            fsync_dir(self.path / "images")  # the image directory's own name
-            write_atomic(self.image_dir(manifest.name) / MANIFEST, text.encode())
+            self.storage.flush()
+            if not self.storage.put_new(self.image_key(manifest.name, MANIFEST), text.encode()):
+                raise RepoError(f"an image named {manifest.name!r} already exists in {self.where}")
+            self.storage.flush()
         except OSError as e:
-            raise write_error(self.path, f"write the manifest of image {manifest.name}", e) from None
+            raise write_error(self.where, f"write the manifest of image {manifest.name}", e) from None
 
 
-def write_error(repo: Path, what: str, e: OSError) -> RepoError:
+def write_error(repo: str | Path, what: str, e: OSError) -> RepoError:
     """One line for a failed write into a repository: NoSpaceError when the drive is full."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(f"{repo}: no space left on its drive (could not {what})")

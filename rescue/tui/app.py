@@ -28,6 +28,7 @@ from rescue.tui.widgets import PALETTE, Dialog, overlay
 from rescue.tui.wizard import JobRunner, Step, Wizard
 
 NETWORK_REFRESH = 5.0  # seconds between looks at the network while the main menu shows
+WAITING_REFRESH = 1.0  # seconds between looks at a server that does not answer, on a progress screen
 EXIT_SHELL = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -92,6 +93,12 @@ class App:
         if isinstance(self.view, views.MainMenuView):
             self.view.network.set_text(self.backend.network_summary())
         loop.set_alarm_in(NETWORK_REFRESH, self._refresh_network)
+
+    def _refresh_waiting(self, loop: Any, _data: Any = None) -> None:
+        """A progress screen says so, every second, while a server does not answer."""
+        if isinstance(self.view, views.ProgressView):
+            self.view.show_waiting(self.backend.waiting())
+        loop.set_alarm_in(WAITING_REFRESH, self._refresh_waiting)
 
     def close_state(self) -> str:
         """End the flow's leftovers (a mounted partition); returns what went wrong, in words."""
@@ -198,6 +205,7 @@ class App:
         self._pipe_fd = self.loop.watch_pipe(self.on_pipe)
         self.main_menu()
         self.loop.set_alarm_in(NETWORK_REFRESH, self._refresh_network)
+        self.loop.set_alarm_in(WAITING_REFRESH, self._refresh_waiting)
         try:
             self.loop.run()
         finally:

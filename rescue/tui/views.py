@@ -406,14 +406,19 @@ class ProgressView(Screen):
         ]
         super().__init__(title, rows, on_back=c.back, help="Esc: cancel", step=step)
 
-    def update(self, p: Any) -> None:
+    def update(self, p: Any, waiting: str | None = None) -> None:
+        self.last = p
         self.phase.set_text(("heading", f"Phase: {p.phase}"))
         self.area.set_text(f"Area: {p.area or '-'}  ({fmt_bytes(p.area_done)} of {fmt_bytes(p.area_total)})")
         self.area_bar.set_completion(100.0 * p.area_done / p.area_total if p.area_total else 100.0)
         self.total_bar.set_completion(100.0 * p.done / p.total if p.total else 100.0)
-        self.numbers.set_text(
-            f"{fmt_bytes(p.done)} of {fmt_bytes(p.total)}   {p.rate / 1e6:.1f} MB/s   time left {fmt_duration(p.eta)}"
-        )
+        tail = waiting or f"time left {fmt_duration(p.eta)}"
+        self.numbers.set_text(f"{fmt_bytes(p.done)} of {fmt_bytes(p.total)}   {p.rate / 1e6:.1f} MB/s   {tail}")
+
+    def show_waiting(self, waiting: str | None) -> None:
+        """Redraw the numbers with "waiting for <server> (N s)" while a server does not answer."""
+        if getattr(self, "last", None) is not None:
+            self.update(self.last, waiting)
 
 
 class DoneView(Screen):

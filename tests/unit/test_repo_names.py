@@ -103,7 +103,8 @@ def test_a_leftover_in_another_case_is_cleared_like_one_in_the_same_case(tmp_pat
     repo = Repository.create(tmp_path / "repo")
     (repo.path / "images" / "PC").mkdir()  # an interrupted capture: no manifest
     (repo.path / "images" / "PC" / "p1.idx").write_bytes(b"partial")
-    d = repo.start_image("pc")
+    repo.start_image("pc")
+    d = repo.image_dir("pc")
     assert d.name == "pc" and not any(d.iterdir())
     assert [p.name for p in (repo.path / "images").iterdir()] == ["pc"]
 

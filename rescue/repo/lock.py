@@ -1,0 +1,181 @@
+"""One writer at a time, on any backend: the lock is an object, `lock.json`, created only if
+absent, holding who holds it (host, pid, the process's start, the boot) and when it was last
+refreshed. A job refreshes it every REFRESH seconds while it runs, and checks before it
+commits anything that the lock is still its own and was refreshed in time.
+
+Taken from restic's lock files (host, pid, time; a lock not refreshed for a while is stale;
+`unlock` removes only stale ones) with two changes: there is one exclusive lock, since every
+job that changes a repository (capture, delete, prune, copy into it) must exclude prune, which
+is how restic and borg made prune safe against a backup running beside it; and a lock of this
+same machine whose process is gone (another pid, or another boot: the rescue ISO was
+rebooted) is stale at once, as borg checks for a dead process on the same host."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from rescue.errors import RepoError
+from rescue.hw import leftovers
+from rescue.repo.storage import ObjectMissing, ObjectProblem, Storage
+
+KEY = "lock.json"
+REFRESH = 60.0  # seconds between refreshes of a held lock
+STALE = 2 * REFRESH  # a lock not refreshed for this long belongs to a job that is gone
+SETTLE = 2.0  # seconds before a lock made without an exclusive create is looked at again
+
+
+@dataclass(frozen=True)
+class Holder:
+    job: str  # "capture", "prune" ...
+    host: str
+    pid: int
+    process_start: int | None  # clock ticks after boot (tells the pid from a later one)
+    boot_id: str
+    token: str  # this lock, told apart from any other
+    started: float  # seconds since the epoch
+    refreshed: float
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.refreshed
+
+    def gone(self) -> bool:
+        """This machine's own job, and its process no longer runs (or the machine rebooted)."""
+        if self.host != socket.gethostname():
+            return False
+        if self.boot_id != leftovers.boot_id():
+            return True
+        return leftovers.process_start(self.pid) != self.process_start
+
+    def stale(self) -> bool:
+        return self.gone() or self.age() > STALE
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"{self.job} by pid {self.pid} on {self.host}, since {when}, refreshed {self.age():.0f} s ago"
+
+
+def read(storage: Storage) -> Holder | None:
+    """Who holds the repository's lock; None when nobody does. A lock that cannot be read
+    (damaged, from another program) is a holder of unknown identity, never no lock."""
+    try:
+        body = json.loads(storage.get(KEY, 64 << 10))
+        return Holder(**{k: body[k] for k in Holder.__dataclass_fields__})
+    except ObjectMissing:
+        return None
+    except (ObjectProblem, ValueError, KeyError, TypeError):
+        return Holder("unknown", "an unknown host", 0, None, "", "", 0.0, 0.0)
+
+
+class Lock:
+    """The repository's lock for `job`, held inside `with`, refreshed by a thread meanwhile."""
+
+    def __init__(self, storage: Storage, job: str):
+        self.storage, self.job = storage, job
+        now = time.time()
+        pid = os.getpid()
+        self.holder = Holder(
+            job,
+            socket.gethostname(),
+            pid,
+            leftovers.process_start(pid),
+            leftovers.boot_id(),
+            uuid.uuid4().hex,
+            now,
+            now,
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_ok = now
+        self._lost: str | None = None
+
+    def _body(self) -> bytes:
+        return (json.dumps(asdict(self.holder)) + "\n").encode()
+
+    def __enter__(self) -> Lock:
+        if not self._created():
+            other = read(self.storage)
+            if other is not None and other.gone():  # this machine's, its job is over
+                self.storage.delete(KEY)
+                if self._created():
+                    return self._started()
+                other = read(self.storage)
+            who = other.describe() if other is not None else "another job"
+            raise RepoError(
+                f"{self.storage.where} is busy: locked by {who}"
+                + (" (stale: `rescue unlock` removes it)" if other is not None and other.stale() else "")
+            )
+        return self._started()
+
+    def _created(self) -> bool:
+        """put_new of the lock, and on a server whose put_new is not exclusive, a look again
+        after SETTLE seconds: of writers that raced, only the one whose object is there goes
+        on (a racer's HEAD and PUT are a round trip apart, far less than SETTLE)."""
+        if not self.storage.put_new(KEY, self._body()):
+            return False
+        if self.storage.exclusive_create:
+            return True
+        time.sleep(SETTLE)
+        held = read(self.storage)
+        return held is not None and held.token == self.holder.token
+
+    def _started(self) -> Lock:
+        self._thread = threading.Thread(target=self._refresh_loop, name="lock-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001, S110 - a refresh that keeps failing is judged by check()
+                pass
+
+    def refresh(self) -> None:
+        current = read(self.storage)
+        if current is None or current.token != self.holder.token:
+            self._lost = "its lock was removed by someone else (rescue unlock --force?)"
+            return
+        now = time.time()
+        self.holder = dataclasses.replace(self.holder, refreshed=now)
+        self.storage.put(KEY, self._body())
+        self._last_ok = now
+
+    def check(self) -> None:
+        """RepoError when this job can no longer be sure it is the only writer: its lock was
+        removed, or could not be refreshed for so long that another job may have broken it."""
+        if self._lost:
+            raise RepoError(f"{self.storage.where}: {self.job} stopped: {self._lost}")
+        if time.time() - self._last_ok > STALE - REFRESH / 2:
+            raise RepoError(f"{self.storage.where}: {self.job} stopped: its lock could not be refreshed in time")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            current = read(self.storage)
+            if current is not None and current.token == self.holder.token:
+                self.storage.delete(KEY)
+        except RepoError:
+            pass  # the server is gone: the lock goes stale and `unlock` removes it
+
+
+def unlock(storage: Storage, *, force: bool = False) -> str:
+    """Remove a stale lock (or any, with `force`); returns what was done, one line."""
+    holder = read(storage)
+    if holder is None:
+        return f"{storage.where} is not locked"
+    if not (force or holder.stale()):
+        raise RepoError(
+            f"{storage.where} is locked by {holder.describe()}: it is not stale "
+            f"(refreshed within {STALE:.0f} s); --force removes it anyway, if you know that job is gone"
+        )
+    storage.delete(KEY)
+    return f"removed the lock of {holder.describe()}"
