@@ -82,6 +82,7 @@ bench: venv
 	$(VPY) tests/bench/browse.py
 	$(VPY) tests/bench/badsectors.py
 	$(VPY) tests/bench/shrink.py
+	$(VPY) tests/bench/remote.py
 
 iso:
 	@scripts/build-iso

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rescue import config as configuration
@@ -29,6 +31,7 @@ from rescue.filesystems import lookup
 from rescue.hw import devices
 from rescue.hw.destination import REPO_FOLDER, Opened, writable_refusal
 from rescue.hw.discover import Place
+from rescue.hw.logins import Remote, S3Login, SshLogin, SshSession
 from rescue.hw.netmount import NfsExport, SmbShare
 from rescue.imaging.apply import AreaFacts
 from rescue.imaging.progress import Meter, Progress, fmt_bytes
@@ -344,6 +347,86 @@ class Engine:
         if free < need:
             return free, f"not enough free space: needs up to {fmt_bytes(need)}"
         return free, None
+
+    # repositories on a server, typed into the wizard's forms (rescue.hw.logins) -----------
+    _remote: Any = None  # the SshSession or S3Profile in use, and the $RESCUE_RSH it replaced
+    login_dir: str | None = None  # where logins keep their files: <it>/ssh, <it>/s3 (None: /run/rescue)
+
+    def open_remote(self, login: SshLogin | S3Login, source: DriveInfo | None = None) -> Remote:
+        """Log in to an SSH server (SFTP) or an S3 object store and look at the folder typed:
+        its repository (for Restore and Browse; RepoError when there is none) or, for a capture
+        of `source`, whether the image may go there (a repository, or an empty folder where
+        the capture makes one). StorageUnavailable in words for a refused login, an unknown
+        server, a wrong secret, a missing bucket; never with the secret.
+
+        The login then stays for the jobs, which open the repository again by its URL like
+        any other: the SSH master connection through $RESCUE_RSH, the S3 keys as a private
+        AWS profile (rescue.hw.logins). close_remote() ends it (the wizard: when the flow
+        ends); one login at a time."""
+        from rescue.hw.logins import S3Profile, rsh_of, ssh_login
+        from rescue.repo.s3 import S3Storage
+        from rescue.repo.sftp import SftpStorage
+        from rescue.repo.storage import StorageUnavailable
+
+        if self.dry_run:
+            raise RepoError(f"{login.shown}: a dry run over a recorded machine connects to no server")
+        self.close_remote()
+        if isinstance(login, SshLogin):
+            session = ssh_login(login, ssh=rsh_of(os.environ), run_dir=Path(self.login_dir or "/run/rescue") / "ssh")
+            try:
+                remote = self._look_remote(
+                    SftpStorage.from_url(login.url, ssh_command=session.ssh_command), login, source
+                )
+            except BaseException:
+                session.close()
+                raise
+            remote.new_key = session.new_key
+            self._remote = (session, os.environ.get("RESCUE_RSH"))
+            os.environ["RESCUE_RSH"] = shlex.join(session.ssh_command)
+            return remote
+        try:
+            remote = self._look_remote(S3Storage.from_url(login.url, environ=login.environ()), login, source)
+        except StorageUnavailable as e:  # the keys came from the form, not from where S3Storage says
+            said = re.sub(r"; the credentials came from [^;]*$", "; is the access key or the secret key wrong?", str(e))
+            raise StorageUnavailable(said) from None
+        self._remote = (S3Profile(login, Path(self.login_dir or "/run/rescue") / "s3"), None)
+        return remote
+
+    def _look_remote(self, storage: Any, login: SshLogin | S3Login, source: DriveInfo | None) -> Remote:
+        from rescue.repo.store import MARKER, SYSTEM_ENTRIES, Repository
+
+        try:
+            repository = storage.size(MARKER) is not None
+            if repository:
+                Repository.on(storage)  # the same checks as any repository's
+            elif source is None:
+                raise RepoError(f"{login.shown} holds no image repository (no {MARKER} in {login.url})")
+            refusal = None
+            if source is not None and not repository and any(e.name not in SYSTEM_ENTRIES for e in storage.list("")):
+                refusal = "the folder is not empty and holds no image repository"
+            free = storage.free_bytes()
+            if refusal is None and source is not None and free is not None and free < self.capture_need(source):
+                refusal = f"not enough free space: needs up to {fmt_bytes(self.capture_need(source))}"
+            return Remote(login.url, login.shown, repository, storage.writable, free, refusal=refusal)
+        finally:
+            storage.close()
+
+    def remote_repository(self, remote: Remote) -> RepoInfo:
+        """The repository found by open_remote, as the restore and browse steps take it."""
+        return RepoInfo(remote.location, None, not remote.writable)
+
+    def close_remote(self) -> None:
+        """End the login open_remote made (the master connection, the S3 profile's files)."""
+        remote, self._remote = self._remote, None
+        if remote is None:
+            return
+        held, rsh = remote
+        if isinstance(held, SshSession):
+            if rsh is None:
+                os.environ.pop("RESCUE_RSH", None)
+            else:
+                os.environ["RESCUE_RSH"] = rsh
+        held.close()
 
     # where images go ----------------------------------------------------------------------
     def destinations(self, source: DriveInfo | None = None, need: int | None = None) -> list[DestInfo]:

@@ -61,6 +61,7 @@ from rescue.hw.mounts import OurLoop, OurMount
 from rescue.hw.run import run
 from rescue.imaging.verify import load_indexes
 from rescue.repo.manifest import Area, Manifest
+from rescue.repo.storage import is_url
 from rescue.repo.store import Repository
 
 SERVER_MODULE = "rescue.browse.imagefs"
@@ -482,7 +483,7 @@ def start_session(
     me = leftovers.Owner.me()
     state = MountState(
         str(mountpoint),
-        str(Path(repo_path).resolve()),
+        repo_path if is_url(repo_path) else str(Path(repo_path).resolve()),
         name,
         key_for(str(mountpoint)),
         owner_pid=owner_pid,

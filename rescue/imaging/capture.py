@@ -494,7 +494,7 @@ class _Undo:
                 self.repo.write_image_file(self.name, "log.txt", text.encode())
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        if error is None or self.repo.has_manifest(self.name):
+        if error is None or self._committed():
             return
         failure: BaseException = error
         if isinstance(error, OSError):  # a write outside Repository's own methods, or the source
@@ -512,6 +512,14 @@ class _Undo:
             raise RepoError(self._space(stored)) from None
         if failure is not error:
             raise failure from None
+
+    def _committed(self) -> bool:
+        """Whether the image's manifest was written; a server that stopped answering is taken
+        for no (the failure is the server's, said by the error that got here)."""
+        try:
+            return self.repo.has_manifest(self.name)
+        except RescueError:
+            return False
 
     def _space(self, stored: int) -> str:
         """How much a full drive lacks: the chunks this capture stored or tried to store for

@@ -114,7 +114,8 @@ class TerminalProgress:
         self.last: Progress | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        if self.enabled:  # also before the first progress: opening a repository may wait
+            threading.Thread(target=self._tick, name="progress-tick", daemon=True).start()
 
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
@@ -122,17 +123,19 @@ class TerminalProgress:
         with self._lock:
             self.last = p
             self._draw(p)
-            if self._ticker is None:
-                self._ticker = threading.Thread(target=self._tick, name="progress-tick", daemon=True)
-                self._ticker.start()
 
-    def _draw(self, p: Progress) -> None:
-        pct = 100.0 * p.done / p.total if p.total else 100.0
-        tail = waiting() or f"ETA {fmt_duration(p.eta)}"
-        line = (
-            f"{p.phase}: {p.area:<14.14} {pct:5.1f}%  {fmt_bytes(p.done)} / {fmt_bytes(p.total)}"
-            f"  {p.rate / 1e6:6.1f} MB/s  {tail}"
-        )
+    def _draw(self, p: Progress | None) -> None:
+        note = waiting()
+        if p is None:
+            line = note or ""
+        else:
+            pct = 100.0 * p.done / p.total if p.total else 100.0
+            line = (
+                f"{p.phase}: {pct:5.1f}%  {note}"  # the server's name matters more than the numbers then
+                if note
+                else f"{p.phase}: {p.area:<14.14} {pct:5.1f}%  {fmt_bytes(p.done)} / {fmt_bytes(p.total)}"
+                f"  {p.rate / 1e6:6.1f} MB/s  ETA {fmt_duration(p.eta)}"
+            )
         self.stream.write("\r" + line[:79].ljust(79))
         self.stream.flush()
         self.shown = True
@@ -140,7 +143,7 @@ class TerminalProgress:
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
             with self._lock:
-                if self.last is not None and self.shown and waiting():
+                if waiting() and not self._stop.is_set():
                     self._draw(self.last)
 
     def close(self) -> None:

@@ -21,8 +21,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from rescue import processes
 from rescue.errors import RepoError
-from rescue.hw import leftovers
 from rescue.repo.storage import ObjectMissing, ObjectProblem, Storage
 
 KEY = "lock.json"
@@ -49,9 +49,9 @@ class Holder:
         """This machine's own job, and its process no longer runs (or the machine rebooted)."""
         if self.host != socket.gethostname():
             return False
-        if self.boot_id != leftovers.boot_id():
+        if self.boot_id != processes.boot_id():
             return True
-        return leftovers.process_start(self.pid) != self.process_start
+        return processes.process_start(self.pid) != self.process_start
 
     def stale(self) -> bool:
         return self.gone() or self.age() > STALE
@@ -84,8 +84,8 @@ class Lock:
             job,
             socket.gethostname(),
             pid,
-            leftovers.process_start(pid),
-            leftovers.boot_id(),
+            processes.process_start(pid),
+            processes.boot_id(),
             uuid.uuid4().hex,
             now,
             now,

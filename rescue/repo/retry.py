@@ -2,7 +2,9 @@
 which retries what may pass (a timeout, a dropped connection, a 5xx answer) with growing
 pauses, logs each retry, and gives up with one line naming the server once the server has
 not answered for `Patience.give_up` seconds. While it waits, `waiting()` says so, and the
-progress line shows it: a server that stops answering is never a silent hang.
+progress line shows it: a server that stops answering is never a silent hang. Once a job has
+given up on a server, its other requests there fail at once for as long again (the tidying
+after a failure must not wait the limit anew for each request).
 
 Like restic's backend retries (exponential backoff, each retry reported) and rclone's
 --low-level-retries, but bounded by time without an answer rather than by a count: a capture
@@ -51,6 +53,7 @@ def current() -> Patience:
 
 _lock = threading.Lock()
 _waiting: dict[str, tuple[float, int]] = {}  # server -> (when the first unanswered retry began, how many wait)
+_gone: dict[str, float] = {}  # server -> when a job last gave up on it
 
 
 def waiting() -> str | None:
@@ -66,6 +69,13 @@ def attempt(server: str, what: str, call: Callable[[], T], patience: Patience = 
     """`call()`, retried while it raises Transient, until `patience.give_up` seconds have
     passed since the first failure: then StorageUnavailable("<server>: cannot <what>: <last
     error> (no answer for N s)"). Anything else `call` raises goes through untouched."""
+    with _lock:
+        gave_up = _gone.get(server)
+    if gave_up is not None and time.monotonic() - gave_up < patience.give_up:
+        # Given up on a moment ago: what follows is tidying after the failure (removing new
+        # chunks, releasing the lock), which must not wait the whole limit again for each
+        # request. What it leaves, prune and a stale lock's unlock clear.
+        raise StorageUnavailable(f"{server}: cannot {what}: it stopped answering")
     pause, started = patience.first_pause, None
     while True:
         try:
@@ -80,6 +90,8 @@ def attempt(server: str, what: str, call: Callable[[], T], patience: Patience = 
             waited = now - started
             if waited >= patience.give_up:
                 _done(server)
+                with _lock:
+                    _gone[server] = time.monotonic()
                 raise StorageUnavailable(f"{server}: cannot {what}: {e} (no answer for {waited:.0f} s)") from None
             log.warning("%s: %s failed (%s); retrying in %.1f s", server, what, e, pause)
             time.sleep(min(pause, max(0.0, patience.give_up - waited)))
@@ -91,6 +103,9 @@ def attempt(server: str, what: str, call: Callable[[], T], patience: Patience = 
             raise
         if started is not None:
             _done(server)
+        if gave_up is not None:
+            with _lock:
+                _gone.pop(server, None)
         return result
 
 

@@ -26,6 +26,7 @@ from rescue.engine import (
 from rescue.errors import Cancelled, RescueError
 from rescue.hw import netmount
 from rescue.hw.destination import REPO_FILES
+from rescue.hw.logins import Remote, S3Login, SshLogin
 from rescue.imaging.progress import fmt_bytes, fmt_duration
 from rescue.imaging.restore import RestorePlan as Plan
 from rescue.tui import views
@@ -68,6 +69,13 @@ def bad_sector_lines(lost: int, ranges: list[tuple[int, int]], what: str) -> lis
     return out
 
 
+def logout_of(state: Any) -> None:
+    """End the login to a repository's server (SSH master, S3 profile) a flow made."""
+    logout, state.logout = state.logout, None
+    if logout is not None:
+        logout()
+
+
 @dataclass
 class RestoreState:
     repo: RepoInfo | None = None
@@ -77,9 +85,10 @@ class RestoreState:
     plan: Plan | None = None
     outcome: RestoreOutcome | None = None
     message: str = ""  # shown once on the next screen's status line
+    logout: Any = None  # backend.close_remote, once a server was logged in to
 
     def close(self) -> None:
-        pass
+        logout_of(self)
 
 
 @dataclass
@@ -92,9 +101,10 @@ class CaptureState:
     written: str | None = None  # the repository the capture wrote into (a place's, while it was mounted)
     outcome: CaptureOutcome | None = None
     name: str | None = None
+    logout: Any = None  # backend.close_remote, once a server was logged in to
 
     def close(self) -> None:
-        pass
+        logout_of(self)
 
 
 @dataclass
@@ -123,13 +133,22 @@ class BrowseState:
     where: str = ""  # where the files go, in words
     outcome: CopyOutcome | None = None
     closer: Any = None  # backend.browse_close, set when a session is opened
+    logout: Any = None  # backend.close_remote, once a server was logged in to
 
-    def close(self) -> None:
+    def unmount(self) -> None:
         """Unmount the partition. Called when its tree is left backwards, when the copy ends,
-        and whenever the flow ends (main menu, exit, error)."""
+        and when the flow ends."""
         session, self.session = self.session, None
         if session is not None and self.closer is not None:
             self.closer(session)
+
+    def close(self) -> None:
+        """The flow ends (main menu, exit, error): the partition is unmounted, then the
+        login to the repository's server ended."""
+        try:
+            self.unmount()
+        finally:
+            logout_of(self)
 
 
 class MenuController:
@@ -244,10 +263,91 @@ class ShareSteps:
         raise NotImplementedError
 
 
+class RemoteSteps:
+    """The "SSH server (SFTP)..." and "S3 object store..." rows of a repository step: a
+    form, then the login and a look at the folder run in the worker (Engine.open_remote),
+    and `opened_remote` gets what was found. A failure comes back to the form in words with
+    what was typed, except the password or secret key: those are never kept, and typed
+    again. The login lasts until the flow ends (the state's `logout`)."""
+
+    share_title = ""
+    _ssh_typed: dict[str, str] | None = None
+    _s3_typed: dict[str, str] | None = None
+
+    def ssh(self) -> None:
+        self.app.show(views.SshView(self, self.share_title, self.app.wizard_position(self), self._ssh_typed))
+
+    def s3(self) -> None:
+        self.app.show(views.S3View(self, self.share_title, self.app.wizard_position(self), self._s3_typed))
+
+    def connect_ssh(self, typed: dict[str, str]) -> None:
+        self._ssh_typed = {k: v for k, v in typed.items() if k != "password"}
+        self._remote(
+            lambda: SshLogin.parse(typed["server"], typed["port"], typed["user"], typed["folder"], typed["password"]),
+            self.ssh,
+        )
+
+    def connect_s3(self, typed: dict[str, str]) -> None:
+        self._s3_typed = {k: v for k, v in typed.items() if k != "secret_key"}
+        self._remote(
+            lambda: S3Login.parse(
+                typed["endpoint"],
+                typed["bucket"],
+                typed["prefix"],
+                typed["region"],
+                typed["access_key"],
+                typed["secret_key"],
+            ),
+            self.s3,
+        )
+
+    def remote_source(self) -> DriveInfo | None:
+        """The drive a capture will store there (its space is checked), None to read images."""
+        return None
+
+    def _remote(self, parse, form) -> None:
+        try:
+            login = parse()
+        except RescueError as e:
+            self.app.view.set_status(views.sentence(str(e)), error=True)
+            return
+        self.app.show(
+            views.ProgressView(
+                self, self.share_title, f"Connecting to {login.shown}...", self.app.wizard_position(self)
+            )
+        )
+        source = self.remote_source()
+
+        def failed(error: BaseException, tb: str) -> None:
+            if not isinstance(error, RescueError):
+                self.app.job_failed(error, tb)
+                return
+            form()
+            self.app.view.set_status(views.sentence(str(error)), error=True)
+
+        self.app.run_job(
+            lambda _p, _c: self.backend.open_remote(login, source), lambda _p: None, self._opened_remote, failed
+        )
+
+    def _opened_remote(self, remote: Remote) -> None:
+        self.state.logout = self.backend.close_remote
+        self.opened_remote(remote)
+        if remote.new_key:
+            self.app.tell(
+                "New SSH server",
+                f"First connection to {remote.shown}. Its host key, now trusted until the next "
+                f"boot:\n\n{remote.new_key}\n\nCompare it with the server's own (ssh-keygen -lf "
+                "/etc/ssh/ssh_host_ed25519_key.pub there) if in doubt.",
+            )
+
+    def opened_remote(self, remote: Remote) -> None:
+        raise NotImplementedError
+
+
 # --- restore ---------------------------------------------------------------------------------
 
 
-class RepoStep(ShareSteps, Step):
+class RepoStep(RemoteSteps, ShareSteps, Step):
     title = "Restore: where are the images?"
     share_title = "Restore: images on another computer"
 
@@ -278,6 +378,15 @@ class RepoStep(ShareSteps, Step):
             self.app.view.set_status(views.sentence(str(e)), error=True)
             return
         self.done()
+
+    def opened_remote(self, remote: Remote) -> None:
+        self.state.repo = self.backend.remote_repository(remote)
+        try:
+            self.done()
+        except RescueError as e:  # its images could not be listed: back to the form, in words
+            self.state.repo = None
+            (self.ssh if remote.location.startswith("sftp:") else self.s3)()
+            self.app.view.set_status(views.sentence(str(e)), error=True)
 
 
 class ImageStep(Step):
@@ -570,7 +679,7 @@ class SourceStep(DriveStep):
         self.done()
 
 
-class DestStep(ShareSteps, Step):
+class DestStep(RemoteSteps, ShareSteps, Step):
     share_title = "Capture: store the image on another computer"
 
     def check(self, repo: RepoInfo | None, path: str) -> tuple[str, str | None]:
@@ -589,6 +698,23 @@ class DestStep(ShareSteps, Step):
     def open_share(self, share) -> DestInfo:
         s = self.state
         return self.backend.open_share(share, s.source, self.backend.capture_need(s.source))  # type: ignore[no-any-return]
+
+    def remote_source(self) -> DriveInfo | None:
+        return self.state.source  # type: ignore[no-any-return]
+
+    def opened_remote(self, remote: Remote) -> None:
+        """Into the repository there, or a new one the capture makes in the empty folder; a
+        folder that may not take the image keeps the person on the form, saying why."""
+        if remote.refusal is not None:
+            (self.ssh if remote.location.startswith("sftp:") else self.s3)()
+            self.app.view.set_status(
+                views.sentence(f"Cannot store the image in {remote.location}: {remote.refusal}"), error=True
+            )
+            return
+        s = self.state
+        s.place, s.dest = None, remote.location
+        s.where = remote.location if remote.repository else f"a new repository at {remote.location}"
+        self.done()
 
     def choose_place(self, dest: DestInfo) -> None:
         s = self.state
@@ -850,6 +976,7 @@ class CloneDoneStep(DoneStep):
 
 class BrowseRepoStep(RepoStep):
     title = "Browse: where are the images?"
+    share_title = "Browse: images on another computer"
 
 
 class BrowseImageStep(ImageStep):
@@ -876,7 +1003,7 @@ class TreeStep(Step):
     def start(self) -> None:
         s = self.state
         if s.session is not None and s.session.part.number != s.part.number:
-            s.close()
+            s.unmount()
         if s.session is None:
             s.session = self.backend.browse_open(s.repo.path, s.image.name, s.part)
             s.closer = self.backend.browse_close
@@ -886,7 +1013,7 @@ class TreeStep(Step):
             if s.session.root is not None:
                 self.children["/"] = self.backend.browse_list(s.session, "/")
         except BaseException:
-            s.close()  # a step that fails to start leaves nothing mounted behind it
+            s.unmount()  # a step that fails to start leaves nothing mounted behind it
             raise
         title = f"Browse: files in partition {s.part.number}"
         if s.session.root is None:
@@ -908,7 +1035,7 @@ class TreeStep(Step):
         return f"{self.state.image.name}-p{self.state.part.number}"
 
     def back(self) -> None:
-        self.state.close()
+        self.state.unmount()
         super().back()
 
     # the tree -------------------------------------------------------------------------------
@@ -1065,7 +1192,7 @@ class CopyProgressStep(JobStep):
 
     def finished(self, result: CopyOutcome) -> None:
         self.state.outcome = result
-        self.state.close()
+        self.state.unmount()
         self.done()
 
     def cancelled_text(self) -> str:

@@ -113,7 +113,7 @@ class RepoView(Screen):
                 )
             )
         self.edit = ActionEdit("Type a path...: ", c.choose)
-        rows += [urwid.Divider(), self.edit, *share_rows(c)]
+        rows += [urwid.Divider(), self.edit, *share_rows(c), *remote_rows(c)]
         super().__init__(
             title,
             rows,
@@ -475,6 +475,89 @@ def share_rows(c: Any) -> list[urwid.Widget]:
     return [Choice("Windows share (SMB)...", c.smb), Choice("NFS export...", c.nfs)]
 
 
+def remote_rows(c: Any) -> list[urwid.Widget]:
+    """The rows that reach a repository on a server (the repository screens only)."""
+    return [Choice("SSH server (SFTP)...", c.ssh), Choice("S3 object store...", c.s3)]
+
+
+class FormView(Screen):
+    """Labelled one-line fields, Enter in any of them connects; the secret field is masked
+    with '*' and never filled in again (what was typed comes back, the secret does not)."""
+
+    secret = ""
+    intro = ""
+
+    def __init__(
+        self,
+        c: Any,
+        title: str,
+        step: str,
+        fields: Sequence[tuple[str, str, str]],  # (key, caption, default)
+        typed: dict[str, str] | None,
+        connect: Any,
+    ):
+        typed = typed or {}
+        self.connect = connect
+        self.fields = {
+            key: ActionEdit(caption, lambda _t: self._connect(), "" if key == self.secret else typed.get(key, default))
+            for key, caption, default in fields
+        }
+        self.fields[self.secret].set_mask("*")
+        rows: list[urwid.Widget] = [urwid.Text(self.intro), urwid.Divider(), *self.fields.values()]
+        super().__init__(
+            title,
+            rows,
+            [button("Connect", self._connect), button("Back", c.start)],
+            on_back=c.start,
+            help="Up/Down: field  Enter: connect  Esc: back",
+            step=step,
+        )
+
+    def values(self) -> dict[str, str]:
+        return {k: e.edit_text for k, e in self.fields.items()}
+
+    def _connect(self) -> None:
+        self.connect(self.values())
+
+
+class SshView(FormView):
+    """An SSH server's folder, over SFTP; the password is not shown, and empty means keys."""
+
+    secret = "password"
+    intro = (
+        "Images in a folder on an SSH server, over SFTP. A server met for the first time is "
+        "trusted and its key's fingerprint shown. Empty password: keys only."
+    )
+
+    def __init__(self, c: Any, title: str, step: str = "", typed: dict[str, str] | None = None):
+        fields = [
+            ("server", "Server (name or address): ", ""),
+            ("port", "Port: ", "22"),
+            ("user", "User: ", "root"),
+            ("folder", "Folder on the server: ", ""),
+            ("password", "Password (empty: keys): ", ""),
+        ]
+        super().__init__(c, title, step, fields, typed, c.connect_ssh)
+
+
+class S3View(FormView):
+    """A bucket (and prefix) on an S3 object store; the secret key is not shown."""
+
+    secret = "secret_key"
+    intro = "Images in a bucket of an S3 object store (MinIO, Ceph, Swift, Garage, AWS...)."
+
+    def __init__(self, c: Any, title: str, step: str = "", typed: dict[str, str] | None = None):
+        fields = [
+            ("endpoint", "Endpoint URL (empty: AWS): ", ""),
+            ("bucket", "Bucket: ", ""),
+            ("prefix", "Prefix (optional): ", ""),
+            ("region", "Region: ", "us-east-1"),
+            ("access_key", "Access key: ", ""),
+            ("secret_key", "Secret key: ", ""),
+        ]
+        super().__init__(c, title, step, fields, typed, c.connect_s3)
+
+
 class SmbView(Screen):
     """Where a Windows share is and who may open it; the password is not shown."""
 
@@ -538,7 +621,7 @@ class DestView(Screen):
                 )
             )
         self.edit = ActionEdit("Type a path...: ", c.choose)
-        rows += [urwid.Divider(), self.edit, *share_rows(c)]
+        rows += [urwid.Divider(), self.edit, *share_rows(c), *remote_rows(c)]
         super().__init__(
             "Capture: where to store the image",
             rows,

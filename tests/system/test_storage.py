@@ -229,6 +229,10 @@ def test_capture_list_verify_restore_and_a_plain_copy_is_a_repository(where, dri
     target = loops.disk("target.img", 40 * MiB)
     run(where, "restore", where.location, "pc", target, "--yes")
     assert files_of(loops, drive) == files_of(loops, target)
+    out = tmp_path / "extracted"
+    run(where, "extract", where.location, "pc", "--partition", "1", "--to", str(out), "/src/repo/storage.py")
+    here = Path(__file__).resolve().parents[2] / "rescue" / "repo" / "storage.py"
+    assert (out / "storage.py").read_bytes() == here.read_bytes(), "browsing reads the image where it lives"
     copied = tmp_path / "copied"
     copy_all(where.reader, copied)
     assert "is intact" in rescue("verify", str(copied), "pc-again", check=True).stdout

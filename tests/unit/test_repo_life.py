@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from rescue import processes
 from rescue.errors import UsageError
-from rescue.hw import leftovers
 from rescue.repo import lock, retry
 from rescue.repo.local import LocalStorage
 from rescue.repo.maintain import choose
@@ -78,8 +78,8 @@ def test_retry_gives_up_with_one_line_naming_the_server():
         raise retry.Transient("timed out")
 
     started = time.monotonic()
-    with pytest.raises(StorageUnavailable, match=r"^nas.lan: cannot read a chunk: timed out \(no answer for"):
-        retry.attempt("nas.lan", "read a chunk", dead, retry.Patience(give_up=0.3, first_pause=0.05))
+    with pytest.raises(StorageUnavailable, match=r"^dead.lan: cannot read a chunk: timed out \(no answer for"):
+        retry.attempt("dead.lan", "read a chunk", dead, retry.Patience(give_up=0.3, first_pause=0.05))
     assert time.monotonic() - started < 5 and retry.waiting() is None
 
 
@@ -124,8 +124,8 @@ def holder(**kw):
         job="capture",
         host=socket.gethostname(),
         pid=os.getpid(),
-        process_start=leftovers.process_start(os.getpid()),
-        boot_id=leftovers.boot_id(),
+        process_start=processes.process_start(os.getpid()),
+        boot_id=processes.boot_id(),
         token="t",
         started=now,
         refreshed=now,
@@ -157,3 +157,18 @@ def test_keep_rules_count_per_drive_and_are_a_union():
     assert choose(images, 1, None) == {"a4", "b1"}
     assert choose(images, None, 2) == {"a4", "a3", "b1"}
     assert choose(images, 1, 3) == {"a4", "a3", "a2", "b1"}, "the newest of each of the 3 last days"
+
+
+def test_after_giving_up_the_tidying_does_not_wait_again():
+    def dead():
+        raise retry.Transient("timed out")
+
+    patience = retry.Patience(give_up=0.2, first_pause=0.05)
+    with pytest.raises(StorageUnavailable, match="no answer for"):
+        retry.attempt("gone.lan", "store a chunk", dead, patience)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match=r"^gone.lan: cannot remove a chunk: it stopped answering$"):
+        retry.attempt("gone.lan", "remove a chunk", dead, retry.Patience(give_up=60))
+    assert time.monotonic() - started < 1
+    time.sleep(0.25)
+    assert retry.attempt("gone.lan", "read", lambda: 1, patience) == 1, "tried again once the limit has passed"
