@@ -31,13 +31,13 @@ from rescue.filesystems import lookup
 from rescue.hw import devices
 from rescue.hw.destination import REPO_FOLDER, Opened, writable_refusal
 from rescue.hw.discover import Place
-from rescue.hw.logins import Remote, S3Login, SshLogin, SshSession
 from rescue.hw.netmount import NfsExport, SmbShare
 from rescue.imaging.apply import AreaFacts
 from rescue.imaging.progress import Meter, Progress, fmt_bytes
 from rescue.imaging.restore import POLICIES, RestorePlan, facts_of, plan_onto
 from rescue.machine import LiveMachine, Machine, PartInfo, RecordedMachine
 from rescue.model.layout import DiskLayout
+from rescue.repo.logins import Remote, S3Login, SshLogin, SshSession
 from rescue.repo.manifest import printable
 from rescue.repo.store import ImageSummary as ImageInfo
 from rescue.repo.store import check_name, same_name
@@ -348,7 +348,7 @@ class Engine:
             return free, f"not enough free space: needs up to {fmt_bytes(need)}"
         return free, None
 
-    # repositories on a server, typed into the wizard's forms (rescue.hw.logins) -----------
+    # repositories on a server, typed into the wizard's forms (rescue.repo.logins) -----------
     _remote: Any = None  # the SshSession or S3Profile in use, and the $RESCUE_RSH it replaced
     login_dir: str | None = None  # where logins keep their files: <it>/ssh, <it>/s3 (None: /run/rescue)
 
@@ -361,9 +361,9 @@ class Engine:
 
         The login then stays for the jobs, which open the repository again by its URL like
         any other: the SSH master connection through $RESCUE_RSH, the S3 keys as a private
-        AWS profile (rescue.hw.logins). close_remote() ends it (the wizard: when the flow
+        AWS profile (rescue.repo.logins). close_remote() ends it (the wizard: when the flow
         ends); one login at a time."""
-        from rescue.hw.logins import S3Profile, rsh_of, ssh_login
+        from rescue.repo.logins import S3Profile, rsh_of, ssh_login
         from rescue.repo.s3 import S3Storage
         from rescue.repo.sftp import SftpStorage
         from rescue.repo.storage import StorageUnavailable

@@ -23,7 +23,8 @@ class FileProblem(Exception):
         self.reason = reason
 
 
-def _kind(mode: int) -> str:
+def kind_of_mode(mode: int) -> str:
+    """What a file with these mode bits is, in words: "a FIFO", "a symbolic link", "a file"..."""
     for test, name in (
         (stat.S_ISLNK, "a symbolic link"),
         (stat.S_ISDIR, "a directory"),
@@ -41,7 +42,7 @@ def _kind(mode: int) -> str:
 def kind_of(path: Path) -> str | None:
     """What `path` is, without following a symbolic link; None when it does not exist."""
     try:
-        return _kind(os.lstat(path).st_mode)
+        return kind_of_mode(os.lstat(path).st_mode)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -74,7 +75,7 @@ def read_file(path: Path, limit: int, *, confined: bool = True) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FileProblem(f"is {_kind(st.st_mode)}, not a regular file")
+            raise FileProblem(f"is {kind_of_mode(st.st_mode)}, not a regular file")
         if st.st_size > limit:
             raise FileProblem(f"is {st.st_size} bytes, more than the {limit} it can be")
         parts, left = [], limit + 1

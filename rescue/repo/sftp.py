@@ -74,7 +74,7 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from rescue.errors import UsageError
-from rescue.repo import retry
+from rescue.repo import files, retry
 from rescue.repo.storage import FOLDER, OBJECT, Entry, ObjectMissing, ObjectProblem, StorageUnavailable, check_key
 
 T = TypeVar("T")
@@ -223,20 +223,7 @@ class _Decoder:
 
 def kind_of_mode(mode: int | None) -> str:
     """What a file with these permission bits is, in the words of rescue.repo.files."""
-    if mode is None:
-        return "of an unknown kind"
-    for test, name in (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISREG, "a file"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return "of an unknown kind" if mode is None else files.kind_of_mode(mode)
 
 
 def meaningful(lines: Sequence[str]) -> str:

@@ -20,13 +20,15 @@ from rescue.engine import (
     ImageInfo,
     ImagePart,
     PartInfo,
+    Remote,
     RepoInfo,
     RestoreOutcome,
+    S3Login,
+    SshLogin,
 )
 from rescue.errors import Cancelled, RescueError
 from rescue.hw import netmount
 from rescue.hw.destination import REPO_FILES
-from rescue.hw.logins import Remote, S3Login, SshLogin
 from rescue.imaging.progress import fmt_bytes, fmt_duration
 from rescue.imaging.restore import RestorePlan as Plan
 from rescue.tui import views

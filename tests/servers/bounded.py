@@ -150,3 +150,21 @@ def factory(start_one: Callable[..., S]) -> Iterator[Callable[..., S]]:
     finally:
         for server in reversed(started):
             server.stop()
+
+
+class Serving(Stoppable, Protocol):
+    process: Process
+
+
+V = TypeVar("V", bound=Serving)
+
+
+def ready_or_stopped(server: V, host: str, port: int, *, within: float = READY_WITHIN, log_says: str = "") -> V:
+    """`server` once its process listens on host:port (and its log says `log_says`); when it
+    does not, the server is stopped before the error goes on."""
+    try:
+        server.process.ready(host, port, within=within, log_says=log_says)
+    except BaseException:
+        server.stop()
+        raise
+    return server

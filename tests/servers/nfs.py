@@ -32,7 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers.bounded import DEFAULT_LIFETIME, GUEST_HOST, READY_WITHIN, Process, ServerError, factory, port_free, start
+from servers.bounded import (
+    DEFAULT_LIFETIME,
+    GUEST_HOST,
+    READY_WITHIN,
+    Process,
+    ServerError,
+    factory,
+    port_free,
+    ready_or_stopped,
+    start,
+)
 
 NFS_PORT = 2049
 PLUGINS = "/usr/lib/x86_64-linux-gnu/ganesha"  # nfs-ganesha-vfs's libfsalvfs.so
@@ -170,12 +180,7 @@ def start_nfs(
         ]
         process = start("ganesha.nfsd", argv, log, lifetime=lifetime)
         server = NfsServer(root, root / "export", host, port, pseudo, process)
-        try:
-            process.ready(host, port, within=ready_within, log_says="NFS SERVER INITIALIZED")
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return ready_or_stopped(server, host, port, within=ready_within, log_says="NFS SERVER INITIALIZED")
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

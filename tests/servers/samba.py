@@ -34,7 +34,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servers.bounded import DEFAULT_LIFETIME, GUEST_HOST, READY_WITHIN, Process, ServerError, factory, port_free, start
+from servers.bounded import (
+    DEFAULT_LIFETIME,
+    GUEST_HOST,
+    READY_WITHIN,
+    Process,
+    ServerError,
+    factory,
+    port_free,
+    ready_or_stopped,
+    start,
+)
 
 PROTOCOLS = ("SMB2_02", "SMB2_10", "SMB3_00", "SMB3_02", "SMB3_11")
 SMB_PORT = 445
@@ -174,12 +184,7 @@ def start_samba(
         argv = ["smbd", "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf)]
         process = start("smbd", argv, root / "smbd.log", lifetime=lifetime)
         server = SambaServer(root, root / "share", host, port, share, user, password, unix_user, process)
-        try:
-            process.ready(host, port, within=ready_within)
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return ready_or_stopped(server, host, port, within=ready_within)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

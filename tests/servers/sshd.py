@@ -36,7 +36,16 @@ from pathlib import Path
 from rescue.repo.retry import Patience
 from rescue.repo.sftp import SftpStorage
 from rescue.repo.storage import Storage
-from servers.bounded import DEFAULT_LIFETIME, READY_WITHIN, Process, ServerError, factory, free_port, start
+from servers.bounded import (
+    DEFAULT_LIFETIME,
+    READY_WITHIN,
+    Process,
+    ServerError,
+    factory,
+    free_port,
+    ready_or_stopped,
+    start,
+)
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself: it must be started by its absolute path
 PRIVSEP_DIR = Path("/run/sshd")
@@ -212,12 +221,7 @@ def start_sshd(
         argv = [SSHD, "-D", "-e", "-f", str(root / "sshd_config")]
         process = start("sshd", argv, root / "sshd.log", lifetime=lifetime)
         server = SshServer(root, host, port, user, process)
-        try:
-            process.ready(host, port, within=ready_within)
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return ready_or_stopped(server, host, port, within=ready_within)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

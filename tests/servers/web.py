@@ -41,7 +41,16 @@ from rescue.repo import retry
 from rescue.repo.http import HttpStorage
 from rescue.repo.local import LocalStorage
 from rescue.repo.storage import Storage
-from servers.bounded import DEFAULT_LIFETIME, READY_WITHIN, Process, ServerError, factory, free_port, start
+from servers.bounded import (
+    DEFAULT_LIFETIME,
+    READY_WITHIN,
+    Process,
+    ServerError,
+    factory,
+    free_port,
+    ready_or_stopped,
+    start,
+)
 
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 REPO = "repo"  # the repository's folder under the document root: <url>/repo
@@ -279,12 +288,7 @@ def start_nginx(
         argv = [nginx, "-p", f"{state}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
         process = start("nginx", argv, state / "nginx.log", lifetime=lifetime)
         server = WebServer(root, host, port, "https" if tls else "http", process, user, password, owns_root=owns_root)
-        try:
-            process.ready(host, port, within=ready_within)
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return ready_or_stopped(server, host, port, within=ready_within)
     except BaseException:
         if owns_root:
             shutil.rmtree(root, ignore_errors=True)

@@ -332,7 +332,12 @@ def test_a_server_stopped_for_good_is_given_up_within_the_patience(nginx):
     message = one_line(e.value)
     assert message.startswith(f"127.0.0.1:{server.port}: cannot read m.json: no answer within 1 s"), message
 
-    server.stop()  # gone: refused at once, given up after the same patience
+    server.stop()
+    started = time.monotonic()  # just given up on: the next request does not wait again
+    with pytest.raises(StorageUnavailable, match="it stopped answering"):
+        storage.get("m.json", 10)
+    assert time.monotonic() - started < 0.5
+    time.sleep(patience.give_up)  # later, it is tried again: refused at once, given up after the same patience
     started = time.monotonic()
     with pytest.raises(StorageUnavailable) as e:
         storage.get("m.json", 10)

@@ -226,7 +226,9 @@ def test_capture_list_verify_restore_and_a_plain_copy_is_a_repository(where, dri
     assert [i["name"] for i in listing] == ["pc", "pc-again"]
     assert listing[1]["stored_bytes"] < listing[0]["stored_bytes"] / 10, "the second stored next to nothing"
     assert "is intact" in run(where, "verify", where.location, "pc").stdout
+    assert "ext4" in run(where, "info", where.location, "pc").stdout
     target = loops.disk("target.img", 40 * MiB)
+    assert "fits" in run(where, "plan", where.location, "pc", target).stdout.lower()
     run(where, "restore", where.location, "pc", target, "--yes")
     assert files_of(loops, drive) == files_of(loops, target)
     out = tmp_path / "extracted"

@@ -1,4 +1,4 @@
-"""rescue.hw.logins without a server: the forms' values checked and turned into URLs, the
+"""rescue.repo.logins without a server: the forms' values checked and turned into URLs, the
 askpass helper answering through its file (and only a password prompt), a whole login
 through a stand-in for ssh that asks for the password the way ssh does (SSH_ASKPASS), and
 the S3 profile's files and environment. The real servers are in tests/tui/test_remote_forms.py."""
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from rescue.errors import UsageError
-from rescue.hw import logins
-from rescue.hw.logins import ASKPASS, S3Login, S3Profile, SshLogin, in_words, ssh_login
+from rescue.repo import logins
+from rescue.repo.logins import ASKPASS, S3Login, S3Profile, SshLogin, in_words, ssh_login
 from rescue.repo.s3 import settings
 from rescue.repo.storage import StorageUnavailable
 
