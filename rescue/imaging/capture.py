@@ -95,7 +95,7 @@ class CaptureResult:
 
 
 BAD_MAP = "badsectors.map"
-TEMP_PATTERNS = ["chunks/*/.*.tmp", "images/*/.*.tmp", ".*.tmp"]  # rescue.repo.store.write_atomic's names
+TEMP_PATTERNS = ["chunks/*/.*.tmp", "images/*/.*.tmp", ".*.tmp"]  # rescue.repo.files.temp_name's names
 
 
 def plan_capture(source: str, log=lambda m: None) -> CapturePlan:

@@ -5,7 +5,6 @@ repository way (a log, a bad-sector map) uses the same rules."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -114,23 +113,6 @@ def write_new(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: readers see the old file or the new one.
-    A failed write leaves no temporary file behind. Renaming over an existing file works on
-    FAT, exFAT and NTFS under Linux (kernel drivers and FUSE alike)."""
-    if len(data) > MAX_FILE:
-        raise OSError(errno.EFBIG, f"{len(data)} bytes is more than a FAT32 drive holds in one file", str(path))
-    tmp = temp_name(path)
-    try:
-        write_new(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

@@ -19,7 +19,7 @@ import os
 import threading
 from pathlib import Path
 
-from rescue.repo.files import FileProblem, free_bytes, fsync_dir, kind_of, read_file, temp_name, write_new
+from rescue.repo.files import MAX_FILE, FileProblem, free_bytes, fsync_dir, kind_of, read_file, temp_name, write_new
 from rescue.repo.storage import FOLDER, OBJECT, Entry, ObjectMissing, ObjectProblem, check_key
 
 
@@ -63,6 +63,8 @@ class LocalStorage:
         return self._write(self.file(key), data, replace=False)
 
     def _write(self, final: Path, data: bytes, *, replace: bool) -> bool:
+        if len(data) > MAX_FILE:
+            raise OSError(errno.EFBIG, f"{len(data)} bytes is more than a FAT32 drive holds in one file", str(final))
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(final)
         try:

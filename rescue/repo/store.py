@@ -42,7 +42,7 @@ import zstandard
 
 from rescue.errors import IntegrityError, RepoError, RescueError, UsageError
 from rescue.repo import chunks
-from rescue.repo.files import MAX_FILE, FileProblem, free_bytes, kind_of, read_file, write_atomic  # noqa: F401 - re-exported
+from rescue.repo.files import kind_of
 from rescue.repo.index import Index, Kind
 from rescue.repo.local import LocalStorage
 from rescue.repo.lock import Lock
@@ -680,8 +680,6 @@ class Repository:
     def write_image_file(self, name: str, filename: str, data: bytes) -> None:
         """A file of an image being captured (an index, the bad-sector map), atomically."""
         try:
-            if len(data) > MAX_FILE:
-                raise OSError(errno.EFBIG, f"{len(data)} bytes is more than a FAT32 drive holds in one file")
             self.storage.put(self.image_key(name, filename), data)
         except OSError as e:
             raise write_error(self.where, f"write {filename} of image {name}", e) from None

@@ -6,18 +6,17 @@ case-insensitive filesystem). Images stored before these rules still read."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from rescue.errors import RepoError, UsageError
+from rescue.repo.files import MAX_FILE
+from rescue.repo.local import LocalStorage
 from rescue.repo.store import (
-    MAX_FILE,
     Repository,
     check_name,
     name_problem,
     same_name,
-    write_atomic,
 )
 
 
@@ -143,7 +142,7 @@ def test_a_repository_may_be_created_at_the_root_of_a_windows_formatted_drive(tm
 
 def test_no_repository_file_may_reach_the_fat32_limit():
     """An index is 33 bytes a chunk: even a 4 TB drive in 64 KiB chunks (the smallest a
-    repository may use) stays far below 4 GiB; write_atomic refuses anything larger."""
+    repository may use) stays far below 4 GiB; a local repository refuses anything larger."""
     from rescue.repo.index import Index
 
     assert Index.file_size(64 << 10, 4 * 10**12) < MAX_FILE // 2
@@ -154,4 +153,4 @@ def test_no_repository_file_may_reach_the_fat32_limit():
             return MAX_FILE + 1
 
     with pytest.raises(OSError, match="more than a FAT32 drive holds in one file"):
-        write_atomic(Path("/nonexistent/never-written"), Huge())
+        LocalStorage("/nonexistent").put("never-written", Huge())
