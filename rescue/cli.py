@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from rescue.hw import leftovers
 
     if getattr(args, "s3_endpoint", None):
-        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint  # where rescue.repo.s3 looks, for every repository named
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # where rescue.repo.s3 looks, first first
+            os.environ[name] = args.s3_endpoint
     try:
         if args.func is not cmd_wizard:  # the wizard clears them itself, and says so on its screen
             cleared = clear_leftovers()  # what killed runs left: loop devices, mounts, files, drives

@@ -159,7 +159,7 @@ class _Storer:
         added = self.repo.write_chunk(dig, chunks.encode(data, cctx))
         with self.lock:
             self.stored_bytes += added
-            self.new_chunks += 1
+            self.new_chunks += 1 if added else 0
         return dig
 
 

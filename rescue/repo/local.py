@@ -93,8 +93,8 @@ class LocalStorage:
             os.unlink(tmp)
             return False
         except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV):
-                raise
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+                raise  # a real failure; any other answer means "no hard links here" (FAT, some shares)
             if kind_of(final) is not None:
                 os.unlink(tmp)
                 return False
@@ -118,6 +118,8 @@ class LocalStorage:
             except OSError:
                 break
             parent = parent.parent
+        with self._lock:
+            self._touched.add(parent)  # flush() makes the removal durable
 
     def list(self, prefix: str) -> list[Entry]:
         folder = self.file(prefix) if prefix else self.path

@@ -7,8 +7,10 @@ Taken from restic's lock files (host, pid, time; a lock not refreshed for a whil
 `unlock` removes only stale ones) with two changes: there is one exclusive lock, since every
 job that changes a repository (capture, delete, prune, copy into it) must exclude prune, which
 is how restic and borg made prune safe against a backup running beside it; and a lock of this
-same machine whose process is gone (another pid, or another boot: the rescue ISO was
-rebooted) is stale at once, as borg checks for a dead process on the same host."""
+same boot of the same machine whose process is gone is stale at once, as borg checks for a
+dead process on the same host (not another boot: every rescue ISO is called "rescue"). A local
+repository's job, which holds the directory's flock first, also takes over a lock older than
+STALE: no writer of this machine can be alive then (a stick moved after a crash)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ KEY = "lock.json"
 REFRESH = 60.0  # seconds between refreshes of a held lock
 STALE = 2 * REFRESH  # a lock not refreshed for this long belongs to a job that is gone
 SETTLE = 2.0  # seconds before a lock made without an exclusive create is looked at again
+CHECK_EVERY = 5.0  # seconds between reads of the lock by check()
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,19 @@ class Holder:
         return (time.time() if now is None else now) - self.refreshed
 
     def gone(self) -> bool:
-        """This machine's own job, and its process no longer runs (or the machine rebooted)."""
-        if self.host != socket.gethostname():
+        """A job of this very boot of this machine whose process no longer runs. Not "another
+        boot": every rescue ISO has the same host name, so a lock of another boot may be
+        another live machine's; only its age tells."""
+        if self.host != socket.gethostname() or self.boot_id != processes.boot_id():
             return False
-        if self.boot_id != processes.boot_id():
-            return True
         return processes.process_start(self.pid) != self.process_start
 
     def stale(self) -> bool:
         return self.gone() or self.age() > STALE
 
     def describe(self) -> str:
+        if not self.token:
+            return "an unreadable lock.json (not rescue's, or damaged)"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"{self.job} by pid {self.pid} on {self.host}, since {when}, refreshed {self.age():.0f} s ago"
 
@@ -74,10 +79,12 @@ def read(storage: Storage) -> Holder | None:
 
 
 class Lock:
-    """The repository's lock for `job`, held inside `with`, refreshed by a thread meanwhile."""
+    """The repository's lock for `job`, held inside `with`, refreshed by a thread meanwhile.
+    `take_over_stale`: a lock older than STALE is this job's to take (a local repository,
+    whose flock this job already holds: no writer of this machine is alive)."""
 
-    def __init__(self, storage: Storage, job: str):
-        self.storage, self.job = storage, job
+    def __init__(self, storage: Storage, job: str, *, take_over_stale: bool = False):
+        self.storage, self.job, self.take_over_stale = storage, job, take_over_stale
         now = time.time()
         pid = os.getpid()
         self.holder = Holder(
@@ -92,7 +99,8 @@ class Lock:
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_ok = now
+        self._last_ok = time.monotonic()
+        self._checked = 0.0  # monotonic time check() last read the lock
         self._lost: str | None = None
 
     def _body(self) -> bytes:
@@ -101,7 +109,7 @@ class Lock:
     def __enter__(self) -> Lock:
         if not self._created():
             other = read(self.storage)
-            if other is not None and other.gone():  # this machine's, its job is over
+            if other is not None and (other.gone() or (self.take_over_stale and other.stale())):
                 self.storage.delete(KEY)
                 if self._created():
                     return self._started()
@@ -137,34 +145,52 @@ class Lock:
             except Exception:  # noqa: BLE001, S110 - a refresh that keeps failing is judged by check()
                 pass
 
-    def refresh(self) -> None:
+    def _late(self) -> bool:
+        """Whether the lock may have gone stale in others' eyes: never rewrite it then (it may
+        be someone else's by now), and stop before the next write that counts."""
+        return time.monotonic() - self._last_ok > STALE - REFRESH / 2
+
+    def _still_mine(self) -> bool:
         current = read(self.storage)
         if current is None or current.token != self.holder.token:
-            self._lost = "its lock was removed by someone else (rescue unlock --force?)"
+            self._lost = "its lock was removed or taken by another job (rescue unlock?)"
+            return False
+        return True
+
+    def refresh(self) -> None:
+        if self._late() or not self._still_mine():
             return
-        now = time.time()
-        self.holder = dataclasses.replace(self.holder, refreshed=now)
+        started = time.monotonic()
+        self.holder = dataclasses.replace(self.holder, refreshed=time.time())
         self.storage.put(KEY, self._body())
-        self._last_ok = now
+        if self._still_mine():  # a put that took long may have landed on another's lock
+            self._last_ok = started
 
     def check(self) -> None:
-        """RepoError when this job can no longer be sure it is the only writer: its lock was
-        removed, or could not be refreshed for so long that another job may have broken it."""
+        """RepoError when this job can no longer be sure it is the only writer: its lock is
+        not its own any more, or could not be refreshed for so long that another job may have
+        taken it. The lock is read again at most every few seconds (prune calls this before
+        each chunk it removes)."""
+        if not self._lost and not self._late() and time.monotonic() - self._checked > CHECK_EVERY:
+            self._checked = time.monotonic()
+            self._still_mine()
         if self._lost:
             raise RepoError(f"{self.storage.where}: {self.job} stopped: {self._lost}")
-        if time.time() - self._last_ok > STALE - REFRESH / 2:
+        if self._late():
             raise RepoError(f"{self.storage.where}: {self.job} stopped: its lock could not be refreshed in time")
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=1.0)  # a refresh stuck on a silent server must not hold the job
+        if self._late():
+            return  # maybe another's by now: it goes stale, `unlock` removes it
         try:
             current = read(self.storage)
             if current is not None and current.token == self.holder.token:
                 self.storage.delete(KEY)
-        except RepoError:
-            pass  # the server is gone: the lock goes stale and `unlock` removes it
+        except (RepoError, OSError):
+            pass  # the server is gone or the drive read-only: the lock goes stale, `unlock` removes it
 
 
 def unlock(storage: Storage, *, force: bool = False) -> str:
@@ -177,5 +203,8 @@ def unlock(storage: Storage, *, force: bool = False) -> str:
             f"{storage.where} is locked by {holder.describe()}: it is not stale "
             f"(refreshed within {STALE:.0f} s); --force removes it anyway, if you know that job is gone"
         )
-    storage.delete(KEY)
+    try:
+        storage.delete(KEY)
+    except OSError as e:
+        raise RepoError(f"{storage.where}/{KEY} cannot be removed ({e.strerror})") from None
     return f"removed the lock of {holder.describe()}"

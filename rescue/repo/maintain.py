@@ -22,7 +22,7 @@ import zstandard
 from rescue.errors import IntegrityError, RepoError, RescueError
 from rescue.repo import chunks
 from rescue.repo.index import Kind
-from rescue.repo.store import ImageSummary, Repository
+from rescue.repo.store import ImageSummary, Repository, write_error
 
 IMAGE_FILES = ("badsectors.map", "badfiles.json", "log.txt")  # beside a manifest, copied with it
 
@@ -50,8 +50,10 @@ class CopyResult:
 
 def _source(s: ImageSummary) -> tuple[str, str]:
     """Images of the same drive are one group: keep rules count within each, so a repository
-    shared by a fleet keeps every machine's images."""
-    return (s.source_model, s.source_serial)
+    shared by a fleet keeps every machine's images. A drive without a serial number (virtio,
+    many USB enclosures, image files) cannot be told from its twins: each of its images is a
+    group of its own, so keep rules never remove it (delete does)."""
+    return (s.source_model, s.source_serial) if s.source_serial else ("", f"image {s.name}")
 
 
 def choose(images: list[ImageSummary], keep_last: int | None, keep_daily: int | None) -> set[str]:
@@ -92,8 +94,15 @@ def prune(
     repo: Repository, *, keep_last: int | None = None, keep_daily: int | None = None, dry_run: bool = False
 ) -> PruneResult:
     """Apply the keep rules, then remove every chunk no remaining image needs and every
-    leftover of an interrupted capture. Order: the forgotten images' manifests first (so a
-    crash leaves only more garbage, never an image without its chunks), then chunks."""
+    leftover of an interrupted capture. Order: the forgotten images' manifests first, made
+    durable (a crash leaves only more garbage, never an image without its chunks), then chunks."""
+    try:
+        return _prune(repo, keep_last, keep_daily, dry_run)
+    except OSError as e:
+        raise write_error(repo.where, "prune", e) from None
+
+
+def _prune(repo: Repository, keep_last: int | None, keep_daily: int | None, dry_run: bool) -> PruneResult:
     out = PruneResult(dry_run=dry_run)
     with repo.writer_lock("prune"):
         listing = repo.listing()
@@ -115,6 +124,7 @@ def prune(
                 repo.delete_image(name)
             for name in out.incomplete:
                 repo.discard_image(name)
+            repo.storage.flush()  # no image names a chunk that goes next, even after a power cut
         for digest, size in repo.chunk_keys():
             if digest in needed:
                 out.chunks_kept += 1
@@ -139,8 +149,11 @@ def _damaged(repo: Repository, name: str, why: str) -> IntegrityError:
 
 def delete(repo: Repository, name: str) -> None:
     """Delete image `name` (its chunks stay until prune)."""
-    with repo.writer_lock("delete"):
-        repo.delete_image(name)
+    try:
+        with repo.writer_lock("delete"):
+            repo.delete_image(name)
+    except OSError as e:
+        raise write_error(repo.where, f"delete image {name}", e) from None
 
 
 def copy(
@@ -192,8 +205,13 @@ def copy(
                 progress(done, total)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for future in [pool.submit(one, d) for d in digests]:
-                future.result()
+            futures = [pool.submit(one, d) for d in digests]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # a damaged chunk, Ctrl-C: nothing more travels
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         for area in manifest.areas:
             dst.write_image_file(name, area.index, indexes[area.name].to_bytes())
         for filename in IMAGE_FILES:
@@ -203,7 +221,6 @@ def copy(
                 blob = None  # a damaged side file is not worth the image
             if blob is not None:
                 dst.write_image_file(name, filename, blob)
-        dst.forget_chunks()  # the copy's chunks stay whatever happens now: a rerun needs them
         stats = manifest.stats.copy()
         stats["stored_bytes"], stats["new_chunks"] = copied_bytes, copied  # what this image added here
         dst.commit_manifest(dataclasses.replace(manifest, stats=stats))

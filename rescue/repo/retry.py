@@ -109,6 +109,12 @@ def attempt(server: str, what: str, call: Callable[[], T], patience: Patience = 
         return result
 
 
+def forget_failures() -> None:
+    """A new job starts with every server given another chance (the wizard runs many jobs)."""
+    with _lock:
+        _gone.clear()
+
+
 def _done(server: str) -> None:
     with _lock:
         since, count = _waiting.get(server, (0.0, 1))

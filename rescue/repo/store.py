@@ -41,7 +41,7 @@ from typing import TypedDict
 import zstandard
 
 from rescue.errors import IntegrityError, RepoError, RescueError, UsageError
-from rescue.repo import chunks
+from rescue.repo import chunks, retry
 from rescue.repo.files import kind_of
 from rescue.repo.index import Index, Kind
 from rescue.repo.local import LocalStorage
@@ -151,15 +151,6 @@ def _existing_name(name: str) -> str:
     return name
 
 
-def _listed(path: Path) -> bool:
-    """Whether `path`'s name is in its directory exactly as spelled (on a case-insensitive
-    filesystem, opening it also finds a name that differs in case)."""
-    try:
-        return path.name in os.listdir(path.parent)
-    except OSError:
-        return True
-
-
 class Repository:
     """A repository on any Storage backend (rescue.repo.storage): the same checks, the same
     messages, the same order of writes everywhere. `path` is the directory of a local
@@ -185,6 +176,7 @@ class Repository:
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str | Path, *, s3_endpoint: str | None = None) -> Repository:
+        retry.forget_failures()  # a job opens its repository first: servers get another chance
         storage = open_storage(str(location), s3_endpoint=s3_endpoint)
         try:
             return cls.on(storage)
@@ -286,6 +278,7 @@ class Repository:
     def open_or_create(
         cls, location: str | Path, chunk_size: int = 4 << 20, *, s3_endpoint: str | None = None
     ) -> Repository:
+        retry.forget_failures()
         storage = open_storage(str(location), s3_endpoint=s3_endpoint)
         try:
             if storage.size(MARKER) is None and not (isinstance(storage, LocalStorage) and storage.kind(MARKER)):
@@ -315,7 +308,7 @@ class Repository:
                 except BlockingIOError:
                     raise RepoError(f"{self.where} is busy: another job is writing to it") from None
             try:
-                self._lock = stack.enter_context(Lock(self.storage, job))
+                self._lock = stack.enter_context(Lock(self.storage, job, take_over_stale=self.path is not None))
             except OSError as e:
                 raise write_error(self.where, "lock it for writing", e) from None
             try:
@@ -349,14 +342,15 @@ class Repository:
         return self.storage.size(self.chunk_key(digest)) is not None
 
     def write_chunk(self, digest: bytes, blob: bytes) -> int:
-        """Store a chunk atomically. Returns bytes added. The chunk is remembered until
+        """Store a chunk atomically, only if it is not there already. Returns bytes added. A chunk
+        this call created is remembered until
         undo_chunks() or forget_chunks(): a capture that fails takes its new chunks away with
         it. A local chunk file is fsynced before it counts as stored: on a FUSE filesystem
         (exFAT, NTFS) syncfs() does not reach the driver, so only fsync makes a chunk survive
         the stick being pulled; commit_manifest then makes the names durable."""
         key = self.chunk_key(digest)
         try:
-            self.storage.put(key, blob)
+            created = self.storage.put_new(key, blob)
         except OSError as e:
             with self._written_lock:
                 self.failed_bytes += len(blob)
@@ -365,6 +359,8 @@ class Repository:
             with self._written_lock:
                 self.failed_bytes += len(blob)
             raise
+        if not created:  # there already (another image's, or a racing writer's): never ours to undo
+            return 0
         with self._written_lock:
             self._written.append(key)
             self.written_bytes += len(blob)
@@ -444,7 +440,10 @@ class Repository:
             raise RepoError(f"{self.where}/images cannot be listed ({e.strerror})") from None
 
     def has_manifest(self, name: str) -> bool:
-        """Whether images/`name` holds a manifest (of any kind: a FIFO there is a damaged image)."""
+        """Whether images/`name` holds a manifest (of any kind: a FIFO there is a damaged image).
+        A local folder that cannot be read says yes: it is listed as damaged, with the reason."""
+        if isinstance(self.storage, LocalStorage):
+            return self.storage.kind(f"images/{name}/{MANIFEST}") is not None
         return any(e.name == MANIFEST for e in self.storage.list(f"images/{name}"))
 
     def taken_name(self, name: str) -> str | None:
@@ -697,7 +696,10 @@ class Repository:
         """Delete a complete image: its manifest first, so it is gone from every listing at
         once and a crash midway leaves only what `prune` clears (an incomplete image's files);
         then its other files. Its chunks stay until `prune` (other images may share them)."""
-        self.manifest(name)  # RepoError when there is none; a damaged one may be deleted too
+        try:
+            self.manifest(name)  # RepoError when there is none
+        except IntegrityError:
+            pass  # a damaged image may be deleted: that is how prune can run again
         self.check_lock()
         key = self.image_key(name)
         try:

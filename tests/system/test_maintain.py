@@ -81,18 +81,19 @@ def test_delete_then_prune_frees_exactly_what_only_that_image_used(two_drives, t
     assert not (repo / "lock.json").exists(), "the lock is released"
 
 
-def test_prune_keeps_the_newest_of_each_drive(two_drives, tmp_path):
-    a, b = two_drives
+def test_keep_rules_never_remove_images_of_a_drive_without_a_serial(two_drives, tmp_path):
+    """Loop devices, like virtio disks and many USB enclosures, have no serial number: their
+    images cannot be told from a twin machine's, so keep rules keep them all (the grouping per
+    serial is tests/unit/test_repo_life.py's); `delete` still removes one."""
+    a, _ = two_drives
     repo = tmp_path / "repo"
-    for name, drive in (("a1", a), ("b1", b), ("a2", a), ("a3", a), ("b2", b)):
-        rescue("capture", drive, str(repo), "--name", name, check=True)
-        time.sleep(1.1)  # distinct creation times (seconds)
+    for name in ("a1", "a2"):
+        rescue("capture", a, str(repo), "--name", name, check=True)
     out = rescue("prune", str(repo), "--keep-last", "1", check=True)
-    assert sorted(listed(repo)) == ["a3", "b2"], out.stdout
-    for name in ("a1", "a2", "b1"):
-        assert f"removed image {name}" in out.stdout
-    for name in ("a3", "b2"):
-        rescue("verify", str(repo), name, check=True)
+    assert sorted(listed(repo)) == ["a1", "a2"] and "removed image" not in out.stdout, out.stdout
+    rescue("delete", str(repo), "a1", check=True)
+    rescue("prune", str(repo), check=True)
+    rescue("verify", str(repo), "a2", check=True)
 
 
 def test_prune_refuses_while_an_image_is_damaged_and_removes_nothing(two_drives, tmp_path):
@@ -204,10 +205,14 @@ def test_a_lock_of_another_machine_is_removed_only_when_stale_or_forced(two_driv
     assert proc.returncode == 2 and "capture by pid 4242 on lab-07" in one_line(proc)
     assert rescue("unlock", str(repo)).returncode == 2
     assert "removed the lock of capture by pid 4242 on lab-07" in rescue("unlock", str(repo), "--force").stdout
-    (repo / "lock.json").write_text(json.dumps({**lock, "started": now - 900, "refreshed": now - 600}))
-    assert "stale" in one_line(rescue("prune", str(repo)))
+    stale = {**lock, "started": now - 900, "refreshed": now - 600}
+    (repo / "lock.json").write_text(json.dumps(stale))
     assert "removed the lock" in rescue("unlock", str(repo), check=True).stdout
+    # A local repository's job holds the directory's flock first: no writer of this machine
+    # is alive, and a lock not refreshed for minutes is a crashed job's (a stick moved after it).
+    (repo / "lock.json").write_text(json.dumps(stale))
     rescue("prune", str(repo), check=True)
+    assert not (repo / "lock.json").exists()
 
 
 def test_prune_racing_captures_never_takes_a_chunk_an_image_needs(two_drives, tmp_path, mloops):
