@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -215,7 +216,7 @@ def _root_files(image: Path, number: int, work: Path) -> dict[str, str]:
     """The files of partition `number` (ext4) of a drive image, read on the host, read-only."""
     table = json.loads(sh("sfdisk", "--json", str(image)))["partitiontable"]
     part = next(p for p in table["partitions"] if int(re.search(r"(\d+)$", p["node"]).group(1)) == number)
-    reg = LoopRegistry(work)
+    reg = LoopRegistry(Path(tempfile.mkdtemp(prefix="root-", dir=work)))  # mount points of its own
     try:
         dev = reg.attach(image, offset=part["start"] * 512, size=part["size"] * 512, readonly=True)
         with reg.mounted(dev, "ext4", "ro,noload") as mnt:
