@@ -273,6 +273,10 @@ def test_progress_screen_shows_area_overall_rate_and_time_left(app):
     assert "25 %" in screen
     assert "1.0 GiB of 4.0 GiB   85.3 MB/s   time left 01:03" in screen
     assert_fits(app)
+    view.show_waiting("waiting for nas.lan (12 s)")  # what the app's one-second alarm does meanwhile
+    assert "1.0 GiB of 4.0 GiB   85.3 MB/s   waiting for nas.lan (12 s)" in text(app)
+    view.show_waiting(None)
+    assert "time left 01:03" in text(app)
 
 
 def test_esc_during_restore_asks_and_says_what_a_cancelled_drive_is_left_as(app, backend):
