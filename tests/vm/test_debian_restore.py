@@ -115,7 +115,8 @@ def test_cli_restore_boots(debian, loops, size):
     loops.detach()  # detached before booting: nothing may linger in a loop's cache
     try:
         assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
-        _boots_with_its_files(target, drive)
+        if size == "larger":  # the smaller drive's boot is the wizard's restore and clone below
+            _boots_with_its_files(target, drive)
     finally:
         target.unlink()  # 3.8 GiB each: CI's disk is shared
 
