@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rescue.repo.storage import FOLDER, OBJECT, Entry, ObjectMissing, ObjectProb
 
 class LocalStorage:
     writable = True
-    exclusive_create = True  # under the repository's flock, which every local writer takes
+    exclusive_create = True  # a hard link; on FAT and exFAT, under the flock every local writer holds
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -50,7 +51,7 @@ class LocalStorage:
             st = os.lstat(self.file(key))
         except OSError:
             return None
-        return st.st_size if kind_of(self.file(key)) == "a file" else None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def kind(self, key: str) -> str | None:
         """What the key's file is ("a file", "a directory", "a FIFO" ...), None when missing."""
