@@ -517,14 +517,10 @@ class _Channel:
                         have = len(buf) - 13
                         into[:have] = buf[13:]
                         buf.clear()
-                        while have < len(into):
-                            if not self._readable(poller):
-                                return
-                            got = os.readv(self._from, [into[have:]])
-                            if not got:
-                                break
-                            self._progress = time.monotonic()
-                            have += got
+                        filled = self._fill(poller, into, have)
+                        if filled is None:
+                            return
+                        have = filled
                         full = have == len(into)
                         into.release()  # before the waiter may hand the buffer over
                         if not full:
@@ -540,15 +536,11 @@ class _Channel:
                     have = len(buf) - 4
                     packet[:have] = buf[4:]
                     buf.clear()
-                    with memoryview(packet) as into:
-                        while have < len(packet):
-                            if not self._readable(poller):
-                                return
-                            got = os.readv(self._from, [into[have:]])
-                            if not got:
-                                break
-                            self._progress = time.monotonic()
-                            have += got
+                    with memoryview(packet) as whole:
+                        filled = self._fill(poller, whole, have)
+                    if filled is None:
+                        return
+                    have = filled
                     if have < len(packet):
                         break
                     self._dispatch(packet)
@@ -581,6 +573,19 @@ class _Channel:
             if self._silent_too_long():
                 return False
         return True
+
+    def _fill(self, poller: select.poll, into: memoryview, have: int) -> int | None:
+        """Read from ssh into `into` from byte `have` on, until it is full or ssh ends: how
+        many bytes it holds then; None when the watchdog ended the wait (the reader stops)."""
+        while have < len(into):
+            if not self._readable(poller):
+                return None
+            got = os.readv(self._from, [into[have:]])
+            if not got:
+                break
+            self._progress = time.monotonic()
+            have += got
+        return have
 
     def _dispatch(self, packet: bytes | bytearray) -> None:
         kind = packet[0]

@@ -230,13 +230,21 @@ class ShareSteps:
         self._connect(lambda: netmount.parse_nfs(typed.strip()), self.nfs)
 
     def _connect(self, parse, form) -> None:
+        self._in_worker(parse, form, str, self.open_share, self.opened_share)
+
+    def _in_worker(self, parse, form, shown, connect, done) -> None:
+        """The form's values parsed (a refusal stays on the form), then `connect` in the worker
+        behind a progress screen; `done` gets what it returns, and a failure goes back to the
+        form in words (what was typed is still there)."""
         try:
-            share = parse()
+            where = parse()
         except RescueError as e:
             self.app.view.set_status(views.sentence(str(e)), error=True)
             return
         self.app.show(
-            views.ProgressView(self, self.share_title, f"Connecting to {share}...", self.app.wizard_position(self))
+            views.ProgressView(
+                self, self.share_title, f"Connecting to {shown(where)}...", self.app.wizard_position(self)
+            )
         )
 
         def failed(error: BaseException, tb: str) -> None:
@@ -246,7 +254,7 @@ class ShareSteps:
             form()
             self.app.view.set_status(views.sentence(str(error)), error=True)
 
-        self.app.run_job(lambda _p, _c: self.open_share(share), lambda _p: None, self.opened_share, failed)
+        self.app.run_job(lambda _p, _c: connect(where), lambda _p: None, done, failed)
 
     def open_share(self, share) -> DestInfo:
         return self.backend.open_share(share)  # type: ignore[no-any-return]
@@ -308,27 +316,13 @@ class RemoteSteps:
         return None
 
     def _remote(self, parse, form) -> None:
-        try:
-            login = parse()
-        except RescueError as e:
-            self.app.view.set_status(views.sentence(str(e)), error=True)
-            return
-        self.app.show(
-            views.ProgressView(
-                self, self.share_title, f"Connecting to {login.shown}...", self.app.wizard_position(self)
-            )
-        )
         source = self.remote_source()
-
-        def failed(error: BaseException, tb: str) -> None:
-            if not isinstance(error, RescueError):
-                self.app.job_failed(error, tb)
-                return
-            form()
-            self.app.view.set_status(views.sentence(str(error)), error=True)
-
-        self.app.run_job(
-            lambda _p, _c: self.backend.open_remote(login, source), lambda _p: None, self._opened_remote, failed
+        self._in_worker(
+            parse,
+            form,
+            lambda login: login.shown,
+            lambda login: self.backend.open_remote(login, source),
+            self._opened_remote,
         )
 
     def _opened_remote(self, remote: Remote) -> None:
