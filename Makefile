@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # which a normal user's PATH on Debian lacks.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: test check lint unit deps venv bench fuzz iso e2e clean
+.PHONY: test check lint unit deps venv bench fuzz iso pxe e2e clean
 
 # Debian packages (config/apt-test.txt) need root; without it they are only checked, and
 # the tools of a missing one fail or skip their tests.
@@ -83,9 +83,22 @@ bench: venv
 	$(VPY) tests/bench/badsectors.py
 	$(VPY) tests/bench/shrink.py
 	$(VPY) tests/bench/remote.py
+	$(VPY) tests/bench/clonezilla.py
+	$(VPY) tests/bench/encrypted.py
 
 iso:
 	@scripts/build-iso
+
+# Netboot files (docs/fleet.md) from the ISO: PXE_SERVER is the URL build/pxe is served at, as
+# the netbooted machines reach it; PXE_PARAMS are added to the kernel command line (rescue.*).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' rescue/__init__.py)
+PXE_SERVER ?= http://10.0.0.5/rescue
+PXE_PARAMS ?=
+ISO := build/rescue-$(VERSION)-amd64.iso
+pxe:
+	@test -f $(ISO) || $(MAKE) iso
+	rm -rf build/pxe
+	scripts/make-pxe $(ISO) build/pxe $(PXE_SERVER) $(PXE_PARAMS)
 
 e2e: venv
 	$(PYTEST) -v -rs -s -m vm tests/vm

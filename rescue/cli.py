@@ -8,15 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 from dataclasses import asdict
+from typing import IO
 
 from rescue import __version__, config, planview
 from rescue.browse import cli_commands as browse_cli
 from rescue.engine import Engine
-from rescue.errors import SECTORS_LOST, Cancelled, RefusedError, RescueError
+from rescue.errors import SECTORS_LOST, Cancelled, RefusedError, RescueError, UsageError
 from rescue.imaging.progress import TerminalProgress, fmt_bytes
+from rescue.repo.keys import WrongPassword
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     from rescue.browse.mounts import clear_leftovers
     from rescue.hw import leftovers
 
+    global _env_password
+    # Out of the environment before anything runs: every child (partclone, ssh, qemu-img, the
+    # FUSE image server) would inherit it otherwise.
+    _env_password = os.environ.pop(PASSWORD_ENV, None)
+
     if getattr(args, "s3_endpoint", None):
         for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # where rescue.repo.s3 looks, first first
             os.environ[name] = args.s3_endpoint
@@ -40,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             cleared = clear_leftovers()  # what killed runs left: loop devices, mounts, files, drives
             if cleared:
                 print(f"rescue: {cleared.line()}", file=sys.stderr)
+            _unlock(args)
         return args.func(args) or 0
     except RescueError as e:
         print(f"rescue: {e}", file=sys.stderr)
@@ -190,6 +199,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plan)
 
+    s = sub.add_parser(
+        "export",
+        help="write an image as a virtual machine's disk file",
+        description="Write image NAME as a disk file for a virtual machine: OUTPUT ending in "
+        ".img or .raw (a sparse raw disk), .qcow2, .vmdk or .vhdx (converted by qemu-img). The "
+        "disk is laid out as a restore onto a drive of its size would be (partitions resized "
+        "by --layout, the same boot fixes); it takes about the image's data on disk, not its "
+        "size. Nothing appears under OUTPUT until it is complete.",
+    )
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.add_argument("output", help="the disk file to write, e.g. web01.qcow2")
+    s.add_argument(
+        "--size",
+        type=_disk_size,
+        help="the disk's size, e.g. 200G (K, M, G, T: powers of 1024; default: the source drive's)",
+    )
+    s.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _layout_option(s)
+    _scratch_option(s)
+    _new_ids_option(s)
+    s.set_defaults(func=cmd_export)
+
     browse_cli.add_commands(sub)
 
     s = sub.add_parser(
@@ -231,6 +263,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_copy)
 
     s = sub.add_parser(
+        "import",
+        help="import a Clonezilla image into a repository",
+        description="Store the Clonezilla image directory CZDIR (what ocs-sr savedisk wrote) in "
+        "REPO (created if missing) as a rescue image: used blocks only, chunks the repository "
+        "holds already are not stored again. Every partclone checksum is checked on the way; "
+        "a damaged image is refused and nothing of it is kept. (list, info, verify, plan and "
+        "restore also take CZDIR where they take a repository, its one image named as the "
+        "directory.)",
+    )
+    s.add_argument("czdir")
+    s.add_argument("repo")
+    s.add_argument("--name", help="image name (default: the directory's name)")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser(
+        "init",
+        help="make a new repository (--encrypt: with a password)",
+        description="Make an empty repository at REPO (an empty directory, sftp://, s3://). With "
+        "--encrypt, every chunk, index and manifest is encrypted and authenticated with a key "
+        "that opens only with the password (asked twice; or --password-file FILE, or "
+        "$RESCUE_PASSWORD). Other commands then ask for it. Without the password no image in "
+        "it can be read or restored: keep it, or add a second one with `rescue key add`.",
+    )
+    s.add_argument("repo")
+    s.add_argument("--encrypt", action="store_true", help="encrypt with a password")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser(
+        "key",
+        help="add, remove or list the passwords of an encrypted repository",
+        description="An encrypted repository opens with any of its passwords, each one a key "
+        "file under keys/. `add` asks for a password that opens it, then the new one twice (or "
+        "--new-password-file); `remove ID` deletes one key file (not the last one, nor the one "
+        "the password given opened); `list` shows them. Nothing but keys/ changes.",
+    )
+    s.add_argument("action", choices=("add", "remove", "list"))
+    s.add_argument("repo")
+    s.add_argument("id", nargs="?", help="the key to remove (`rescue key list` shows them)")
+    s.add_argument("--new-password-file", metavar="FILE", help="add: the new password, its first line")
+    s.set_defaults(func=cmd_key)
+
+    s = sub.add_parser(
         "unlock",
         help="remove a stale lock",
         description="Show who holds the repository's lock and remove it when it is stale "
@@ -241,6 +315,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_unlock)
 
     s = sub.add_parser(
+        "unattended",
+        help="restore or capture as the boot parameters say (fleets, PXE)",
+        description="Carry out the rescue.* parameters of the kernel command line (or --cmdline): "
+        "rescue.mode=restore|capture rescue.repo=... rescue.image=NAME|latest:PREFIX "
+        "rescue.target=RULES rescue.confirm=destroy ... (docs/fleet.md). The last line says "
+        "RESCUE-RESULT status=ok|failed|planned|skipped; the exit status is 0 unless it failed.",
+    )
+    s.add_argument("--cmdline", help="the parameters (default: /proc/cmdline)")
+    s.add_argument(
+        "--mirror", action="append", default=[], metavar="TTY", help="also write every line here (the serial line)"
+    )
+    s.add_argument(
+        "--finish",
+        action="store_true",
+        help="then do what rescue.after / rescue.on_fail say (power off, reboot, wait); without it only say it",
+    )
+    s.add_argument(
+        "--machine-id",
+        metavar="ID",
+        help="this machine's identity for its done-marker and logs (default: its DMI UUID, serial and MAC)",
+    )
+    s.set_defaults(func=cmd_unattended)
+
+    s = sub.add_parser(
         "wizard",
         help="the interactive text-mode wizard",
         description="Start the menu-driven wizard used on the rescue ISO. Its own options: "
@@ -249,14 +347,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_wizard)
     for name, command in sub.choices.items():
-        if name not in ("disks", "wizard"):
+        if name not in ("disks", "wizard", "unattended"):
             command.add_argument(
                 "--s3-endpoint",
                 metavar="URL",
                 help="the S3 service of s3:// repositories, e.g. https://s3.lan:9000 (default: "
                 "$AWS_ENDPOINT_URL, else AWS); credentials as the AWS tools read them",
             )
+        if name not in ("disks", "wizard", "clone", "umount", "unattended"):
+            command.add_argument(
+                "--password-file",
+                metavar="FILE",
+                help="an encrypted repository's password: the first line of FILE (default: "
+                "$RESCUE_PASSWORD, else asked on the terminal, hidden)",
+            )
     return p
+
+
+PASSWORD_ENV = "RESCUE_PASSWORD"
+PROMPTS = 3  # tries at a typed password before giving up
+_env_password: str | None = None  # $RESCUE_PASSWORD, taken out of os.environ by main()
+
+
+def _password(args, what: str, *, twice: bool = False, file: str | None = None, env: bool = True) -> tuple[str, bool]:
+    """(a password, whether it was typed): from FILE (--password-file), $RESCUE_PASSWORD, or
+    asked on the terminal without echo (getpass reads /dev/tty, so a pipe on stdin does not
+    feed it). UsageError when there is none of them."""
+    import getpass
+
+    file = file if file is not None else getattr(args, "password_file", None)
+    if file:
+        try:
+            with open(file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n"), False
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read the password file {file}: {getattr(e, 'strerror', None) or e}") from None
+    if env and _env_password is not None:
+        return _env_password, False
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        raise UsageError(
+            f"{what} needs a password: run on a terminal, or give --password-file FILE or ${PASSWORD_ENV}"
+        ) from None
+    password = getpass.getpass(f"password for {what}: ")
+    if twice and getpass.getpass("the same password again: ") != password:
+        raise UsageError("the two passwords differ")
+    return password, True
+
+
+def _unlock(args) -> None:
+    """The password of every encrypted repository the command names, asked once, here, and
+    handed to the engine, which keeps the key for the command's jobs."""
+    if args.func in (cmd_init, cmd_unlock):  # a stale lock is removed without the key
+        return
+    engine: Engine | None = None
+    named, encrypted = [], 0
+    for attr in ("repo", "src", "dst"):
+        path = getattr(args, attr, None)
+        if not isinstance(path, str):
+            continue
+        named.append(path)
+        engine = engine or _engine(args)
+        if not engine.repository_encrypted(path):
+            continue
+        encrypted += 1
+        for attempt in range(PROMPTS):
+            password, typed = _password(args, path)
+            try:
+                engine.enter_password(path, password)
+                break
+            except WrongPassword as e:
+                if not typed or attempt == PROMPTS - 1:
+                    raise
+                print(f"rescue: {e}", file=sys.stderr)
+    if named and not encrypted and getattr(args, "password_file", None):
+        # A password given for a repository that turns out plain: one whose keys/ was removed
+        # and its description edited back to version 1 would otherwise take the images in clear.
+        raise UsageError(
+            f"{' and '.join(named)} is not an encrypted repository, but --password-file was given "
+            "(`rescue init REPO --encrypt` makes one)"
+        )
 
 
 def _scratch_option(s) -> None:
@@ -419,7 +590,10 @@ def cmd_info(args) -> int:
         _print_json(asdict(m))
         return 0
     src = m.source
-    print(f"image {m.name}, captured {m.created} by rescue {m.rescue_version}")
+    if m.hash == "clonezilla":  # rescue.clonezilla.source.FOREIGN: read from its directory
+        print(f"Clonezilla image {m.name}, saved {m.created} by: {m.rescue_version}")
+    else:
+        print(f"image {m.name}, captured {m.created} by rescue {m.rescue_version}")
     print(
         f"source: {src.get('path')} {src.get('model') or ''} {src.get('serial') or ''} "
         f"{fmt_bytes(src.get('size', 0))}, {src.get('logical_sector_size')}/"
@@ -445,6 +619,8 @@ def cmd_info(args) -> int:
         ]
         if any(extra):
             print("      " + "; ".join(e for e in extra if e))
+    for line in _engine(args).windows_lines(m):
+        print(line)
     print(f"data {fmt_bytes(m.stats.get('data_bytes', 0))}, stored new {fmt_bytes(m.stats.get('stored_bytes', 0))}")
     if m.stats.get("sectors_lost"):
         print(f"bad sectors: {m.stats['sectors_lost']} unreadable, zero-filled (map: {m.stats.get('bad_map')})")
@@ -537,6 +713,46 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def cmd_unattended(args) -> int:
+    """The fleet's job (rescue.fleet): parameters checked whole before anything else."""
+    from rescue.fleet import finish, order, run
+
+    if args.cmdline is not None:
+        text = args.cmdline
+    else:
+        with open("/proc/cmdline") as f:
+            text = f.read()
+    mirrors: list[IO[str]] = []
+    for path in args.mirror:
+        try:
+            mirrors.append(open(path, "w"))  # noqa: SIM115 (closed below)
+        except OSError as e:
+            print(f"rescue: not mirroring to {path}: {e.strerror}", file=sys.stderr)
+    console = run.Console(sys.stdout, mirrors)
+    try:
+        try:
+            wanted = order.parse(text)
+        except RescueError as e:
+            result = run.Result("failed", reason=str(e), code=e.exit_code)
+            console.say(result.line())
+            finish.after(None, result, console, act=args.finish)
+            return result.exit_code
+        if wanted.s3_endpoint:
+            for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+                os.environ[name] = wanted.s3_endpoint
+        engine = Engine(cfg=_cfg(args), include_loop=wanted.loops)
+        try:
+            machine = run.Machine(args.machine_id) if args.machine_id else run.Machine.read()
+            result = run.Job(wanted, engine, console, machine).run()
+        finally:
+            engine.close()
+        finish.after(wanted, result, console, act=args.finish)
+        return result.exit_code
+    finally:
+        for m in mirrors:
+            m.close()
+
+
 def cmd_clone(args) -> int:
     engine = _engine(args)
     engine.check_source(args.source)
@@ -590,6 +806,44 @@ def _refused_plan(plan) -> int:
     return 0
 
 
+def _disk_size(text: str) -> int:
+    """A disk's size: bytes, or a number with K, M, G or T (powers of 1024, as qemu-img reads
+    them): "200G", "1.5T"."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text.strip().upper())
+    value = float(m.group(1)) * (1 << (10 * " KMGT".index(m.group(2) or " "))) if m else 0
+    if value <= 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a size such as 200G, 512M or 1073741824, not {text!r}")
+    return int(value)
+
+
+def cmd_export(args) -> int:
+    engine = _engine(args)
+    plan = engine.plan_export(
+        args.repo,
+        args.name,
+        args.output,
+        args.size,
+        args.layout,
+        scratch_dir=args.scratch,
+        fresh_ids=args.new_ids,
+        force=args.force,
+    )
+    print(planview.text(plan.restore))
+    bar = TerminalProgress()
+    try:
+        result = engine.export(args.repo, plan, bar, threading.Event())
+    finally:
+        bar.close()
+    print(
+        f"exported {args.name} to {result.output}: {result.fmt}, {fmt_bytes(result.size)} disk, "
+        f"{fmt_bytes(result.allocated)} on disk, {result.seconds:.1f} s"
+        + (f"; log: {result.log_path}" if result.log_path else "")
+    )
+    for w in result.warnings:
+        print(f"WARNING: {w}")
+    return 0
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a number of images, 1 or more, not {text!r}")
@@ -616,6 +870,19 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    bar = TerminalProgress()
+    try:
+        r = _engine(args).import_clonezilla(args.czdir, args.repo, args.name, bar, threading.Event())
+    finally:
+        bar.close()
+    print(
+        f"imported {args.czdir} as {r.name}: read {fmt_bytes(r.bytes_read)}, stored "
+        f"{fmt_bytes(r.stored_bytes)} new, {r.seconds:.1f} s"
+    )
+    return 0
+
+
 def cmd_copy(args) -> int:
     bar = TerminalProgress()
     try:
@@ -626,6 +893,38 @@ def cmd_copy(args) -> int:
         f"copied {r.name}: {r.copied} of {r.chunks} chunks travelled ({fmt_bytes(r.copied_bytes)}), "
         f"the rest were there already, {r.seconds:.1f} s"
     )
+    return 0
+
+
+def cmd_init(args) -> int:
+    engine = _engine(args)
+    password = _password(args, args.repo, twice=True)[0] if args.encrypt else None
+    engine.create_repository(args.repo, password)
+    print(f"made {'an encrypted' if args.encrypt else 'a'} repository at {args.repo}")
+    if args.encrypt:
+        print("without its password no image in it can be read: keep it safe (`rescue key add` adds another)")
+    return 0
+
+
+def cmd_key(args) -> int:
+    engine = _engine(args)
+    if args.action == "list":
+        for k in engine.list_keys(args.repo):
+            if isinstance(k, tuple):
+                print(f"{k[0]}  DAMAGED: {k[1]}")
+            else:
+                print(f"{k.id}  created {k.created} on {k.host or '-'}  {k.kdf}")
+        return 0
+    if args.action == "add":
+        if args.id:
+            raise UsageError("rescue key add takes no key id")
+        password = _password(args, "the new key", twice=True, file=args.new_password_file or "", env=False)[0]
+        print(f"added key {engine.add_password(args.repo, password)}")
+        return 0
+    if not args.id:
+        raise UsageError("rescue key remove needs the id of the key (`rescue key list` shows them)")
+    engine.remove_password(args.repo, args.id)
+    print(f"removed key {args.id}")
     return 0
 
 

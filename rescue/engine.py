@@ -66,6 +66,7 @@ class RepoInfo:
     path: str
     drive: str | None = None  # kernel name of the drive holding it, when known
     read_only: bool = False
+    clonezilla: bool = False  # a Clonezilla image directory: one image, read only (rescue.clonezilla)
 
 
 @dataclass
@@ -304,32 +305,147 @@ class Engine:
     def find_repositories(self) -> list[RepoInfo]:
         found = self.machine.find_repositories(self.include_loop)
         self._located += [r for r in found if r.mounted_by_us]
-        return [RepoInfo(r.path, os.path.basename(r.drive) if r.drive else None, r.read_only) for r in found]
+        return [
+            RepoInfo(r.path, os.path.basename(r.drive) if r.drive else None, r.read_only, r.clonezilla) for r in found
+        ]
 
     def open_repository(self, path: str) -> RepoInfo:
-        """Raises RepoError when `path` is not a usable repository."""
+        """Raises RepoError when `path` is not a usable repository. A Clonezilla image
+        directory is one too: read only, holding one image."""
+        if not self.dry_run and _clonezilla(path) is not None:
+            try:
+                drives = devices.drive_of_path(path, self.machine.snapshot())
+            except RescueError:
+                drives = []
+            return RepoInfo(path, drives[-1] if drives else None, True, clonezilla=True)
         known = next((r for r in self.machine.find_repositories(self.include_loop) if r.path == path), None)
         if known is not None:
-            return RepoInfo(known.path, known.drive, known.read_only)
+            return RepoInfo(known.path, known.drive, known.read_only, known.clonezilla)
         if self.dry_run:
             raise RepoError(f"{path} is not a rescue repository (no rescue-repo.json)")
+        from rescue.repo.local import LocalStorage
+        from rescue.repo.storage import open_storage
         from rescue.repo.store import Repository
 
-        repo = Repository.open(path)
-        repo.close()
-        if repo.path is None:  # on a server
-            return RepoInfo(path, None, not repo.storage.writable)
+        storage = open_storage(path)
         try:
-            drives = devices.drive_of_path(str(repo.path), self.machine.snapshot())
+            Repository.describe(storage)  # the checks of any opening; an encrypted one's key comes later
+        finally:
+            storage.close()
+        if not isinstance(storage, LocalStorage):  # on a server
+            return RepoInfo(path, None, not storage.writable)
+        try:
+            drives = devices.drive_of_path(str(storage.path), self.machine.snapshot())
         except RescueError:
             drives = []  # the repository is usable even when its drive is not known
-        return RepoInfo(str(repo.path), drives[-1] if drives else None, not os.access(repo.path, os.W_OK))
+        return RepoInfo(str(storage.path), drives[-1] if drives else None, not os.access(storage.path, os.W_OK))
 
     def list_images(self, repo_path: str) -> list[ImageInfo]:
+        if (cz := _clonezilla(repo_path)) is not None:
+            return [cz.summary()]
         return self.machine.images(repo_path)
+
+    # encrypted repositories (docs/format.md, version 2) --------------------------------------
+    # The front end asks for the password (the CLI: --password-file, $RESCUE_PASSWORD or a
+    # hidden prompt; the wizard: a hidden field) and hands it here, once: `enter_password` opens the
+    # repository's key and keeps it for this process (rescue.repo.keys), so every job, listing
+    # and helper process after it opens the repository without asking again. The repository
+    # layer never reads a terminal. A recorded machine's "simulate": {"encrypted": {path:
+    # password}} stands for encrypted repositories in the dry run.
+    def repository_encrypted(self, repo_path: str) -> bool:
+        """Whether `repo_path` is an encrypted repository (reads its description, no key).
+        False for a place that is no repository yet: the job that makes it says so."""
+        return self._version(repo_path) == 2
+
+    def is_repository(self, repo_path: str) -> bool:
+        """Whether `repo_path` holds a repository this rescue reads (encrypted or not)."""
+        return self._version(repo_path) is not None
+
+    def _version(self, repo_path: str) -> int | None:
+        if isinstance(self.machine, RecordedMachine):
+            if repo_path in self.machine.simulate.get("encrypted", {}):
+                return 2
+            known = {r.path for r in self.machine.find_repositories(self.include_loop)}
+            return 1 if repo_path in known else None
+        from rescue.repo.storage import open_storage
+        from rescue.repo.store import Repository
+
+        try:
+            storage = open_storage(repo_path)
+        except RepoError:
+            return None
+        try:
+            return Repository.describe(storage)["version"]
+        except RepoError:
+            return None
+        finally:
+            storage.close()
+
+    def enter_password(self, repo_path: str, password: str) -> None:
+        """Open an encrypted repository's key with `password` for the jobs of this process.
+        WrongPassword (rescue.repo.keys) when no key file opens with it; IntegrityError when
+        its key file is damaged."""
+        from rescue.repo.keys import WrongPassword
+
+        if isinstance(self.machine, RecordedMachine):
+            if self.machine.simulate.get("encrypted", {}).get(repo_path) != password:
+                raise WrongPassword(f"{repo_path}: wrong password (no key file opens with it)")
+            return
+        from rescue.repo.store import Repository
+
+        Repository.open(repo_path, password=password).close()
+
+    def create_repository(self, repo_path: str, password: str | None = None) -> None:
+        """A new repository at `repo_path` (its place empty), encrypted with `password` when
+        given, with the configuration's chunk size; an existing one is refused."""
+        from rescue.repo.keys import check_password
+
+        if password is not None:
+            check_password(password)
+        if isinstance(self.machine, RecordedMachine):
+            if password is not None:
+                self.machine.simulate.setdefault("encrypted", {})[repo_path] = password
+            return
+        from rescue.repo.storage import open_storage
+        from rescue.repo.store import MARKER, Repository
+
+        storage = open_storage(repo_path)
+        try:
+            if storage.size(MARKER) is not None:
+                raise RepoError(f"{repo_path} is a repository already")
+        finally:
+            storage.close()
+        Repository.create(repo_path, self.config.chunk_mib << 20, password=password).close()
+
+    def list_keys(self, repo_path: str) -> list[Any]:
+        """The key files (one per password) of an encrypted repository, unlocked before:
+        rescue.repo.keys.KeyInfo, or (id, why it is damaged)."""
+        from rescue.repo import keys
+
+        with _opened(repo_path) as repo:
+            _needs_key(repo)
+            return keys.listing(repo.storage, repo.meta["id"])
+
+    def add_password(self, repo_path: str, password: str) -> str:
+        """One more password for an unlocked encrypted repository: writes one key file under
+        keys/ and nothing else; returns its id."""
+        from rescue.repo import keys
+
+        with _opened(repo_path) as repo:
+            return keys.add(repo.storage, _needs_key(repo), password)
+
+    def remove_password(self, repo_path: str, key_id: str) -> None:
+        """Remove one key file (never the last, nor the one the password given opened)."""
+        from rescue.repo import keys
+
+        with _opened(repo_path) as repo:
+            _needs_key(repo)
+            keys.remove(repo.storage, repo.meta["id"], key_id, repo.key_id)
 
     def image_needs(self, repo_path: str, name: str) -> int:
         """The smallest drive the image fits onto with some layout policy."""
+        if (cz := _clonezilla(repo_path, name)) is not None:
+            return min_target_size(cz.layout, cz.area_facts())
         image = self.machine.image_facts(repo_path, name)
         return min_target_size(image.layout, image.areas)
 
@@ -398,7 +514,7 @@ class Engine:
         try:
             repository = storage.size(MARKER) is not None
             if repository:
-                Repository.on(storage)  # the same checks as any repository's
+                Repository.describe(storage)  # the same checks as any repository's (no key yet)
             elif source is None:
                 raise RepoError(f"{login.shown} holds no image repository (no {MARKER} in {login.url})")
             refusal = None
@@ -495,13 +611,23 @@ class Engine:
             self._surveyed.append(place)
         return DestInfo(place)
 
-    def open_destination(self, dest: DestInfo, folder: str | None = None) -> str:
+    def open_destination(self, dest: DestInfo, folder: str | None = None, *, password: str | None = None) -> str:
         """Mount the place read-write for one job and open its repository (made when it has
-        none: REPO_FOLDER at the top), or with `folder` make that folder on it (for copied
-        files); returns the path. close_destination(path) syncs and unmounts it: the front
-        end calls it before it says done, also after an error or a cancel."""
-        opened = self.machine.open_place(dest.place, None if folder else dest.repo, folder)
+        none: REPO_FOLDER at the top, encrypted with `password` when given), or with
+        `folder` make that folder on it (for copied files); returns the path.
+        close_destination(path) syncs and unmounts it: the front end calls it before it
+        says done, also after an error or a cancel."""
+        new_encrypted = password is not None and folder is None and dest.repo is None
+        opened = self.machine.open_place(
+            dest.place, None if folder or new_encrypted else dest.repo, REPO_FOLDER if new_encrypted else folder
+        )
         self._opened[opened.path] = opened
+        if new_encrypted:
+            try:
+                self.create_repository(opened.path, password)
+            except BaseException:
+                self.close_destination(opened.path)
+                raise
         return opened.path
 
     def close_destination(self, repo_path: str) -> None:
@@ -552,6 +678,10 @@ class Engine:
         fresh_ids: bool = False,
     ) -> RestorePlan:
         """What restoring would write, and whether it fits. Writes nothing."""
+        if (cz := _clonezilla(repo_path, name)) is not None:
+            from rescue.clonezilla import jobs
+
+            return jobs.plan(cz, target_path, policy, scratch_dir, fresh_ids, facts=self.machine.target(target_path))
         image = self.machine.image_facts(repo_path, name)
         facts = self.machine.target(target_path)
         return plan_onto(name, image.layout, image.areas, facts, policy, image.write, scratch_dir, fresh_ids=fresh_ids)
@@ -590,6 +720,26 @@ class Engine:
             facts=self.machine.target(target_path),
         )
 
+    def drive_holds_image(self, repo_path: str, name: str, target_path: str) -> bool:
+        """Whether the drive already holds the image as a restore writes it (rescue.fleet's
+        "restored before": disk id, partitions and filesystem UUIDs): the table read from the
+        drive, each partition probed by blkid at its offset. Reads only; over a recorded
+        machine never (nothing there was restored)."""
+        if self.dry_run:
+            return False
+        from rescue.fleet.order import holds_image
+        from rescue.hw.discover import probe
+
+        image = self.machine.image_facts(repo_path, name)
+        image_fs = {a.partition: str((a.fs or {}).get("uuid") or "") for a in image.areas if a.partition is not None}
+        current = self.machine.target(target_path).current
+        found = {}
+        if current is not None:
+            ss = current.sector_size
+            for p in current.data_partitions():
+                found[p.number] = probe(target_path, p.offset(ss), p.size(ss)).get("UUID", "")
+        return holds_image(image.layout, image_fs, current, found)
+
     def capture_estimate(self, drive: DriveInfo) -> int | None:
         """The bytes capture will read (used blocks); what it stores is at most that."""
         try:
@@ -617,6 +767,16 @@ class Engine:
         from rescue.imaging.restore import restore
         from rescue.repo.store import Repository
 
+        if (cz := _clonezilla(repo_path, name)) is not None:
+            from rescue.clonezilla import jobs
+
+            threads = self.config.worker_threads()
+            r = jobs.restore(
+                cz, target_path, plan, preverify=preverify, progress=progress, cancel=cancel, threads=threads
+            )
+            return RestoreOutcome(
+                r.target_path, r.bytes_written, r.seconds, r.verified, r.log_path, r.warnings, r.actions
+            )
         r = restore(
             Repository.open(repo_path),
             name,
@@ -696,12 +856,50 @@ class Engine:
             r.name, r.bytes_read, r.stored_bytes, r.seconds, r.log_path, r.sectors_lost, list(r.bad_ranges)
         )
 
+    def plan_export(
+        self,
+        repo_path: str,
+        name: str,
+        output: str,
+        size: int | None = None,
+        policy: str = "auto",
+        *,
+        scratch_dir: str | None = None,
+        fresh_ids: bool = False,
+        force: bool = False,
+    ) -> Any:
+        """The virtual disk file an export would write (rescue.imaging.export.ExportPlan: the
+        layout as a restore onto a drive of `size` bytes would write it, None: the source
+        drive's size), refused in one line for an unknown format, an existing file (unless
+        `force`) or too little free space beside it. Writes nothing."""
+        from rescue.imaging.export import plan_export
+
+        image = self.machine.image_facts(repo_path, name)
+        free = self.machine.free_space(os.path.dirname(os.path.abspath(output)))
+        return plan_export(
+            image, name, output, size, policy, free, scratch_dir=scratch_dir, fresh_ids=fresh_ids, force=force
+        )
+
+    def export(self, repo_path: str, plan: Any, progress: ProgressFn, cancel: threading.Event) -> Any:
+        """Write the planned disk file (rescue.imaging.export.ExportResult); on any failure no
+        file of the job's remains."""
+        if self.dry_run:
+            raise UsageError("a dry run over a recorded machine exports nothing")
+        from rescue.imaging.export import export
+
+        with _opened(repo_path) as repo:
+            return export(repo, plan, progress=progress, cancel=cancel, threads=self.config.worker_threads())
+
     def verify(self, repo_path: str, name: str, progress: ProgressFn, cancel: threading.Event) -> Any:
         """Raises IntegrityError when the image is damaged."""
         if isinstance(self.machine, RecordedMachine):
             image = self.machine.image_facts(repo_path, name)
             self.machine.runner.move("verify", [("chunks", image.write)], progress, cancel)
             return None
+        if (cz := _clonezilla(repo_path, name)) is not None:
+            from rescue.clonezilla import jobs
+
+            return jobs.verify(cz, progress, cancel)
         from rescue.imaging.verify import verify_image
         from rescue.repo.store import Repository
 
@@ -710,6 +908,8 @@ class Engine:
     def verify_drive(self, repo_path: str, name: str, disk: str) -> int:
         """Compare the bytes outside a restored drive's partitions with the image; returns how
         many were compared, raises IntegrityError naming the first difference."""
+        if _clonezilla(repo_path, name) is not None:
+            raise UsageError("comparing a drive with a Clonezilla image is not supported: import it first")
         from rescue.imaging.verify import verify_drive
         from rescue.repo.store import Repository
 
@@ -717,14 +917,61 @@ class Engine:
 
     # repositories, read ---------------------------------------------------------------------
     def listing(self, repo_path: str) -> Any:
-        """Everything under a repository's images/ (rescue.repo.store.Listing), none hidden."""
-        from rescue.repo.store import Repository
+        """Everything under a repository's images/ (rescue.repo.store.Listing), none hidden;
+        a Clonezilla image directory as a listing of its one image."""
+        from rescue.repo.store import Listing, Repository
+
+        if (cz := _clonezilla(repo_path)) is not None:
+            return Listing(images=[cz.summary()])
 
         return Repository.open(repo_path).listing()
 
     def manifest(self, repo_path: str, name: str) -> Any:
-        """An image's manifest, validated (rescue.repo.manifest.Manifest)."""
+        """An image's manifest, validated (rescue.repo.manifest.Manifest); a Clonezilla
+        image's as read from its directory."""
+        if (cz := _clonezilla(repo_path, name)) is not None:
+            return cz.manifest()
         return self.machine.manifest(repo_path, name)
+
+    def import_clonezilla(
+        self, source: str, repo_path: str, name: str | None, progress: ProgressFn, cancel: threading.Event
+    ) -> Any:
+        """A Clonezilla image directory into a repository (created if missing) as a rescue
+        image named `name` (default: the directory's name); rescue.clonezilla.jobs.ImportResult."""
+        from rescue.clonezilla import jobs
+        from rescue.clonezilla.layout import read
+
+        name = name or read(source).name
+        return jobs.import_image(
+            source,
+            repo_path,
+            name,
+            level=self.config.level,
+            threads=self.config.threads or None,
+            chunk_size=self.config.chunk_mib << 20,
+            progress=progress,
+            cancel=cancel,
+        )
+
+    @staticmethod
+    def windows_lines(manifest: Any) -> list[str]:
+        """What an image holds of Windows, for `rescue info` and the wizard: "Windows boot
+        manager on #1, Windows on #2" with the BCD's device references, and the volumes that
+        were imaged whole or cannot be resized, with why (model/windows.py)."""
+        from rescue.model import windows as win
+
+        fs = {a.partition: a.fs for a in manifest.areas if a.partition is not None and a.fs}
+        out = win.summary(manifest.layout, win.bcd_stores(fs))
+        for number, facts in sorted(fs.items()):
+            if facts.get("hibernated"):
+                out.append(
+                    f"#{number}: {facts['hibernated']}: imaged as it is; cannot be resized ({win.HIBERNATED_FIX})"
+                )
+            if facts.get("type") == "BitLocker":
+                out.append(
+                    f"#{number}: BitLocker: imaged whole, every byte (encrypted; not resized, files not browsable)"
+                )
+        return out
 
     def waiting(self) -> str | None:
         """ "waiting for <server> (N s)" while a repository's server does not answer, else None."""
@@ -796,6 +1043,8 @@ class Engine:
         return extract(repo_path, name, partition, paths, dest)
 
     def image_partitions(self, repo_path: str, name: str) -> list[ImagePart]:
+        if _clonezilla(repo_path, name) is not None:
+            raise UsageError("a Clonezilla image is browsed after `rescue import` puts it into a repository")
         out = []
         m = self.machine.manifest(repo_path, name)
         by_number = {p.number: p for p in m.layout.partitions}
@@ -988,12 +1237,33 @@ class Engine:
         )
 
 
+def _clonezilla(path: str | None, name: str | None = None) -> Any:
+    """The Clonezilla image directory at `path` (rescue.clonezilla.source.ClonezillaImage),
+    None when `path` is none (a repository, a URL). With `name`, refused unless it is that
+    directory's one image."""
+    if path is None:
+        return None
+    from rescue.clonezilla.layout import is_image_dir
+
+    if not is_image_dir(path):
+        return None
+    from rescue.clonezilla.source import ClonezillaImage
+
+    return ClonezillaImage.open(path, name)
+
+
 def _on_this_machine(repo_path: str | None) -> str | None:
     """The repository's path when it is on this machine's filesystems (the safety rules then
     protect its drive), None for one on a server (sftp://, s3://, http(s)://)."""
     from rescue.repo.storage import is_url
 
     return None if repo_path is None or is_url(repo_path) else repo_path
+
+
+def _needs_key(repo: Any) -> Any:
+    if repo.key is None:
+        raise UsageError(f"{repo.where} is not encrypted: it has no passwords")
+    return repo.key
 
 
 @contextlib.contextmanager

@@ -7,6 +7,11 @@ complete except for the unreadable sectors, which are zero-filled and listed (li
 "incomplete snapshot", a success a script must not mistake for a clean one)."""
 
 
+INTERNAL = 70
+"""Exit code of `rescue unattended` when a bug of ours (not a RescueError) stopped the job: it
+still prints its RESCUE-RESULT line and does what rescue.on_fail says (EX_SOFTWARE)."""
+
+
 class RescueError(Exception):
     """Base of all expected failures. str(err) is the one-line message for the user."""
 

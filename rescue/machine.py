@@ -297,6 +297,8 @@ def _record(live: LiveMachine, places: list[Place], located: list[RepoLocation],
             if d:
                 out["probes"][d["node"]] = live.probe(d["node"])
     for loc in located:
+        if loc.clonezilla:  # a Clonezilla image directory: not replayed (no chunk store to record)
+            continue
         repo = Repository.open(loc.path)
         images = []
         for s in repo.images():

@@ -39,6 +39,23 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """The Clonezilla images (tests/clonezilla_images.py) take a minute or more to build with
+    ocs-sr: when a selected test's module uses them and the cache lacks one, build them in the
+    background while the tests before them run (the fixture waits for it)."""
+    if os.geteuid() != 0 or session.config.option.collectonly:
+        return
+    cz = sys.modules.get("clonezilla_images")
+    modules = {getattr(item, "module", None) for item in session.items}
+    if cz is not None and any(getattr(module, "clonezilla_image", None) is cz.clonezilla_image for module in modules):
+        cz.start_builder()
+
+
+def pytest_sessionfinish(session):
+    if "clonezilla_images" in sys.modules:
+        sys.modules["clonezilla_images"].stop_builder()
+
+
 @pytest.fixture(scope="session")
 def drive_store():
     """A tmpfs of its own for blank test drives: a target drive is never stored on the

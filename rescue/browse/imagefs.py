@@ -268,8 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-mib", type=int, default=64, help="decoded chunk cache (default 64 MiB)")
     p.add_argument("--readahead", type=int, default=2, help="chunks decoded ahead of a sequential reader")
     p.add_argument("--threads", type=int, default=2, help="chunk decoding threads")
+    p.add_argument("--keys-on-stdin", action="store_true", help="an encrypted repository's key (rescue.repo.keys)")
     args = p.parse_args(argv)
     try:
+        if args.keys_on_stdin:
+            from rescue.repo import keys
+
+            keys.load_exported(sys.stdin.buffer.read())
         serve(
             args.repo,
             args.name,

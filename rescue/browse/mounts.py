@@ -277,12 +277,27 @@ def start_server(state: MountState, areas: list[str]) -> None:
     state.work.mkdir(parents=True, exist_ok=True)
     state.fuse_dir.mkdir(exist_ok=True)
     argv = [_python(), "-m", SERVER_MODULE, state.repo, state.image, str(state.fuse_dir), "--areas", ",".join(areas)]
+    from rescue.repo import keys
+
+    secrets = keys.export()  # an encrypted repository's key, unlocked here: on a pipe, never in argv
+    if secrets:
+        argv.append("--keys-on-stdin")
     pkg_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
     with open(state.log, "ab") as logf:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/", start_new_session=True
+            argv,
+            stdin=subprocess.PIPE if secrets else subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            env=env,
+            cwd="/",
+            start_new_session=True,
         )
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.write(secrets)
+        proc.stdin.close()
     state.fuse_pid = proc.pid
     state.save()
     deadline = time.monotonic() + START_TIMEOUT

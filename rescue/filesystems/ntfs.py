@@ -26,6 +26,7 @@ from rescue.filesystems.base import FREE, METADATA, Examined, Filesystem, FsInfo
 from rescue.filesystems.resize import tool
 from rescue.hw.run import output, run
 from rescue.model.extents import Extent, normalize
+from rescue.model.windows import HIBERNATED_FIX
 
 NTFS_SECONDS = 120.0  # ntfscluster scans the whole MFT per range: stop asking after this
 
@@ -190,6 +191,9 @@ class Ntfs(Filesystem):
         old = _size(device)
         if old == new_size:
             return self._done(device, old, old, "ntfsresize not needed")
+        state = hibernation(device)  # ntfsresize --force does not check it (tried: 2022.10.3)
+        if state:
+            raise FilesystemError(f"cannot resize the NTFS on {device}: {state}; {HIBERNATED_FIX}")
         was_dirty = _dirty(device)
         base = ["ntfsresize", "--force", "--no-progress-bar", "--size", str(new_size)]
         tool(base + ["--no-action", device], device, input=b"y\n")
@@ -232,6 +236,22 @@ class Ntfs(Filesystem):
                 # Every allocated cluster of NTFS belongs to a file (metadata files included).
                 out[r] = [FREE]
         return out
+
+
+HIBERNATED, UNCLEAN = 14, 15  # ntfs-3g.probe's exit codes (NTFS_VOLUME_HIBERNATED, _UNCLEAN_UNMOUNT)
+
+
+def hibernation(dev: str) -> str | None:
+    """Whether Windows left the volume hibernated or with Fast Startup's unfinished state:
+    ntfs-3g's own check (hiberfil.sys's "hibr" signature, the $LogFile state) through
+    ntfs-3g.probe --readwrite (on a read-only device it falls back to read-only and still
+    checks). None when it is clean."""
+    code = run(["ntfs-3g.probe", "--readwrite", dev], check=False).returncode
+    if code == HIBERNATED:
+        return "Windows is hibernated or Fast Startup is on (hiberfil.sys is active)"
+    if code == UNCLEAN:
+        return "Windows did not shut down fully (Fast Startup is on, or it crashed): the volume is in use"
+    return None
 
 
 def _size(device: str) -> int:

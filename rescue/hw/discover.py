@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rescue.errors import DeviceError, RescueError
@@ -80,6 +81,7 @@ class RepoLocation:
     mountpoint: str
     mounted_by_us: bool  # release() unmounts only these
     read_only: bool
+    clonezilla: bool = False  # a Clonezilla image directory (rescue.clonezilla), not a repository
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Place:
     repos: list[str]  # repository directories on it
     # A network share: what to mount it again with (holds the password: never recorded).
     share: SmbShare | NfsExport | None = field(default=None, repr=False)
+    clonezilla: list[str] = field(default_factory=list)  # Clonezilla image directories on it (read only)
 
     @property
     def blank(self) -> bool:
@@ -108,16 +111,34 @@ class Place:
 
 def repo_dirs(top: str) -> list[str]:
     """Repositories at `top` or one directory level below it, sorted."""
-    found = []
-    if os.path.isfile(os.path.join(top, MARKER)):
-        found.append(top)
+    return _dirs(top, lambda path: os.path.isfile(os.path.join(path, MARKER)))
+
+
+def clonezilla_dir(path: str) -> bool:
+    """A Clonezilla image directory: what ocs-sr's own check looks for, a `disk` or `parts`
+    file beside a partition table dump (`*-pt.sf`)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return ("disk" in names or "parts" in names) and any(n.endswith("-pt.sf") for n in names)
+
+
+def clonezilla_dirs(top: str) -> list[str]:
+    """Clonezilla image directories at `top` or one level below it (where Clonezilla puts
+    them: the drive it saves to is its /home/partimag), sorted."""
+    return _dirs(top, clonezilla_dir)
+
+
+def _dirs(top: str, wanted: Callable[[str], bool]) -> list[str]:
+    found = [top] if wanted(top) else []
     try:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError:
         return found
     for e in entries:
         try:
-            if e.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(e.path, MARKER)):
+            if e.is_dir(follow_symlinks=False) and wanted(e.path):
                 found.append(e.path)
         except OSError:
             continue
@@ -136,10 +157,11 @@ def fs_type(d: hwdev.DeviceDict) -> str | None:
     return found.get("TYPE")
 
 
-def probe(node: str) -> dict[str, str]:
-    """blkid's low-level probe of a device: TYPE, LABEL, UUID, USAGE... ({} when it finds
-    nothing)."""
-    proc = run(["blkid", "-p", "-o", "export", "--", node], check=False, timeout=60)
+def probe(node: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:
+    """blkid's low-level probe of a device, or of `size` bytes at `offset` in it (a partition
+    the kernel has no node for): TYPE, LABEL, UUID, USAGE... ({} when it finds nothing)."""
+    at = [] if offset is None else ["--offset", str(offset)] + ([] if size is None else ["--size", str(size)])
+    proc = run(["blkid", "-p", "-o", "export", *at, "--", node], check=False, timeout=60)
     found = {}
     for line in proc.stdout.decode(errors="replace").splitlines():
         key, sep, value = line.partition("=")
@@ -255,7 +277,7 @@ def survey(run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_
             continue
         repos = repo_dirs(mountpoint)
         p = _place(d, snap, found_type, mountpoint, True, True, repos)
-        if not repos:
+        if not repos and not p.clonezilla:
             _umount(d["node"], mountpoint)
             p.mountpoint, p.mounted_by_us = None, False
         found.append(p)
@@ -265,6 +287,7 @@ def survey(run_dir: str = RUN_DIR, devices: list[str] | None = None, *, include_
 def _place(
     d: hwdev.DeviceDict, snap: hwdev.Snapshot, fstype: str, where: str | None, ours: bool, ro: bool, repos: list[str]
 ) -> Place:
+    """One place; its Clonezilla image directories are looked for here."""
     whole = snap.whole_disk(d["devnum"])
     measured = _measure(where) if where else None
     label = d["props"].get("ID_FS_LABEL") or (probe(d["node"]).get("LABEL") or "" if fstype else "")
@@ -279,6 +302,7 @@ def _place(
         mounted_by_us=ours,
         read_only=ro,
         repos=repos,
+        clonezilla=clonezilla_dirs(where) if where else [],
     )
 
 
@@ -319,6 +343,7 @@ def mount_share(share: SmbShare | NfsExport, run_dir: str = RUN_DIR) -> Place:
         read_only=True,
         repos=repo_dirs(where),
         share=share,
+        clonezilla=clonezilla_dirs(where),
     )
 
 
@@ -331,12 +356,12 @@ def find_repositories(
 
 
 def locations(places: list[Place]) -> list[RepoLocation]:
-    """The repositories of surveyed places."""
+    """The repositories and Clonezilla image directories of surveyed places."""
     return [
-        RepoLocation(path, p.drive, p.device, p.mountpoint, p.mounted_by_us, p.read_only)
+        RepoLocation(path, p.drive, p.device, p.mountpoint, p.mounted_by_us, p.read_only, path in p.clonezilla)
         for p in places
         if p.mountpoint is not None
-        for path in p.repos
+        for path in p.repos + p.clonezilla
     ]
 
 

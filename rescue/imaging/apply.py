@@ -252,9 +252,11 @@ _HANDLERS: dict[str, Callable[[Job, Action], None]] = {
     actions.SHRINK: _shrink,
     actions.RECOVERED: lambda job, act: job.recovered(),
     actions.CHECK_GAPS: _check_gaps,
+    actions.BOOT_SECTORS: lambda job, act: postrestore.fix_boot_sectors(job.target, job.image, job.log),
     actions.GRUB_POINTERS: _grub_pointers,
     actions.GRUB_GAP: lambda job, act: job.log(postrestore.check_grub_gap(job.target, job.layout)),
     actions.NEW_IDS: lambda job, act: postrestore.new_ids(job.target, job.log),
+    actions.WINDOWS_BCD: lambda job, act: postrestore.rewrite_bcd(job.target, job.image, job.log),
     actions.EFI_FALLBACK: lambda job, act: postrestore.ensure_efi_fallback(job.target, job.log),
     actions.BOOT_ENTRY: lambda job, act: postrestore.add_boot_entry(job.target, job.log),
 }

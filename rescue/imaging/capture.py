@@ -20,7 +20,7 @@ import zstandard
 
 from rescue import __version__
 from rescue.errors import DeviceError, RepoError, RescueError
-from rescue.filesystems import identify
+from rescue.filesystems import identify, windows
 from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.filesystems.base import FsInfo, Volume
 from rescue.hw import blockdev, leftovers
@@ -31,6 +31,7 @@ from rescue.imaging.chunkread import UsedChunkReader, keep_only, patch, used_par
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import chunk_where
+from rescue.model import windows as win
 from rescue.model.extents import Extent, total, with_edges
 from rescue.model.gaps import gaps
 from rescue.model.layout import DiskLayout
@@ -59,6 +60,10 @@ class AreaPlan:
     partition: int | None = None
     fs: FsInfo | None = None
     used: list[Extent] | None = None  # None: image every byte
+    windows: dict = field(default_factory=dict)  # Windows facts kept with fs (filesystems/windows.py)
+
+    def fs_facts(self) -> dict | None:
+        return {**vars(self.fs), **self.windows} if self.fs is not None else None
 
     @property
     def label(self) -> str:
@@ -79,7 +84,7 @@ class CapturePlan:
 
     def area_facts(self) -> list[AreaFacts]:
         """What the planner needs of each area (as restore has them from an image)."""
-        return [AreaFacts(a.name, a.partition, a.size, dict(vars(a.fs)) if a.fs else None, a.used) for a in self.areas]
+        return [AreaFacts(a.name, a.partition, a.size, a.fs_facts(), a.used) for a in self.areas]
 
 
 @dataclass
@@ -122,6 +127,7 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
             # A damaged filesystem is still imaged, whole: losing bytes is worse than time.
             log(f"{area.name}: cannot map used blocks ({e}); imaging every byte")
             area.used = None
+        _windows_facts(area, vol, layout, log)
         log(
             f"{area.name}: {area.fs.type if area.fs else 'no filesystem'}, "
             f"{fmt_bytes(area.read_bytes())} of {fmt_bytes(area.size)} to read"
@@ -129,6 +135,28 @@ def plan_capture(source: str, log=lambda m: None) -> CapturePlan:
         )
         plan.areas.append(area)
     return plan
+
+
+def _windows_facts(area: AreaPlan, vol: Volume, layout: DiskLayout, log) -> None:
+    """BitLocker (imaged whole: its contents are ciphertext without the key), a Windows BCD
+    and what it names, a hibernated NTFS (imaged whole, as it is, and never resized)."""
+    try:
+        if area.fs is None and windows.is_bitlocker(vol):
+            area.fs, area.used = windows.bitlocker_info(), None
+            log(f"{area.name}: BitLocker: imaged whole, every byte (encrypted: its free space cannot be told apart)")
+            return
+        area.windows = windows.examine(vol, area.fs)
+    except (RescueError, OSError) as e:
+        log(f"{area.name}: Windows boot facts not read ({e})")
+        return
+    if area.windows.get("hibernated"):
+        area.used = None
+        log(
+            f"WARNING: {area.name}: {area.windows['hibernated']}: imaged whole, as it is; it cannot be "
+            f"resized on restore: {win.HIBERNATED_FIX}"
+        )
+    for ref in area.windows.get("bcd", []):
+        log(f"{area.name}: Windows BCD {win.ref_words(ref, layout)}")
 
 
 DEFER_BYTES = 64 << 20  # chunks held back for the reader's later passes, at the most
@@ -147,7 +175,7 @@ class _Storer:
         self.new_chunks = 0
 
     def store(self, data: bytes) -> bytes:
-        dig = chunks.digest(data)
+        dig = self.repo.chunk_id(data)  # SHA-256, or a keyed MAC in an encrypted repository
         with self.lock:
             known = dig in self.seen
             self.seen.add(dig)
@@ -410,7 +438,7 @@ def _area_record(ap: AreaPlan, index: Index, repo: Repository, name: str) -> Are
         index=f"{ap.name}.idx",
         index_sha256=hashlib.sha256(blob).hexdigest(),
         partition=ap.partition,
-        fs=dict(vars(ap.fs)) if ap.fs is not None else None,
+        fs=ap.fs_facts(),
         stats={
             **counts,
             "data_bytes": data_bytes,
@@ -463,7 +491,7 @@ def _check_capturable(plan: CapturePlan, log: JobLog) -> None:
     where = f"{plan.source} cannot be imaged"
     validate_layout(plan.layout, where)
     for ap in plan.areas:
-        validate_fs(dict(vars(ap.fs)) if ap.fs is not None else None, f"{where}: area {ap.name}")
+        validate_fs(ap.fs_facts(), f"{where}: area {ap.name}")
 
 
 class _Undo:
@@ -480,15 +508,19 @@ class _Undo:
     def __enter__(self) -> _Undo:
         self.repo.start_image(self.name)
         # A local repository keeps the log beside the image as it grows (what an interrupted
-        # capture leaves says how far it got); on a server it is put with the image.
-        local = self.repo.image_dir(self.name) / "log.txt" if self.repo.path is not None else None
+        # capture leaves says how far it got); on a server, or sealed in an encrypted
+        # repository (a log in clear would tell the drive's model, layout and errors), it is
+        # put with the image.
+        beside = self.repo.path is not None and not self.repo.encrypted
+        local = self.repo.image_dir(self.name) / "log.txt" if beside else None
         self.log = JobLog(local)
         self.log_where = str(local) if local else f"{self.repo.where}/{self.repo.image_key(self.name, 'log.txt')}"
         return self
 
     def save_log(self) -> None:
-        """Put the log of a capture into a remote repository (a local one has it already)."""
-        if self.repo.path is None:
+        """Put the log of a capture into a remote or encrypted repository (a local one has
+        it already)."""
+        if self.repo.path is None or self.repo.encrypted:
             with contextlib.suppress(RescueError):
                 text = "".join(f"{line}\n" for line in self.log.lines)
                 self.repo.write_image_file(self.name, "log.txt", text.encode())

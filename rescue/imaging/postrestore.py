@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import DeviceError, FilesystemError, RescueError
-from rescue.filesystems import lookup, probe
+from rescue.filesystems import lookup, probe, windows
 from rescue.filesystems.base import Volume
 from rescue.filesystems.fat import mtools_env
 from rescue.hw.mounts import loop_attached
 from rescue.hw.partitions import read_layout
 from rescue.hw.run import output, run
+from rescue.model import windows as win
 from rescue.model.actions import bios_boot_moved, esp_partitions
 from rescue.model.layout import DiskLayout, Partition
 
@@ -359,6 +360,13 @@ def efibootmgr_argv(disk: str, part: int, vendor: str, loader: str, first: bool 
     ]
 
 
+def boot_next(entry: str, log: Log) -> None:
+    """The next power-on boots `entry` ("Boot0003"), whatever comes first in the boot order:
+    a lab machine that netboots first boots its restored drive (docs/fleet.md)."""
+    run(["efibootmgr", "--bootnext", entry[len("Boot") :]], error=DeviceError)
+    log(f"boot entry: {entry} is the next boot (BootNext)")
+
+
 def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/efi") -> str | None:
     """Add an NVRAM boot entry for the restored drive's loader when running on UEFI firmware.
     Returns the new entry's name (e.g. "Boot0003"), or None with the reason in the log."""
@@ -391,6 +399,8 @@ def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/
         ]
         if same:  # this very partition's entry, from an earlier run
             log(f"boot entry: {same[0].group(1)} '{label}' already exists")
+            if os.path.isdir(LIVE_MEDIUM):
+                boot_next(same[0].group(1), log)
             return same[0].group(1)
         # A technician's own machine keeps its boot order; the rescue system's is the point.
         first = os.path.isdir(LIVE_MEDIUM)
@@ -402,9 +412,62 @@ def add_boot_entry(target: str, log: Log, *, firmware_dir: str = "/sys/firmware/
             f"boot entry: {name} '{label}' -> partition {p.number} \\EFI\\{found.vendor}\\{found.loader}"
             + ("" if first else " (not put first in the boot order: not running from the rescue system)")
         )
+        if first and made:
+            boot_next(made.group(1), log)
         return name
     log("boot entry: no ESP with a vendor loader (EFI/<vendor>/shimx64.efi or grubx64.efi); no NVRAM entry added")
     return None
+
+
+# --- Windows: boot sectors and the BCD -----------------------------------------------------------
+
+
+def fix_boot_sectors(target: str, image: DiskLayout, log: Log) -> None:
+    """Every NTFS or FAT partition that starts elsewhere than in `image`: its boot sector's
+    hidden-sectors field (and its backup's) set to the new start. Windows' boot code loads
+    the rest of the volume boot record relative to it, and chkdsk checks it."""
+    layout = read_layout(target)
+    old = {p.number: p.offset(image.sector_size) for p in image.data_partitions()}
+    for p in layout.data_partitions():
+        if old.get(p.number, p.offset(layout.sector_size)) == p.offset(layout.sector_size):
+            continue
+        said = windows.set_hidden_sectors(target, p.offset(layout.sector_size), p.size(layout.sector_size), p.start)
+        log(f"partition {p.number}: {said}")
+
+
+def rewrite_bcd(target: str, image: DiskLayout, log: Log) -> None:
+    """The device elements of every Windows BCD on the drive that name a partition of the
+    image, rewritten to name the same partition (by number) where it is now: its byte
+    offset and the disk signature on MBR, its GUID and the disk GUID on GPT. Elements that
+    name another drive are left as they are and said so."""
+    layout = read_layout(target)
+    current = {p.number: p for p in layout.data_partitions()}
+
+    def fix(dev: win.Device) -> win.Device | None:
+        was = win.resolve(dev, image)
+        if was is None or was.number not in current:
+            log(f"Windows BCD: a device element names {dev.disk} (not this drive's partitions); left as is")
+            return None
+        return win.device_for(current[was.number], layout)
+
+    found = False
+    for p in layout.data_partitions():
+        fstype = probe(_volume(target, layout, p)).get("TYPE", "")
+        if not windows.may_hold_bcd(fstype):
+            continue
+        with _partition(target, layout, p) as dev, windows.bcd_file(dev, fstype) as bcd:
+            if bcd is None:
+                continue
+            found = True
+            changed = windows.rewrite_refs(bcd[1], fix)
+            if changed:
+                windows.put_bcd(dev, fstype, bcd[0], bcd[1])
+            for line in changed:
+                log(f"Windows BCD on partition {p.number}: {line}")
+            if not changed:
+                log(f"Windows BCD on partition {p.number}: every device element already names its partition")
+    if not found:
+        log("Windows BCD: none found on the drive; nothing rewritten")
 
 
 # --- GRUB for BIOS: the sector pointers --------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from rescue.errors import RefusedError, RescueError, TooSmallError, UsageError
 from rescue.filesystems import lookup
+from rescue.filesystems.windows import records_start
 from rescue.hw import blockdev
 from rescue.hw.firmware import uefi_firmware
 from rescue.hw.partitions import read_layout
@@ -26,6 +27,7 @@ from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import check_chunks, data_chunks, image_source, load_indexes
 from rescue.model import gaps
+from rescue.model import windows as win
 from rescue.model.actions import Action, Placement, plan_actions
 from rescue.model.extents import Extent, normalize
 from rescue.model.layout import DiskLayout
@@ -248,7 +250,9 @@ def plan_onto(
         )
     if policy == "auto":
         policy = "same" if abs(size - image.size) < (1 << 20) else "proportional"
-    lp = plan_layout(image, facts_of(areas), size, sector_size, policy, _keep_gaps(areas))
+    bcd = win.bcd_stores({a.partition: a.fs for a in areas if a.partition is not None and a.fs})
+    pinned = win.pinned(image, bcd) if image.table == "msdos" else {}
+    lp = plan_layout(image, facts_of(areas), size, sector_size, policy, _keep_gaps(areas), pinned)
     moves = {m.number: m for m in lp.moves}
     placements = {}
     for area in areas:
@@ -286,12 +290,31 @@ def plan_onto(
         uefi=facts.uefi,
         clone=clone,
         scratch=plan.scratch_dir(),
+        fstypes={a.partition: (a.fs or {}).get("type") for a in areas if a.partition is not None},
+        bcd=bcd,
+        with_start={a.partition for a in areas if a.partition is not None and records_start((a.fs or {}).get("type"))},
     )
+    hibernated = _resized_hibernated(areas, placements)
+    if hibernated and plan.fits:
+        plan.fits, plan.reason = False, hibernated
     if plan.scratch is not None:
         plan.notes.append(plan.scratch.describe(fmt_bytes))
         if plan.fits and not plan.scratch.fits:
             plan.fits, plan.reason = False, plan.scratch.refusal(fmt_bytes)
     return plan
+
+
+def _resized_hibernated(areas: list[AreaFacts], placements: dict[str, Placement]) -> str:
+    """The one-line refusal of a plan that would resize an NTFS Windows left hibernated
+    (ntfsresize would refuse it halfway through the write, in many lines); "" when none."""
+    for a in areas:
+        why = (a.fs or {}).get("hibernated")
+        if why and placements[a.name].action in ("grow", "shrink"):
+            return (
+                f"{area_label(a.name, 'ntfs')} cannot be resized: {why}; {win.HIBERNATED_FIX} "
+                f"(or restore with --layout same onto a drive of at least the image's size)"
+            )
+    return ""
 
 
 def _labels(areas: list[AreaFacts]) -> dict[str, str]:
@@ -387,7 +410,7 @@ def _log_path(repo: Repository, name: str, log_dir: Path | None) -> Path | None:
     """Beside the image when the repository is a writable directory, else in /run (read-only
     media, a server)."""
     stamp = now_iso().replace(":", "")
-    beside = [repo.image_dir(name)] if repo.path is not None else []
+    beside = [repo.image_dir(name)] if repo.path is not None and not repo.encrypted else []  # a log in clear
     for d in ([log_dir] if log_dir else []) + beside + [Path("/run/rescue")]:
         try:
             d.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rescue.model.layout import DiskLayout, Partition
 from rescue.model.plan import BIOS_BOOT_GUID, ESP_GUID, human
+from rescue.model.windows import BcdRef, boot_sectors_to_fix, stale_refs
 
 # kinds, in the order they run
 TABLE = "table"  # write the partition table
@@ -22,9 +23,11 @@ GROW = "grow"  # a partition's data, then its filesystem grown
 SHRINK = "shrink"  # a filesystem shrunk on the target (tail through scratch)
 RECOVERED = "recovered"  # clone: bytes the later bad-sector passes recovered
 CHECK_GAPS = "check-gaps"  # read the gaps back
+BOOT_SECTORS = "boot-sectors"  # NTFS/FAT boot sectors of moved partitions: hidden sectors = new start
 GRUB_POINTERS = "grub-bios-pointers"  # GRUB's BIOS boot code follows a moved BIOS boot partition
 GRUB_GAP = "grub-mbr-gap"  # GRUB's core image after the MBR: in place, or what to run
 NEW_IDS = "new-ids"  # new disk, partition and filesystem ids, references rewritten
+WINDOWS_BCD = "windows-bcd"  # a Windows BCD's device elements follow moved partitions or new ids
 EFI_FALLBACK = "efi-fallback"  # EFI/BOOT/BOOTX64.EFI beside a vendor-only loader
 BOOT_ENTRY = "boot-entry"  # a UEFI NVRAM entry for the restored drive
 KINDS = (
@@ -35,9 +38,11 @@ KINDS = (
     SHRINK,
     RECOVERED,
     CHECK_GAPS,
+    BOOT_SECTORS,
     GRUB_POINTERS,
     GRUB_GAP,
     NEW_IDS,
+    WINDOWS_BCD,
     EFI_FALLBACK,
     BOOT_ENTRY,
 )
@@ -105,10 +110,16 @@ def plan_actions(
     uefi: bool = False,
     clone: bool = False,
     scratch: str = "",
+    fstypes: dict[int, str | None] | None = None,
+    bcd: dict[int, list[BcdRef]] | None = None,
+    with_start: set[int] | None = None,
 ) -> list[Action]:
     """Every step of writing `written` from an image (or drive) laid out as `image`, in order.
     labels: how each area is named for people; uefi: whether this machine runs on UEFI
-    firmware (a boot entry can be added); scratch: where shrinks keep their tail, for words."""
+    firmware (a boot entry can be added); scratch: where shrinks keep their tail, for words;
+    fstypes: each partition's filesystem, for words; bcd: the Windows BCD references by the
+    partition holding the store; with_start: partitions whose boot sector records their start
+    (model/windows.py)."""
     out: list[Action] = []
     if written.table != "none":
         n = len(written.partitions)
@@ -154,6 +165,17 @@ def plan_actions(
         )
     if any(p.action == "gap" and p.size for p in placements.values()):
         out.append(Action(CHECK_GAPS, "read the bytes outside partitions back and compare them with the source", True))
+    fixes = boot_sectors_to_fix(image, written, with_start or set())
+    if fixes:
+        which = ", ".join(f"#{n} ({(fstypes or {}).get(n)})" for n in fixes)
+        out.append(
+            Action(
+                BOOT_SECTORS,
+                f"set the hidden-sectors field of the boot sector of {which} to the new start "
+                "(Windows' boot code and chkdsk read the partition's place there)",
+                False,
+            )
+        )
     moved = bios_boot_moved(image, written)
     if moved:
         out.append(
@@ -177,6 +199,16 @@ def plan_actions(
                 NEW_IDS,
                 "give the drive, its partitions and filesystems new ids; rewrite fstab, "
                 "crypttab and GRUB's configuration to match",
+                False,
+            )
+        )
+    stale = stale_refs(image, written, bcd or {}, fresh_ids)
+    if stale:
+        holders = ", ".join(f"#{n}" for n in sorted(bcd or {}))
+        out.append(
+            Action(
+                WINDOWS_BCD,
+                f"rewrite the device elements of the Windows BCD on {holders} with hivex: {', '.join(stale)}",
                 False,
             )
         )

@@ -118,19 +118,50 @@ def plan_layout(
     target_sector_size: int,
     policy: Policy = "proportional",
     keep_gaps: dict[int | None, int] | None = None,
+    pinned: dict[int, str] | None = None,
 ) -> LayoutPlan:
     """Plan the image's partitions on a target of `target_size` bytes. Never raises for a
     target that is too small: the plan says fits=False, by how much and why.
 
     keep_gaps: bytes outside partitions that must find room again (model/gaps.py): after
     partition N (key N), and before the first partition (key None). Only gaps that hold data
-    are passed (a gap of zeros needs no room)."""
+    are passed (a gap of zeros needs no room).
+
+    pinned: partitions whose start something on the drive names by offset (a Windows BCD on
+    an MBR drive, model/windows.py), with why. The plan keeps their starts when it can: every
+    partition up to the last pinned one keeps its place and size, the last pinned one keeps
+    its start and may grow or shrink at its end, and what follows is planned as usual. When
+    that plan does not fit, or leaves more of the target unused than the plan without pins,
+    the plan without pins is taken and says that the references are rewritten instead."""
     if policy not in POLICIES:
         raise UsageError(f"unknown layout policy {policy!r} (choose {', '.join(POLICIES)})")
     ss = target_sector_size
     if ss < 512 or ss > ALIGN or ss & (ss - 1):
         raise UsageError(f"unsupported sector size {ss} (expected 512 or 4096)")
-    return _Planner(image, facts, max(0, target_size), ss, policy, keep_gaps or {}).plan()
+    size, gaps_ = max(0, target_size), keep_gaps or {}
+    free = _Planner(image, facts, size, ss, policy, gaps_).plan()
+    if not pinned or policy == "same":
+        return free
+    kept = _Planner(image, facts, size, ss, policy, gaps_, pinned).plan()
+    if kept.fits and _end(kept) + ALIGN >= _end(free) or not free.fits:
+        unmoved = {m.number for m in kept.moves if not m.moved and m.number in pinned}
+        held = ", ".join(f"#{p.number} at {mib(p.start * ss)}" for p in kept.layout.partitions if p.number in unmoved)
+        if kept.fits:
+            kept.notes.append(
+                f"kept in place: {held}: a Windows boot configuration (BCD) names them by their byte "
+                "offset (the partitions before the last of them keep their size; its end may move)"
+            )
+        return kept
+    free.notes.append(
+        "the partitions a Windows boot configuration (BCD) names by offset move: keeping their "
+        f"starts {'does not fit' if not kept.fits else 'would leave space unused'}; the BCD's "
+        "device elements are rewritten to the new offsets after writing"
+    )
+    return free
+
+
+def _end(lp: LayoutPlan) -> int:
+    return max((p.end + 1 for p in lp.layout.partitions), default=0) * lp.sector_size
 
 
 # -- internals ---------------------------------------------------------------------------
@@ -180,6 +211,7 @@ class _Planner:
         ss: int,
         policy: str,
         keep_gaps: dict[int | None, int],
+        pinned: dict[int, str] | None = None,
     ):
         self.image, self.facts, self.policy = image, facts, policy
         self.keep_gaps = keep_gaps
@@ -224,6 +256,17 @@ class _Planner:
         if self.ext is not None:
             top.append(self.ext)
         self.top = sorted(top, key=lambda x: x.old_start if isinstance(x, _Item) else x.start * iss)
+        self.pin_starts: dict[int, int] = {}
+        pins = [i for i, it in enumerate(self.items) if it.number in (pinned or {})]
+        if pins:  # model/windows.py: a BCD names these by offset
+            last = self.items[pins[-1]]
+            for it in self.items[: pins[-1]]:
+                if not it.fixed:
+                    it.fixed = (
+                        f"{label(last.part, last.facts)} after it keeps its start ({(pinned or {})[last.number]})"
+                    )
+                    it.lo = it.hi = _up(it.old_size, ss)
+            self.pin_starts = {it.number: it.old_start for it in self.items[: pins[-1] + 1]}
 
     # ---- bounds -------------------------------------------------------------------------
 
@@ -271,6 +314,7 @@ class _Planner:
         goes to the next 1 MiB boundary (plus the EBR gap for a logical). `exact` keeps the
         extended partition's own extent as in the image (policy "same")."""
         ss, starts, out_sizes = self.ss, {}, dict(sizes)
+        prefer = {**prefer, **self.pin_starts}
         cursor = max(self.first, _up(self.keep_gaps.get(None, 0), ss))
         end = 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 
 import zstandard
 
@@ -48,10 +49,16 @@ def encode(data: bytes, compressor: zstandard.ZstdCompressor) -> bytes:
 
 
 def decode(
-    blob: bytes, expected: bytes, where: str, dctx: zstandard.ZstdDecompressor, limit: int | None = None
+    blob: bytes,
+    expected: bytes,
+    where: str,
+    dctx: zstandard.ZstdDecompressor,
+    limit: int | None = None,
+    ident: Callable[[bytes], bytes] = digest,
 ) -> bytes:
     """Plaintext of a chunk file, or IntegrityError naming `where` when anything is off.
-    `limit`: the most plaintext bytes the caller can expect (the index's chunk length)."""
+    `limit`: the most plaintext bytes the caller can expect (the index's chunk length).
+    `ident`: how the repository names a chunk (SHA-256, or its keyed MAC when encrypted)."""
     name = f"{where}: chunk {expected.hex()[:16]}…"
     if len(blob) < HEADER.size:
         raise IntegrityError(f"{name} is truncated")
@@ -79,6 +86,6 @@ def decode(
             raise IntegrityError(f"{name} is damaged (truncated, or bytes after its zstd frame)")
     else:
         raise IntegrityError(f"{name} uses unknown codec {codec}")
-    if len(data) != length or digest(data) != expected:
+    if len(data) != length or ident(data) != expected:
         raise IntegrityError(f"{name} is damaged (hash mismatch)")
     return data

@@ -11,6 +11,7 @@ names would be taken for garbage."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import zstandard
 
 from rescue.errors import IntegrityError, RepoError, RescueError
 from rescue.repo import chunks
-from rescue.repo.index import Kind
+from rescue.repo.index import Index, Kind
 from rescue.repo.store import ImageSummary, Repository, write_error
 
 IMAGE_FILES = ("badsectors.map", "badfiles.json", "log.txt")  # beside a manifest, copied with it
@@ -168,7 +169,12 @@ def copy(
     """Copy image `name` from `src` into `dst`: only the chunks `dst` lacks travel, each one
     checked (decoded and hashed) on the way, so damage is never copied; then the indexes and
     the image's other files, and the manifest last, so the copy exists only once it is whole.
-    An interrupted copy leaves its chunks in `dst`: run again, it sends only the rest."""
+    An interrupted copy leaves its chunks in `dst`: run again, it sends only the rest.
+
+    Between repositories of other keys (unencrypted into encrypted, or two encrypted ones)
+    every chunk is read and unsealed, its name in `dst` computed with `dst`'s key, and sealed
+    again there; the indexes are rewritten with the new names (and their checksums in the
+    manifest). Compressed payloads travel as they are: nothing is compressed twice."""
     now = clock or time.monotonic
     started = now()
     if dst.chunk_size != src.chunk_size:
@@ -180,6 +186,8 @@ def copy(
     indexes = {a.name: src.load_index(name, manifest, a.name) for a in manifest.areas}
     sizes = {ix.digests[i]: ix.span(i)[1] for ix in indexes.values() for i, k in enumerate(ix.kinds) if k == Kind.DATA}
     digests, total = sorted(sizes), sum(sizes.values())
+    same_keys = src.key == dst.key  # both unencrypted, or the same repository's key
+    renamed: dict[bytes, bytes] = {}  # chunk name in src -> in dst
     with dst.writer_lock("copy"):
         dst.start_image(name)  # refuses an existing image; clears an interrupted copy's files
         lock = threading.Lock()
@@ -189,14 +197,17 @@ def copy(
         def one(digest: bytes) -> None:
             nonlocal done, copied, copied_bytes
             moved = 0
-            if not dst.has_chunk(digest):
-                where = f"image {name}: chunk {digest.hex()[:16]}…"
-                blob = src.read_chunk_blob(digest, where)
+            if not same_keys or not dst.has_chunk(digest):
+                where = f"image {name}"
+                blob = src.chunk_object(digest, where)
                 dctx = getattr(local, "dctx", None) or zstandard.ZstdDecompressor()
                 local.dctx = dctx
-                chunks.decode(blob, digest, where, dctx, src.chunk_size)  # damage stops here
-                dst.write_chunk(digest, blob)
-                moved = len(blob)
+                data = chunks.decode(blob, digest, where, dctx, src.chunk_size, src.chunk_id)  # damage stops here
+                new = digest if same_keys else dst.chunk_id(data)
+                if same_keys or not dst.has_chunk(new):
+                    moved = dst.write_chunk(new, blob)  # bytes added: 0 when a racing writer was first
+                with lock:
+                    renamed[digest] = new
             with lock:
                 done += sizes[digest]
                 if moved:
@@ -212,8 +223,16 @@ def copy(
             except BaseException:  # a damaged chunk, Ctrl-C: nothing more travels
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+        areas = []
         for area in manifest.areas:
-            dst.write_image_file(name, area.index, indexes[area.name].to_bytes())
+            index = indexes[area.name]
+            if not same_keys:
+                index = Index(
+                    index.chunk_size, index.area_size, index.kinds, [renamed.get(d, d) for d in index.digests]
+                )
+            stored = index.to_bytes()
+            dst.write_image_file(name, area.index, stored)
+            areas.append(dataclasses.replace(area, index_sha256=hashlib.sha256(stored).hexdigest()))
         for filename in IMAGE_FILES:
             try:
                 blob = src.read_image_file(name, filename)
@@ -223,5 +242,5 @@ def copy(
                 dst.write_image_file(name, filename, blob)
         stats = manifest.stats.copy()
         stats["stored_bytes"], stats["new_chunks"] = copied_bytes, copied  # what this image added here
-        dst.commit_manifest(dataclasses.replace(manifest, stats=stats))
+        dst.commit_manifest(dataclasses.replace(manifest, stats=stats, areas=areas))
     return CopyResult(name, len(digests), copied, copied_bytes, now() - started)

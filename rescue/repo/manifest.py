@@ -23,6 +23,7 @@ from typing import TypedDict
 from rescue.errors import IntegrityError
 from rescue.model import gaps
 from rescue.model.layout import DiskLayout, Partition
+from rescue.model.windows import BcdRef
 
 FORMAT = "rescue-image"
 VERSION = 1
@@ -104,6 +105,8 @@ class FsFacts(TypedDict, total=False):
     used_bytes: int | None
     min_size: int | None  # smallest partition it can be shrunk to, if known
     map_source: str | None  # how the used-block map was obtained
+    bcd: list[BcdRef]  # a Windows BCD on this filesystem: its partition references (model/windows.py)
+    hibernated: str  # why this NTFS must not be resized (Windows hibernated, Fast Startup)
 
 
 class AreaStats(TypedDict, total=False):
@@ -455,7 +458,7 @@ def _partition(v: object, path: str) -> Partition:
 def _fs(v: object, path: str) -> FsFacts | None:
     if v is None:
         return None
-    d = _obj(v, path, ("type",), ("uuid", "label", "used_bytes", "min_size", "map_source"))
+    d = _obj(v, path, ("type",), ("uuid", "label", "used_bytes", "min_size", "map_source", "bcd", "hibernated"))
     out = FsFacts(type=_str(d["type"], f"{path}.type", FSTYPE_RE, 64))
     if "uuid" in d:
         out["uuid"] = _opt_str(d["uuid"], f"{path}.uuid", FSUUID_RE, 128)
@@ -467,7 +470,37 @@ def _fs(v: object, path: str) -> FsFacts | None:
         out["min_size"] = _opt_int(d["min_size"], f"{path}.min_size", 0, MAX_DRIVE)
     if "map_source" in d:
         out["map_source"] = _opt_str(d["map_source"], f"{path}.map_source")
+    if "bcd" in d:
+        out["bcd"] = [_bcd_ref(r, f"{path}.bcd[{i}]") for i, r in enumerate(_list(d["bcd"], f"{path}.bcd", 256))]
+    if "hibernated" in d:
+        out["hibernated"] = _str(d["hibernated"], f"{path}.hibernated")
     return out
+
+
+BCD_OBJECT_RE = re.compile(r"^\{[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}$")
+BCD_ELEMENT_RE = re.compile(r"^[0-9a-f]{8}$")
+
+
+def _bcd_ref(v: object, path: str) -> BcdRef:
+    """One BCD partition reference (Added with issue 24; images without it stay valid)."""
+    d = _obj(v, path, ("object", "type", "element", "style", "disk"), ("offset", "partition", "description"))
+    style = _str(d["style"], f"{path}.style")
+    if style not in ("mbr", "gpt"):
+        raise _Bad(f"{path}.style", f"is not mbr or gpt ({shown(style)})")
+    ref = BcdRef(
+        object=_str(d["object"], f"{path}.object", BCD_OBJECT_RE, 38),
+        type=_int(d["type"], f"{path}.type", 0, 0xFFFFFFFF),
+        element=_str(d["element"], f"{path}.element", BCD_ELEMENT_RE, 8),
+        style=style,
+        disk=_str(d["disk"], f"{path}.disk", MBR_ID_RE if style == "mbr" else GUID_RE, 36),
+    )
+    if style == "mbr":
+        ref["offset"] = _int(d.get("offset"), f"{path}.offset", 0, MAX_DRIVE)
+    else:
+        ref["partition"] = _str(d.get("partition"), f"{path}.partition", GUID_RE, 36)
+    if "description" in d:
+        ref["description"] = _str(d["description"], f"{path}.description")
+    return ref
 
 
 def _area_stats(v: object, path: str) -> AreaStats:

@@ -6,6 +6,12 @@ REPO/images/<name>/manifest.json written last: an image without one does not exi
 REPO/images/<name>/<area>.idx    chunk indexes
 REPO/images/<name>/log.txt       what happened while capturing
 REPO/images/<name>/verified.json result of the last full verify
+REPO/keys/<16 hex>               version 2 (encrypted) only: one key file per password
+
+In a version 2 repository every object but rescue-repo.json, the lock and the key files is
+sealed (rescue.repo.crypto) under the key of the password given (rescue.repo.keys), and a
+chunk is named by a keyed MAC of its plaintext: `chunk_id`, `seal` and `unseal` are the one
+place that tells the two versions apart.
 
 Every file is read through `read_file`: only a regular file inside its repository directory
 (no symbolic link, FIFO or device, which could hang a reader or feed it endless bytes), and only
@@ -36,12 +42,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import zstandard
 
 from rescue.errors import IntegrityError, RepoError, RescueError, UsageError
-from rescue.repo import chunks, retry
+from rescue.repo import chunks, crypto, keys, retry
 from rescue.repo.files import kind_of
 from rescue.repo.index import Index, Kind
 from rescue.repo.local import LocalStorage
@@ -50,9 +56,12 @@ from rescue.repo.manifest import MAX_CHUNK, MIN_CHUNK, NAME_RE, Manifest, printa
 from rescue.repo.storage import FOLDER, OBJECT, Entry, ObjectMissing, ObjectProblem, Storage, open_storage
 
 FORMAT = "rescue-repository"
-VERSION = 1
+VERSION = 1  # unencrypted; ENCRYPTED (2) is sealed objects under a password's key
+ENCRYPTED = 2
+CIPHER = "aes-256-gcm"
 MARKER = "rescue-repo.json"
 MANIFEST = "manifest.json"
+FLEET = "fleet"  # unattended jobs' logs and done-markers (rescue.fleet), beside images/
 MAX_MANIFEST = 16 << 20  # bytes; a manifest with 256 partitions is well under 1 MiB
 MAX_SMALL = 1 << 20  # rescue-repo.json, verified.json
 # Entries an empty drive's root may hold whoever formatted it: created by the filesystem or by
@@ -73,8 +82,9 @@ class RepoMeta(TypedDict):
     version: int  # VERSION
     id: str  # uuid4, fixed at creation
     chunk_size: int  # bytes, for every image in the repository
-    hash: str  # "sha256"
+    hash: str  # "sha256"; version 2: "hmac-sha256"
     compression: str  # "zstd"
+    encryption: NotRequired[str]  # version 2: CIPHER
 
 
 @dataclass
@@ -157,8 +167,10 @@ class Repository:
     repository (None for a remote one); `where` names it in messages (a path or a URL
     without secrets)."""
 
-    def __init__(self, storage: Storage, meta: RepoMeta):
+    def __init__(self, storage: Storage, meta: RepoMeta, key: crypto.RepoKey | None = None, key_id: str = ""):
         self.storage = storage
+        self.key = key  # the master key of an encrypted repository (version 2), else None
+        self.key_id = key_id  # the key file (password) that opened it
         self.where = storage.where
         self.path: Path | None = storage.path if isinstance(storage, LocalStorage) else None
         self.meta = meta
@@ -173,19 +185,44 @@ class Repository:
     def local(self) -> bool:
         return self.path is not None
 
+    @property
+    def encrypted(self) -> bool:
+        return self.key is not None
+
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str | Path, *, s3_endpoint: str | None = None) -> Repository:
+    def open(cls, location: str | Path, *, s3_endpoint: str | None = None, password: str | None = None) -> Repository:
+        """The repository at `location`. An encrypted one opens with `password`, else with the
+        key this process unlocked before (rescue.repo.keys.remember: the engine does it once
+        the front end asked), else PasswordNeeded."""
         retry.forget_failures()  # a job opens its repository first: servers get another chance
         storage = open_storage(str(location), s3_endpoint=s3_endpoint)
         try:
-            return cls.on(storage)
+            return cls.on(storage, password)
         except BaseException:
             storage.close()
             raise
 
     @classmethod
-    def on(cls, storage: Storage) -> Repository:
+    def on(cls, storage: Storage, password: str | None = None) -> Repository:
+        meta = cls.describe(storage)
+        if meta["version"] == VERSION:
+            return cls(storage, meta)
+        if password is not None:
+            key, key_id = keys.unlock(storage, meta["id"], password)
+            keys.remember(key, key_id)
+        else:
+            found = keys.unlocked(meta["id"])
+            if found is None:
+                raise keys.PasswordNeeded(f"{storage.where} is encrypted: it opens only with its password")
+            key, key_id = found
+        return cls(storage, meta, key, key_id)
+
+    @classmethod
+    def describe(cls, storage: Storage) -> RepoMeta:
+        """rescue-repo.json, checked, and the parts of a local repository: RepoError when this
+        is no repository this rescue can read. Reads no key: whether a password is needed is
+        `describe(storage)["version"] == ENCRYPTED`."""
         where = storage.where
         if isinstance(storage, LocalStorage) and not storage.path.is_dir():
             what = kind_of(storage.path)
@@ -203,14 +240,22 @@ class Repository:
             raise RepoError(f"{marker} is not valid JSON (truncated or damaged)") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise RepoError(f"{marker} is not a rescue repository description")
-        if meta.get("version") != VERSION:
+        version = meta.get("version")
+        if version not in (VERSION, ENCRYPTED) or isinstance(version, bool):
             raise RepoError(
                 f"{where}: repository version {printable(repr(meta.get('version')))[:40]} is not supported "
-                f"(this rescue reads version {VERSION})"
+                f"(this rescue reads versions {VERSION} and {ENCRYPTED})"
             )
+        assert isinstance(version, int)
+        hash_name = "sha256" if version == VERSION else "hmac-sha256"
+        if version == ENCRYPTED and meta.get("encryption") != CIPHER:
+            raise RepoError(f"{marker}: unsupported encryption {printable(repr(meta.get('encryption')))[:40]}")
+        if version == VERSION and keys.key_ids(storage):
+            # keys/ without encryption: the description of an encrypted repository was edited
+            raise RepoError(f"{marker} says version 1 but the repository holds keys/: refused (altered description?)")
         size = meta.get("chunk_size")
         if (
-            meta.get("hash") != "sha256"
+            meta.get("hash") != hash_name
             or not isinstance(size, int)
             or isinstance(size, bool)
             or not MIN_CHUNK <= size <= MAX_CHUNK
@@ -227,27 +272,41 @@ class Repository:
                     raise RepoError(f"{where}/{part} is {kind}, not a directory: this is not a usable repository")
         checked: RepoMeta = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": version,
             "id": ident,
             "chunk_size": size,
-            "hash": "sha256",
+            "hash": hash_name,
             "compression": "zstd",
         }
-        return cls(storage, checked)
+        if version == ENCRYPTED:
+            try:
+                uuid.UUID(ident)
+            except ValueError:
+                raise RepoError(f"{marker}: the id of an encrypted repository must be a UUID") from None
+            checked["encryption"] = CIPHER
+        return checked
 
     @classmethod
-    def create(cls, location: str | Path, chunk_size: int = 4 << 20, *, s3_endpoint: str | None = None) -> Repository:
-        """A new, empty repository at `location` (an existing one is opened instead); its place
-        must be empty but for what a filesystem or Windows puts on any drive."""
+    def create(
+        cls,
+        location: str | Path,
+        chunk_size: int = 4 << 20,
+        *,
+        s3_endpoint: str | None = None,
+        password: str | None = None,
+    ) -> Repository:
+        """A new, empty repository at `location` (an existing one is opened instead, with
+        `password` when it is encrypted); its place must be empty but for what a filesystem
+        or Windows puts on any drive. With `password`, an encrypted one (version 2)."""
         storage = open_storage(str(location), s3_endpoint=s3_endpoint)
         try:
-            return cls._create(storage, chunk_size)
+            return cls._create(storage, chunk_size, password)
         except BaseException:
             storage.close()
             raise
 
     @classmethod
-    def _create(cls, storage: Storage, chunk_size: int) -> Repository:
+    def _create(cls, storage: Storage, chunk_size: int, password: str | None = None) -> Repository:
         where = storage.where
         meta: RepoMeta = {
             "format": FORMAT,
@@ -257,22 +316,31 @@ class Repository:
             "hash": "sha256",
             "compression": "zstd",
         }
+        key: crypto.RepoKey | None = None
+        key_id = ""
+        if password is not None:
+            meta["version"], meta["hash"], meta["encryption"] = ENCRYPTED, "hmac-sha256", CIPHER
+            key = crypto.RepoKey.new(meta["id"])
         try:
             if isinstance(storage, LocalStorage):
                 storage.path.mkdir(parents=True, exist_ok=True)
             if storage.size(MARKER) is not None or (isinstance(storage, LocalStorage) and storage.kind(MARKER)):
-                return cls.on(storage)
+                return cls.on(storage, password)
             if any(e.name not in SYSTEM_ENTRIES for e in storage.list("")):
                 raise RepoError(f"{where} is not empty and not a rescue repository")
             if isinstance(storage, LocalStorage):
                 for part in ("chunks", "images"):
                     (storage.path / part).mkdir(exist_ok=True)
+            if key is not None and password is not None:  # the key first: the description makes it a repository
+                key_id = keys.add(storage, key, password)
             if not storage.put_new(MARKER, (json.dumps(meta, indent=1) + "\n").encode()):
-                return cls.on(storage)  # another job created it meanwhile
+                return cls.on(storage, password)  # another job created it meanwhile
             storage.flush()
         except OSError as e:
             raise write_error(where, "create the repository", e) from None
-        return cls(storage, meta)
+        if key is not None:
+            keys.remember(key, key_id)
+        return cls(storage, meta, key, key_id)
 
     @classmethod
     def open_or_create(
@@ -322,6 +390,24 @@ class Repository:
         if self._lock is not None:
             self._lock.check()
 
+    # -- sealing (version 2) ---------------------------------------------------------------
+    def seal(self, kind: int, key: str, data: bytes) -> bytes:
+        """What to store under `key`: `data` itself, or sealed for this key when encrypted."""
+        return data if self.key is None else self.key.seal(kind, key, data)
+
+    def unseal(self, kind: int, key: str, blob: bytes, where: str) -> bytes:
+        """The plaintext of what was read from `key`: IntegrityError starting with `where`
+        when an encrypted repository's object does not authenticate as that object."""
+        return blob if self.key is None else self.key.open(kind, key, blob, where)
+
+    def sealed_size(self, size: int) -> int:
+        return size if self.key is None else size + crypto.OVERHEAD
+
+    def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The name of a chunk holding `data`: its SHA-256, or in an encrypted repository a
+        MAC under the repository's key (equal chunks still share one name)."""
+        return chunks.digest(data) if self.key is None else self.key.chunk_id(data)
+
     # -- chunks --------------------------------------------------------------------------
     @staticmethod
     def chunk_key(digest: bytes) -> str:
@@ -349,6 +435,7 @@ class Repository:
         (exFAT, NTFS) syncfs() does not reach the driver, so only fsync makes a chunk survive
         the stick being pulled; commit_manifest then makes the names durable."""
         key = self.chunk_key(digest)
+        blob = self.seal(crypto.CHUNK, key, blob)
         try:
             created = self.storage.put_new(key, blob)
         except OSError as e:
@@ -391,21 +478,32 @@ class Repository:
         expects). The one place that reads stored chunks (restore, verify, browse, capture's
         re-read), so every check and every message is the same on every backend:
         IntegrityError, starting with `where`. Thread-safe."""
-        blob = self.read_chunk_blob(digest, where, length)
+        blob = self.chunk_object(digest, where, length)
         dctx: zstandard.ZstdDecompressor | None = getattr(self._threads, "dctx", None)
         if dctx is None:
             dctx = self._threads.dctx = zstandard.ZstdDecompressor()
         expect = length if length is not None else self.chunk_size
-        data = chunks.decode(blob, digest, where, dctx, expect)
+        data = chunks.decode(blob, digest, where, dctx, expect, self.chunk_id)
         if length is not None and len(data) != length:
             raise IntegrityError(f"{where}: chunk has {len(data)} bytes, the index expects {length}")
         return data
 
+    def chunk_object(self, digest: bytes, where: str, length: int | None = None) -> bytes:
+        """A chunk object (rescue.repo.chunks: header and compressed payload), unsealed in an
+        encrypted repository (so authenticated as the object stored under this chunk's name),
+        not yet decoded: what `copy` moves into a repository of other keys."""
+        key = self.chunk_key(digest)
+        blob = self.read_chunk_blob(digest, where, length)
+        return self.unseal(crypto.CHUNK, key, blob, where)
+
     def read_chunk_blob(self, digest: bytes, where: str, length: int | None = None) -> bytes:
-        """A chunk as stored (compressed), unchecked but for its size: what `copy` moves."""
+        """A chunk as stored (compressed, and sealed when encrypted), unchecked but for its
+        size: what `copy` moves between repositories of the same keys."""
         key = self.chunk_key(digest)
         try:
-            return self.storage.get(key, chunks.max_blob(length if length is not None else self.chunk_size))
+            return self.storage.get(
+                key, self.sealed_size(chunks.max_blob(length if length is not None else self.chunk_size))
+            )
         except ObjectMissing:
             raise IntegrityError(f"{where}: chunk {digest.hex()[:16]}… is missing ({key})") from None
         except ObjectProblem as e:
@@ -527,7 +625,7 @@ class Repository:
             if kind != "a directory":
                 raise IntegrityError(f"image {name}: images/{name} is {kind}, not a directory")
         try:
-            blob = self.storage.get(f"{key}/{MANIFEST}", MAX_MANIFEST)
+            blob = self.storage.get(f"{key}/{MANIFEST}", self.sealed_size(MAX_MANIFEST))
         except ObjectMissing:
             if self.path is None and not self.storage.list(key):
                 raise RepoError(f"no image named {name!r} in {self.where}") from None
@@ -536,6 +634,7 @@ class Repository:
             ) from None
         except ObjectProblem as e:
             raise IntegrityError(f"image {name}: {MANIFEST} {e.reason}") from None
+        blob = self.unseal(crypto.MANIFEST, f"{key}/{MANIFEST}", blob, f"image {name}")
         try:
             text = blob.decode()
         except UnicodeDecodeError:
@@ -568,13 +667,15 @@ class Repository:
         where = f"image {name}, area {area_name}"
         expected = Index.file_size(manifest.chunk_size, area.size)
         try:
-            blob = self.storage.get(self.image_key(name, area.index), expected)
+            key = self.image_key(name, area.index)
+            blob = self.storage.get(key, self.sealed_size(expected))
         except ObjectMissing:
             raise IntegrityError(f"{where}: index file {area.index} is missing") from None
         except ObjectProblem as e:
             raise IntegrityError(f"{where}: index file {area.index} {e.reason}") from None
         except ValueError:
             raise IntegrityError(f"{where}: index file {printable(area.index)!r} is not a file name") from None
+        blob = self.unseal(crypto.INDEX, key, blob, where)
         if hashlib.sha256(blob).hexdigest() != area.index_sha256:
             raise IntegrityError(f"{where}: index file {area.index} does not match the manifest")
         index = Index.from_bytes(blob, where)
@@ -594,9 +695,11 @@ class Repository:
         return index
 
     def verified(self, name: str) -> bool | None:
+        key = self.image_key(name, "verified.json")
         try:
-            body: object = json.loads(self.storage.get(self.image_key(name, "verified.json"), MAX_SMALL))
-        except (ObjectMissing, ObjectProblem, RepoError, OSError, ValueError, RecursionError):
+            blob = self.storage.get(key, self.sealed_size(MAX_SMALL))
+            body: object = json.loads(self.unseal(crypto.FILE, key, blob, f"image {name}"))
+        except (ObjectMissing, ObjectProblem, RescueError, OSError, ValueError, RecursionError):
             return None
         ok = body.get("ok") if isinstance(body, dict) else None
         return ok if isinstance(ok, bool) else None
@@ -606,10 +709,9 @@ class Repository:
         if not self.storage.writable:
             return
         try:
-            self.storage.put(
-                self.image_key(name, "verified.json"),
-                json.dumps({"ok": ok, "when": now_iso(), "detail": detail}).encode(),
-            )
+            key = self.image_key(name, "verified.json")
+            body = json.dumps({"ok": ok, "when": now_iso(), "detail": detail}).encode()
+            self.storage.put(key, self.seal(crypto.FILE, key, body))
             self.storage.flush()
         except (OSError, RepoError):
             pass
@@ -668,20 +770,46 @@ class Repository:
         if "/" in filename or filename in ("", ".", ".."):
             raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name")
         try:
-            return self.storage.get(self.image_key(name, filename), limit)
+            key = self.image_key(name, filename)
+            blob = self.storage.get(key, self.sealed_size(limit))
         except ObjectMissing:
             return None
         except ObjectProblem as e:
             raise IntegrityError(f"image {name}: {filename} {e.reason}") from None
         except ValueError:
             raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name") from None
+        return self.unseal(crypto.FILE, key, blob, f"image {name}")
 
     def write_image_file(self, name: str, filename: str, data: bytes) -> None:
         """A file of an image being captured (an index, the bad-sector map), atomically."""
+        key = self.image_key(name, filename)
+        data = self.seal(crypto.INDEX if filename.endswith(".idx") else crypto.FILE, key, data)
         try:
-            self.storage.put(self.image_key(name, filename), data)
+            self.storage.put(key, data)
         except OSError as e:
             raise write_error(self.where, f"write {filename} of image {name}", e) from None
+
+    def read_fleet_file(self, key: str, limit: int = MAX_SMALL) -> bytes | None:
+        """A small file under fleet/ (unattended jobs' logs and done-markers, rescue.fleet):
+        its bytes, None when missing; IntegrityError when it is not a small regular file."""
+        if not key.startswith(FLEET + "/"):
+            raise ValueError(key)
+        try:
+            blob = self.storage.get(key, self.sealed_size(limit))
+        except ObjectMissing:
+            return None
+        except ObjectProblem as e:
+            raise IntegrityError(f"{key} {e.reason}") from None
+        return self.unseal(crypto.FILE, key, blob, key)
+
+    def write_fleet_file(self, key: str, data: bytes) -> None:
+        if not key.startswith(FLEET + "/"):
+            raise ValueError(key)
+        try:
+            self.storage.put(key, self.seal(crypto.FILE, key, data))
+            self.storage.flush()
+        except OSError as e:
+            raise write_error(self.where, f"write {key}", e) from None
 
     def discard_image(self, name: str, keep: tuple[str, ...] = ()) -> None:
         """Remove what a failed capture wrote of image `name`, but the files named in `keep`
@@ -718,7 +846,8 @@ class Repository:
         self.check_lock()
         try:
             self.storage.flush()
-            if not self.storage.put_new(self.image_key(manifest.name, MANIFEST), text.encode()):
+            key = self.image_key(manifest.name, MANIFEST)
+            if not self.storage.put_new(key, self.seal(crypto.MANIFEST, key, text.encode())):
                 raise RepoError(f"an image named {manifest.name!r} already exists in {self.where}")
             self.storage.flush()
         except OSError as e:

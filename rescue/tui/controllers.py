@@ -104,6 +104,7 @@ class CaptureState:
     outcome: CaptureOutcome | None = None
     name: str | None = None
     logout: Any = None  # backend.close_remote, once a server was logged in to
+    encrypt: str | None = None  # the password of the new repository the capture makes, if encrypted
 
     def close(self) -> None:
         logout_of(self)
@@ -383,6 +384,36 @@ class RepoStep(RemoteSteps, ShareSteps, Step):
             self.state.repo = None
             (self.ssh if remote.location.startswith("sftp:") else self.s3)()
             self.app.view.set_status(views.sentence(str(e)), error=True)
+
+
+class PasswordStep(Step):
+    """An encrypted repository's password, asked before its images are listed: the engine
+    keeps the key for the flow's jobs (Engine.enter_password). A wrong one keeps the person
+    here, in words."""
+
+    title = "Restore: the repository's password"
+
+    def repo_path(self) -> str | None:
+        return self.state.repo.path if self.state.repo else None
+
+    def applies(self) -> bool:
+        path = self.repo_path()
+        return path is not None and bool(self.backend.repository_encrypted(path))
+
+    def start(self) -> None:
+        self.app.show(views.PasswordView(self, self.title, self.repo_path() or "", self.app.wizard_position(self)))
+
+    def unlock(self, password: str) -> None:
+        if not password:
+            self.app.view.set_status("Type the password first.", error=True)
+            return
+        try:
+            self.backend.enter_password(self.repo_path(), password)
+        except RescueError as e:
+            self.start()  # the field empty again: a password is never shown or kept
+            self.app.view.set_status(views.sentence(str(e)), error=True)
+            return
+        self.done()
 
 
 class ImageStep(Step):
@@ -788,6 +819,16 @@ class PrepareStep(Step):
         pass  # preparing takes seconds and cannot be undone halfway: it finishes
 
 
+class CaptureKeyStep(PasswordStep):
+    """The destination's password, when it is an encrypted repository (a new one is offered
+    encryption on the name screen)."""
+
+    title = "Capture: the repository's password"
+
+    def repo_path(self) -> str | None:
+        return self.state.dest  # type: ignore[no-any-return]
+
+
 class NameStep(Step):
     def start(self) -> None:
         s = self.state
@@ -798,15 +839,24 @@ class NameStep(Step):
                 s.source,
                 s.where,
                 self.app.wizard_position(self),
+                new_repo=s.dest is None or not self.backend.is_repository(s.dest),
             )
         )
 
-    def choose(self, name: str) -> None:
+    def choose(self, name: str, encrypt: bool = False, password: str = "", again: str = "") -> None:
+        """The name, and for a new repository the password it is encrypted with (or none)."""
+        if encrypt and not password:
+            self.app.view.set_status("Type the password, twice (or leave encryption off).", error=True)
+            return
+        if encrypt and password != again:
+            self.app.view.set_status("The two passwords differ: type them again.", error=True)
+            return
         try:
             self.state.name = self.backend.check_image_name(self.state.dest, name.strip())
         except RescueError as e:
             self.app.view.set_status(views.sentence(str(e)), error=True)
             return
+        self.state.encrypt = password if encrypt else None
         self.done()
 
 
@@ -822,9 +872,11 @@ class CaptureProgressStep(JobStep):
         """A place from the list is mounted read-write for this job only, and synced and
         unmounted before the done screen, also after an error or a cancel."""
         s = self.state
-        repo = self.backend.open_destination(s.place) if s.place else s.dest
+        repo = self.backend.open_destination(s.place, password=s.encrypt) if s.place else s.dest
         s.written = repo
         try:
+            if s.encrypt is not None and not s.place:  # a typed folder or a server's, made here
+                self.backend.create_repository(repo, s.encrypt)
             outcome = self.backend.capture(s.source.path, repo, s.name, progress, cancel)
             self.backend.verify(repo, outcome.name, progress, cancel)
         finally:
@@ -973,6 +1025,10 @@ class CloneDoneStep(DoneStep):
 class BrowseRepoStep(RepoStep):
     title = "Browse: where are the images?"
     share_title = "Browse: images on another computer"
+
+
+class BrowsePasswordStep(PasswordStep):
+    title = "Browse: the repository's password"
 
 
 class BrowseImageStep(ImageStep):
@@ -1230,11 +1286,20 @@ class BrowseDoneStep(DoneStep):
 FLOWS = {
     "restore": (
         RestoreState,
-        [RepoStep, ImageStep, TargetStep, PlanStep, ConfirmStep, RestoreProgressStep, RestoreDoneStep],
+        [RepoStep, PasswordStep, ImageStep, TargetStep, PlanStep, ConfirmStep, RestoreProgressStep, RestoreDoneStep],
     ),
     "capture": (
         CaptureState,
-        [SourceStep, DestStep, PrepareConfirmStep, PrepareStep, NameStep, CaptureProgressStep, CaptureDoneStep],
+        [
+            SourceStep,
+            DestStep,
+            PrepareConfirmStep,
+            PrepareStep,
+            CaptureKeyStep,
+            NameStep,
+            CaptureProgressStep,
+            CaptureDoneStep,
+        ],
     ),
     "clone": (
         CloneState,
@@ -1242,6 +1307,15 @@ FLOWS = {
     ),
     "browse": (
         BrowseState,
-        [BrowseRepoStep, BrowseImageStep, PartitionStep, TreeStep, CopyDestStep, CopyProgressStep, BrowseDoneStep],
+        [
+            BrowseRepoStep,
+            BrowsePasswordStep,
+            BrowseImageStep,
+            PartitionStep,
+            TreeStep,
+            CopyDestStep,
+            CopyProgressStep,
+            BrowseDoneStep,
+        ],
     ),
 }

@@ -103,7 +103,7 @@ class RepoView(Screen):
         rows: list[urwid.Widget] = []
         for r in repos:
             where = f"  (on {r.drive})" if r.drive else ""
-            ro = "  read-only" if r.read_only else ""
+            ro = "  Clonezilla image" if r.clonezilla else "  read-only" if r.read_only else ""
             rows.append(Choice(f"{r.path}{where}{ro}", lambda r=r: c.choose(r.path)))
         if not repos:
             rows.append(
@@ -634,9 +634,12 @@ class DestView(Screen):
 
 
 class NameView(Screen):
-    def __init__(self, c: Any, default: str, source: DriveInfo, dest: str, step: str = ""):
-        self.edit = ActionEdit("Image name: ", c.choose, default)
-        rows = [
+    """The image's name; when the capture makes a new repository, also whether to encrypt
+    it with a password (typed twice, masked with '*', never filled in again)."""
+
+    def __init__(self, c: Any, default: str, source: DriveInfo, dest: str, step: str = "", new_repo: bool = False):
+        self.edit = ActionEdit("Image name: ", lambda _t: self._go(c), default)
+        rows: list[urwid.Widget] = [
             urwid.Text(f"Capture {source.name} ({clip(source.model, 30)}, {fmt_bytes(source.size)})"),
             urwid.Text(f"into {dest}"),
             urwid.Divider(),
@@ -644,12 +647,57 @@ class NameView(Screen):
             urwid.Divider(),
             self.edit,
         ]
+        self.encrypt: urwid.CheckBox | None = None
+        if new_repo:
+            self.encrypt = urwid.CheckBox("Encrypt with a password")
+            self.password = ActionEdit("Password:    ", lambda _t: self._go(c))
+            self.again = ActionEdit("Same again:  ", lambda _t: self._go(c))
+            for edit in (self.password, self.again):
+                edit.set_mask("*")
+            rows += [
+                urwid.Divider(),
+                urwid.Text(
+                    "A new repository. Encrypted, nobody can read or change its images without the "
+                    "password, and nobody can restore them without it either: keep it safe."
+                ),
+                urwid.AttrMap(self.encrypt, None, "focus"),
+                self.password,
+                self.again,
+            ]
         super().__init__(
             "Capture: name the image",
             rows,
-            [button("Start capture", lambda: c.choose(self.edit.edit_text)), button("Back", c.back)],
+            [button("Start capture", lambda: self._go(c)), button("Back", c.back)],
             on_back=c.back,
-            help="Type the name, Enter: start  Esc: back",
+            help="Type the name, Enter: start  Esc: back" + ("  Space: encrypt" if new_repo else ""),
+            step=step,
+        )
+
+    def _go(self, c: Any) -> None:
+        if self.encrypt is None:
+            c.choose(self.edit.edit_text)
+        else:
+            c.choose(self.edit.edit_text, self.encrypt.get_state(), self.password.edit_text, self.again.edit_text)
+
+
+class PasswordView(Screen):
+    """The password of an encrypted repository: masked with '*', never filled in again."""
+
+    def __init__(self, c: Any, title: str, repo: str, step: str = ""):
+        self.edit = ActionEdit("Password: ", c.unlock)
+        self.edit.set_mask("*")
+        rows = [
+            urwid.Text(f"The repository {clip(printable(repo), 60)} is encrypted."),
+            urwid.Text("Its images open only with its password."),
+            urwid.Divider(),
+            self.edit,
+        ]
+        super().__init__(
+            title,
+            rows,
+            [button("Open", lambda: c.unlock(self.edit.edit_text)), button("Back", c.back)],
+            on_back=c.back,
+            help="Type the password, Enter: open  Esc: back",
             step=step,
         )
 

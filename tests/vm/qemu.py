@@ -82,6 +82,8 @@ class VM:
     discarded); disks: virtio disks. boot: "cdrom", "usb" or a disk serial to boot from
     first (default: the CD, else the stick). network: a virtio card on QEMU's user network
     (DHCP gives 10.0.2.15; 10.0.2.2 reaches the host's 127.0.0.1), else no card at all.
+    netboot: (TFTP root, boot file): that card boots first, by PXE from QEMU's TFTP server.
+    uuid: the machine's DMI UUID (-uuid).
     """
 
     def __init__(
@@ -98,6 +100,8 @@ class VM:
         name: str = "vm",
         no_reboot: bool = False,
         network: bool = False,
+        netboot: tuple[Path, str] | None = None,
+        uuid: str | None = None,
     ):
         if firmware not in ("bios", "uefi"):
             raise ValueError(f"firmware must be bios or uefi, not {firmware!r}")
@@ -105,10 +109,18 @@ class VM:
         self.name = name
         self.firmware = firmware
         self.log_path = self.workdir / f"{name}-serial.log"
+        if netboot and boot is None:
+            boot = "net"  # no disk or medium first: the card's bootindex below
         self.args = self._command(firmware, cdrom, usb, list(disks), boot, memory_mb, cpus, no_reboot)
-        if network:
+        if network or netboot:
             at = self.args.index("-nic")
-            self.args[at : at + 2] = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+            user, first = "user,id=n0", ""
+            if netboot:  # QEMU's own TFTP server hands out the boot file; the card boots first
+                user += f",tftp={netboot[0]},bootfile={netboot[1]}"
+                first = ",bootindex=0"
+            self.args[at : at + 2] = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{first}"]
+        if uuid:
+            self.args += ["-uuid", uuid]
         self.child: pexpect.spawn | None = None
         self.started = 0.0
         self._log = None

@@ -694,6 +694,9 @@ class BootResult:
         return (f"[firmware]\n{fw}\n" if fw else "") + "[serial]\n" + "\n".join(self.log.splitlines()[-lines:])
 
 
+DISK_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vhdx": "vhdx"}  # by suffix; anything else is raw
+
+
 def qemu_argv(
     disk_images: Sequence[str | Path],
     firmware: str,
@@ -740,7 +743,8 @@ def qemu_argv(
     else:
         raise ValueError(f"firmware must be bios or uefi, not {firmware!r}")
     for i, img in enumerate(disk_images):
-        argv += ["-drive", f"file={img},format=raw,if=none,id=disk{i},cache=unsafe"]
+        fmt = DISK_FORMATS.get(Path(img).suffix, "raw")
+        argv += ["-drive", f"file={img},format={fmt},if=none,id=disk{i},cache=unsafe"]
         if bus == "virtio":
             argv += ["-device", f"virtio-blk-pci,drive=disk{i},serial=SYSDRIVE{i},bootindex={i}"]
         elif bus == "ide":

@@ -15,6 +15,7 @@ alone. Each run takes a few minutes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -126,13 +127,26 @@ def captured_system(drives, tmp_path_factory):
 
 @pytest.mark.parametrize(("size_mib", "firmware"), [(2048, "bios"), (640, "uefi")])
 def test_resized_restore_boots(captured_system, loops, size_mib, firmware):
-    """Restored onto a larger drive and onto a smaller one (partitions resized proportionally),
-    the drive boots and its root still checks its own files: each firmware once, each
-    direction once (the drive holds both boot paths; a boot costs a minute of CI)."""
+    """Resized larger and smaller (partitions resized proportionally), the drive boots and
+    its root still checks its own files: each firmware once, each direction once (the drive
+    holds both boot paths; a boot costs a minute of CI). The larger one is `rescue export`'s
+    qcow2 disk (issue 17: the same plan as a restore onto a larger drive), booted as QEMU's
+    drive file; the smaller one a restore onto a drive."""
     repo, info = captured_system
-    target = loops.file(f"resized-{size_mib}.img", size_mib * MiB)
-    proc = rescue("restore", str(repo), "system", loops.attach(target), "--yes", "--layout", "proportional", check=True)
-    assert ("grow" if size_mib > 1024 else "shrink") in proc.stdout, proc.stdout
-    loops.detach()  # detached before booting: no writes may linger in a loop's cache
-    result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
+    if size_mib > 1024:
+        disk = loops.root / f"resized-{size_mib}.qcow2"
+        proc = rescue("export", str(repo), "system", str(disk), "--size", f"{size_mib}M", "--layout", "proportional")
+        assert proc.returncode == 0, proc.stderr
+        assert "grow" in proc.stdout, proc.stdout
+        found = json.loads(sh("qemu-img", "info", "--output=json", str(disk)))
+        assert (found["format"], found["virtual-size"]) == ("qcow2", size_mib * MiB), found
+        sh("qemu-img", "check", str(disk))
+    else:
+        disk = loops.file(f"resized-{size_mib}.img", size_mib * MiB)
+        proc = rescue(
+            "restore", str(repo), "system", loops.attach(disk), "--yes", "--layout", "proportional", check=True
+        )
+        assert "shrink" in proc.stdout, proc.stdout
+        loops.detach()  # detached before booting: no writes may linger in a loop's cache
+    result = boot_and_expect([disk], firmware=firmware, marker=info["expect"], timeout=300)
     assert result.found, result.tail()

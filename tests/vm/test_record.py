@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from disks import MiB
+from encrypted import check_encrypted_open
 from qemu import BOOT_TIMEOUT, VM, Disk
 from sysdrive import build_system_drive
 from wizard import blank, repository_drive
@@ -57,6 +58,8 @@ def test_a_machine_recorded_in_the_iso_replays_on_the_host(iso, tmp_path):
             "| dd of=/dev/disk/by-id/virtio-blank conv=fsync status=none && echo 'copied'\"\" out"
         )
         vm.expect_text("copied out", timeout=120)
+        vm.expect(SHELL_PROMPT, timeout=60, what="root shell prompt")
+        check_encrypted_open(vm, SHELL_PROMPT)  # issue 18: under 3 s with the VM's 1 GiB, after the recording
         vm.sendline("poweroff")
         vm.wait_shutdown(timeout=180)
     raw = out.read_bytes()
