@@ -45,7 +45,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script (the background builder): drives.py is in tests/system
+# drives.py is in tests/system: on the path when a test there runs, not for the background
+# builder (run as a script) nor for a QEMU test in tests/vm.
+if str(Path(__file__).resolve().parent / "system") not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "system"))
 
 from disks import LoopRegistry, MiB, partition_table, sh  # noqa: E402
@@ -195,6 +197,29 @@ def _ocs_sr(argv: list[str], home: Path, disk: str) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def save_drive(
+    loops: LoopRegistry, path: Path, name: str, work: Path, options: tuple[str, ...], parts: list[int]
+) -> str:
+    """`ocs-sr savedisk NAME` of the drive image `path` (attached as a loop device, its
+    partitions added), as work/NAME; `parts` are the partition numbers ocs-sr must save (all
+    but swap). Returns the loop device's kernel name the image was saved from."""
+    dev = loops.attach(path)
+    sh("partx", "-a", dev)
+    home = work / "home"
+    (home / "partimag").mkdir(parents=True)
+    disk = os.path.basename(dev)
+    argv = ["ocs-sr", "-b", "-q2", "-j2", *options, "-sfsck", "-scs", "-senc", "-nogui", "-p", "true"]
+    rc, out = _ocs_sr([*argv, "savedisk", name, disk], home, disk)
+    if rc != 0 or not (home / "partimag" / name / "disk").is_file():
+        raise AssertionError(f"ocs-sr failed ({rc}):\n{out[-5000:]}")
+    saved = (home / "partimag" / name / "parts").read_text().split()
+    if saved != [f"{disk}p{num}" for num in parts]:
+        raise AssertionError(f"ocs-sr saved other partitions than {disk}'s: {saved}\n{out[-5000:]}")
+    shutil.move(str(home / "partimag" / name), str(work / name))
+    shutil.rmtree(home)
+    return disk
+
+
 def _build(recipe: Recipe, work: Path) -> None:
     """The drive, then ocs-sr's image of it, in `work`."""
     loops = LoopRegistry(work / "loops")
@@ -215,20 +240,8 @@ def _build(recipe: Recipe, work: Path) -> None:
         for p in parts:
             fill(loops, drive, p)
         loops.detach()
-        dev = loops.attach(path)
-        sh("partx", "-a", dev)
-        home = work / "home"
-        (home / "partimag").mkdir(parents=True)
-        disk = os.path.basename(dev)
-        argv = ["ocs-sr", "-b", "-q2", "-j2", *recipe.options, "-sfsck", "-scs", "-senc", "-nogui", "-p", "true"]
-        rc, out = _ocs_sr([*argv, "savedisk", recipe.name, disk], home, disk)
-        if rc != 0 or not (home / "partimag" / recipe.name / "disk").is_file():
-            raise AssertionError(f"ocs-sr failed ({rc}):\n{out[-5000:]}")
-        saved = (home / "partimag" / recipe.name / "parts").read_text().split()
-        if saved != [f"{disk}p{num}" for num, _, _, fs, _ in recipe.parts if fs != "swap"]:
-            raise AssertionError(f"ocs-sr saved other partitions than {disk}'s: {saved}\n{out[-5000:]}")
-        shutil.move(str(home / "partimag" / recipe.name), str(work / recipe.name))
-        shutil.rmtree(home)
+        wanted = [num for num, _, _, fs, _ in recipe.parts if fs != "swap"]
+        disk = save_drive(loops, path, recipe.name, work, recipe.options, wanted)
         meta = {"hashes": drive.hashes, "raw_sha": drive.raw_sha, "device": disk}
         (work / "drive.json").write_text(json.dumps(meta))
     finally:

@@ -842,3 +842,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def filesystem_uuids(image: str | Path) -> set[str]:
+    """Every filesystem UUID blkid finds in the partitions of a drive image (what fstab and
+    root=UUID depend on)."""
+    parts = json.loads(_run(["sfdisk", "--json", str(image)]))["partitiontable"]["partitions"]
+    out = set()
+    for p in parts:
+        argv = ["blkid", "-p", "-o", "export", "-O", str(p["start"] * 512), "-S", str(p["size"] * 512), str(image)]
+        probe = subprocess.run(argv, stdout=subprocess.PIPE, text=True).stdout  # exit 2: nothing found
+        out |= {line.split("=", 1)[1] for line in probe.splitlines() if line.startswith("UUID=")}
+    return out
