@@ -17,7 +17,7 @@ from rescue import __version__
 from rescue.clonezilla.source import ClonezillaImage
 from rescue.filesystems.base import FsInfo
 from rescue.imaging.apply import Job, execute
-from rescue.imaging.log import JobLog
+from rescue.imaging.log import JobLog, log_file
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.restore import RestorePlan, RestoreResult, TargetFacts, check_target_allowed, look_at, plan_onto
 from rescue.imaging.verify import VerifyResult
@@ -102,16 +102,7 @@ def restore(
 
 def _log_path(log_dir: Path | None) -> Path | None:
     """A Clonezilla directory is not ours to write into: the log goes to /run/rescue."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    for d in ([log_dir] if log_dir else []) + [Path("/run/rescue")]:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / f"restore-{stamp}.log"
-            path.touch()
-            return path
-        except OSError:
-            continue
-    return None
+    return log_file("restore", [log_dir] if log_dir else [])
 
 
 @dataclass

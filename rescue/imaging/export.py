@@ -41,13 +41,13 @@ from rescue.errors import DeviceError, RefusedError, RescueError, UsageError
 from rescue.hw import leftovers
 from rescue.hw.run import run
 from rescue.imaging.apply import Job, execute
-from rescue.imaging.log import JobLog
+from rescue.imaging.log import JobLog, log_file
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.restore import ImageFacts, RestorePlan, TargetFacts, plan_onto
 from rescue.imaging.verify import image_source, load_indexes
 from rescue.repo.index import Index
 from rescue.repo.manifest import Manifest
-from rescue.repo.store import Repository, now_iso
+from rescue.repo.store import Repository
 
 FORMATS = {"img": "raw", "raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx"}  # by file extension
 SECTOR = 512  # what a virtual disk's sectors are (QEMU, VMware, Hyper-V all default to it)
@@ -205,14 +205,7 @@ def _new_file(where: str, prefix: str, suffix: str, size: int, temps: list[tuple
 def _log_path() -> Path | None:
     """In /run/rescue: the repository may be read-only, and the output's folder is the
     person's (a log file there would be one more file they did not ask for)."""
-    d = leftovers.run_dir()
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"export-{now_iso().replace(':', '')}.log"
-        path.touch()
-        return path
-    except OSError:
-        return None
+    return log_file("export", [])
 
 
 def _check_place(raw: Path, output: str, repo_path: str | None) -> None:

@@ -23,7 +23,7 @@ from rescue.hw.partitions import read_layout
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.hw.scratch import space as scratch_space
 from rescue.imaging.apply import AreaFacts, Job, execute
-from rescue.imaging.log import JobLog
+from rescue.imaging.log import JobLog, log_file
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import check_chunks, data_chunks, image_source, load_indexes
 from rescue.model import gaps
@@ -35,7 +35,7 @@ from rescue.model.plan import LayoutPlan, PartFacts, plan_layout
 from rescue.model.scratch import Scratch, shrink_need
 from rescue.repo.index import Index, Kind
 from rescue.repo.manifest import Manifest, area_label
-from rescue.repo.store import Repository, now_iso
+from rescue.repo.store import Repository
 
 if TYPE_CHECKING:
     from rescue.imaging.capture import CapturePlan
@@ -407,16 +407,7 @@ def check_target_allowed(target: str, repo_path: str | None) -> None:
 
 
 def _log_path(repo: Repository, name: str, log_dir: Path | None) -> Path | None:
-    """Beside the image when the repository is a writable directory, else in /run (read-only
-    media, a server)."""
-    stamp = now_iso().replace(":", "")
-    beside = [repo.image_dir(name)] if repo.path is not None and not repo.encrypted else []  # a log in clear
-    for d in ([log_dir] if log_dir else []) + beside + [Path("/run/rescue")]:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / f"restore-{stamp}.log"
-            path.touch()
-            return path
-        except OSError:
-            continue
-    return None
+    """Beside the image when the repository is a writable directory (and not encrypted: a log
+    in clear), else in /run (read-only media, a server)."""
+    beside = [repo.image_dir(name)] if repo.path is not None and not repo.encrypted else []
+    return log_file("restore", ([log_dir] if log_dir else []) + beside)
