@@ -16,10 +16,9 @@ from pathlib import Path
 from rescue import __version__
 from rescue.clonezilla.source import ClonezillaImage
 from rescue.filesystems.base import FsInfo
-from rescue.imaging.apply import Job, execute
-from rescue.imaging.log import JobLog, log_file
+from rescue.imaging.log import log_file
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
-from rescue.imaging.restore import RestorePlan, RestoreResult, TargetFacts, check_target_allowed, look_at, plan_onto
+from rescue.imaging.restore import ImageWrite, RestorePlan, RestoreResult, TargetFacts, look_at, plan_onto, write_image
 from rescue.imaging.verify import VerifyResult
 from rescue.repo.index import Index, Kind
 from rescue.repo.manifest import Manifest
@@ -68,36 +67,27 @@ def restore(
     threads: int | None = None,
     log_dir: Path | None = None,
 ) -> RestoreResult:
-    """Exactly the confirmed plan, after the safety rules (the drive holding the image
-    directory is refused as a repository's is) and, unless told not to, a checking pass over
-    the whole image: damage is found before the target is touched."""
-    started = time.monotonic()
-    check_target_allowed(target, str(image.cz.path))
-    plan.check()
-    log = JobLog(_log_path(log_dir))
-    log(f"restoring Clonezilla image {image.cz.path} onto {target} ({fmt_bytes(plan.target_size)})")
-    if preverify:
+    """Exactly the confirmed plan, as a rescue image's restore (imaging.restore.write_image):
+    the drive holding the image directory is refused as a repository's is, and unless told
+    not to a checking pass over the whole image runs first."""
+
+    def check(progress: ProgressCallback, cancel: threading.Event | None) -> str:
         checked = verify(image, progress, cancel)
-        log(f"image verified: {checked.chunks} chunks, {fmt_bytes(checked.bytes)}")
-    meter = Meter("restore", plan.write_bytes, progress, cancel)
-    job = Job(
+        return f"{checked.chunks} chunks, {fmt_bytes(checked.bytes)}"
+
+    return write_image(
         target,
-        image.layout,
-        plan.layout,
-        plan.placements,
-        image.sources(),
-        meter,
-        threads or os.cpu_count() or 1,
-        log,
-        plan.scratch_dir(),
-        kind="restore",
-        source=image.name,
+        plan,
+        ImageWrite(
+            image.name, f"Clonezilla image {image.cz.path}", str(image.cz.path), image.layout, image.sources, check
+        ),
+        _log_path(log_dir),
+        preverify=preverify,
+        progress=progress,
+        cancel=cancel,
+        threads=threads or os.cpu_count() or 1,
+        started=time.monotonic(),
     )
-    warnings, done = execute(job, plan.actions)  # a damaged chunk met on the way stops it there
-    meter.finish()
-    seconds = time.monotonic() - started
-    log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")
-    return RestoreResult(target, meter.done, seconds, preverify, str(log.path or ""), warnings, done)
 
 
 def _log_path(log_dir: Path | None) -> Path | None:

@@ -22,7 +22,7 @@ from rescue.hw.firmware import uefi_firmware
 from rescue.hw.partitions import read_layout
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.hw.scratch import space as scratch_space
-from rescue.imaging.apply import AreaFacts, Job, execute
+from rescue.imaging.apply import AreaFacts, AreaSource, Job, execute
 from rescue.imaging.log import JobLog, log_file
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import check_chunks, data_chunks, image_source, load_indexes
@@ -362,37 +362,87 @@ def restore(
 ) -> RestoreResult:
     started = time.monotonic()
     manifest, indexes = load_indexes(repo, name)
-    check_target_allowed(target, str(repo.path) if repo.path else None)
     plan = plan or plan_restore(
         repo, name, target, manifest=manifest, indexes=indexes, scratch_dir=scratch_dir, fresh_ids=fresh_ids
     )
+    workers = threads or os.cpu_count() or 1
+
+    def check(progress: ProgressCallback, cancel: threading.Event | None) -> str:
+        refs = data_chunks(manifest, indexes)
+        check_chunks(repo, name, refs, Meter("verify", sum(r.length for r in refs.values()), progress, cancel), workers)
+        return f"{len(refs)} chunks"
+
+    return write_image(
+        target,
+        plan,
+        ImageWrite(
+            name,
+            f"image {name} from {repo.where}",
+            str(repo.path) if repo.path else None,
+            manifest.layout,
+            lambda: {area.name: image_source(repo, name, area, indexes[area.name]) for area in manifest.areas},
+            check,
+        ),
+        _log_path(repo, name, log_dir),
+        preverify=preverify,
+        progress=progress,
+        cancel=cancel,
+        threads=workers,
+        started=started,
+    )
+
+
+@dataclass
+class ImageWrite:
+    """What writing a planned image needs of where the image comes from (a repository, a
+    Clonezilla directory): the same steps then run for each, in one place (write_image)."""
+
+    name: str
+    words: str  # "image NAME from WHERE", for the log
+    holder: str | None  # the directory holding it: its drive is refused as the target
+    layout: DiskLayout  # the image's own table
+    sources: Callable[[], dict[str, AreaSource]]  # each area's checked chunks
+    check: Callable[[ProgressCallback, threading.Event | None], str]  # the pass before writing; says what it read
+
+
+def write_image(
+    target: str,
+    plan: RestorePlan,
+    image: ImageWrite,
+    log_path: Path | None,
+    *,
+    preverify: bool,
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+    threads: int,
+    started: float,
+) -> RestoreResult:
+    """Exactly the confirmed plan: the safety rules and the plan's own verdict first, then,
+    unless told not to, a checking pass over the whole image (damage is found before the
+    target is touched), then the plan's actions."""
+    check_target_allowed(target, image.holder)
     plan.check()
-    log = JobLog(_log_path(repo, name, log_dir))
-    log(f"restoring image {name} from {repo.where} onto {target} ({fmt_bytes(plan.target_size)})")
+    log = JobLog(log_path)
+    log(f"restoring {image.words} onto {target} ({fmt_bytes(plan.target_size)})")
     if plan.scratch:
         log(plan.scratch.describe(fmt_bytes))
-    workers = threads or os.cpu_count() or 1
     if preverify:
-        refs = data_chunks(manifest, indexes)
-        meter = Meter("verify", sum(r.length for r in refs.values()), progress, cancel)
-        check_chunks(repo, name, refs, meter, workers)
-        log(f"image verified: {len(refs)} chunks")
+        log(f"image verified: {image.check(progress, cancel)}")
     meter = Meter("restore", plan.write_bytes, progress, cancel)
-    sources = {area.name: image_source(repo, name, area, indexes[area.name]) for area in manifest.areas}
     job = Job(
         target,
-        manifest.layout,
+        image.layout,
         plan.layout,
         plan.placements,
-        sources,
+        image.sources(),
         meter,
-        workers,
+        threads,
         log,
         plan.scratch_dir(),
         kind="restore",
-        source=name,
+        source=image.name,
     )
-    warnings, done = execute(job, plan.actions)
+    warnings, done = execute(job, plan.actions)  # a damaged chunk met on the way stops it there
     meter.finish()
     seconds = time.monotonic() - started
     log(f"done: wrote {fmt_bytes(meter.done)} in {seconds:.1f} s")
