@@ -249,6 +249,10 @@ class Engine:
     def list_drives(self) -> list[DriveInfo]:
         return [self._drive(d, note) for d, note in self.disks()]
 
+    def boot_medium(self) -> str | None:
+        """The drive this rescue system booted from (/dev/sdb), None when not booted live."""
+        return devices.boot_medium(snap=self.machine.snapshot())
+
     def partitions(self, drive: DriveInfo) -> list[PartInfo]:
         """The drive's partitions with what blkid finds on each (the kernel's view, not a
         reading of the table: the plan step reads that)."""
@@ -554,7 +558,7 @@ class Engine:
         places = self.machine.places(self.include_loop)
         self._surveyed += [p for p in places if p.mounted_by_us]
         snap = self.machine.snapshot()
-        boot = devices.boot_medium(snap=snap)
+        boot = self.boot_medium()
         boot_drive = os.path.basename(boot) if boot else None
         models = {d.name: d.model or "" for d in devices.list_drives(include_loop=True, snap=snap)}
         return [

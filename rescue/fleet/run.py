@@ -167,9 +167,7 @@ class Lines:
 
 def drives_for_rules(engine: Any) -> list[Drive]:
     """The machine's drives as the rules see them, the live system's boot medium marked."""
-    from rescue.hw import devices
-
-    boot = devices.boot_medium(snap=engine.machine.snapshot())
+    boot = engine.boot_medium()
     return [
         Drive(d.path, d.model, d.serial, d.size, d.bus, d.removable, boot is not None and d.path == boot)
         for d in engine.list_drives()
