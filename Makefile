@@ -89,16 +89,16 @@ bench: venv
 iso:
 	@scripts/build-iso
 
-# Netboot files (docs/fleet.md) from the ISO: PXE_SERVER is the URL build/pxe is served at, as
-# the netbooted machines reach it; PXE_PARAMS are added to the kernel command line (rescue.*).
+# Netboot files (docs/fleet.md) from the ISO: SERVER is the URL build/pxe is served at, as the
+# netbooted machines reach it; PXE_PARAMS are added to the kernel command line (rescue.*).
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' rescue/__init__.py)
-PXE_SERVER ?= http://10.0.0.5/rescue
+SERVER ?= http://10.0.0.5/rescue
 PXE_PARAMS ?=
 ISO := build/rescue-$(VERSION)-amd64.iso
 pxe:
 	@test -f $(ISO) || $(MAKE) iso
 	rm -rf build/pxe
-	scripts/make-pxe $(ISO) build/pxe $(PXE_SERVER) $(PXE_PARAMS)
+	scripts/make-pxe $(ISO) build/pxe $(SERVER) $(PXE_PARAMS)
 
 e2e: venv
 	$(PYTEST) -v -rs -s -m vm tests/vm
