@@ -81,7 +81,7 @@ def restore(
         ImageWrite(
             image.name, f"Clonezilla image {image.cz.path}", str(image.cz.path), image.layout, image.sources, check
         ),
-        _log_path(log_dir),
+        lambda: _log_path(log_dir),
         preverify=preverify,
         progress=progress,
         cancel=cancel,

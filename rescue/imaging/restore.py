@@ -383,7 +383,7 @@ def restore(
             lambda: {area.name: image_source(repo, name, area, indexes[area.name]) for area in manifest.areas},
             check,
         ),
-        _log_path(repo, name, log_dir),
+        lambda: _log_path(repo, name, log_dir),
         preverify=preverify,
         progress=progress,
         cancel=cancel,
@@ -409,7 +409,7 @@ def write_image(
     target: str,
     plan: RestorePlan,
     image: ImageWrite,
-    log_path: Path | None,
+    log_path: Callable[[], Path | None],
     *,
     preverify: bool,
     progress: ProgressCallback,
@@ -419,10 +419,11 @@ def write_image(
 ) -> RestoreResult:
     """Exactly the confirmed plan: the safety rules and the plan's own verdict first, then,
     unless told not to, a checking pass over the whole image (damage is found before the
-    target is touched), then the plan's actions."""
+    target is touched), then the plan's actions. The log file is made only once the checks
+    passed (`log_path` makes it): a refused restore writes nothing, not even a log."""
     check_target_allowed(target, image.holder)
     plan.check()
-    log = JobLog(log_path)
+    log = JobLog(log_path())
     log(f"restoring {image.words} onto {target} ({fmt_bytes(plan.target_size)})")
     if plan.scratch:
         log(plan.scratch.describe(fmt_bytes))
