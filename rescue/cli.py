@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     _env_password = os.environ.pop(PASSWORD_ENV, None)
 
     if getattr(args, "s3_endpoint", None):
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # where rescue.repo.s3 looks, first first
-            os.environ[name] = args.s3_endpoint
+        _use_s3_endpoint(args.s3_endpoint)
     try:
         if args.func is not cmd_wizard:  # the wizard clears them itself, and says so on its screen
             cleared = clear_leftovers()  # what killed runs left: loop devices, mounts, files, drives
@@ -59,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return Cancelled.exit_code
     except BrokenPipeError:
         return 1
+
+
+def _use_s3_endpoint(url: str) -> None:
+    """The S3 service of s3:// repositories, where rescue.repo.s3 looks (first first)."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        os.environ[name] = url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -738,8 +743,7 @@ def cmd_unattended(args) -> int:
             finish.after(None, result, console, act=args.finish)
             return result.exit_code
         if wanted.s3_endpoint:
-            for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-                os.environ[name] = wanted.s3_endpoint
+            _use_s3_endpoint(wanted.s3_endpoint)
         engine = Engine(cfg=_cfg(args), include_loop=wanted.loops)
         try:
             machine = run.Machine(args.machine_id) if args.machine_id else run.Machine.read()

@@ -317,11 +317,7 @@ class Engine:
         """Raises RepoError when `path` is not a usable repository. A Clonezilla image
         directory is one too: read only, holding one image."""
         if not self.dry_run and _clonezilla(path) is not None:
-            try:
-                drives = devices.drive_of_path(path, self.machine.snapshot())
-            except RescueError:
-                drives = []
-            return RepoInfo(path, drives[-1] if drives else None, True, clonezilla=True)
+            return RepoInfo(path, self._drive_holding(path), True, clonezilla=True)
         known = next((r for r in self.machine.find_repositories(self.include_loop) if r.path == path), None)
         if known is not None:
             return RepoInfo(known.path, known.drive, known.read_only, known.clonezilla)
@@ -338,11 +334,16 @@ class Engine:
             storage.close()
         if not isinstance(storage, LocalStorage):  # on a server
             return RepoInfo(path, None, not storage.writable)
+        return RepoInfo(str(storage.path), self._drive_holding(str(storage.path)), not os.access(storage.path, os.W_OK))
+
+    def _drive_holding(self, path: str) -> str | None:
+        """The kernel name of the whole drive a directory is on; None when it cannot be told
+        (the directory is usable all the same)."""
         try:
-            drives = devices.drive_of_path(str(storage.path), self.machine.snapshot())
+            drives = devices.drive_of_path(path, self.machine.snapshot())
         except RescueError:
-            drives = []  # the repository is usable even when its drive is not known
-        return RepoInfo(str(storage.path), drives[-1] if drives else None, not os.access(storage.path, os.W_OK))
+            return None
+        return drives[-1] if drives else None
 
     def list_images(self, repo_path: str) -> list[ImageInfo]:
         if (cz := _clonezilla(repo_path)) is not None:

@@ -224,23 +224,27 @@ class Job:
                 said = waited
             time.sleep(1)
 
-    def locate(self) -> str:
-        """The repository's path or URL; the place it is on mounted read-write for a capture."""
+    def locate(self) -> tuple[str, bool]:
+        """The repository's path or URL, and whether the log and marker can be stored there;
+        for a capture, the place it is on mounted read-write (a restore's drives and shares
+        stay mounted read-only, as the survey mounted them)."""
         where = self.order.repo
+        capture = self.order.mode == "capture"
         kind, _, value = where.partition(":")
         if kind in ("label", "uuid") and not where.startswith(("label://", "uuid://")):
-            return self._on_drive(kind, value)
+            return self._on_drive(kind, value), capture
         if where.lower().startswith(("smb://", "nfs://")):
             self.wait_for_network()
             from rescue.hw.netmount import parse_place
 
             dest = self.engine.open_share(parse_place(where), self._source_info())
-            return self._use(dest) if self.order.mode == "capture" else self.engine.share_repository(dest).path
+            return (self._use(dest) if capture else self.engine.share_repository(dest).path), capture
         if _is_network(where):
             self.wait_for_network()
-        if self.order.mode == "restore":
-            return str(self.engine.open_repository(where).path)
-        return where
+        if capture:
+            return where, True
+        info = self.engine.open_repository(where)
+        return str(info.path), not info.read_only
 
     def _source_info(self) -> Any:
         return self.engine.drive(self.source.path) if self.source is not None else None
@@ -389,9 +393,8 @@ class Job:
                 capture = self.order.mode == "capture"
                 if capture:
                     self.choose_source()
-                self.repo_path = self.locate()
+                self.repo_path, self.writable = self.locate()
                 self.console.say(f"repository: {self.repo_path}")
-                self.writable = capture or not self.engine.open_repository(self.repo_path).read_only
                 (self.capture if capture else self.restore)()
             except RescueError as e:
                 self.result.status, self.result.reason, self.result.code = "failed", str(e), e.exit_code

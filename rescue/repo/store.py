@@ -771,45 +771,47 @@ class Repository:
             raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name")
         try:
             key = self.image_key(name, filename)
-            blob = self.storage.get(key, self.sealed_size(limit))
-        except ObjectMissing:
-            return None
-        except ObjectProblem as e:
-            raise IntegrityError(f"image {name}: {filename} {e.reason}") from None
         except ValueError:
             raise IntegrityError(f"image {name}: {printable(filename)!r} is not a file name") from None
-        return self.unseal(crypto.FILE, key, blob, f"image {name}")
+        return self._read_small(key, limit, f"image {name}", f"image {name}: {filename}")
 
     def write_image_file(self, name: str, filename: str, data: bytes) -> None:
         """A file of an image being captured (an index, the bad-sector map), atomically."""
         key = self.image_key(name, filename)
-        data = self.seal(crypto.INDEX if filename.endswith(".idx") else crypto.FILE, key, data)
-        try:
-            self.storage.put(key, data)
-        except OSError as e:
-            raise write_error(self.where, f"write {filename} of image {name}", e) from None
+        kind = crypto.INDEX if filename.endswith(".idx") else crypto.FILE
+        self._write_small(key, kind, data, f"write {filename} of image {name}")
 
     def read_fleet_file(self, key: str, limit: int = MAX_SMALL) -> bytes | None:
         """A small file under fleet/ (unattended jobs' logs and done-markers, rescue.fleet):
         its bytes, None when missing; IntegrityError when it is not a small regular file."""
         if not key.startswith(FLEET + "/"):
             raise ValueError(key)
+        return self._read_small(key, limit, key, key)
+
+    def write_fleet_file(self, key: str, data: bytes) -> None:
+        """Atomically and durably: a done-marker that a crash loses restores a machine twice."""
+        if not key.startswith(FLEET + "/"):
+            raise ValueError(key)
+        self._write_small(key, crypto.FILE, data, f"write {key}", durable=True)
+
+    def _read_small(self, key: str, limit: int, where: str, what: str) -> bytes | None:
+        """A small object's bytes, unsealed; None when missing; IntegrityError naming `what`
+        when it is not a regular file of at most `limit` bytes."""
         try:
             blob = self.storage.get(key, self.sealed_size(limit))
         except ObjectMissing:
             return None
         except ObjectProblem as e:
-            raise IntegrityError(f"{key} {e.reason}") from None
-        return self.unseal(crypto.FILE, key, blob, key)
+            raise IntegrityError(f"{what} {e.reason}") from None
+        return self.unseal(crypto.FILE, key, blob, where)
 
-    def write_fleet_file(self, key: str, data: bytes) -> None:
-        if not key.startswith(FLEET + "/"):
-            raise ValueError(key)
+    def _write_small(self, key: str, kind: int, data: bytes, what: str, *, durable: bool = False) -> None:
         try:
-            self.storage.put(key, self.seal(crypto.FILE, key, data))
-            self.storage.flush()
+            self.storage.put(key, self.seal(kind, key, data))
+            if durable:
+                self.storage.flush()
         except OSError as e:
-            raise write_error(self.where, f"write {key}", e) from None
+            raise write_error(self.where, what, e) from None
 
     def discard_image(self, name: str, keep: tuple[str, ...] = ()) -> None:
         """Remove what a failed capture wrote of image `name`, but the files named in `keep`
