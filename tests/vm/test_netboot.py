@@ -33,7 +33,7 @@ pytestmark = pytest.mark.vm
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "10.0.2.2"  # the host's 127.0.0.1, from inside QEMU's user network
-RESULT = re.compile(rb"RESCUE-RESULT status=(\w+)[^\r\n]*")
+RESULT = re.compile(rb"RESCUE-RESULT status=(\w+)[^\r\n]*(?=\r?\n)")  # the whole line: it may arrive in pieces
 NETBOOT_TIMEOUT = 1800  # PXE, the squashfs over HTTP, the boot, DHCP and the restore, two at once under TCG
 BOOT_FILES = {"bios": "pxelinux.0", "uefi": "grub/x86_64-efi/core.efi"}
 
