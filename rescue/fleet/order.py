@@ -29,7 +29,20 @@ AFTER = ("wait", "poweroff", "reboot", "shell")
 # rescue.console belongs to the consoles (live-build's rescue-console), not to the job.
 NOT_OURS = frozenset({"console"})
 KNOWN = frozenset(
-    {"mode", "repo", "image", "target", "source", "layout", "confirm", "after", "on_fail", "force", "s3_endpoint"}
+    {
+        "mode",
+        "repo",
+        "image",
+        "target",
+        "source",
+        "layout",
+        "confirm",
+        "after",
+        "on_fail",
+        "force",
+        "s3_endpoint",
+        "credentials",
+    }
 )
 # Decimal units, as drives are sold ("a 2 TB drive"); the binary ones where a person says so.
 UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
@@ -91,6 +104,7 @@ class Order:
     on_fail: str = "wait"
     force: bool = False
     s3_endpoint: str | None = None
+    credentials: str | None = None  # where the job's secrets are: http(s) URL or a path (rescue.fleet.credentials)
     text: str = field(default="", compare=False)  # the parameters as given, for the log
 
     @property
@@ -180,12 +194,16 @@ def parse(cmdline: str) -> Order:
     mode = _one_of(p, "mode", MODES, "")
     if "repo" not in p:
         raise UsageError(f"rescue.mode={mode} needs rescue.repo= (a drive label:NAME or uuid:UUID, a path or URL)")
-    if "://" in p["repo"] and urllib.parse.urlsplit(p["repo"]).password is not None:
-        # it would be shown on both consoles and stored in the logs, and anyone can read /proc/cmdline
-        raise UsageError(
-            "rescue.repo= holds a password, and the kernel command line is readable by anyone: "
-            "serve the repository without one (docs/fleet.md)"
-        )
+    for key in ("repo", "credentials"):
+        if "://" in p.get(key, "") and urllib.parse.urlsplit(p[key]).password is not None:
+            # it would be shown on both consoles and stored in the logs, and anyone can read /proc/cmdline
+            raise UsageError(
+                f"rescue.{key}= holds a password, and the kernel command line is readable by anyone: "
+                "put secrets in the rescue.credentials= file (docs/fleet.md)"
+            )
+    where = p.get("credentials", "/")
+    if not where.startswith(("http://", "https://", "/")):
+        raise UsageError(f"rescue.credentials={where}: say an http:// or https:// URL, or an absolute path")
     if mode == "restore":
         if "source" in p:
             raise UsageError("rescue.source= names the drive a capture reads; a restore takes rescue.target=")
@@ -215,6 +233,7 @@ def parse(cmdline: str) -> Order:
         on_fail=_one_of(p, "on_fail", AFTER, "wait"),
         force=force == "1",
         s3_endpoint=p.get("s3_endpoint"),
+        credentials=p.get("credentials"),
         text=" ".join(w for w in words if w.startswith(PREFIX) and w[len(PREFIX) :].partition("=")[0] in KNOWN),
     )
 

@@ -24,10 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from rescue import planview
 from rescue.errors import INTERNAL, Cancelled, RefusedError, RepoError, RescueError
+from rescue.fleet import credentials
 from rescue.fleet.order import Drive, Order, matching
 from rescue.imaging.progress import Progress, fmt_bytes
 
@@ -208,6 +210,8 @@ class Job:
         self.writable = False  # the log and marker can be stored in the repository
         self.opened: str | None = None  # a destination mounted read-write for a capture
         self.source: Drive | None = None  # the drive a capture reads
+        self.secrets: credentials.Secrets | None = None  # from rescue.credentials=
+        self.aws_file: Path | None = None  # where its S3 keys were put for this job
 
     # where the repository is ---------------------------------------------------------------
     def wait_for_network(self, limit: float = NETWORK_WAIT) -> None:
@@ -223,6 +227,30 @@ class Job:
                 self.console.say(f"waiting for the network ({int(waited)} s)")
                 said = waited
             time.sleep(1)
+
+    def take_credentials(self) -> None:
+        """The job's secrets, fetched before anything is opened; the console names what came
+        and from where, never a value."""
+        where = self.order.credentials
+        if where is None:
+            return
+        if _is_network(where):
+            self.wait_for_network()
+        self.secrets = credentials.parse(credentials.fetch(where), where)
+        self.aws_file = credentials.install(self.secrets, Path(self.engine.login_dir or "/run/rescue"))
+        self.console.say(f"credentials: {self.secrets.kinds()} from {where}")
+
+    def unlock(self, repo: str) -> None:
+        """An encrypted repository opens with the credentials file's password."""
+        if not self.engine.repository_encrypted(repo):
+            return
+        password = self.secrets.password if self.secrets is not None else None
+        if password is None:
+            raise RepoError(
+                f"{repo} is encrypted: put its password in the file rescue.credentials= names "
+                "([rescue] password = ...; docs/fleet.md)"
+            )
+        self.engine.enter_password(repo, password)
 
     def locate(self) -> tuple[str, bool]:
         """The repository's path or URL, and whether the log and marker can be stored there;
@@ -393,8 +421,10 @@ class Job:
                 capture = self.order.mode == "capture"
                 if capture:
                     self.choose_source()
+                self.take_credentials()
                 self.repo_path, self.writable = self.locate()
                 self.console.say(f"repository: {self.repo_path}")
+                self.unlock(self.repo_path)
                 (self.capture if capture else self.restore)()
             except RescueError as e:
                 self.result.status, self.result.reason, self.result.code = "failed", str(e), e.exit_code
@@ -408,6 +438,7 @@ class Job:
             self.console.say(self.result.line())
             self.store()
         finally:
+            credentials.discard(self.aws_file)
             if self.opened:
                 self.engine.close_destination(self.opened)
         return self.result

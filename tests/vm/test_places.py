@@ -1,7 +1,7 @@
 """Images go where a technician keeps them, on the real ISO in QEMU (issue 13): one boot of the
 ISO with a system drive, 4 GiB drives formatted exFAT, NTFS and FAT32 (no repository on
-any), a blank disk, four blank smaller targets, and a network card on QEMU's
-user network that reaches a Samba server and an NFS server this test starts on 127.0.0.1.
+any), a blank disk, six blank smaller targets, and a network card on QEMU's user network that
+reaches a Samba server, an NFS server, Swift (S3) and nginx, all started by this test on 127.0.0.1.
 
 In that one boot:
 - the wizard, over the serial line: Capture the system drive onto the exFAT stick (a new
@@ -13,24 +13,29 @@ In that one boot:
   wrong share name, and by a server that speaks only SMB 2.0, then captured onto and restored
   from;
   a restore from the NFS export (its image captured by the host); a capture onto a FAT32
-  stick, and files copied out of that image onto the exFAT stick.
-Then each restored drive boots alone to its marker, and the host reads the stick: the files
-copied are the system drive's own. The wizard's screens for all of it run over recorded
+  stick, and files copied out of that image onto the exFAT stick;
+- a fleet's job (`rescue unattended`, issue 15): the system drive captured onto an encrypted
+  S3 repository (Swift on the host) with the keys and password fetched from nginx on the host,
+  then restored as another machine onto a blank drive, which boots alone too.
+Then the wizard's and the fleet's restored drives boot alone to their marker, the others' roots
+are read on the host, and the host reads the stick: the files copied are the system drive's own. The wizard's screens for all of it run over recorded
 machines in tests/tui (test_shares.py, test_machines.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from disks import GiB, LoopRegistry, MiB, partition_table, sh, tree_hashes
 from qemu import VM, Disk
-from servers import nfs, samba
+from servers import nfs, s3, samba, web
 from servers.bounded import free_port
 from sysdrive import boot_and_expect, build_system_drive
 from wizard import WIZARD_BOOT_TIMEOUT, blank, restore_in_wizard
@@ -86,6 +91,50 @@ def run_step(vm: VM, step: str, *args: str, password: str | None = None, timeout
     return said[3:]
 
 
+RESULT = re.compile(rb"RESCUE-RESULT (status=[^\r\n]*)(?=\r?\n)")
+
+
+def unattended_in_guest(vm: VM, params: str, machine: str) -> str:
+    """`rescue unattended` in the live system with these boot parameters, as `machine`;
+    returns its result line after RESCUE-RESULT."""
+    vm.sendline(
+        f"rescue unattended --machine-id {machine} --cmdline '{params}' > /tmp/fleet.log 2>&1; tail -n 1 /tmp/fleet.log"
+    )
+    said = vm.expect(RESULT, timeout=STEP_TIMEOUT, what=f"the unattended job of {machine}").group(1).decode()
+    print(f"[places] unattended as {machine}: {said} ({vm.elapsed:.0f}s)", flush=True)
+    vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
+    return said
+
+
+@contextlib.contextmanager
+def fleet_s3(work: Path) -> Iterator[str]:
+    """An encrypted repository on a real S3 (Swift) and the fleet's credentials file on nginx,
+    both on the host's 127.0.0.1; yields the boot parameters naming them from the guest."""
+    swift = s3.shared_server()
+    password = "places fleet password"
+    repo = f"s3://{swift.bucket}/places-fleet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rescue", "init", "--encrypt", repo],
+        env=swift.environ(RESCUE_PASSWORD=password),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (work / "fleet-web").mkdir()
+    server = web.start_nginx(root=work / "fleet-web")
+    try:
+        (server.www / "creds").write_text(
+            f"[default]\naws_access_key_id = {swift.access_key}\naws_secret_access_key = {swift.secret_key}\n"
+            f"region = {swift.region}\n\n[rescue]\npassword = {password}\n"
+        )
+        yield (
+            f"rescue.repo={repo} rescue.s3_endpoint=http://10.0.2.2:{swift.port} "
+            f"rescue.credentials=http://10.0.2.2:{server.port}/creds"
+        )
+    finally:
+        server.stop()
+
+
 def wizard_capture_then_restore(vm: VM) -> tuple[str, str]:
     """Main menu -> Capture: the system drive (vda) onto the exFAT stick's filesystem, the
     first place offered; then Restore: from the repository found on the stick onto vde."""
@@ -138,8 +187,9 @@ def test_images_on_sticks_disks_and_shares(iso, world):
         "EXT4": formatted(work / "ext4.img", "ext4", "LINUXDISK"),
         "T-EXT4": blank(work / "t-ext4.img", TARGET),
         "SCRIPT": script_disk(work / "script.img"),
+        "T-S3": blank(work / "t-s3.img", TARGET),
     }
-    with samba.servers() as smb_server, nfs.servers() as nfs_server:
+    with samba.servers() as smb_server, nfs.servers() as nfs_server, fleet_s3(work) as fleet_where:
         smb = smb_server(port=free_port())
         old_smb = smb_server(port=free_port(), max_protocol="SMB2_02")  # a server from before SMB 2.1
         export = nfs_server(port=free_port())
@@ -191,6 +241,13 @@ def test_images_on_sticks_disks_and_shares(iso, world):
             run_step(vm, "capture-drive", "FAT32", "on-fat32")
             copied = run_step(vm, "copy-out", "FAT32", "on-fat32", "3", "/etc", "STICK")
             assert copied.startswith("files="), copied
+            # Issue 15, point 4: a fleet's capture onto S3, restored unattended as another machine.
+            got = unattended_in_guest(vm, f"rescue.mode=capture rescue.source=serial:SYSTEM {fleet_where}", "machine-a")
+            assert got.startswith("status=ok image=") and "target=/dev/vda" in got, got
+            image = got.split()[1].removeprefix("image=")
+            params = f"rescue.mode=restore rescue.image={image} rescue.target=serial:T-S3 rescue.confirm=destroy"
+            got = unattended_in_guest(vm, f"{params} {fleet_where}", "machine-b")
+            assert got.startswith(f"status=ok image={image} target=/dev/vdm"), got
             vm.sendline("poweroff")
             vm.wait_shutdown(timeout=180)
         assert (smb.share_dir / "rescue-images" / "images" / "on-smb" / "manifest.json").is_file()
@@ -198,9 +255,10 @@ def test_images_on_sticks_disks_and_shares(iso, world):
     # The wizard's restore boots alone, finds its root by UUID, its files intact. Where an image
     # came from does not change what is written: every other restored drive's root holds the
     # system's files, read on the host (a boot each would cost CI a minute and prove no more).
-    result = boot_and_expect([drives["T-EXFAT"]], firmware="bios", marker=info["expect"], timeout=300)
-    assert result.found, f"T-EXFAT: {result.tail()}"
-    print("[places] T-EXFAT booted to its marker", flush=True)
+    for serial in ("T-EXFAT", "T-S3"):  # and the fleet's: the point of its issue is a machine that boots
+        result = boot_and_expect([drives[serial]], firmware="bios", marker=info["expect"], timeout=300)
+        assert result.found, f"{serial}: {result.tail()}"
+        print(f"[places] {serial} booted to its marker", flush=True)
     root = next(p for p in info["partitions"] if p["role"] == "root")
     system_files = _root_files(drives["SYSTEM"], root["number"], work)
     assert system_files
