@@ -14,12 +14,13 @@ In that one boot:
   from;
   a restore from the NFS export (its image captured by the host); a capture onto a FAT32
   stick, and files copied out of that image onto the exFAT stick;
-- a fleet's job (`rescue unattended`, issue 15): the system drive captured onto an encrypted
-  S3 repository (Swift on the host) with the keys and password fetched from nginx on the host,
-  then restored as another machine onto a blank drive, which boots alone too.
+- a fleet's jobs (`rescue unattended`, issue 15; `fleet_jobs` below): the system drive captured
+  onto an encrypted S3 repository (Swift on the host) with the keys and password fetched from
+  nginx on the host; restores as another machine that write nothing and say why; the restore.
 Then the wizard's and the fleet's restored drives boot alone to their marker, the others' roots
-are read on the host, and the host reads the stick: the files copied are the system drive's own. The wizard's screens for all of it run over recorded
-machines in tests/tui (test_shares.py, test_machines.py)."""
+are read on the host, and the host reads the stick: the files copied are the system drive's
+own. The wizard's screens for all of it run over recorded machines in tests/tui
+(test_shares.py, test_machines.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,8 @@ from servers import nfs, s3, samba, web
 from servers.bounded import free_port
 from sysdrive import boot_and_expect, build_system_drive
 from wizard import WIZARD_BOOT_TIMEOUT, blank, restore_in_wizard
+
+from rescue.repo.s3 import S3Storage
 
 pytestmark = pytest.mark.vm
 
@@ -98,7 +102,7 @@ def unattended_in_guest(vm: VM, params: str, machine: str) -> str:
     """`rescue unattended` in the live system with these boot parameters, as `machine`;
     returns its result line after RESCUE-RESULT."""
     vm.sendline(
-        f"rescue unattended --machine-id {machine} --cmdline '{params}' > /tmp/fleet.log 2>&1; tail -n 1 /tmp/fleet.log"
+        f"rescue unattended --machine-id {machine} --cmdline '{params}' > /tmp/fleet.log 2>&1; grep RESCUE-RESULT /tmp/fleet.log"
     )
     said = vm.expect(RESULT, timeout=STEP_TIMEOUT, what=f"the unattended job of {machine}").group(1).decode()
     print(f"[places] unattended as {machine}: {said} ({vm.elapsed:.0f}s)", flush=True)
@@ -106,15 +110,36 @@ def unattended_in_guest(vm: VM, params: str, machine: str) -> str:
     return said
 
 
+@dataclass
+class Fleet:
+    params: str  # rescue.repo=, rescue.s3_endpoint= and rescue.credentials=, as the guest reaches them
+    storage: S3Storage  # the repository's objects, from the host
+
+    @contextlib.contextmanager
+    def chunk_damaged(self) -> Iterator[str]:
+        """One byte of the largest chunk flipped, for the body of the `with`; yields its name."""
+        tops = [e.name for e in self.storage.list("chunks")]
+        chunks = [f"chunks/{t}/{e.name}" for t in tops for e in self.storage.list(f"chunks/{t}")]
+        victim = max(chunks, key=lambda k: self.storage.size(k) or 0)
+        good = self.storage.get(victim, 64 * MiB)
+        bad = bytearray(good)
+        bad[len(bad) // 2] ^= 0x01
+        self.storage.put(victim, bytes(bad))
+        try:
+            yield victim.rsplit("/", 1)[1]
+        finally:
+            self.storage.put(victim, good)
+
+
 @contextlib.contextmanager
-def fleet_s3(work: Path) -> Iterator[str]:
+def fleet_s3(work: Path) -> Iterator[Fleet]:
     """An encrypted repository on a real S3 (Swift) and the fleet's credentials file on nginx,
-    both on the host's 127.0.0.1; yields the boot parameters naming them from the guest."""
+    both on the host's 127.0.0.1."""
     swift = s3.shared_server()
     password = "places fleet password"
-    repo = f"s3://{swift.bucket}/places-fleet"
+    prefix = "places-fleet"
     proc = subprocess.run(
-        [sys.executable, "-m", "rescue", "init", "--encrypt", repo],
+        [sys.executable, "-m", "rescue", "init", "--encrypt", f"s3://{swift.bucket}/{prefix}"],
         env=swift.environ(RESCUE_PASSWORD=password),
         capture_output=True,
         text=True,
@@ -127,12 +152,39 @@ def fleet_s3(work: Path) -> Iterator[str]:
             f"[default]\naws_access_key_id = {swift.access_key}\naws_secret_access_key = {swift.secret_key}\n"
             f"region = {swift.region}\n\n[rescue]\npassword = {password}\n"
         )
-        yield (
-            f"rescue.repo={repo} rescue.s3_endpoint=http://10.0.2.2:{swift.port} "
+        params = (
+            f"rescue.repo=s3://{swift.bucket}/{prefix} rescue.s3_endpoint=http://10.0.2.2:{swift.port} "
             f"rescue.credentials=http://10.0.2.2:{server.port}/creds"
         )
+        yield Fleet(params, swift.storage(prefix))
     finally:
         server.stop()
+
+
+def fleet_jobs(vm: VM, fleet: Fleet) -> None:
+    """Issue 15 in the ISO (points 2 to 4): the system drive captured unattended onto S3 as
+    machine A; then, as machine B, restores that must write nothing (no drive or several
+    drives match, no rescue.confirm=destroy, a damaged chunk), each saying why, with T-S3
+    still blank after them; then the restore onto T-S3, which boots alone afterwards."""
+    got = unattended_in_guest(vm, f"rescue.mode=capture rescue.source=serial:SYSTEM {fleet.params}", "machine-a")
+    assert got.startswith("status=ok image=") and "target=/dev/vda" in got, got
+    image = got.split()[1].removeprefix("image=")
+    job = f"rescue.mode=restore rescue.image={image} {fleet.params}"
+    sure = f"{job} rescue.confirm=destroy"
+    got = unattended_in_guest(vm, f"{sure} rescue.target=serial:NO-SUCH-DRIVE", "machine-b")
+    assert got.startswith("status=failed") and "no drive matches" in got and "serial T-S3" in got, got
+    got = unattended_in_guest(vm, f"{sure} rescue.target=bus:virtio,size:{TARGET}..{TARGET}", "machine-b")
+    assert got.startswith("status=failed") and "6 drives match" in got and "serial T-S3" in got, got
+    got = unattended_in_guest(vm, f"{job} rescue.target=serial:T-S3", "machine-b")
+    assert got.startswith("status=planned"), got
+    with fleet.chunk_damaged() as chunk:
+        got = unattended_in_guest(vm, f"{sure} rescue.target=serial:T-S3", "machine-b")
+    assert got.startswith("status=failed") and chunk[:16] in got, got
+    vm.sendline(f"cmp -n {TARGET} /dev/disk/by-id/virtio-T-S3 /dev/zero && echo T-S3 IS'' BLANK")
+    vm.expect(rb"T-S3 IS BLANK", timeout=120, what="T-S3 unwritten")
+    vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")
+    got = unattended_in_guest(vm, f"{sure} rescue.target=serial:T-S3", "machine-b")
+    assert got.startswith(f"status=ok image={image} target=/dev/vdm"), got
 
 
 def wizard_capture_then_restore(vm: VM) -> tuple[str, str]:
@@ -189,7 +241,7 @@ def test_images_on_sticks_disks_and_shares(iso, world):
         "SCRIPT": script_disk(work / "script.img"),
         "T-S3": blank(work / "t-s3.img", TARGET),
     }
-    with samba.servers() as smb_server, nfs.servers() as nfs_server, fleet_s3(work) as fleet_where:
+    with samba.servers() as smb_server, nfs.servers() as nfs_server, fleet_s3(work) as fleet:
         smb = smb_server(port=free_port())
         old_smb = smb_server(port=free_port(), max_protocol="SMB2_02")  # a server from before SMB 2.1
         export = nfs_server(port=free_port())
@@ -241,13 +293,7 @@ def test_images_on_sticks_disks_and_shares(iso, world):
             run_step(vm, "capture-drive", "FAT32", "on-fat32")
             copied = run_step(vm, "copy-out", "FAT32", "on-fat32", "3", "/etc", "STICK")
             assert copied.startswith("files="), copied
-            # Issue 15, point 4: a fleet's capture onto S3, restored unattended as another machine.
-            got = unattended_in_guest(vm, f"rescue.mode=capture rescue.source=serial:SYSTEM {fleet_where}", "machine-a")
-            assert got.startswith("status=ok image=") and "target=/dev/vda" in got, got
-            image = got.split()[1].removeprefix("image=")
-            params = f"rescue.mode=restore rescue.image={image} rescue.target=serial:T-S3 rescue.confirm=destroy"
-            got = unattended_in_guest(vm, f"{params} {fleet_where}", "machine-b")
-            assert got.startswith(f"status=ok image={image} target=/dev/vdm"), got
+            fleet_jobs(vm, fleet)
             vm.sendline("poweroff")
             vm.wait_shutdown(timeout=180)
         assert (smb.share_dir / "rescue-images" / "images" / "on-smb" / "manifest.json").is_file()
