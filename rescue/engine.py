@@ -450,6 +450,9 @@ class Engine:
     def image_needs(self, repo_path: str, name: str) -> int:
         """The smallest drive the image fits onto with some layout policy."""
         if (cz := _clonezilla(repo_path, name)) is not None:
+            from rescue.clonezilla import minsize
+
+            minsize.measure(cz)  # Clonezilla keeps no minimum sizes: how far it shrinks depends on them
             return min_target_size(cz.layout, cz.area_facts())
         image = self.machine.image_facts(repo_path, name)
         return min_target_size(image.layout, image.areas)

@@ -119,6 +119,21 @@ MBR_GZIP_SPLIT = Recipe(
 )
 
 
+# Large enough that the filesystems can shrink past the planner's margin (64 MiB over each
+# minimum): ocs-sr keeps no minimum size, rescue measures it from the image
+# (tests/system/test_clonezilla_shrink.py).
+MBR_SHRINK = Recipe(
+    "mbr-shrink",
+    "dos",
+    448 * MiB,
+    (
+        (1, 1 * S, 256 * S, "ext4", "cz-shrink"),
+        (2, 257 * S, 160 * S, "ntfs", "cz-ntfs"),
+    ),
+    ("-z9p", "-i", "0"),
+)
+
+
 @dataclass
 class CzFixture:
     recipe: Recipe
@@ -293,7 +308,7 @@ def clonezilla_image(recipe: Recipe, cache: Path = CACHE) -> CzFixture:
     return CzFixture(recipe, done / recipe.name, drive)
 
 
-RECIPES = (GPT_ZSTD, MBR_GZIP_SPLIT)
+RECIPES = (GPT_ZSTD, MBR_GZIP_SPLIT, MBR_SHRINK)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import __version__
+from rescue.clonezilla import minsize
 from rescue.clonezilla.source import ClonezillaImage
 from rescue.filesystems.base import FsInfo
 from rescue.imaging.log import log_file
@@ -33,17 +34,31 @@ def plan(
     fresh_ids: bool = False,
     facts: TargetFacts | None = None,
 ) -> RestorePlan:
-    """What restoring the Clonezilla image onto `target` would write. Writes nothing."""
-    return plan_onto(
-        image.name,
-        image.layout,
-        image.area_facts(),
-        facts or look_at(target),
-        policy,
-        image.write_bytes(),
-        scratch_dir,
-        fresh_ids=fresh_ids,
-    )
+    """What restoring the Clonezilla image onto `target` would write. Writes nothing. When the
+    partitions do not fit at their saved sizes, their filesystems' minimum sizes (which
+    Clonezilla does not keep) are measured in the image and the plan is made again with
+    them: it may then shrink them, as for a rescue image (rescue.clonezilla.minsize)."""
+    onto = facts or look_at(target)
+
+    def planned() -> RestorePlan:
+        return plan_onto(
+            image.name,
+            image.layout,
+            image.area_facts(),
+            onto,
+            policy,
+            image.write_bytes(),
+            scratch_dir,
+            fresh_ids=fresh_ids,
+        )
+
+    first = planned()
+    if first.fits or first.policy == "same" or not minsize.unmeasured(image):
+        return first
+    measured = minsize.measure(image, scratch_dir)
+    again = planned()
+    again.notes += measured
+    return again
 
 
 def verify(
@@ -147,6 +162,8 @@ def _import(
     with repo.writer_lock("import"), _Undo(repo, name) as undo:
         log = undo.log
         log(f"rescue {__version__}: importing Clonezilla image {image.cz.path} into {repo.where} as {name}")
+        for line in minsize.measure(image):  # kept in the manifest, as capture keeps them
+            log(line)
         meter = undo.meter = Meter("import", image.write_bytes(), progress, cancel)
         storer = _Storer(repo, level)
         records = []

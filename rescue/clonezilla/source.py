@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 import threading
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 from rescue.clonezilla import layout as czlayout
@@ -202,8 +202,9 @@ class ClonezillaImage:
         )
 
     # its bytes ---------------------------------------------------------------------------------
-    def chunks(self, area: CzArea) -> Iterator[tuple[int, bytes]]:
-        """(i, bytes) of the area's DATA chunks, in order, each checked before it is given."""
+    def chunks(self, area: CzArea) -> Generator[tuple[int, bytes], None, None]:
+        """(i, bytes) of the area's DATA chunks, in order, each checked before it is given
+        (a generator: close() ends its reading, files and decompressor processes with it)."""
         if area.static is not None:
             for i, k in enumerate(area.index.kinds):
                 if k == Kind.DATA:

@@ -188,6 +188,12 @@ class Filesystem:
         the map alone costs less than examine (no minimum-size tool to run)."""
         return self.examine(vol).extents
 
+    def min_size(self, vol: Volume) -> int | None:
+        """FsInfo.min_size alone, for an image that did not record it (a Clonezilla image,
+        rescue.clonezilla.minsize, read through a view of its stream where every byte read
+        costs). A class overrides this where the minimum alone reads less than examine."""
+        return self.examine(vol).info.min_size
+
     # --- resizing ----------------------------------------------------------------------------
 
     def shrink_check(self, min_size: int | None, new_size: int, *, current_size: int | None = None) -> None:

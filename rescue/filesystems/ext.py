@@ -145,12 +145,13 @@ def _extents(d: Dump, size: int) -> list[Extent]:
     return [Extent(start * d.block_size, count * d.block_size) for start, count in d.used_blocks()]
 
 
-def min_blocks(dev: str) -> int | None:
-    """`resize2fs -P`'s estimate in fs blocks; None when resize2fs will not say (e.g. it wants
-    an fsck first): a missing estimate must not stop a capture."""
+def resize2fs_min(dev: str, block_size: int) -> int | None:
+    """`resize2fs -P`'s estimate, in bytes; None when resize2fs will not say (e.g. it wants
+    an fsck first): a missing estimate must not stop a capture. resize2fs reads only the
+    superblock and the group descriptors for it."""
     proc = run(["resize2fs", "-P", dev], env=C_LOCALE, check=False)
     m = re.search(r"minimum size of the filesystem:\s*(\d+)", proc.stdout.decode(errors="replace"))
-    return int(m.group(1)) if m and proc.returncode == 0 else None
+    return int(m.group(1)) * block_size if m and proc.returncode == 0 else None
 
 
 class Ext(Filesystem):
@@ -177,7 +178,7 @@ class Ext(Filesystem):
         """min_size from `resize2fs -P`, asked only here: the map alone does not need it."""
         with vol.device() as dev:
             d = dump(dev)
-            blocks = min_blocks(dev)
+            smallest = resize2fs_min(dev, d.block_size)
         if d.needs_recovery:
             source = "dumpe2fs (journal needs recovery: whole volume)"
             used = sum(c for _, c in d.used_blocks()) * d.block_size
@@ -189,7 +190,7 @@ class Ext(Filesystem):
             uuid=d.uuid,
             label=d.label,
             used_bytes=used,
-            min_size=blocks * d.block_size if blocks is not None else None,
+            min_size=smallest,
             map_source=source,
         )
         return Examined(info, normalize(_extents(d, vol.size), vol.size))
@@ -197,6 +198,11 @@ class Ext(Filesystem):
     def used_extents(self, vol: Volume) -> list[Extent]:
         with vol.device() as dev:
             return normalize(_extents(dump(dev), vol.size), vol.size)
+
+    def min_size(self, vol: Volume) -> int | None:
+        """Without dumpe2fs's pass over every group's bitmaps: the header and resize2fs -P."""
+        with vol.device() as dev:
+            return resize2fs_min(dev, dump(dev, header=True).block_size)
 
     def check(self, device: str) -> None:
         """e2fsck -fy: 0 clean, 1 errors corrected; anything else means the filesystem is not
