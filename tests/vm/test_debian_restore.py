@@ -6,9 +6,13 @@ ext4 /home, fstab by UUID), through everything a user does with it:
   (the same size is the root tier's); each boots alone to its marker (root and /home mounted by UUID, swap on,
   every data file's checksum right), and the bytes outside partitions (GRUB's core image in
   sectors 1..) equal the source's;
-- restored through the wizard on the ISO, and cloned through the wizard on the ISO, onto a
-  smaller drive, in a guest with 1 GiB of RAM: the shrink of a root holding over twice the
-  guest's RAM cannot stage the filesystem in memory. Each result boots alone to its marker.
+- restored through the wizard on the ISO onto a smaller drive, in a guest with 1 GiB of RAM:
+  the shrink of a root holding over twice the guest's RAM cannot stage the filesystem in
+  memory. The result boots alone to its marker.
+
+A clone shrinks through the same scratch space (tests/system/test_shrink_scratch.py bounds it
+at 64 MiB for restore and clone alike); the wizard's clone on the ISO, onto a smaller drive
+that then boots, is tests/vm/test_e2e.py's. The wizard clone of this drive took CI 10 minutes.
 
 The drive is built once per test session and cached between runs (build/cache/debian)."""
 
@@ -23,16 +27,16 @@ import pytest
 from debian import MIB_SECTORS, DebianDrive, boot_and_expect, build_debian_drive, missing_tools
 from disks import LoopRegistry, MiB, rescue, sh
 from qemu import VM, Disk
-from wizard import blank, clone_with_wizard, power_off, repository_drive, restore_with_wizard
+from wizard import blank, power_off, repository_drive, restore_with_wizard
 
 pytestmark = pytest.mark.vm
 
 # Root holds 2.3 GiB (1.6 GiB of data files): over twice the guest's RAM, four times what a
-# tmpfs there may hold. It was 3.8 GiB, until the two wizard jobs took 10 minutes each of CI's 60.
+# tmpfs there may hold. It was 3.8 GiB, until its wizard jobs took 10 minutes each of CI's 60.
 ROOT_MIB, DATA_MIB = 5120, 1536 + 128
 SMALLER_MIB = 5248  # the source is 5.75 GiB; root (resize2fs -P: 4.0 GiB + margin) shrinks from 5 GiB
 REPO_SIZE = 6 * 1024 * MiB
-BIG_JOB_TIMEOUT = 2400  # a 2.3 GiB restore or clone under TCG: verify, write, shrink
+BIG_JOB_TIMEOUT = 2400  # a 2.3 GiB restore under TCG: verify, write, shrink
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +134,6 @@ def test_wizard_restore_onto_a_smaller_drive_in_1_gib_of_ram_boots(iso, debian):
     with VM(work, firmware="bios", cdrom=iso, disks=disks, name="debian-restore", memory_mb=1024) as vm:
         name = restore_with_wizard(vm, image="debian", timeout=BIG_JOB_TIMEOUT)
         print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
-        power_off(vm)
-    try:
-        assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"
-        _boots_with_its_files(target, drive)
-    finally:
-        target.unlink()  # 2.3 GiB each: CI's disk is shared
-
-
-def test_wizard_clone_onto_a_smaller_drive_in_1_gib_of_ram_boots(iso, debian):
-    work, drive, _ = debian
-    target = blank(work / "wizard-clone.img", SMALLER_MIB * MiB)
-    disks = [Disk(drive.path, "SYSTEM01", readonly=True), Disk(target, "TARGET01")]
-    with VM(work, firmware="bios", cdrom=iso, disks=disks, name="debian-clone", memory_mb=1024) as vm:
-        clone_with_wizard(vm, "SYSTEM01", timeout=BIG_JOB_TIMEOUT)
-        print(f"[e2e] cloned at {vm.elapsed:.0f}s", flush=True)
         power_off(vm)
     try:
         assert _gap_after_mbr(target) == _gap_after_mbr(drive.path), "GRUB's core image differs"

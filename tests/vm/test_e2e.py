@@ -23,9 +23,10 @@ import pytest
 from disks import GiB, MiB, rescue, sh
 from qemu import VM, Disk, text_pattern
 from sysdrive import boot_and_expect, build_system_drive, filesystem_uuids
-from wizard import blank, power_off, repository_drive, restore_with_wizard
+from wizard import blank, clone_in_wizard, power_off, repository_drive, restore_with_wizard
 
 pytestmark = pytest.mark.vm
+CLONE_MIB = 704  # smaller than the restored drive: the clone shrinks its root
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +61,30 @@ def _vendor_loader_only(info: dict) -> None:
 # smaller drive among much else); the larger case is test_resized_restore_boots below.
 @pytest.mark.parametrize("firmware, medium, size_mib", [("uefi", "usb", 768)])
 def test_restore_from_the_iso_boots_the_target(iso, drives, firmware, medium, size_mib):
-    """Onto a blank drive smaller (768 MiB) than the 1 GiB original."""
+    """Onto a blank drive smaller (768 MiB) than the 1 GiB original; then, in the same boot, that
+    drive cloned through the wizard onto a smaller one still (the clone's shrink on the ISO)."""
     work, info, repo_img = drives
     target = blank(work / f"target-{firmware}.img", size_mib * MiB)
-    disks = [Disk(repo_img, "REPO0001"), Disk(target, "TARGET01")]
+    clone = blank(work / f"clone-{firmware}.img", CLONE_MIB * MiB)
+    disks = [Disk(repo_img, "REPO0001"), Disk(target, "TARGET01"), Disk(clone, "CLONE001")]
     kwargs = {"cdrom": iso} if medium == "cdrom" else {"usb": iso}
     with VM(work, firmware=firmware, disks=disks, name=f"iso-{firmware}", **kwargs) as vm:
         name = restore_with_wizard(vm)
         print(f"[e2e] restored onto {name} at {vm.elapsed:.0f}s", flush=True)
+        vm.sendkey("enter")  # Done: [Main menu]
+        vm.expect_text("Clone a drive", timeout=60)
+        clone_in_wizard(vm, "TARGET01", source=name, onto="vdc")
+        print(f"[e2e] cloned {name} onto vdc at {vm.elapsed:.0f}s", flush=True)
         power_off(vm)
     if firmware == "uefi":  # running on UEFI firmware, the restore added a boot entry
         assert "debian (restored)".encode("utf-16-le") in (work / f"iso-{firmware}-OVMF_VARS.fd").read_bytes()
-    # The restored drive alone: it boots, finds its root by UUID and its files are intact.
-    result = boot_and_expect([target], firmware=firmware, marker=info["expect"], timeout=300)
-    assert result.found, result.tail()
-    # Same filesystem identities on the restored drive (fstab and root=UUID depend on them).
-    found = filesystem_uuids(target)
-    assert {info["root_uuid"], info["esp_uuid"], info["swap_uuid"]} <= found, found
+    # Each drive alone, the restored one and its clone: it boots, finds its root by UUID and
+    # its files are intact; its filesystems keep their identities (fstab and root=UUID).
+    for drive in (target, clone):
+        result = boot_and_expect([drive], firmware=firmware, marker=info["expect"], timeout=300)
+        assert result.found, f"{drive.name}: {result.tail()}"
+        found = filesystem_uuids(drive)
+        assert {info["root_uuid"], info["esp_uuid"], info["swap_uuid"]} <= found, (drive.name, found)
 
 
 def test_text_pattern_matches_drawn_text():

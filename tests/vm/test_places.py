@@ -101,9 +101,8 @@ RESULT = re.compile(rb"RESCUE-RESULT (status=[^\r\n]*)(?=\r?\n)")
 def unattended_in_guest(vm: VM, params: str, machine: str) -> str:
     """`rescue unattended` in the live system with these boot parameters, as `machine`;
     returns its result line after RESCUE-RESULT."""
-    vm.sendline(
-        f"rescue unattended --machine-id {machine} --cmdline '{params}' > /tmp/fleet.log 2>&1; grep RESCUE-RESULT /tmp/fleet.log"
-    )
+    log = "/tmp/fleet.log"
+    vm.sendline(f"rescue unattended --machine-id {machine} --cmdline '{params}' > {log} 2>&1; grep RESCUE-RESULT {log}")
     said = vm.expect(RESULT, timeout=STEP_TIMEOUT, what=f"the unattended job of {machine}").group(1).decode()
     print(f"[places] unattended as {machine}: {said} ({vm.elapsed:.0f}s)", flush=True)
     vm.expect(SHELL_PROMPT, timeout=60, what="the shell prompt")

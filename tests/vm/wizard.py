@@ -64,25 +64,29 @@ def focus(vm: VM, row: str, moves: int = 12) -> None:
     raise AssertionError(f"{row!r} never got the focus")
 
 
-def clone_with_wizard(vm: VM, source_serial: str, timeout: float = RESTORE_TIMEOUT) -> None:
-    """Main menu -> Clone: the first drive (the source, vda) onto the second (vdb)."""
-    vm.boot_rescue_on_serial()
-    vm.expect_text("Clone a drive", timeout=WIZARD_BOOT_TIMEOUT)
+def clone_in_wizard(
+    vm: VM, source_serial: str, source: str | None = None, onto: str = "vdb", timeout: float = RESTORE_TIMEOUT
+) -> None:
+    """From the main menu: Clone `source` (a drive name; None: the first drive offered) onto
+    the first drive offered as the target, which must be `onto` (the test arranges that the
+    others are refused: Down would leave the list for its buttons)."""
     vm.sendkey("down", "down", "enter")  # Restore, Capture, [Clone]
     vm.expect_text("Clone: choose the drive to copy", timeout=60)
     vm.expect_text(source_serial, timeout=30)
-    vm.sendkey("enter")  # the first drive: vda, the system drive
+    if source is not None:
+        focus(vm, f"> {source}")
+    vm.sendkey("enter")
     vm.expect_text("Clone: choose the target drive", timeout=60)
     vm.expect_text("is the source drive", timeout=30)  # the safety rule's words
     vm.sendkey("enter")
     vm.expect_text("Clone: the plan for", timeout=120)
     vm.sendkey("enter")
     m = vm.expect(TYPED_NAME, timeout=60, what="the typed-name prompt")
-    assert m.group(1) == b"vdb", m.group(0)
-    vm.send("vdb")
+    assert m.group(1).decode() == onto, m.group(0)
+    vm.send(onto)
     vm.sendkey("enter")
     vm.expect_text("Clone: done", timeout=timeout)
-    vm.expect_text("was copied onto vdb")
+    vm.expect_text(f"was copied onto {onto}")
 
 
 def power_off(vm: VM) -> None:
