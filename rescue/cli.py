@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import threading
 from dataclasses import asdict
@@ -524,8 +525,16 @@ def _bad_sector_policy(text: str) -> int:
 
 def cmd_capture(args) -> int:
     engine = _engine(args)
-    name = args.name or engine.default_image_name(engine.drive(args.disk))
+    drive = None if args.name else engine.drive(args.disk)
+    interrupted = engine.interrupted_capture(drive, args.repo, args.name)
+    if interrupted:  # the same capture again: go on where it stopped
+        name = interrupted[0]
+        print(f"rescue: resuming the interrupted capture {name}: {interrupted[1]:.0%} already read", file=sys.stderr)
+    else:
+        name = args.name or engine.default_image_name(engine.drive(args.disk))
     bar = TerminalProgress()
+    # SIGTERM stops a capture as Ctrl-C does: it keeps what it read, to be resumed.
+    default_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = engine.capture(
             args.disk,
@@ -538,6 +547,7 @@ def cmd_capture(args) -> int:
             retries=args.bad_sectors,
         )
     finally:
+        signal.signal(signal.SIGTERM, default_term)
         bar.close()
     print(
         f"captured {args.disk} as {result.name}: read {fmt_bytes(result.bytes_read)}, "

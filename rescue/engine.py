@@ -864,6 +864,37 @@ class Engine:
             r.name, r.bytes_read, r.stored_bytes, r.seconds, r.log_path, r.sectors_lost, list(r.bad_ranges)
         )
 
+    def interrupted_capture(
+        self, drive: DriveInfo | None, repo_path: str, name: str | None
+    ) -> tuple[str, float] | None:
+        """The interrupted capture in the repository that capture() would resume
+        (rescue.imaging.resume): the one named `name`, or with no name the one of `drive`
+        (its size and serial), as (name, fraction already read); None when none.
+        capture() itself checks the drive and its plan again before it resumes."""
+        if isinstance(self.machine, RecordedMachine):
+            return None
+        from rescue.imaging import resume
+        from rescue.repo.store import Repository
+
+        try:
+            repo = Repository.open(repo_path)
+        except RescueError:
+            return None  # none yet, or capture itself will say why
+        try:
+            names = [name] if name else repo.incomplete_names()
+            for candidate in names:
+                state = resume.load(repo, candidate)
+                if state is None:
+                    continue
+                if name or (
+                    drive is not None
+                    and (state.source.get("size"), state.source.get("serial")) == (drive.size, drive.serial)
+                ):
+                    return candidate, state.fraction
+            return None
+        finally:
+            repo.close()
+
     def plan_export(
         self,
         repo_path: str,

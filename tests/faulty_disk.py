@@ -2,7 +2,8 @@
 
 A small FUSE filesystem (llfuse, run in its own process) shows one file, `disk`, whose
 reads return a backing file's bytes, except that any read touching a bad range fails
-with EIO and any read touching a slow range is delayed. A read-only loop device over
+with EIO (after `bad_delay` seconds, as a dying drive takes 0.5-2 s to give up on a sector)
+and any read touching a slow range is delayed. A read-only loop device over
 that file is then a block device whose bad sectors behave like a failing drive's: the
 error reaches the reader through the block layer, not through a mock. Its twin without
 root or kernel is tests/unit/test_badpass.py's MemoryDevice, a block source for the
@@ -11,9 +12,11 @@ the timeouts of rescue.hw.badread on a real block device.
 
 Run as a program (the fixture does this):
     python3 tests/faulty_disk.py BACKING MOUNTPOINT --bad START:LEN ... --slow START:LEN:SECONDS
-Ranges are in bytes. `--log FILE` records every read request the kernel sent (offset,
-size, result), which is how the loop/FUSE behaviour described in faulty_block_device
-was found.
+        [--bad-delay SECONDS]
+Ranges are in bytes; `--bad-delay` is what each failed read costs (default 0: tests keep
+CI fast; tests/bench/badsectors.py uses a real drive's pace). `--log FILE` records every
+read request the kernel sent (offset, size, result), which is how the loop/FUSE behaviour
+described in faulty_block_device was found.
 
 Why the loop device uses direct I/O: the page cache in front of a FUSE file turns one bad
 512-byte sector into a failed 4 KiB page (and reads ahead around it). llfuse (libfuse2's
@@ -63,7 +66,12 @@ class _Ranges:
 
 
 def _serve(
-    backing: str, mountpoint: str, bad: list[tuple[int, int]], slow: list[tuple[int, int, float]], log: str | None
+    backing: str,
+    mountpoint: str,
+    bad: list[tuple[int, int]],
+    slow: list[tuple[int, int, float]],
+    log: str | None,
+    bad_delay: float = 0.0,
 ) -> None:
     import llfuse  # only the server process needs it
 
@@ -116,9 +124,11 @@ def _serve(
             end = off + length
             failed = bad_ranges.touching(off, end)
             delay = max((v for _, _, v in slow_ranges.touching(off, end)), default=0.0)
+            if failed:
+                delay = max(delay, bad_delay)
             if delay:
-                # llfuse runs handlers under one global lock: release it so that a slow read
-                # delays only the requests that touch the slow range. (The loop driver sends
+                # llfuse runs handlers under one global lock: release it so that a slow (or
+                # failing) read delays only the requests that touch the slow range. (The loop driver sends
                 # one request at a time anyway, so later reads of the device still wait, as
                 # they do behind a real drive busy retrying a sector.)
                 with llfuse.lock_released:
@@ -164,6 +174,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--bad", type=pair, action="append", default=[], metavar="START:LEN")
     p.add_argument("--bad-file", help="file of 'START LEN' lines (for thousands of ranges)")
     p.add_argument("--slow", type=triple, action="append", default=[], metavar="START:LEN:SECONDS")
+    p.add_argument("--bad-delay", type=float, default=0.0, metavar="SECONDS", help="time each failed read takes")
     p.add_argument("--log")
     return p.parse_args(argv)
 
@@ -176,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if line.strip():
                 s, n = line.split()
                 bad.append((int(s), int(n)))
-    _serve(args.backing, args.mountpoint, bad, args.slow, args.log)
+    _serve(args.backing, args.mountpoint, bad, args.slow, args.log, args.bad_delay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,10 +246,13 @@ def faulty_block_device(
     bad: Sequence[tuple[int, int]] = (),
     slow: Sequence[tuple[int, int, float]] = (),
     log: str | os.PathLike | None = None,
+    bad_delay: float = 0.0,
 ) -> Iterator[str]:
     """Yield "/dev/loopN": a read-only block device with the bytes of `backing_path`, where
-    reads touching a `bad` (start, length) byte range fail with EIO and reads touching a
-    `slow` (start, length, seconds) range are delayed.
+    reads touching a `bad` (start, length) byte range fail with EIO, each after `bad_delay`
+    seconds (a dying drive's 0.5-2 s; 0 keeps tests fast), and reads touching a `slow`
+    (start, length, seconds) range are delayed. `log` gets one line per read request the
+    kernel sent: "OFFSET SIZE ok|EIO" (how tests count the reads a job made).
 
     What a reader sees (kernel 6.18, loop with --direct-io=on over the FUSE file):
     - an O_DIRECT read reaches FUSE at the reader's offset and size (split into 128 KiB FUSE
@@ -249,6 +263,9 @@ def faulty_block_device(
       into a bad area fails silently. Sector precision needs O_DIRECT (rescue.hw.badread);
     - without loop direct I/O the loop reads the FUSE file through its page cache: errors
       then come in 4 KiB pages even for O_DIRECT readers of the loop device;
+    - a failed read whose error lies past its first 128 KiB FUSE request fails in FUSE
+      twice or more (each costing `bad_delay`): FUSE answers the loop driver with the good
+      bytes before the error (a short read), and the loop driver asks again for the rest;
     - the loop device serves one request at a time: while a slow read sleeps in FUSE, every
       other read of the device waits behind it (FUSE itself would serve them), much like a
       real drive busy retrying a sector.
@@ -272,6 +289,8 @@ def faulty_block_device(
         argv += ["--slow", f"{s}:{ln}:{secs}"]
     if log is not None:
         argv += ["--log", os.fspath(log)]
+    if bad_delay:
+        argv += ["--bad-delay", str(bad_delay)]
     errlog = root / f"faulty-server{n}.log"
     with open(errlog, "wb") as errf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf)

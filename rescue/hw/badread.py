@@ -45,9 +45,9 @@ from types import TracebackType
 
 from rescue.errors import DeviceError, UsageError
 from rescue.model.badmap import BadSectorMap
-from rescue.model.badpass import BLOCK, PIECE, TRIM_STEP, Passes, PhaseProgress, Read, ReadFailed, ReadStats
+from rescue.model.badpass import BLOCK, TRIM_STEP, Passes, PhaseProgress, Read, ReadFailed, ReadStats
 
-__all__ = ["MEDIA_ERRORS", "PIECE", "PhaseProgress", "Read", "ReadStats", "TolerantReader"]
+__all__ = ["MEDIA_ERRORS", "PhaseProgress", "Read", "ReadStats", "TolerantReader"]
 
 KiB = 1024
 BLKSSZGET = 0x1268
@@ -294,6 +294,11 @@ class TolerantReader:
         """Whether finish() will still copy, trim or scrape in [start, end) (and not only
         retry bad sectors): bytes there may yet come back."""
         return self.passes.unsettled(start, end)
+
+    def resume(self, earlier: BadSectorMap) -> None:
+        """Go on from the map an interrupted job saved (rescue.imaging.resume): what it
+        found bad is not read again but by the retry pass (rescue.model.badpass)."""
+        self.passes.resume(earlier)
 
     def mapfile(
         self,

@@ -19,13 +19,14 @@ from pathlib import Path
 import zstandard
 
 from rescue import __version__
-from rescue.errors import DeviceError, RepoError, RescueError
+from rescue.errors import Cancelled, DeviceError, RepoError, RescueError
 from rescue.filesystems import identify, windows
 from rescue.filesystems.badfiles import annotate, write_badfiles
 from rescue.filesystems.base import FsInfo, Volume
 from rescue.hw import blockdev, leftovers
 from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
+from rescue.imaging import resume
 from rescue.imaging.apply import AreaFacts
 from rescue.imaging.chunkread import UsedChunkReader, keep_only, patch, used_parts
 from rescue.imaging.log import JobLog
@@ -206,7 +207,9 @@ def capture(
 ) -> CaptureResult:
     """Image `source`. Unreadable sectors do not stop it: they are zero-filled, retried
     `retries` times at the end (ddrescue's phases), recorded in badsectors.map beside the image
-    and counted in the result."""
+    and counted in the result. A capture that is stopped (cancelled, interrupted, killed, or
+    the drive stopped answering) keeps what it read; the same capture again (same drive,
+    repository and name) resumes it (rescue.imaging.resume)."""
     check_name(name)
     repo = Repository.open_or_create(repo_path, chunk_size)
     try:
@@ -246,15 +249,19 @@ def _capture(
         storer = _Storer(repo, level)
         with TolerantReader(source, retries=retries, timeout=read_timeout, check=meter.check_cancel) as reader:
             facts = _source_facts(source, reader.fd, plan.layout)
+            fs_facts = [a.fs_facts() for a in plan.areas]
+            checkpoint = undo.checkpoint = resume.begin(
+                repo, name, facts, plan.areas, fs_facts, reader, undo.earlier, log
+            )
             deferred: dict[tuple[int, int], bytes] = {}
             chunk_reader = UsedChunkReader(reader, repo.chunk_size)
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 indexes = [
-                    _capture_area(chunk_reader, a, ap, repo, storer, pool, meter, log, workers, deferred)
+                    _capture_area(chunk_reader, a, ap, repo, storer, pool, meter, log, workers, deferred, checkpoint)
                     for a, ap in enumerate(plan.areas)
                 ]
                 lost = _finish_bad_sectors(
-                    reader, name, plan, indexes, repo, storer, pool, deferred, meter, log, workers
+                    reader, name, plan, indexes, repo, storer, pool, deferred, meter, log, workers, checkpoint
                 )
             bad = list(reader.map.bad_ranges())
             if bad:
@@ -291,6 +298,7 @@ def _capture(
         )
         undo.save_log()
         repo.commit_manifest(manifest)
+        resume.discard(repo, name)
         if bad:
             _name_damaged_files(source, plan, bad, repo, name, log)
     return CaptureResult(name, meter.done, data_bytes, storer.stored_bytes, seconds, undo.log_where, lost, bad)
@@ -307,17 +315,26 @@ def _capture_area(
     log: JobLog,
     workers: int,
     deferred: dict[tuple[int, int], bytes],
+    checkpoint: resume.Checkpoint,
 ) -> Index:
     """Read and store one area's used chunks. A chunk whose bad sectors the reader left for
     its later passes is kept in `deferred` (within DEFER_BYTES) instead of being stored
-    twice: once with holes now, once completed after finish()."""
+    twice: once with holes now, once completed after finish(). Chunks an interrupted run
+    stored are taken as they are."""
     index = Index.empty(repo.chunk_size, ap.size)
+    checkpoint.indexes.append(index)
+    settled = checkpoint.settled.get(ap.name, {})
     zero = bytes(repo.chunk_size)
     reader = chunk_reader.reader
     pending: list[tuple[Index, int, Future]] = []
     meter.begin_area(ap.label, ap.read_bytes())
     for i in range(index.count):
         start, length = index.span(i)
+        if i in settled:
+            index.set(i, *settled[i])
+            meter.advance(resume.used_bytes(ap, start, length))
+            continue
+        checkpoint.maybe_save()
         got = chunk_reader.read(ap, start, length)
         if got is None:
             continue  # Index.empty() marks every chunk UNUSED
@@ -365,6 +382,7 @@ def _finish_bad_sectors(
     meter: Meter,
     log: JobLog,
     workers: int,
+    checkpoint: resume.Checkpoint,
 ) -> int:
     """ddrescue's later passes over what the first pass could not read, then store the
     deferred chunks and, completed, the chunks already stored whose bytes were recovered.
@@ -372,7 +390,12 @@ def _finish_bad_sectors(
     if not reader.sectors_lost:
         return 0
     log(f"first pass done with {reader.sectors_lost} unreadable sectors; trimming, scraping, retrying")
-    recovered = reader.finish(lambda name, done, total: meter.check_cancel())
+
+    def step(phase: str, done: int, total: int) -> None:
+        meter.check_cancel()
+        checkpoint.maybe_save()
+
+    recovered = reader.finish(step)
     touched: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
     for offset, data in recovered:
         for a, ap in enumerate(plan.areas):
@@ -504,9 +527,12 @@ class _Undo:
     def __init__(self, repo: Repository, name: str):
         self.repo, self.name = repo, name
         self.meter: Meter | None = None
+        self.checkpoint: resume.Checkpoint | None = None
 
     def __enter__(self) -> _Undo:
-        self.repo.start_image(self.name)
+        self.earlier = resume.load(self.repo, self.name)  # an interrupted capture to go on with
+        if self.earlier is None:
+            self.repo.start_image(self.name)
         # A local repository keeps the log beside the image as it grows (what an interrupted
         # capture leaves says how far it got); on a server, or sealed in an encrypted
         # repository (a log in clear would tell the drive's model, layout and errors), it is
@@ -528,6 +554,8 @@ class _Undo:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         if error is None or self._committed():
             return
+        if isinstance(error, (KeyboardInterrupt, Cancelled, DeviceError)) and self._keep(error):
+            return
         failure: BaseException = error
         if isinstance(error, OSError):  # a write outside Repository's own methods, or the source
             inside = self.repo.path is not None and str(error.filename or "").startswith(str(self.repo.path))
@@ -544,6 +572,28 @@ class _Undo:
             raise RepoError(self._space(stored)) from None
         if failure is not error:
             raise failure from None
+
+    def _keep(self, error: BaseException) -> bool:
+        """A capture stopped by the person or by the source drive keeps what it read, for the
+        same capture to resume; raises the error again with that said, or returns False when
+        there is nothing to keep."""
+        state = self.earlier
+        if self.checkpoint is not None:
+            try:
+                state = self.checkpoint.save()
+            except RescueError as e:
+                self.log(f"could not save where the capture got to: {e}")
+        if state is None:
+            return False
+        self.repo.forget_chunks()
+        why = "capture interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+        kept = (
+            f"{why}; {state.fraction:.0%} of {self.name} is read and kept: the same capture "
+            f"(same drive, repository and name) resumes it, rescue prune removes it"
+        )
+        self.log(kept)
+        self.save_log()
+        raise (DeviceError if isinstance(error, DeviceError) else Cancelled)(kept) from None
 
     def _committed(self) -> bool:
         """Whether the image's manifest was written; a server that stopped answering is taken

@@ -15,23 +15,25 @@ one large read. When a read fails, the passes find out which sectors are bad wit
 hammering them, because every failed read on a dying drive costs seconds and wears it:
 
 1. copy   - read() tries the chunk in one read. When that fails, the chunk is read in
-            `piece` (256 KiB) pieces, and a failed piece in `block_size` (64 KiB) blocks:
-            a bad sector costs three failed reads and a few dozen good ones (not one read
-            per block of the chunk). When all pieces but the last of a failed range read
-            fine, the last one holds the error and is not read again as a whole. A failed
+            `block_size` (64 KiB) blocks, in order: a bad sector costs two failed reads
+            (the chunk, its block) and 63 good ones. When all blocks but the last of a
+            failed range read fine, the last one holds the error and is not read. A failed
             block is marked non-trimmed ('*'). After `skip_after` failed blocks in a row,
-            the chunk's further failed pieces are skipped (left non-tried, '?'): a cluster
-            of damage is left for later instead of being ground through now, while the good
-            pieces around it are kept. A piece whose read times out is read block by block
-            (under the same skip rule): each smaller read of a stuck area would time out
-            again. If nothing was skipped, the failed blocks are trimmed at once (step 2),
-            which settles a chunk with a few isolated bad sectors in the same call.
-2. trim   - each '*' block on its own, from its leading edge: `trim_step` (4 KiB) steps
-            until one fails, then sector by sector inside it until a sector fails; then the
-            rest of the block in one read and, if that fails, the same from the trailing
-            edge. The first and last bad sectors become bad ('-'), what lies between
-            non-scraped ('/'). A block with one bad sector is settled with two failed reads.
-3. scrape - read the '/' areas in trim steps, and sector by sector inside a failing step.
+            the rest of the chunk is skipped (left non-tried, '?'): a cluster of damage is
+            left for later instead of being ground through now. A block whose read times
+            out is bad-for-now (below). After any failed read, the next `cautious` bytes
+            (64 MiB) are read block by block from the start, as ddrescue always reads:
+            damage comes in clusters, and a chunk read that fails is one failed read more.
+            If nothing was skipped, the failed blocks are trimmed at once (step 2), which
+            settles a chunk with a few isolated bad sectors in the same call.
+2. trim   - each '*' block on its own, ddrescue's way: sector by sector from its leading
+            edge until a sector fails, and on through the sectors that share its trim step
+            (4 KiB: a bad physical sector) while they fail; then the rest of the block in
+            one read and, if that fails, sector by sector from the trailing edge. The first
+            and last bad sectors become bad ('-'), what lies between non-scraped ('/'). A
+            block with one bad sector is settled with one failed read, a bad 4 KiB physical
+            sector with eight: one per sector, the least there can be.
+3. scrape - read the '/' areas sector by sector.
 4. retry  - `retries` passes re-reading each bad sector.
 
 A sector is marked bad only after a read of it failed: of its own (trim, scrape), or of a
@@ -39,27 +41,24 @@ whole area that timed out (below). So on a source whose failures are its bad sec
 finished map names exactly those sectors, and every other byte was read.
 
 The bound on failed reads (what this design saves first: on a dying drive a failed read
-takes seconds, a good one a fraction of a millisecond). Without timeouts, each bad sector
-is touched by at most 10 + `retries` failed reads, so a job never makes more than that many
-failed reads per bad sector, and the bound is reached:
-- copy, 5 at most: the chunk, its piece, and then either its block, or - when the piece was
-  skipped - the skipped area, its piece and its block again in finish();
-- trim, 2 for the first bad sector of a block (the failing leading step, the sector
-  itself; what is read after it starts behind it), 4 for the last one (the leading step
-  when it is the same step, the rest of the block, the failing trailing step, the sector
-  itself), 3 for one between (the leading and trailing steps when they hold it, the rest);
-- scrape, 2 for a sector between the first and last (its step, itself);
+takes seconds, a good one a fraction of a millisecond, so good reads are spent to save
+failed ones). Without timeouts, each bad sector is touched by at most 5 + `retries` failed
+reads:
+- copy, 3 at most: the chunk and its block, or - when the block was skipped - the chunk, the
+  skipped area and its block in finish();
+- trim and scrape, 2 at most: the read of the rest of the block, then the sector itself (as
+  the trailing edge, or scraped); the first bad sector of a block and those after it in its
+  trim step are read once, on their own;
 - one per retry pass.
-The worst is a sector between the first and the last bad sector of a block, all three in
-one trim step, in a skipped piece: 5 + 3 + 2. An isolated bad sector costs 5 + `retries` at
-most (chunk, piece, block, leading step, sector), fewer when a piece or block is the last
-one of a failed range (it fails without a read). tests/unit/test_badpass.py asserts the
-bound per sector over random maps.
+An isolated bad sector costs 3 + `retries` (chunk, block, sector), 2 + `retries` within
+`cautious` bytes of an earlier failure, as with ddrescue (cluster, sector); fewer when its
+block is the last one of a failed range (it fails without a read).
+tests/unit/test_badpass.py asserts the bound per sector over random maps.
 
 Timeouts: a source may answer a read with "timed out" (ReadFailed.timed_out). That area
-becomes bad-for-now ('-') when it is a block or smaller, is not split further (each piece
+becomes bad-for-now ('-') when it is a block or smaller, is not split further (each part
 could time out again), and the retry pass tries it again as a whole; a larger read that
-times out (a chunk, a piece) is read block by block instead.
+times out (a chunk, a skipped area) is read block by block instead.
 
 finish() runs what read() deferred, in ddrescue's order (all copying first, then all
 trimming, ...) over the areas that read() was asked for, and returns the bytes it recovered
@@ -85,12 +84,13 @@ from rescue.model.badmap import BAD, FINISHED, NON_SCRAPED, NON_TRIED, NON_TRIMM
 from rescue.model.extents import normalize
 
 KiB = 1024
-PIECE = 256 * KiB  # the copy pass's first split of a failed chunk
+MiB = 1024 * KiB
 BLOCK = 64 * KiB
 TRIM_STEP = 4 * KiB
+CAUTIOUS = 64 * MiB  # read block by block for this long after a failed read
 
 # The failed reads that touch one bad sector, at most, besides one per retry pass (see above).
-FAILED_READS_PER_BAD_SECTOR = 10
+FAILED_READS_PER_BAD_SECTOR = 5
 
 # finish()'s progress callback: (phase name, bytes done in this phase, bytes in this phase).
 PhaseProgress = Callable[[str, int, int], None]
@@ -176,30 +176,37 @@ class Passes:
         block_size: int = BLOCK,
         trim_step: int = TRIM_STEP,
         skip_after: int = 3,
-        piece: int = PIECE,
+        cautious: int = CAUTIOUS,
         check: Callable[[], None] | None = None,
     ):
         self.source = source
         self.size, self.sector_size = source.size, source.sector_size
-        if (
-            block_size % self.sector_size
-            or trim_step % self.sector_size
-            or trim_step > block_size
-            or piece < block_size
-        ):
+        if block_size % self.sector_size or trim_step % self.sector_size or trim_step > block_size:
             raise UsageError(
                 f"block size {block_size} and trim step {trim_step} must be multiples of the "
-                f"{self.sector_size}-byte sector, trim step not above block size, "
-                f"piece {piece} not below it"
+                f"{self.sector_size}-byte sector, trim step not above block size"
             )
         self.retries, self.block_size, self.trim_step = retries, block_size, trim_step
-        self.skip_after, self.piece, self.check = skip_after, piece, check
+        self.skip_after, self.cautious, self.check = skip_after, cautious, check
+        self._cautious_until = 0  # read() reads block by block before this offset
         self.map = BadSectorMap.new(self.size)
         self.stats = ReadStats()
         self.phase, self.pos, self.pass_ = NON_TRIED, 0, 1  # for the mapfile's status line
         self._pending: list[tuple[int, int]] = []  # areas read() left unfinished, for finish()
         self._timed_out: list[tuple[int, int]] = []  # (offset, length) to retry as a whole
         self._recovered: dict[int, bytes] = {}  # read, not handed over yet (after a cancel)
+        self._resumed = False  # the map came from an interrupted run: read() honours it
+
+    def resume(self, earlier: BadSectorMap) -> None:
+        """Go on from the map of an interrupted run over the same source (ddrescue's mapfile
+        resume; rescue.imaging.resume keeps it): read() then reads again only what read fine
+        (the caller did not keep those bytes) and what was never tried, and leaves the failed
+        and bad areas to finish() as they are, so no failed read is made twice. (A retry pass
+        that the interrupted run had begun is made again from its start.)"""
+        if earlier.size != self.size:
+            raise UsageError(f"the earlier map covers {earlier.size} bytes, the source {self.size}")
+        self.map = BadSectorMap(earlier.size, list(earlier.blocks))
+        self._resumed = True
 
     # -- what the engine calls ---------------------------------------------------------------
 
@@ -220,13 +227,19 @@ class Passes:
             kept.append((off, len(data)))
 
         try:
-            got = self._try(offset, end - offset)
-            if isinstance(got, bytes):  # the healthy-drive path: one read, no copies
-                self._good(offset, got, None)
-                self.pos = end
-                return Read(got, [])
-            if not self._split(offset, end, sink, got, skip=True):
-                self._trim(offset, end, sink)
+            if self._resumed and self.map.ranges(FINISHED + NON_TRIMMED + NON_SCRAPED + BAD, offset, end):
+                self._read_known(offset, end, sink)
+            elif offset < self._cautious_until:
+                if not self._split(offset, end, sink, None, skip=True):
+                    self._trim(offset, end, sink)
+            else:
+                got = self._try(offset, end - offset)
+                if isinstance(got, bytes):  # the healthy-drive path: one read, no copies
+                    self._good(offset, got, None)
+                    self.pos = end
+                    return Read(got, [])
+                if not self._split(offset, end, sink, got, skip=True):
+                    self._trim(offset, end, sink)
         except BaseException:
             # Cancelled (or stopped) halfway: finish() takes the area over, and hands back
             # what was read of it so far.
@@ -292,70 +305,50 @@ class Passes:
 
     # -- the passes --------------------------------------------------------------------------
 
+    def _read_known(self, start: int, end: int, sink: Sink) -> None:
+        """read() of an area the resumed map knows: each run that read fine, then each run
+        never tried, read as read() reads a chunk; failed and bad runs are left as they are."""
+        for status in (FINISHED, NON_TRIED):
+            for s, n in self.map.ranges(status, start, end):
+                got = self._try(s, n)
+                if isinstance(got, bytes):
+                    self._good(s, got, sink)
+                elif not self._split(s, s + n, sink, got, skip=True):
+                    self._trim(s, s + n, sink)
+
     def _copy_area(self, start: int, end: int, sink: Sink) -> None:
-        """finish()'s copy pass over an area read() skipped: one read, then pieces."""
+        """finish()'s copy pass over an area read() skipped: one read, then blocks."""
         got = self._try(start, end - start)
         if isinstance(got, bytes):
             self._good(start, got, sink)
         else:
             self._split(start, end, sink, got, skip=False)
 
-    def _split(self, start: int, end: int, sink: Sink, why: ReadFailed, *, skip: bool) -> bool:
-        """Find the failed blocks of [start, end), whose one read just failed for `why`.
-        Return True if failed pieces were skipped (left non-tried) after `skip_after` failed
-        blocks in a row."""
-        if why.timed_out:
-            return self._copy(start, end, sink, skip=skip)
-        fails, skipping, skipped = 0, False, False
-        for lo, hi, got in self._pieces(start, end, self.piece, sink):
-            if isinstance(got, bytes):
-                fails = 0
-            elif skipping:
-                self.map.mark(lo, hi - lo, NON_TRIED)
-                skipped = True
-            elif got.timed_out:
-                skipping = skipped = self._copy(lo, hi, sink, skip=skip)
-            else:
-                for blo, bhi, bgot in self._pieces(lo, hi, self.block_size, sink):
-                    if isinstance(bgot, bytes):
-                        fails = 0
-                    else:
-                        self._failed(blo, bhi - blo, bgot, NON_TRIMMED)
-                        fails += 1
-                skipping = skip and fails >= self.skip_after
-        return skipped
-
-    def _pieces(self, start: int, end: int, size: int, sink: Sink) -> list[tuple[int, int, bytes | ReadFailed]]:
-        """Read [start, end), known to hold an error, in pieces aligned to `size`: (lo, hi,
-        bytes or ReadFailed) each, good bytes already kept. The last piece, when every other
-        one read fine (or it is the only one), fails without a read."""
-        pieces = _steps(start, end, size)
-        got = self._try_many(pieces[:-1])
-        if all(isinstance(g, bytes) for g in got):  # also when it is the only piece
-            lo, hi = pieces[-1]
-            got.append(ReadFailed(lo, hi - lo, reason="the error left in this piece"))
-        else:
-            got += self._try_many(pieces[-1:])
-        for (lo, _), g in zip(pieces, got, strict=True):
-            if isinstance(g, bytes):
-                self._good(lo, g, sink)
-        return [(lo, hi, g) for (lo, hi), g in zip(pieces, got, strict=True)]
-
-    def _copy(self, start: int, end: int, sink: Sink, *, skip: bool) -> bool:
-        """Read [start, end) block by block, in order; failed blocks become '*'. Return True
-        if the rest was skipped after `skip_after` failures in a row."""
-        fails = 0
-        for lo, hi in _steps(start, end, self.block_size):
-            got = self._try(lo, hi - lo)
-            if isinstance(got, bytes):
-                self._good(lo, got, sink)
-                fails = 0
-            else:
+    def _split(self, start: int, end: int, sink: Sink, why: ReadFailed | None, *, skip: bool) -> bool:
+        """Read [start, end) block by block, in order; failed blocks become '*'. After `why`,
+        a failed read of the whole, the last block fails without a read when every other
+        one read. With `skip`, the rest is left non-tried after `skip_after` failed blocks in
+        a row; return True if it was."""
+        blocks = _steps(start, end, self.block_size)
+        known_bad = why is not None and not why.timed_out  # some block of it fails
+        fails, i = 0, 0
+        while i < len(blocks):
+            if known_bad and i == len(blocks) - 1:
+                lo, hi = blocks[i]
+                self.map.mark(lo, hi - lo, NON_TRIMMED)  # the error left in this block
+                return False
+            todo = blocks[i : len(blocks) - 1] if known_bad else blocks[i:]
+            for (lo, hi), got in zip(todo, self._try_many(todo, stop_on_error=True), strict=False):
+                i += 1
+                if isinstance(got, bytes):
+                    self._good(lo, got, sink)
+                    fails = 0
+                    continue
                 self._failed(lo, hi - lo, got, NON_TRIMMED)
-                fails += 1
-            if skip and fails >= self.skip_after and hi < end:
-                self.map.mark(hi, end - hi, NON_TRIED)
-                return True
+                known_bad, fails = False, fails + 1
+                if skip and fails >= self.skip_after and hi < end:
+                    self.map.mark(hi, end - hi, NON_TRIED)
+                    return True
         return False
 
     def _trim(self, start: int, end: int, sink: Sink) -> None:
@@ -379,49 +372,51 @@ class Passes:
                 self.map.mark(lo, hi - lo, NON_SCRAPED)
 
     def _trim_edge(self, lo: int, hi: int, sink: Sink, *, forward: bool) -> int:
-        """Read [lo, hi) from one edge until a sector fails: trim steps first, sector by
-        sector inside the first step that fails. Forward, return the end of the bad
-        sector found; backward, its start; the other edge if everything read."""
-
-        def in_order(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-            return ranges if forward else ranges[::-1]
-
-        steps = in_order(_steps(lo, hi, self.trim_step))
-        while steps:
-            answers = self._try_many(steps, stop_on_error=True)
-            for (s, e), got in zip(steps, answers, strict=False):  # answers may stop early
+        """Read [lo, hi) sector by sector from one edge until a sector fails (ddrescue's
+        trim: a failed read costs seconds, a good one a fraction of a millisecond, so the
+        edge is found with one failed read). Forward, the sectors after the bad one that
+        share its trim step (a bad physical sector) are read on until one reads: each is
+        tried once, now, instead of twice later (the rest of the block, then a scrape).
+        Forward, return where the unread rest of the area begins; backward, the start of
+        the bad sector found; the other edge if everything read."""
+        sectors = _steps(lo, hi, self.sector_size)
+        if not forward:
+            sectors.reverse()
+        while sectors:
+            answers = self._try_many(sectors, stop_on_error=True)
+            for (a, b), got in zip(sectors, answers, strict=False):  # answers stop at a failure
                 if isinstance(got, bytes):
-                    self._good(s, got, sink)
+                    self._good(a, got, sink)
                     continue
-                if got.timed_out:
-                    self._failed(s, e - s, got, BAD)
-                    return e if forward else s
-                sectors = in_order(_steps(s, e, self.sector_size))
-                for (a, b), sec in zip(sectors, self._try_many(sectors, stop_on_error=True), strict=False):
-                    if isinstance(sec, bytes):
-                        self._good(a, sec, sink)
-                        continue
-                    self._failed(a, b - a, sec, BAD)
+                self._failed(a, b - a, got, BAD)
+                if not forward or got.timed_out:
                     return b if forward else a
-                # Every sector of the failed step read after all (a sector that fails only
-                # sometimes): go on from the next step.
-            steps = steps[len(answers) :]
+                return self._through_bad(b, min(_align_up(b, self.trim_step), hi), sink)
+            sectors = sectors[len(answers) :]
         return hi if forward else lo
 
-    def _scrape(self, start: int, end: int, sink: Sink) -> None:
-        steps = _steps(start, end, self.trim_step)
-        for (step, step_end), got in zip(steps, self._try_many(steps), strict=True):
+    def _through_bad(self, lo: int, hi: int, sink: Sink) -> int:
+        """Sectors from `lo` on, up to `hi`, while they fail, and the first one that reads:
+        where the unread rest begins."""
+        for a, b in _steps(lo, hi, self.sector_size):
+            got = self._try(a, b - a)
             if isinstance(got, bytes):
-                self._good(step, got, sink)
-            elif got.timed_out:
-                self._failed(step, step_end - step, got, BAD)
+                self._good(a, got, sink)
+                return b
+            self._failed(a, b - a, got, BAD)
+            if got.timed_out:
+                return b
+        return hi
+
+    def _scrape(self, start: int, end: int, sink: Sink) -> None:
+        """Every sector between the first and the last bad one of a block, one by one: each
+        is tried once (most of them are bad: they lie inside a damaged run)."""
+        sectors = _steps(start, end, self.sector_size)
+        for (sec, sec_end), one in zip(sectors, self._try_many(sectors), strict=True):
+            if isinstance(one, bytes):
+                self._good(sec, one, sink)
             else:
-                sectors = _steps(step, step_end, self.sector_size)
-                for (sec, sec_end), one in zip(sectors, self._try_many(sectors), strict=True):
-                    if isinstance(one, bytes):
-                        self._good(sec, one, sink)
-                    else:
-                        self._failed(sec, sec_end - sec, one, BAD)
+                self._failed(sec, sec_end - sec, one, BAD)
 
     def _retry(self, start: int, end: int, sink: Sink) -> None:
         """Bad sectors one by one; an area that timed out once is tried again as a whole,
@@ -449,8 +444,9 @@ class Passes:
             self._timed_out = [(s, n) for s, n in self._timed_out if not (offset <= s and s + n <= offset + len(data))]
 
     def _failed(self, offset: int, nbytes: int, why: ReadFailed, status: str) -> None:
+        self._cautious_until = max(self._cautious_until, offset + nbytes + self.cautious)
         if why.timed_out:
-            status = BAD  # never split an area that does not answer: each piece could time out
+            status = BAD  # never split an area that does not answer: each part could time out
             self._timed_out.append((offset, nbytes))
         self.map.mark(offset, nbytes, status)
 

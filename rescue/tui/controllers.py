@@ -832,10 +832,11 @@ class CaptureKeyStep(PasswordStep):
 class NameStep(Step):
     def start(self) -> None:
         s = self.state
+        stopped = s.dest and self.backend.interrupted_capture(s.source, s.dest, None)  # resumed under its name
         self.app.show(
             views.NameView(
                 self,
-                s.name or self.backend.default_image_name(s.source),
+                s.name or (stopped[0] if stopped else self.backend.default_image_name(s.source)),
                 s.source,
                 s.where,
                 self.app.wizard_position(self),
@@ -862,7 +863,10 @@ class NameStep(Step):
 
 class CaptureProgressStep(JobStep):
     title = "Capture: reading and verifying"
-    cancel_question = "Cancel the capture? The partial image is not kept; the source drive is not changed."
+    cancel_question = (
+        "Cancel the capture? What it read is kept: capturing the same drive into the same "
+        "repository again goes on from there. The source drive is not changed."
+    )
 
     def intro(self) -> str:
         s = self.state

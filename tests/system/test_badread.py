@@ -247,15 +247,10 @@ def test_finish_reports_progress_per_pass(loops, backing):
     with faulty_block_device(loops, path, bad=bad) as dev:
         with TolerantReader(dev) as reader:
             first = reader.read(8 * MiB, CHUNK)
-            # The first 256 KiB piece failed in all four of its blocks: the next failed piece
-            # is skipped, the good rest of the chunk is read.
-            assert first.bad == [(8 * MiB, 512 * KiB)]
-            assert reader.map.ranges("*") == [(8 * MiB, 256 * KiB)]
-            assert reader.map.ranges("?") == [
-                (0, 8 * MiB),
-                (8 * MiB + 256 * KiB, 256 * KiB),
-                (8 * MiB + CHUNK, SIZE - 8 * MiB - CHUNK),
-            ]
+            # Three failed blocks in a row: the rest of the chunk is skipped, for finish().
+            assert first.bad == [(8 * MiB, CHUNK)]
+            assert reader.map.ranges("*") == [(8 * MiB, 192 * KiB)]
+            assert reader.map.ranges("?") == [(0, 8 * MiB), (8 * MiB + 192 * KiB, SIZE - 8 * MiB - 192 * KiB)]
             phases = []
             recovered = reader.finish(lambda *p: phases.append(p))
         names = [p[0] for p in phases]
@@ -282,7 +277,7 @@ def test_a_cancel_stops_before_the_next_read_and_finish_resumes(loops, backing):
 
     def check():
         calls.append(reader.stats.reads)
-        if len(calls) == 6:  # chunks 0-2 and 3, chunk 3's pieces, then its first failed piece's blocks
+        if len(calls) == 6:  # chunks 0-2 and 3, chunk 3's blocks up to its first failed one, then the trim
             raise Cancelled("capture cancelled by the user")
 
     with faulty_block_device(loops, path, bad=bad) as dev:

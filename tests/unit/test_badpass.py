@@ -14,9 +14,10 @@ The properties, for every map hypothesis draws:
 - a cancel stops before the next read, and a later finish() completes the job to the same
   bytes and the same map.
 
-Small geometry (512-byte sectors, 2 KiB trim steps, 4 KiB blocks, 16 KiB pieces, 64 KiB
-chunks) keeps each example fast while the structure (chunk > piece > block > step > sector)
-is the real one; a few tests use the real sizes."""
+Small geometry (512-byte sectors, 2 KiB trim steps, 4 KiB blocks, 64 KiB chunks) keeps each
+example fast while the structure (chunk > block > step > sector) is the real one; the
+properties run with and without the cautious reading after a failure; a few tests use the
+real sizes."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from rescue.model.badpass import FAILED_READS_PER_BAD_SECTOR, OneByOne, Passes, 
 SECTOR = 512
 KiB = 1024
 MiB = 1 << 20
-SMALL = dict(block_size=4 * KiB, trim_step=2 * KiB, piece=16 * KiB)
+SMALL = dict(block_size=4 * KiB, trim_step=2 * KiB)
+CAUTIOUS = st.sampled_from([0, 64 * KiB, MiB])  # read block by block after a failure: never, some, always
 SMALL_CHUNK = 64 * KiB
 
 PROPERTIES = settings(
@@ -175,9 +177,9 @@ def drives(draw: st.DrawFn, max_sectors: int = 1024, stuck: bool = False, flaky:
 
 
 @PROPERTIES
-@given(dev=drives(), retries=st.integers(0, 2), skip_after=st.integers(1, 4))
-def test_good_bytes_come_back_and_the_map_names_exactly_the_bad_sectors(dev, retries, skip_after):
-    passes = Passes(dev, retries=retries, skip_after=skip_after, **SMALL)
+@given(dev=drives(), retries=st.integers(0, 2), skip_after=st.integers(1, 4), cautious=CAUTIOUS)
+def test_good_bytes_come_back_and_the_map_names_exactly_the_bad_sectors(dev, retries, skip_after, cautious):
+    passes = Passes(dev, retries=retries, skip_after=skip_after, cautious=cautious, **SMALL)
     image, firsts = run_job(passes, SMALL_CHUNK)
 
     assert image == with_holes(dev.data, dev.bad)
@@ -204,12 +206,12 @@ def test_good_bytes_come_back_and_the_map_names_exactly_the_bad_sectors(dev, ret
 
 
 @PROPERTIES
-@given(dev=drives(stuck=True, flaky=True), retries=st.integers(0, 2), skip_after=st.integers(1, 4))
-def test_stuck_and_flaky_sectors_never_give_wrong_bytes_or_an_unfinished_map(dev, retries, skip_after):
+@given(dev=drives(stuck=True, flaky=True), retries=st.integers(0, 2), skip_after=st.integers(1, 4), cautious=CAUTIOUS)
+def test_stuck_and_flaky_sectors_never_give_wrong_bytes_or_an_unfinished_map(dev, retries, skip_after, cautious):
     """A sector that does not answer in time takes its whole block with it (bad for now,
-    never split: each piece could time out again); a flaky one ends read or bad."""
+    never split: each part could time out again); a flaky one ends read or bad."""
     flaky = set(dev.flaky)
-    passes = Passes(dev, retries=retries, skip_after=skip_after, **SMALL)
+    passes = Passes(dev, retries=retries, skip_after=skip_after, cautious=cautious, **SMALL)
     image, _ = run_job(passes, SMALL_CHUNK)
 
     block = SMALL["block_size"] // SECTOR
@@ -280,19 +282,28 @@ def real_device(size: int, bad: Iterable[int] = (), stuck: Iterable[int] = ()) -
     return MemoryDevice(random.Random(size).randbytes(size), frozenset(bad), frozenset(stuck))
 
 
-def test_an_isolated_bad_sector_costs_five_failed_reads_and_one_retry():
-    """The chunk, its piece, its block; the leading trim step and the sector itself: settled
-    by read() alone, so the engine stores the chunk once. Then one retry."""
-    bad = (4 * MiB + 1 * MiB + 7 * KiB) // SECTOR  # mid-piece, mid-block, mid-step
+def test_an_isolated_bad_sector_costs_three_failed_reads_and_one_retry():
+    """The chunk, its block, then the sector itself, found by reading the block sector by
+    sector from its start: settled by read() alone, so the engine stores the chunk once.
+    Then one retry. The next one, read block by block after this failure, costs two (its
+    block, itself), as with ddrescue."""
+    bad = (4 * MiB + 1 * MiB + 7 * KiB) // SECTOR  # mid-chunk, mid-block, mid-step
     dev = real_device(8 * MiB, [bad])
     passes = Passes(dev)
     first = passes.read(4 * MiB, 4 * MiB)
     assert first.bad == [(bad * SECTOR, SECTOR)]
     assert not passes.unsettled(4 * MiB, 8 * MiB)
-    assert dev.failed_reads_touching(bad) == 5
+    assert dev.failed_reads_touching(bad) == 3
     passes.finish()
-    assert dev.failed_reads_touching(bad) == 6
+    assert dev.failed_reads_touching(bad) == 4
     assert passes.stats.retries == 1
+
+    dev = real_device(16 * MiB, [bad, bad + 4 * MiB // SECTOR])
+    passes = Passes(dev)
+    passes.read(4 * MiB, 4 * MiB)
+    second = passes.read(8 * MiB, 4 * MiB)
+    assert second.bad == [(bad * SECTOR + 4 * MiB, SECTOR)]
+    assert dev.failed_reads_touching(bad + 4 * MiB // SECTOR) == 2
 
 
 def test_a_healthy_device_is_one_read_per_chunk():
@@ -306,17 +317,17 @@ def test_a_healthy_device_is_one_read_per_chunk():
 
 
 def test_a_cluster_is_skipped_by_read_and_settled_by_finish():
-    """Five failed blocks in a row in the first piece: after skip_after (3) failed blocks the
-    chunk's further failed pieces are left non-tried, the good rest of the chunk is kept."""
+    """Five failed blocks in a row: after skip_after (3) failed blocks the rest of the chunk
+    is left non-tried, for finish()."""
     start = 8 * MiB
     bad = {(start + k * 64 * KiB) // SECTOR for k in range(5)}
     bad |= {(start + 8 * KiB) // SECTOR, (start + 16 * KiB) // SECTOR}
     dev = real_device(16 * MiB, bad)
     passes = Passes(dev)
     first = passes.read(start, 4 * MiB)
-    assert first.bad == [(start, 512 * KiB)]
-    assert passes.map.ranges("*") == [(start, 256 * KiB)]
-    assert passes.map.ranges("?") == [(0, start), (start + 256 * KiB, 256 * KiB), (start + 4 * MiB, 4 * MiB)]
+    assert first.bad == [(start, 4 * MiB)]
+    assert passes.map.ranges("*") == [(start, 192 * KiB)]
+    assert passes.map.ranges("?") == [(0, start), (start + 192 * KiB, 8 * MiB - 192 * KiB)]
     phases: list[tuple[str, int, int]] = []
     recovered = passes.finish(lambda *p: phases.append(p))
     assert list(dict.fromkeys(p[0] for p in phases)) == ["copy", "trim", "scrape", "retry"]
@@ -377,16 +388,15 @@ def test_geometry_and_alignment_are_checked():
 
 
 def test_a_sector_that_fails_only_sometimes_does_not_stop_the_trim():
-    """Found by the properties above: the trim step holding a flaky sector fails, then each
-    of its sectors reads; the trim goes on with the next steps instead of leaving the rest
-    of the block non-trimmed for good."""
-    bad = (192 * KiB + 3 * SECTOR) // SECTOR  # in the last block of the first piece: skip the rest
-    # In the next piece, which read() skips, so that the trim runs in finish(). It fails the
-    # reads of the chunk, its piece, the skipped area, its block and its trim step.
+    """Found by the properties above: a sector that fails its first reads (the chunk's, its
+    block's, its own in the trim) is marked bad for now; the trim goes on past it and reads
+    the rest of the block, and the retry pass reads the sector."""
+    bad = (192 * KiB + 3 * SECTOR) // SECTOR
     flaky = (256 * KiB + 71 * KiB) // SECTOR
-    dev = MemoryDevice(random.Random(3).randbytes(4 * MiB), frozenset({bad}), flaky={flaky: 5})
-    passes = Passes(dev, skip_after=1)
+    dev = MemoryDevice(random.Random(3).randbytes(4 * MiB), frozenset({bad}), flaky={flaky: 3})
+    passes = Passes(dev, skip_after=1, cautious=0)
     image, _ = run_job(passes, 4 * MiB)
+    assert dev.failed_reads_touching(flaky) == 3
     assert passes.map.bad_ranges() == [(bad * SECTOR, SECTOR)]
     assert passes.map.totals()[FINISHED] == 4 * MiB - SECTOR
     assert image == with_holes(dev.data, {bad})
@@ -405,5 +415,6 @@ def test_areas_that_never_answer_are_retried_as_wholes_whatever_order_they_timed
     assert passes.map.bad_ranges() == [(first, 6 * 64 * KiB)]
     retried = [r for r in dev.log[-6:]]
     assert retried == [(first + k * 64 * KiB, 64 * KiB, "timeout") for k in range(6)]
-    # the chunks, their first stuck blocks, the skipped area and its blocks, the retries
-    assert passes.stats.timeouts == 2 + 4 + 1 + 2 + 6
+    # the first chunk and its first three stuck blocks, the second chunk's stuck block (read
+    # block by block after a failure), the skipped area and its two blocks, the retries
+    assert passes.stats.timeouts == 1 + 3 + 1 + 1 + 2 + 6
