@@ -26,6 +26,10 @@ SERIAL_ENTRY = "Start rescue, wizard on the serial line"  # the ISO's boot menu 
 SILENT_BOOT = 360  # from the menu to the kernel's first line: 45-75 s under TCG, 215 s on a loaded machine
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot enforced: OVMF built with it (it needs SMM), and a variable store with Microsoft's
+# keys enrolled, as on machines sold with Windows (they let shim-signed start)
+OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_SECBOOT_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 
 # What the keys send on a serial terminal (VT100/xterm sequences).
 KEYS = {
@@ -90,6 +94,7 @@ class VM:
     (DHCP gives 10.0.2.15; 10.0.2.2 reaches the host's 127.0.0.1), else no card at all.
     netboot: (TFTP root, boot file): that card boots first, by PXE from QEMU's TFTP server.
     uuid: the machine's DMI UUID (-uuid).
+    secure_boot: (uefi only) OVMF enforcing Secure Boot with Microsoft's keys enrolled.
     """
 
     def __init__(
@@ -108,9 +113,13 @@ class VM:
         network: bool = False,
         netboot: tuple[Path, str] | None = None,
         uuid: str | None = None,
+        secure_boot: bool = False,
     ):
         if firmware not in ("bios", "uefi"):
             raise ValueError(f"firmware must be bios or uefi, not {firmware!r}")
+        if secure_boot and firmware != "uefi":
+            raise ValueError("secure_boot needs firmware='uefi'")
+        self.secure_boot = secure_boot
         self.workdir = Path(workdir)
         self.name = name
         self.firmware = firmware
@@ -124,7 +133,10 @@ class VM:
             if netboot:  # QEMU's own TFTP server hands out the boot file; the card boots first
                 user += f",tftp={netboot[0]},bootfile={netboot[1]}"
                 first = ",bootindex=0"
-            self.args[at : at + 2] = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{first}"]
+            # QEMU's iPXE option ROM is unsigned (a Secure Boot PC runs only signed ones), and it
+            # tells shim a file's size wrong (rhboot/shim#760): OVMF's own driver and PXE instead
+            rom = ",romfile=" if secure_boot else ""
+            self.args[at : at + 2] = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{first}{rom}"]
         if uuid:
             self.args += ["-uuid", uuid]
         self.child: pexpect.spawn | None = None
@@ -137,7 +149,7 @@ class VM:
         args = [
             "qemu-system-x86_64",
             "-machine",
-            "q35,accel=tcg",
+            "q35,accel=tcg,smm=on" if self.secure_boot else "q35,accel=tcg",
             "-m",
             str(memory_mb),
             "-smp",
@@ -158,11 +170,14 @@ class VM:
         if no_reboot:
             args.append("-no-reboot")
         if firmware == "uefi":
+            code, store = (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS) if self.secure_boot else (OVMF_CODE, OVMF_VARS)
+            if self.secure_boot:  # only SMM code writes the flash: the OS cannot go around the checks
+                args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
             vars_copy = self.workdir / f"{self.name}-OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_copy)
+            shutil.copyfile(store, vars_copy)
             args += [
                 "-drive",
-                f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                 "-drive",
                 f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]

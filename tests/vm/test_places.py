@@ -95,7 +95,7 @@ def run_step(vm: VM, step: str, *args: str, password: str | None = None, timeout
     return said[3:]
 
 
-RESULT = re.compile(rb"RESCUE-RESULT (status=[^\r\n]*)(?=\r?\n)")
+RESULT = re.compile(rb"RESCUE-RESULT (status=[^\r\n]*)(?=\r*\n)")  # the console ends lines \r\r\n
 
 
 def unattended_in_guest(vm: VM, params: str, machine: str) -> str:
