@@ -47,7 +47,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -57,6 +56,7 @@ from rescue.errors import FilesystemError, RefusedError, RescueError, UsageError
 from rescue.filesystems import lookup
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
+from rescue.hw.fuseproc import python_with_llfuse
 from rescue.hw.mounts import OurLoop, OurMount
 from rescue.hw.run import run
 from rescue.imaging.verify import load_indexes
@@ -263,20 +263,11 @@ def find_state(mountpoint: str) -> MountState | None:
 # -- setting up ----------------------------------------------------------------------------
 
 
-def _python() -> str:
-    """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
-    else Debian's."""
-    import importlib.util
-
-    if importlib.util.find_spec("llfuse") is not None:
-        return sys.executable
-    return "/usr/bin/python3"
-
-
 def start_server(state: MountState, areas: list[str]) -> None:
     state.work.mkdir(parents=True, exist_ok=True)
     state.fuse_dir.mkdir(exist_ok=True)
-    argv = [_python(), "-m", SERVER_MODULE, state.repo, state.image, str(state.fuse_dir), "--areas", ",".join(areas)]
+    runner = [python_with_llfuse(), "-m", SERVER_MODULE]
+    argv = [*runner, state.repo, state.image, str(state.fuse_dir), "--areas", ",".join(areas)]
     from rescue.repo import keys
 
     secrets = keys.export()  # an encrypted repository's key, unlocked here: on a pipe, never in argv

@@ -45,6 +45,7 @@ from rescue.clonezilla.source import ClonezillaImage, CzArea
 from rescue.errors import FilesystemError, IntegrityError, RescueError
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
+from rescue.hw.fuseproc import first_error, python_with_llfuse
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.repo.index import Kind
 
@@ -262,24 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- the caller's side -----------------------------------------------------------------------
 
 
-def _python() -> str:
-    """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
-    else Debian's."""
-    import importlib.util
-
-    return sys.executable if importlib.util.find_spec("llfuse") is not None else "/usr/bin/python3"
-
-
-def _first_error(log: Path) -> str:
-    """The server's first logged error, else the last line it printed ("" when none)."""
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    errors = [ln.split(f"{PROGRAM}: error: ", 1)[1] for ln in lines if f"{PROGRAM}: error: " in ln]
-    return errors[0] if errors else lines[-1].strip() if lines else ""
-
-
 @dataclass
 class View:
     files: dict[str, Path]  # area name -> its file
@@ -287,7 +270,7 @@ class View:
 
     def failure(self) -> str:
         """Why a read of the files failed (damage in the image, named), "" when none did."""
-        first = _first_error(self.log)
+        first = first_error(self.log, PROGRAM)
         return first if first.startswith("read of") else ""
 
 
@@ -305,7 +288,8 @@ def partition_files(czdir: Path, names: list[str], scratch_dir: str | None = Non
         mnt.mkdir()
         cache.mkdir()
         leftovers.record("mount", leftovers.mount_stem(fuse.source, fuse.where), {"mount": fuse.to_json()})
-        argv = [_python(), "-m", SERVER_MODULE, str(czdir.resolve()), str(mnt), str(cache), "--areas", ",".join(names)]
+        runner = [python_with_llfuse(), "-m", SERVER_MODULE]
+        argv = [*runner, str(czdir.resolve()), str(mnt), str(cache), "--areas", ",".join(names)]
         pkg_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
         with open(logf, "ab") as out:
@@ -327,7 +311,7 @@ def partition_files(czdir: Path, names: list[str], scratch_dir: str | None = Non
         deadline = time.monotonic() + START_TIMEOUT
         while not (hwmounts.is_mountpoint(mnt) and all(f.exists() for f in files.values())):
             if proc.poll() is not None:
-                raise FilesystemError(f"the view of {czdir.name} did not start: {_first_error(logf)}")
+                raise FilesystemError(f"the view of {czdir.name} did not start: {first_error(logf, PROGRAM)}")
             if time.monotonic() > deadline:
                 raise FilesystemError(f"the view of {czdir.name} did not start within {START_TIMEOUT:.0f} s")
             time.sleep(0.02)

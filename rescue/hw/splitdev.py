@@ -68,6 +68,7 @@ from typing import NamedTuple
 from rescue.errors import DeviceError, RescueError
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
+from rescue.hw.fuseproc import first_error, python_with_llfuse
 
 PROGRAM = "rescue splitdev"
 SERVER_MODULE = "rescue.hw.splitdev"
@@ -462,29 +463,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- the caller's side -----------------------------------------------------------------------
 
 
-def _python() -> str:
-    """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
-    else Debian's."""
-    import importlib.util
-
-    if importlib.util.find_spec("llfuse") is not None:
-        return sys.executable
-    return "/usr/bin/python3"
-
-
-def _first_error(path: Path, *, any_line: bool = True) -> str:
-    """The server's first logged failure, else (any_line) the last line of anything else
-    it printed (a Python traceback), else "" (it was killed and said nothing)."""
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    ours = [ln.split(f"{PROGRAM}: ", 1)[1] for ln in lines if f"{PROGRAM}: " in ln]
-    errors = [ln[len("error: ") :] for ln in ours if ln.startswith("error: ")]
-    other = [ln.strip() for ln in lines if f"{PROGRAM}: " not in ln] if any_line else []
-    return errors[0] if errors else other[-1] if other else ""
-
-
 @dataclass
 class SplitDevice:
     """The device of a split_device block. `path` is the loop device of old_size bytes;
@@ -603,7 +581,7 @@ class _Session:
             return ""
         rc = self.proc.returncode
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        why = _first_error(self.log)
+        why = first_error(self.log, PROGRAM)
         return f"the split-device server for {self.target} {how}" + (f": {why}" if why else "")
 
     def start_server(self, argv: list[str]) -> int:
@@ -809,7 +787,7 @@ def split_device(
             ) from None
         pid = sess.start_server(
             [
-                _python(),
+                python_with_llfuse(),
                 "-m",
                 SERVER_MODULE,
                 target,
@@ -841,7 +819,7 @@ def split_device(
         # The tool's error ("Input/output error", "No space left") says little; what the
         # device failed at says why: the server's death, or its first failed request (a full
         # scratch directory, a failing target).
-        cause = sess.server_gone() or _first_error(sess.log, any_line=False)
+        cause = sess.server_gone() or first_error(sess.log, PROGRAM, any_line=False)
         if cause and cause not in str(e):
             raise DeviceError(f"{cause}; then: {e}") from e
         raise

@@ -1,0 +1,28 @@
+"""What the callers of rescue's llfuse servers share (hw/splitdev.py, browse/imagefs.py through
+browse/mounts.py, clonezilla/view.py): each server runs as its own Python process, and its
+log is where a failure is told."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def python_with_llfuse() -> str:
+    """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),
+    else Debian's."""
+    return sys.executable if importlib.util.find_spec("llfuse") is not None else "/usr/bin/python3"
+
+
+def first_error(log: Path, program: str, *, any_line: bool = True) -> str:
+    """A server's first logged failure (`PROGRAM: error: ...`), else (any_line) the last line
+    of anything else it printed (a Python traceback), else "" (it was killed and said nothing)."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    ours = [ln.split(f"{program}: ", 1)[1] for ln in lines if f"{program}: " in ln]
+    errors = [ln[len("error: ") :] for ln in ours if ln.startswith("error: ")]
+    other = [ln.strip() for ln in lines if f"{program}: " not in ln] if any_line else []
+    return errors[0] if errors else other[-1] if other else ""
