@@ -261,35 +261,20 @@ def test_a_capture_onto_s3_restored_on_another_machine_with_secrets_from_the_boo
     run_dir = Path("/run/rescue")
     before = set(run_dir.rglob("*"))
 
-    def job(params: str, machine: str) -> tuple[dict[str, str], str]:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rescue",
-                "unattended",
-                "--cmdline",
-                f"boot=live {where} {params}",
-                "--machine-id",
-                machine,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+    def job(params: str, machine: str, said: str = "S3 keys and a repository password") -> tuple[dict[str, str], int]:
+        argv = ["unattended", "--cmdline", f"boot=live {where} {params}", "--machine-id", machine]
+        proc = subprocess.run([sys.executable, "-m", "rescue", *argv], env=env, capture_output=True, text=True)
         out = proc.stdout + proc.stderr
         assert swift.secret_key not in out and password not in out, out
-        assert "credentials: S3 keys and a repository password from http://" in out, out
-        return result_of(proc), out
+        assert f"credentials: {said} from http://" in out, out
+        return result_of(proc), proc.returncode
 
-    got, out = job(f"rescue.mode=capture rescue.source={rule(SOURCE_SIZE)}", "machine-a")
-    assert got["status"] == "ok", out
+    got, _ = job(f"rescue.mode=capture rescue.source={rule(SOURCE_SIZE)}", "machine-a")
+    assert got["status"] == "ok", got
     target = loops.disk(drive_name("s3-target.img"), TARGET_SIZE)
-    got, out = job(
-        f"rescue.mode=restore rescue.image={got['image']} rescue.target={rule(TARGET_SIZE)} rescue.confirm=destroy",
-        "machine-b",
-    )
-    assert got["status"] == "ok" and got["target"] == target, out
+    restore = f"rescue.mode=restore rescue.image={got['image']} rescue.target={rule(TARGET_SIZE)}"
+    got, _ = job(f"{restore} rescue.confirm=destroy", "machine-b")
+    assert got["status"] == "ok" and got["target"] == target, got
     assert files_of(loops, target) == files_of(loops, source)
     for left in set(run_dir.rglob("*")) - before:  # the keys' file gone, no log holding a secret
         assert left.name != "fleet-aws-credentials" and (left.is_dir() or swift.secret_key not in left.read_text())
@@ -297,21 +282,8 @@ def test_a_capture_onto_s3_restored_on_another_machine_with_secrets_from_the_boo
     (server.www / "creds").write_text(  # no password
         f"[default]\naws_access_key_id = {swift.access_key}\naws_secret_access_key = {swift.secret_key}\n"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rescue",
-            "unattended",
-            "--cmdline",
-            f"{where} rescue.mode=restore rescue.image=latest: rescue.target={rule(TARGET_SIZE)}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    got = result_of(proc)
-    assert proc.returncode == 2 and got["status"] == "failed" and "is encrypted: put its password" in got["reason"]
+    got, code = job(f"{restore} rescue.confirm=destroy", "machine-c", said="S3 keys")
+    assert code == 2 and got["status"] == "failed" and "is encrypted: put its password" in got["reason"], got
 
 
 def test_bad_parameters_end_in_one_result_line(tmp_path):
