@@ -85,6 +85,7 @@ bench: venv
 	$(VPY) tests/bench/remote.py
 	$(VPY) tests/bench/clonezilla.py
 	$(VPY) tests/bench/encrypted.py
+	$(VPY) tests/bench/incremental.py
 
 iso:
 	@scripts/build-iso

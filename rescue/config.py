@@ -30,7 +30,7 @@ class Config:
     # code that builds a Config itself; load() always takes them from the file.
     level: int = 3
     threads: int = 0
-    chunk_mib: int = 4
+    chunk_mib: int = 1
     preverify: bool = True
     bad_sector_retries: int = 1
     network_timeout: int = 30

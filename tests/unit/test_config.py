@@ -28,7 +28,7 @@ def test_checkout_config_is_the_shipped_defaults() -> None:
 def test_no_file_falls_back_to_the_shipped_defaults(tmp_path: Path) -> None:
     cfg = config.load(search=[tmp_path / "absent.toml"])
     assert "defaults.toml" in cfg.source
-    assert (cfg.level, cfg.threads, cfg.chunk_mib, cfg.preverify) == (3, 0, 4, True)
+    assert (cfg.level, cfg.threads, cfg.chunk_mib, cfg.preverify) == (3, 0, 1, True)
 
 
 def test_dataclass_defaults_equal_the_shipped_file() -> None:
@@ -49,7 +49,7 @@ def test_a_partial_file_takes_the_rest_from_the_defaults(tmp_path: Path) -> None
     path = tmp_path / "rescue.toml"
     path.write_text("[restore]\npreverify = false\n")
     cfg = config.load(path)
-    assert (cfg.level, cfg.threads, cfg.chunk_mib, cfg.preverify) == (3, 0, 4, False)
+    assert (cfg.level, cfg.threads, cfg.chunk_mib, cfg.preverify) == (3, 0, 1, False)
 
 
 def test_an_explicit_file_must_exist(tmp_path: Path) -> None:
