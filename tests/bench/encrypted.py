@@ -1,22 +1,32 @@
 """`make bench`: encrypted repositories (format version 2) against unencrypted ones, one run.
 
-The drive is tests/bench/imaging.py's (built once, cached in build/bench/): 2.5 GiB, one
-ext4 partition with about 1.4 GiB of text, binaries, compressed data and small files. Each
-round captures it into a fresh unencrypted and a fresh encrypted repository and restores
-each image onto a drive of its own, the two kinds alternating (which goes first alternates
-too, so a machine that gets busier or quieter over the run favours neither); page cache
-dropped before every run. Outputs are checked: both restored drives are byte-identical and
-fsck clean, and the encrypted repository holds none of the drive's text. Prints the best
-and median times and the encrypted/unencrypted throughput ratio (target >= 0.85), then the
-CPU each costs per chunk in one process (cpu_per_chunk), a figure other load on a shared
-machine disturbs less than wall-clock times. Nothing is asserted on time."""
+    .venv/bin/python tests/bench/encrypted.py [--rounds N] [--size GiB] [--used GiB]
+
+The drive is tests/bench/imaging.py's default one (built once, cached in build/bench/): 4 GiB,
+one ext4 partition with 2.1 GiB of this machine's text, binaries and compressed files. Each
+round captures it into a fresh unencrypted and a fresh encrypted repository, then restores
+each image onto a fresh target (a sparse file in a tmpfs, on a loop device: the safety rules
+refuse a target on the repositories' filesystem, and a target in RAM leaves the CPU that
+encryption costs as the only difference), the two kinds in alternating order (so a machine
+that gets busier or quieter over the run favours neither); page cache dropped before every
+run. Every output is checked before a figure is printed: every restored drive is byte-identical
+to the first, whose partition is fsck clean and holds every file of the source with its
+content, and the encrypted repository holds none of the drive's text.
+
+Prints per job the median, best and spread of the times and of the command's CPU seconds, the
+encrypted/unencrypted throughput ratio by median, by best round and per round (target >= 0.85)
+and the CPU ratio by median, the load average when each run
+started, the machine; then the CPU each costs per 4 MiB chunk in one process (cpu_per_chunk),
+a figure other load on a shared machine disturbs less than wall-clock times. Nothing is
+asserted on time. 11.5 minutes with 5 rounds on a loaded 2-core machine (load 3-12), plus
+building the drive once."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -25,42 +35,46 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imaging import DRIVE_SIZE, PART_SIZE, PART_START, VENV_PY, WORK, _losetup, build_drive, drop_caches, say  # noqa: E402
+from common import VENV_PY, MiB, alternate, detach, drop_caches, losetup, machine_lines, say, spread  # noqa: E402
+from imaging import DEFAULT_SIZE, DEFAULT_USED, PART_START, WORK, Recipe, check_fs, drive, sha_of  # noqa: E402
 
-MiB = 1 << 20
+GiB = 1 << 30
 PASSWORD = "bench password"
+KINDS = ["unencrypted", "encrypted"]
+NEEDLE = b"filesystem"  # a word of the bench drive's text, and of its binaries
 
 
-def rescue(*args: str, encrypted: bool) -> float:
-    """Seconds one rescue command takes, caches dropped first."""
-    env = dict(os.environ)
-    env.pop("RESCUE_PASSWORD", None)
-    if encrypted:
-        env["RESCUE_PASSWORD"] = PASSWORD
-    drop_caches()
-    say(("encrypted:   " if encrypted else "unencrypted: ") + " ".join(args))
-    t = time.monotonic()
-    subprocess.run([VENV_PY, "-m", "rescue", *args], check=True, stdout=subprocess.DEVNULL, env=env)
-    return time.monotonic() - t
+class Runs:
+    """Seconds, CPU seconds (user and system, of the command: what other load on the machine
+    disturbs least) and the load average at the start of every run, by job and kind."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[str, str], list[float]] = {}
+        self.cpu: dict[tuple[str, str], list[float]] = {}
+        self.loads: list[float] = []
+
+    def run(self, job: str, kind: str, *args: str) -> None:
+        """One rescue command, page cache dropped first; the password in the environment."""
+        env = {k: v for k, v in os.environ.items() if k != "RESCUE_PASSWORD"}
+        if kind == "encrypted":
+            env["RESCUE_PASSWORD"] = PASSWORD
+        drop_caches()
+        say(f"{kind + ':':<13}rescue {' '.join(args)}")
+        self.loads.append(os.getloadavg()[0])
+        t, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([VENV_PY, "-m", "rescue", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+        self.seconds.setdefault((job, kind), []).append(time.monotonic() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        self.cpu.setdefault((job, kind), []).append(cpu)
 
 
-def sha_of(dev: str, size: int) -> str:
-    h = hashlib.sha256()
-    with open(dev, "rb") as f:
-        while size:
-            block = f.read(min(size, 16 * MiB))
-            if not block:
-                break
-            h.update(block)
-            size -= len(block)
-    return h.hexdigest()
-
-
-def cpu_per_chunk(drive: Path, chunks: int = 48, reps: int = 3) -> dict[str, float]:
-    """CPU seconds (this process's, so other load on the machine counts little) to store and
-    to read back `chunks` 4 MiB chunks of the bench drive's data, unencrypted and encrypted
-    alternately, in repositories in RAM: what encryption adds to each chunk (HMAC instead of
-    SHA-256, one AES-256-GCM pass), without the drive, the threads or the page cache."""
+def cpu_per_chunk(path: Path, chunks: int = 48, reps: int = 5) -> dict[str, list[float]]:
+    """CPU seconds per chunk (this process's, so other load on the machine counts little) to
+    store and to read back `chunks` 4 MiB chunks of the bench drive's data, unencrypted and
+    encrypted alternately, in repositories in RAM: what encryption adds to each chunk (HMAC
+    instead of SHA-256, one AES-256-GCM pass), without the drive, the threads or the page
+    cache."""
     import tempfile
 
     import zstandard
@@ -70,16 +84,16 @@ def cpu_per_chunk(drive: Path, chunks: int = 48, reps: int = 3) -> dict[str, flo
     from rescue.repo.store import Repository
 
     size = 4 * MiB
-    with open(drive, "rb") as f:
+    with open(path, "rb") as f:
         f.seek(PART_START + 64 * MiB)
         data = [f.read(size) for _ in range(chunks)]
     cctx = zstandard.ZstdCompressor(level=3)
-    best: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
         for r in range(reps):
-            for encrypted in (False, True) if r % 2 == 0 else (True, False):
-                where = Path(tmp) / f"{r}-{encrypted}"
-                repo = Repository.create(where, size, password=PASSWORD if encrypted else None)
+            for kind in alternate(KINDS, r):
+                password = PASSWORD if kind == "encrypted" else None
+                repo = Repository.create(Path(tmp) / f"{r}-{kind}", size, password=password)
                 t = time.process_time()
                 ids = []
                 for d in data:
@@ -88,99 +102,128 @@ def cpu_per_chunk(drive: Path, chunks: int = 48, reps: int = 3) -> dict[str, flo
                 stored = time.process_time() - t
                 t = time.process_time()
                 for i, d in zip(ids, data):
-                    assert repo.read_chunk(i, "bench", len(d)) == d
+                    if repo.read_chunk(i, "bench", len(d)) != d:
+                        raise SystemExit(f"cpu_per_chunk: a chunk read back from the {kind} repository differs")
                 read = time.process_time() - t
-                kind = "encrypted" if encrypted else "unencrypted"
-                best[f"store {kind}"] = min(best.get(f"store {kind}", stored), stored)
-                best[f"read {kind}"] = min(best.get(f"read {kind}", read), read)
+                out.setdefault(f"store {kind}", []).append(stored / chunks)
+                out.setdefault(f"read {kind}", []).append(read / chunks)
                 repo.close()
-    return best
+    return out
+
+
+def fresh_target(folder: Path, size: int) -> Path:
+    t = folder / "target.img"
+    t.unlink(missing_ok=True)
+    with open(t, "wb") as f:
+        f.truncate(size)
+    return t
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", type=float, default=DEFAULT_SIZE / GiB, help="drive size, GiB (default 4)")
+    ap.add_argument("--used", type=float, default=DEFAULT_USED / GiB, help="bytes in use, GiB (default 2.1)")
     args = ap.parse_args()
-    WORK.mkdir(parents=True, exist_ok=True)
-    drive = WORK / "drive.img"
-    if not drive.exists():
-        build_drive(drive)
+    begun = time.monotonic()
+    before = machine_lines()
+    recipe = Recipe(int(args.size * GiB) // MiB * MiB, int(args.used * GiB) // MiB * MiB)
+    facts = drive(recipe)
     out = WORK / "encrypted"
-    # The target drives live in a tmpfs: the safety rules refuse a target stored on the
-    # repositories' filesystem (as they would a drive holding the repository).
-    drives = WORK / "encrypted-targets"
-    drives.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6g", "bench-targets", str(drives)], check=True)
-    devices: list[str] = []
-    times: dict[str, list[float]] = {k: [] for k in ("capture", "capture encrypted", "restore", "restore encrypted")}
+    targets = WORK / "encrypted-targets"
+    targets.mkdir(parents=True, exist_ok=True)
+    tmpfs = ["mount", "-t", "tmpfs", "-o", f"size={recipe.size + GiB}", "bench-targets", str(targets)]
+    subprocess.run(tmpfs, check=True)
+    runs = Runs()
+    drives: set[str] = set()  # the SHA-256 of every restored drive: one value when all are equal
+    devs: list[str] = []
     try:
-        disk = _losetup(drive, ro=True)
-        devices.append(disk)
-        targets = {}
-        for kind in ("plain", "enc"):
-            t = drives / f"target-{kind}.img"
-            t.unlink(missing_ok=True)
-            with open(t, "wb") as f:
-                f.truncate(DRIVE_SIZE)
-            targets[kind] = _losetup(t)
-            devices.append(targets[kind])
+        devs.append(losetup(recipe.path, ro=True))
+        disk = devs[0]
         for r in range(args.rounds):
-            order = [False, True] if r % 2 == 0 else [True, False]
+            order = alternate(KINDS, r)
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            for encrypted in order:
-                repo = out / ("enc" if encrypted else "plain")
-                if encrypted:
-                    rescue("init", str(repo), "--encrypt", encrypted=True)
-                key = "capture encrypted" if encrypted else "capture"
-                times[key].append(rescue("capture", disk, str(repo), "--name", "b", encrypted=encrypted))
-            for encrypted in order:
-                repo = out / ("enc" if encrypted else "plain")
-                target = targets["enc" if encrypted else "plain"]
-                subprocess.run(["partx", "-d", target], stderr=subprocess.DEVNULL)
-                key = "restore encrypted" if encrypted else "restore"
-                times[key].append(rescue("restore", str(repo), "b", target, "--yes", encrypted=encrypted))
-        say("checking the outputs ...")
-        same = sha_of(targets["plain"], DRIVE_SIZE) == sha_of(targets["enc"], DRIVE_SIZE)
-        part = _losetup(drives / "target-enc.img", PART_START, PART_SIZE, ro=True)
-        devices.append(part)
-        fsck = subprocess.run(["e2fsck", "-fn", part], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        needle = b"filesystem"  # a word of the bench drive's text, and of its binaries
-        leaked = any(needle in p.read_bytes() for p in (out / "enc").rglob("*") if p.is_file())
-        data = json.loads(
+            say(f"round {r + 1}/{args.rounds}: capture")
+            for kind in order:
+                repo = str(out / kind)
+                if kind == "encrypted":
+                    subprocess.run(
+                        [VENV_PY, "-m", "rescue", "init", repo, "--encrypt"],
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                        env={**os.environ, "RESCUE_PASSWORD": PASSWORD},
+                    )
+                runs.run("capture", kind, "capture", disk, repo, "--name", "b")
+            say(f"round {r + 1}/{args.rounds}: restore")
+            for kind in order:
+                target = fresh_target(targets, recipe.size)
+                dev = losetup(target)
+                try:
+                    runs.run("restore", kind, "restore", str(out / kind), "b", dev, "--yes")
+                    sha = sha_of(dev, recipe.size)
+                    if sha not in drives:  # the same bytes as a drive checked already need no check
+                        drives.add(sha)
+                        part = losetup(target, PART_START, recipe.part_size, ro=True)
+                        try:
+                            check_fs(part, facts["files"], f"{kind} restore")
+                        finally:
+                            detach(part)
+                finally:
+                    detach(dev)
+                    target.unlink()
+        leaked = [p for p in (out / "encrypted").rglob("*") if p.is_file() and NEEDLE in p.read_bytes()]
+        read_bytes = json.loads(
             subprocess.run(
-                [VENV_PY, "-m", "rescue", "info", str(out / "plain"), "b", "--json"],
+                [VENV_PY, "-m", "rescue", "info", str(out / "unencrypted"), "b", "--json"],
                 check=True,
                 stdout=subprocess.PIPE,
                 text=True,
             ).stdout
         )["stats"]["read_bytes"]
     finally:
-        for dev in reversed(devices):
-            subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL)
-            subprocess.run(["losetup", "-d", dev], stderr=subprocess.DEVNULL)
-        subprocess.run(["umount", str(drives)])
+        detach(*reversed(devs))
+        subprocess.run(["umount", str(targets)])
+    shutil.rmtree(out, ignore_errors=True)
+    if len(drives) != 1 or leaked:
+        print(f"FAILED: {len(drives)} different restored drives; drive text found in {[str(p) for p in leaked[:3]]}")
+        return 1
+    say("CPU per chunk ...")
+    per_chunk = cpu_per_chunk(recipe.path)
+
     print()
-    print(f"Data read per capture: {data / MiB:.0f} MiB; {args.rounds} rounds; {os.cpu_count()} cores")
-    print(f"{'job':<20} {'best s':>8} {'median s':>9} {'MB/s (best)':>12}   (load average {os.getloadavg()[0]:.1f})")
-    for name, ts in times.items():
-        rounds = " ".join(f"{t:.2f}" for t in ts)
-        print(f"{name:<20} {min(ts):8.2f} {statistics.median(ts):9.2f} {data / min(ts) / 1e6:12.0f}   rounds: {rounds}")
+    print(f"Data read per capture: {read_bytes / MiB:.0f} MiB; {args.rounds} rounds. Checked: all restored drives")
+    print("identical, fsck clean with every file of the source; no drive text in the encrypted repository")
+    print(f"{'job':<20} {'median s':>9} {'MB/s':>6}   spread (min-max); CPU seconds of the command")
+    for (job, kind), ts in sorted(runs.seconds.items()):
+        median = statistics.median(ts)
+        cpu_spread = spread(runs.cpu[(job, kind)])
+        print(f"{job + ' ' + kind:<22} {median:7.2f} {read_bytes / median / 1e6:6.0f}   {spread(ts)}; CPU {cpu_spread}")
     for job in ("capture", "restore"):
-        best = min(times[job]) / min(times[f"{job} encrypted"])
-        median = statistics.median(times[job]) / statistics.median(times[f"{job} encrypted"])
-        print(f"{job} encrypted/unencrypted throughput: best {best:.2f}, median {median:.2f} (target >= 0.85)")
-    cpu = cpu_per_chunk(drive)
-    print("CPU per 4 MiB chunk, one thread, repositories in RAM (48 chunks, best of 3):")
-    for job in ("store", "read"):
-        plain, enc = cpu[f"{job} unencrypted"], cpu[f"{job} encrypted"]
+        plain, enc = runs.seconds[(job, "unencrypted")], runs.seconds[(job, "encrypted")]
+        paired = [p / e for p, e in zip(plain, enc)]
+        by_median = statistics.median(plain) / statistics.median(enc)
         print(
-            f"  {job:<5} unencrypted {plain / 48 * 1000:6.1f} ms, encrypted {enc / 48 * 1000:6.1f} ms: "
-            f"ratio {plain / enc:.2f}"
+            f"{job} encrypted/unencrypted throughput: by median {by_median:.2f}, "
+            f"by best round {min(plain) / min(enc):.2f}; per round {' '.join(f'{x:.2f}' for x in paired)} "
+            f"(median {statistics.median(paired):.2f}) (target >= 0.85)"
         )
-    print(f"restored drives identical: {same}; encrypted one fsck clean: {fsck.returncode == 0}; ", end="")
-    print(f"drive text in the encrypted repository: {'FOUND' if leaked else 'none'}")
-    return 0 if same and fsck.returncode == 0 and not leaked else 1
+        cpu_plain, cpu_enc = runs.cpu[(job, "unencrypted")], runs.cpu[(job, "encrypted")]
+        print(f"  CPU unencrypted/encrypted by median {statistics.median(cpu_plain) / statistics.median(cpu_enc):.2f}")
+    print(f"load average (1 min) when the runs started: {min(runs.loads):.2f}-{max(runs.loads):.2f}")
+    times = len(per_chunk["read encrypted"])
+    print(f"CPU per 4 MiB chunk, one thread, repositories in RAM (48 chunks, {times} times):")
+    for job in ("store", "read"):
+        plain, enc = per_chunk[f"{job} unencrypted"], per_chunk[f"{job} encrypted"]
+        print(
+            f"  {job:<5} unencrypted {spread([x * 1000 for x in plain], 'ms')}, "
+            f"encrypted {spread([x * 1000 for x in enc], 'ms')}: ratio by median "
+            f"{statistics.median(plain) / statistics.median(enc):.2f}"
+        )
+    print("before: " + "; ".join(before))
+    print("after:  " + "; ".join(machine_lines()))
+    print(f"bench run time: {time.monotonic() - begun:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
