@@ -45,7 +45,7 @@ from rescue.clonezilla.source import ClonezillaImage, CzArea
 from rescue.errors import FilesystemError, IntegrityError, RescueError
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
-from rescue.hw.fuseproc import first_error, python_with_llfuse
+from rescue.hw.fuseproc import first_error, python_with_llfuse, serve_main
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.repo.index import Kind
 
@@ -250,14 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--areas", required=True, help="comma-separated area names (p1,p2)")
     p.add_argument("--owner", type=int, help="stop when this process is gone")
     args = p.parse_args(argv)
-    try:
-        return serve(args.czdir, args.mountpoint, args.cache_dir, args.areas.split(","), args.owner)
-    except RescueError as e:
-        log(f"error: {e}")
-        return e.exit_code
-    except RuntimeError as e:  # llfuse.init: mountpoint missing, fuse not available
-        log(f"error: cannot mount {args.mountpoint}: {e}")
-        return 4
+    return serve_main(
+        lambda: serve(args.czdir, args.mountpoint, args.cache_dir, args.areas.split(","), args.owner),
+        args.mountpoint,
+        log,
+    )
 
 
 # -- the caller's side -----------------------------------------------------------------------

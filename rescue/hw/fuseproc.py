@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from rescue.errors import RescueError
 
 
 def python_with_llfuse() -> str:
@@ -26,3 +29,17 @@ def first_error(log: Path, program: str, *, any_line: bool = True) -> str:
     errors = [ln[len("error: ") :] for ln in ours if ln.startswith("error: ")]
     other = [ln.strip() for ln in lines if f"{program}: " not in ln] if any_line else []
     return errors[0] if errors else other[-1] if other else ""
+
+
+def serve_main(serve: Callable[[], int], mountpoint: str, log: Callable[[str], None]) -> int:
+    """A server's main: `serve()`'s exit status; its failure logged as `error: ...` (what
+    first_error reads) with the error's own exit code, or 4 when llfuse cannot mount (the
+    mountpoint is missing, FUSE is not available)."""
+    try:
+        return serve()
+    except RescueError as e:
+        log(f"error: {e}")
+        return e.exit_code
+    except RuntimeError as e:  # raised by llfuse.init
+        log(f"error: cannot mount {mountpoint}: {e}")
+        return 4

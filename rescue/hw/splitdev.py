@@ -68,7 +68,7 @@ from typing import NamedTuple
 from rescue.errors import DeviceError, RescueError
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
-from rescue.hw.fuseproc import first_error, python_with_llfuse
+from rescue.hw.fuseproc import first_error, python_with_llfuse, serve_main
 
 PROGRAM = "rescue splitdev"
 SERVER_MODULE = "rescue.hw.splitdev"
@@ -441,8 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--owner", type=int, help="stop when this process is gone")
     p.add_argument("--threads", type=int, default=SERVER_THREADS)
     args = p.parse_args(argv)
-    try:
-        return serve(
+    return serve_main(
+        lambda: serve(
             args.target,
             args.offset,
             args.new_size,
@@ -451,13 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.mountpoint,
             args.owner,
             max(1, args.threads),
-        )
-    except RescueError as e:
-        log(f"error: {e}")
-        return e.exit_code
-    except RuntimeError as e:  # llfuse.init: mountpoint missing, fuse not available
-        log(f"error: cannot mount {args.mountpoint}: {e}")
-        return 4
+        ),
+        args.mountpoint,
+        log,
+    )
 
 
 # -- the caller's side -----------------------------------------------------------------------
