@@ -57,13 +57,13 @@ unit: venv
 
 # Everything: `make check`, then the root tier (loop devices, filesystems: tests marked root,
 # and every test outside tests/unit and tests/tui, see tests/conftest.py), then the QEMU
-# end-to-end tests (which build the ISO first when it is older than its sources). The VM
-# tests print what they wait for.
+# end-to-end tests (which build the ISO first when it is older than its sources), as two
+# parallel streams (tests/vm/streams.py). The VM tests print what they wait for.
 test: check
 	@echo "== root tier: loop devices and filesystem tools"
 	$(PYTEST) -v -rs -m "root and not vm" $(PYTEST_ARGS) tests
-	@echo "== QEMU tests: the ISO, the system drive, the whole mission"
-	$(PYTEST) -v -rs -s -m vm $(PYTEST_ARGS) tests
+	@echo "== QEMU tests: the ISO, the system drive, the whole mission, in two streams at once"
+	$(VPY) tests/vm/streams.py $(PYTEST_ARGS)
 
 # The repository fuzz test (tests/system/test_fuzz.py, root) far longer than `make test` runs
 # it: FUZZ_EXAMPLES mutated repositories (about a second each) from seed FUZZ_SEED (a new one each

@@ -1,42 +1,17 @@
 """The ISO fixture shared by the QEMU tests: built with `make iso` when it is missing or older
-than its sources (RESCUE_ISO=path tests a given ISO instead)."""
+than its sources (RESCUE_ISO=path tests a given ISO instead; tests/vm/isofile.py)."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from isofile import ensure_iso
 from qemu import qemu_available
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _version() -> str:
-    text = (ROOT / "rescue" / "__init__.py").read_text()
-    return re.search(r'__version__ = "([^"]+)"', text).group(1)
-
-
-def _newest_source() -> float:
-    """mtime of the newest file that goes into the ISO."""
-    paths = [ROOT / "scripts" / "build-iso", ROOT / "config" / "rescue.toml"]
-    for tree in ("rescue", "live-build"):
-        paths += [p for p in (ROOT / tree).rglob("*") if "__pycache__" not in p.parts]
-    return max(p.lstat().st_mtime for p in paths if p.is_file() or p.is_symlink())
 
 
 @pytest.fixture(scope="session")
 def iso() -> Path:
     if not qemu_available():
         pytest.skip("qemu-system-x86_64 is not installed")
-    given = os.environ.get("RESCUE_ISO")
-    if given:
-        return Path(given)
-    path = ROOT / "build" / f"rescue-{_version()}-amd64.iso"
-    if not path.exists() or path.stat().st_mtime < _newest_source():
-        print(f"building {path} (missing or older than its sources)", flush=True)
-        subprocess.run(["make", "iso"], cwd=ROOT, check=True)
-    assert path.exists(), f"make iso did not produce {path}"
-    return path
+    return ensure_iso()
