@@ -210,6 +210,7 @@ class Job:
         self.writable = False  # the log and marker can be stored in the repository
         self.opened: str | None = None  # a destination mounted read-write for a capture
         self.source: Drive | None = None  # the drive a capture reads
+        self.target: Drive | None = None  # the drive a restore writes
         self.secrets: credentials.Secrets | None = None  # from rescue.credentials=
         self.aws_file: Path | None = None  # where its S3 keys were put for this job
 
@@ -305,8 +306,8 @@ class Job:
         self.result.image = name
         if self.already_done(name):
             return
-        target = choose_drive(order, drives_for_rules(engine), "target")
-        self.console.say(f"target: {describe(target)}")
+        target = self.target
+        assert target is not None
         if not order.force and engine.drive_holds_image(repo, name, target.path):
             why = (
                 f"{target.path} already holds {name} (the same disk id, partition and filesystem "
@@ -326,6 +327,14 @@ class Job:
         for w in out.warnings:
             self.console.say(f"WARNING: {w}")
         self.result = Result("ok", name, target.path, out.bytes_written, out.seconds)
+
+    def choose_target(self) -> Drive:
+        """The drive a restore writes, chosen before the network or the repository is waited
+        for: rules that match no drive or several fail in seconds, listing the drives."""
+        target = choose_drive(self.order, drives_for_rules(self.engine), "target")
+        self.console.say(f"target: {describe(target)}")
+        self.target = target
+        return target
 
     def choose_source(self) -> Drive:
         """The drive a capture reads, chosen and checked before any place is mounted for it."""
@@ -421,6 +430,8 @@ class Job:
                 capture = self.order.mode == "capture"
                 if capture:
                     self.choose_source()
+                else:
+                    self.choose_target()
                 self.take_credentials()
                 self.repo_path, self.writable = self.locate()
                 self.console.say(f"repository: {self.repo_path}")
