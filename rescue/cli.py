@@ -636,6 +636,8 @@ def cmd_info(args) -> int:
             print("      " + "; ".join(e for e in extra if e))
     for line in _engine(args).windows_lines(m):
         print(line)
+    for line in _engine(args).stack_lines(args.repo, m):
+        print(line)
     print(f"data {fmt_bytes(m.stats.get('data_bytes', 0))}, stored new {fmt_bytes(m.stats.get('stored_bytes', 0))}")
     if m.stats.get("sectors_lost"):
         print(f"bad sectors: {m.stats['sectors_lost']} unreadable, zero-filled (map: {m.stats.get('bad_map')})")

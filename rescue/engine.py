@@ -1012,6 +1012,15 @@ class Engine:
                 )
         return out
 
+    @staticmethod
+    def stack_lines(repo_path: str, manifest: Any) -> list[str]:
+        """The storage stack of an image's partitions, for `rescue info`: partition -> LUKS
+        -> LVM PV -> VG -> LVs -> filesystems, and what was imaged whole and why
+        (imaging/lvm.py, docs/lvm-luks.md)."""
+        from rescue.imaging.lvm import image_stack_lines
+
+        return image_stack_lines(repo_path, manifest)
+
     def waiting(self) -> str | None:
         """ "waiting for <server> (N s)" while a repository's server does not answer, else None."""
         from rescue.repo.retry import waiting

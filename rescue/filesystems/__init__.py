@@ -18,15 +18,17 @@ from rescue.filesystems.base import CAPABILITIES, Examined, Filesystem, FsInfo, 
 from rescue.filesystems.btrfs import Btrfs
 from rescue.filesystems.ext import Ext
 from rescue.filesystems.fat import Fat
+from rescue.filesystems.lvm import LvmPv
 from rescue.filesystems.ntfs import Ntfs
 from rescue.filesystems.swap import Swap
+from rescue.filesystems.whole import ImagedWhole
 from rescue.filesystems.xfs import Xfs
 from rescue.model.extents import Extent
 
 __all__ = ["FILESYSTEMS", "Examined", "Filesystem", "FsInfo", "Identified", "Volume", "identify", "lookup", "probe"]
 
 # The registration: one entry per filesystem class.
-FILESYSTEMS: tuple[type[Filesystem], ...] = (Ext, Xfs, Btrfs, Fat, Ntfs, Swap)
+FILESYSTEMS: tuple[type[Filesystem], ...] = (Ext, Xfs, Btrfs, Fat, Ntfs, Swap, LvmPv, ImagedWhole)
 
 
 def _by_type(classes: tuple[type[Filesystem], ...]) -> dict[str, type[Filesystem]]:
@@ -74,7 +76,8 @@ def identify(vol: Volume) -> Identified:
     facts and the used-block map. Raises FilesystemError (RescueError) for a filesystem whose
     metadata cannot be read: the caller images it whole."""
     found = probe(vol)
-    if found.get("USAGE") not in ("filesystem", "other") or "TYPE" not in found:
+    known = found.get("TYPE") in _BY_TYPE  # also the classes of an LVM PV, LUKS, md (USAGE raid, crypto)
+    if (found.get("USAGE") not in ("filesystem", "other") and not known) or "TYPE" not in found:
         return Identified(None, None, None)
     fs = lookup(found["TYPE"])
     if fs is None:

@@ -355,6 +355,8 @@ _ATTRS = (
     "serial",
     "loop/backing_file",
     "loop/offset",
+    "dm/name",  # a device-mapper holder: the LV or LUKS volume the safety rules name
+    "dm/uuid",
     "loop/sizelimit",
 )
 _PROPS = (

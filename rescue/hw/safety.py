@@ -30,6 +30,7 @@ from typing import Concatenate, ParamSpec
 from rescue.errors import RefusedError, RescueError
 from rescue.hw import devices
 from rescue.hw.devices import LIVE_MEDIUM, SECTOR, Drive, Node, Snapshot
+from rescue.model.stack import holder_reason
 
 P = ParamSpec("P")
 Check = Callable[Concatenate[str, P], Drive]  # a rule over a path; returns the Drive it checked
@@ -82,11 +83,22 @@ def _check_repo(label: str, node: Node, snap: Snapshot, repo_path: str | None) -
         raise RefusedError(f"{label} holds the repository {repo_path}")
 
 
-def _check_use(label: str, drive: Drive) -> None:
+def _check_use(label: str, drive: Drive, snap: Snapshot | None = None) -> None:
     if drive.swap:
         raise RefusedError(f"{label} is used as swap")
     if drive.holders:
-        raise RefusedError(f"{label} is in use by {', '.join(drive.holders)} (holders)")
+        raise RefusedError(f"{label} is in use by {_holders_text(drive.holders, snap)} (holders)")
+
+
+def _holders_text(holders: list[str], snap: Snapshot | None) -> str:
+    """The holders, each with what it is when the snapshot knows (an active volume group, an
+    open LUKS volume, an md array): the refusal stands either way, only its words differ."""
+    by_name = {d["name"]: d for d in snap.devices.values()} if snap is not None else {}
+    words = []
+    for h in holders:
+        attrs = by_name[h]["attrs"] if h in by_name else {}
+        words.append(holder_reason(h, attrs.get("dm/name"), attrs.get("dm/uuid")))
+    return ", ".join(words)
 
 
 def _span(offset: int, size: int) -> str:
@@ -232,7 +244,7 @@ def _check_shown(label: str, node: Node, shown: Node, snap: Snapshot, *, writabl
         vd = snap.devices.get(n[1]) if n[0] == "dev" else None
         holders += [h for h in (vd["holders"] if vd else []) if h not in holders]
     if holders:
-        raise RefusedError(f"{label} is in use by {', '.join(holders)} (holders)")
+        raise RefusedError(f"{label} is in use by {_holders_text(holders, snap)} (holders)")
 
 
 def _check_boot(label: str, node: Node, path: str, snap: Snapshot, live_medium: str) -> None:
@@ -275,7 +287,7 @@ def check_target(
     _check_stored_on_repo(label, node, base, snap, repo_path)
     if drive.mounts:
         raise RefusedError(f"{label} has a mounted filesystem ({_mount_text(drive.mounts)})")
-    _check_use(label, drive)
+    _check_use(label, drive, snap)
     _check_shown(label, node, base[0], snap)
     if drive.read_only:
         raise RefusedError(f"{label} is read-only")
@@ -307,6 +319,6 @@ def check_source(
     if rw:
         shown = [(m.source, m.mountpoint) for m in rw]
         raise RefusedError(f"{label} has a mounted filesystem ({_mount_text(shown)}); unmount it or mount it read-only")
-    _check_use(label, drive)
+    _check_use(label, drive, snap)
     _check_shown(label, node, base, snap, writable_only=True)
     return drive
