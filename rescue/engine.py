@@ -692,7 +692,9 @@ class Engine:
             return jobs.plan(cz, target_path, policy, scratch_dir, fresh_ids, facts=self.machine.target(target_path))
         image = self.machine.image_facts(repo_path, name)
         facts = self.machine.target(target_path)
-        return plan_onto(name, image.layout, image.areas, facts, policy, image.write, scratch_dir, fresh_ids=fresh_ids)
+        plan = plan_onto(name, image.layout, image.areas, facts, policy, image.write, scratch_dir, fresh_ids=fresh_ids)
+        plan.notes += self.machine.plan_notes(repo_path, name, {n: p.size for n, p in plan.placements.items()})
+        return plan
 
     def _source(self, path: str) -> Any:
         """A source's capture plan (it reads every filesystem's metadata): once per look at

@@ -93,6 +93,8 @@ class Machine(Protocol):
 
     def image_facts(self, repo_path: str, name: str) -> ImageFacts: ...
 
+    def plan_notes(self, repo_path: str, name: str, sizes: dict[str, int]) -> list[str]: ...
+
     def free_space(self, path: str) -> int: ...
 
     def places(self, include_loop: bool) -> list[Place]: ...
@@ -171,6 +173,21 @@ class LiveMachine:
         from rescue.imaging.restore import image_facts
 
         return image_facts(self._repo(repo_path), name)
+
+    def plan_notes(self, repo_path: str, name: str, sizes: dict[str, int]) -> list[str]:
+        """What a plan that gives the areas these sizes does inside them, in words: an LVM
+        PV's LVs (imaging/lvm.plan_notes), read from the image's own metadata."""
+        from rescue.filesystems import lookup
+        from rescue.filesystems.lvm import LvmPv
+        from rescue.imaging.lvm import plan_notes
+        from rescue.imaging.verify import load_indexes
+
+        repo = self._repo(repo_path)
+        resized = [a for a in repo.manifest(name).areas if sizes.get(a.name, a.size) != a.size]
+        if not any(isinstance(lookup((a.fs or {}).get("type")), LvmPv) for a in resized):
+            return []  # the indexes are read only for an LVM PV that changes size
+        manifest, indexes = load_indexes(repo, name)
+        return plan_notes(repo, manifest, indexes, sizes)
 
     def free_space(self, path: str) -> int:
         return writable_free_space(path)
@@ -457,6 +474,9 @@ class RecordedMachine:
             for a in m.areas
         ]
         return ImageFacts(m.layout, areas, int(im.get("write", m.stats.get("data_bytes", 0))))
+
+    def plan_notes(self, repo_path: str, name: str, sizes: dict[str, int]) -> list[str]:
+        return []  # a recording keeps no chunks to read an LVM PV's metadata from
 
     def add_image(self, repo_path: str, name: str, cap: CapturePlan, source: devices.Drive) -> None:
         """What a capture leaves on the recorded machine: the image in its repository (made

@@ -273,17 +273,80 @@ def volume_group(tree: Section) -> VolumeGroup:
     return VolumeGroup(name, _str(vg, "id", name), _int(vg, "seqno", name), sectors * SECTOR, tuple(pvs), tuple(lvs))
 
 
-def read_pv(pread: Pread) -> PhysicalVolume | None:
-    """The PV on a volume read through `pread`, None when it carries no LVM2 label. The VG
-    comes from the first metadata area that holds text (each copy holds the whole VG)."""
+def read_text(pread: Pread) -> tuple[PvLabel, str | None] | None:
+    """The PV label and the current metadata text of the first metadata area that holds one
+    (each copy holds the whole VG); None when the volume carries no LVM2 label."""
     label = parse_label(pread(4 * SECTOR, 0))
     if label is None:
         return None
     for mda in label.metadata_areas:
         text = metadata_text(pread, mda)
         if text is not None:
-            return PhysicalVolume(label, volume_group(parse_text(text)))
-    return PhysicalVolume(label, None)
+            return label, text
+    return label, None
+
+
+def read_pv(pread: Pread) -> PhysicalVolume | None:
+    """The PV on a volume read through `pread`, None when it carries no LVM2 label."""
+    found = read_text(pread)
+    if found is None:
+        return None
+    label, text = found
+    return PhysicalVolume(label, volume_group(parse_text(text)) if text is not None else None)
+
+
+def format_text(tree: Section, indent: str = "") -> str:
+    """parse_text's inverse: the tree in lvm2's text format, as vgcfgrestore reads a backup
+    file (sections in braces, strings quoted with " and \\ escaped, lists in brackets). An
+    unquoted word parse_text kept as text comes back quoted: VG metadata holds none."""
+
+    def value(v: Value) -> str:
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise FilesystemError("LVM2 metadata: a section cannot be a list item")
+
+    out: list[str] = []
+    for key, v in tree.items():
+        if isinstance(v, dict):
+            inner = format_text(v, indent + "\t")
+            out.append(f"{indent}{key} {{\n{inner}{indent}}}\n")
+        else:
+            out.append(f"{indent}{key} = {value(v)}\n")
+    return "".join(out)
+
+
+def relocate(tree: Section, pv_key: str, moves: dict[int, int], grow: tuple[str, int] | None) -> Section:
+    """A copy of a parsed metadata text (top level: the one VG section and its header keys)
+    with every PV run of `pv_key` that starts at a key of `moves` starting at its value
+    instead, and the LV grow[0] (one segment) given grow[1] extents. The seqno goes up by
+    one, as for any change lvm2 makes."""
+    import copy
+
+    out = copy.deepcopy(tree)
+    names = [k for k, v in out.items() if isinstance(v, dict)]
+    if len(names) != 1:
+        raise FilesystemError(f"LVM2 metadata: expected one volume group, found {len(names)}")
+    vg = _sec(out[names[0]], names[0])
+    vg["seqno"] = _int(vg, "seqno", names[0]) + 1
+    for lv_name, lv in _sec(vg.get("logical_volumes", {}), "logical_volumes").items():
+        v = _sec(lv, lv_name)
+        segs = [s for k, s in v.items() if isinstance(s, dict) and k.startswith("segment")]
+        for seg in segs:
+            stripes = seg.get("stripes")
+            if isinstance(stripes, list):
+                for i in range(0, len(stripes) - 1, 2):
+                    first = stripes[i + 1]
+                    if stripes[i] == pv_key and isinstance(first, int) and first in moves:
+                        stripes[i + 1] = moves[first]
+        if grow is not None and lv_name == grow[0]:
+            if len(segs) != 1:
+                raise FilesystemError(f"LVM2 metadata: LV {lv_name} is not one segment")
+            segs[0]["extent_count"] = grow[1]
+    return out
 
 
 def scoped_config(device: str) -> str:
@@ -299,6 +362,6 @@ def scoped_config(device: str) -> str:
 
 
 def lvm_run(device: str, argv: list[str]) -> None:
-    """An lvm2 command (argv[0] a tool, pvresize or lvextend) scoped to `device`."""
+    """An lvm2 command (argv[0] a tool: pvresize, vgcfgrestore) scoped to `device`."""
     env = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}
     run([argv[0], "--config", scoped_config(device), *argv[1:]], timeout=None, env=env)

@@ -154,18 +154,6 @@ class PhysicalVolume:
         ext = self.vg.extent_size
         return [(self.pe_start + r.pv_extent * ext, r.extent_count * ext) for r in lv.runs_on(ref.key)]
 
-    def last_lv(self) -> LogicalVolume | None:
-        """The LV whose extents come last on this PV, when it is one linear run: the one that
-        can grow into the free extents a larger PV adds after it without a second segment."""
-        ref = self.ref
-        if ref is None:
-            return None
-        ends = [(r.pv_extent + r.extent_count, lv) for lv in self.lvs_here() for r in lv.runs_on(ref.key)]
-        if not ends:
-            return None
-        lv = max(ends, key=lambda end: end[0])[1]
-        return lv if lv.linear_on(ref.key) is not None else None
-
     def head(self) -> tuple[int, int]:
         """The label and first metadata area, kept raw: everything before pe_start."""
         return 0, self.pe_start

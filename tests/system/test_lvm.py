@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import random
+import re
 import subprocess
 from pathlib import Path
 
@@ -289,3 +290,112 @@ def test_restore_onto_a_larger_drive_grows_the_pv_and_the_last_lv(pvdrive, captu
     assert blocks * block == root_size, "ext4 was not grown to fill its LV"
     with mloops.mounted(root, options="ro") as mnt:
         assert tree_hashes(mnt) == pvdrive.files
+
+
+DEB_DISK = 160 * MiB
+DEB_PART = DEB_DISK - 2 * MiB  # GPT leaves its backup table in the last MiB
+VG = "deb-vg"
+
+
+class DebianDrive:
+    def __init__(self, image: Path, conf: Path, files: dict[str, str], swap_uuid: str, repo: Path):
+        self.image, self.conf, self.files, self.swap_uuid, self.repo = image, conf, files, swap_uuid, repo
+
+
+@pytest.fixture(scope="module")
+def debdrive(mloops) -> DebianDrive:
+    """Debian's installer layout ("guided - use entire disk and set up LVM"): VG deb-vg with
+    root first (ext4 with files, extents 0-29) and swap_1 right after it (extents 30-31); the
+    rest of the PV free. Root is mostly empty, so that it can shrink by more than the
+    planner's 64 MiB margin. Captured once."""
+    image = mloops.file("debian.img", DEB_DISK)
+    partition_table(str(image), f"label: gpt\nstart={PART_START // 512}, size={DEB_PART // 512}, type=L\n")
+    part = mloops.attach(image, offset=PART_START, size=DEB_PART)
+    conf = lvm_dir(mloops.root, "lvm-deb", part)
+    lvm(conf, "pvcreate", part)
+    lvm(conf, "vgcreate", "-s", "4m", VG, part)
+    lvm(conf, "lvcreate", "-an", "-Zn", "-L", "120m", "-n", "root", VG)
+    lvm(conf, "lvcreate", "-an", "-Zn", "-L", "8m", "-n", "swap_1", VG)
+    assert {n: v["ranges"] for n, v in lvs(conf).items()} == {"root": ["0-29"], "swap_1": ["30-31"]}
+    root = mloops.attach(image, offset=extent_offset(0), size=120 * MiB)
+    sh("mkfs.ext4", "-q", root)
+    with mloops.mounted(root) as mnt:
+        populate(mnt, seed=17, files=12, max_size=96 * 1024)
+        files = tree_hashes(mnt)
+    sh("mkswap", mloops.attach(image, offset=extent_offset(30), size=8 * MiB))
+    swap_uuid = sh("blkid", "-p", "-s", "UUID", "-o", "value", "-O", str(extent_offset(30)), str(image)).strip()
+    repo = mloops.root / "deb-repo"
+    rescue("capture", mloops.attach(image), str(repo), "--name", "deb")
+    return DebianDrive(image, conf, files, swap_uuid, repo)
+
+
+def restored_root(debdrive: DebianDrive, mloops, path: Path, name: str) -> int:
+    """Restore the Debian drive onto `path` (proportional layout) and check what every
+    layout must keep: same PV, VG and LV UUIDs, vgck clean, root first taking every extent
+    but swap_1's, its ext4 fsck clean, filling it, with identical files, and swap_1 right
+    after root with its swap UUID. `rescue plan` says what happens to the LVs first. Root's size."""
+    plan = rescue("plan", str(debdrive.repo), "deb", str(path), "--layout", "proportional").stdout
+    assert re.search(r"#1: LVM: PV (grown|shrunk) to .*; LV root (grown|shrunk) from .*; swap_1 moved", plan), plan
+    rescue(
+        "restore", str(debdrive.repo), "deb", mloops.attach(path), "--yes", "--layout", "proportional", "--no-preverify"
+    )
+    p1 = table(path)["parts"][0]
+    start, size = p1["start"] * 512, p1["size"] * 512
+    part = mloops.attach(path, offset=start, size=size)
+    conf = lvm_dir(mloops.root, name, part)
+    got, before = lvs(conf), lvs(debdrive.conf)
+    assert {n: v["uuid"] for n, v in got.items()} == {n: v["uuid"] for n, v in before.items()}
+    assert pv_uuid(conf) == pv_uuid(debdrive.conf)
+    lvm(conf, "vgck", VG)
+    first, last = (int(x) for x in got["root"]["ranges"][0].split("-"))
+    assert first == 0 and len(got["root"]["ranges"]) == 1, "root is not one run at the start of the PV"
+    root_size = (last + 1) * EXTENT
+    assert root_size == ((size - PE_START) // EXTENT - 2) * EXTENT, "root does not take every extent but swap_1's"
+    root = mloops.attach(path, offset=start + PE_START, size=root_size)
+    fsck = subprocess.run(["e2fsck", "-fn", root], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    head = sh("dumpe2fs", "-h", root)
+    blocks = int(next(ln.split()[-1] for ln in head.splitlines() if ln.startswith("Block count:")))
+    block = int(next(ln.split()[-1] for ln in head.splitlines() if ln.startswith("Block size:")))
+    assert blocks * block == root_size, "ext4 does not fill its LV"
+    with mloops.mounted(root, options="ro") as mnt:
+        assert tree_hashes(mnt) == debdrive.files
+    assert got["swap_1"]["ranges"] == [f"{last + 1}-{last + 2}"], "swap_1 does not follow root"
+    swap_at = start + PE_START + (last + 1) * EXTENT
+    probe = sh("blkid", "-p", "-o", "export", "-O", str(swap_at), str(path))
+    assert "TYPE=swap" in probe and f"UUID={debdrive.swap_uuid}" in probe, probe
+    return root_size
+
+
+def test_debian_layout_onto_a_larger_drive_grows_root_and_moves_swap(debdrive, mloops):
+    path = mloops.file("deb-larger.img", DEB_DISK + 40 * MiB)
+    assert restored_root(debdrive, mloops, path, "lvm-deb-larger") > 120 * MiB + 40 * MiB
+
+
+def test_debian_layout_onto_a_smaller_drive_shrinks_root_and_moves_swap(debdrive, mloops):
+    info = json.loads(rescue("info", str(debdrive.repo), "deb", "--json").stdout)
+    fs = next(a for a in info["areas"] if a["partition"] == 1)["fs"]
+    assert PE_START + 2 * EXTENT < fs["min_size"] < PE_START + 12 * EXTENT, "root's shrink room is not counted"
+    path = mloops.file("deb-smaller.img", DEB_DISK - 48 * MiB)
+    assert restored_root(debdrive, mloops, path, "lvm-deb-smaller") < 120 * MiB
+
+
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [
+        (198 * MiB, "#1: LVM: PV grown to 198.0 MiB; LV root grown from 120.0 MiB to 188.0 MiB; swap_1 moved"),
+        (110 * MiB, "#1: LVM: PV shrunk to 110.0 MiB; LV root shrunk from 120.0 MiB to 100.0 MiB; swap_1 moved"),
+    ],
+)
+def test_the_plan_says_what_happens_to_the_lvs(debdrive, size, words):
+    """The words read from the image alone (its metadata and the types captured per LV),
+    for the partition sizes the restores above get: root takes every extent but swap_1's."""
+    from rescue.imaging.lvm import plan_notes
+    from rescue.imaging.verify import load_indexes
+    from rescue.repo.store import Repository
+
+    repo = Repository.open(str(debdrive.repo))
+    manifest, indexes = load_indexes(repo, "deb")
+    area = next(a for a in manifest.areas if a.partition == 1)
+    assert plan_notes(repo, manifest, indexes, {area.name: size}) == [words]
+    assert plan_notes(repo, manifest, indexes, {area.name: area.size}) == []

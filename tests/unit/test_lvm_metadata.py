@@ -9,7 +9,18 @@ import struct
 import pytest
 
 from rescue.errors import FilesystemError
-from rescue.hw.lvm import MDA_MAGIC, crc, format_uuid, parse_label, parse_text, read_pv, scoped_config, volume_group
+from rescue.hw.lvm import (
+    MDA_MAGIC,
+    crc,
+    format_text,
+    format_uuid,
+    parse_label,
+    parse_text,
+    read_pv,
+    relocate,
+    scoped_config,
+    volume_group,
+)
 
 MiB = 1 << 20
 RAW_UUID = "WZFK1tP4Zhi9bcuYWg5CBjfUTIBrdiHl"
@@ -285,17 +296,26 @@ def test_the_iso_autoactivates_no_volume_group():
     assert tree["activation"] == {"auto_activation_volume_list": []}
 
 
-def test_the_lv_that_can_grow_is_the_last_one_when_it_is_one_run():
-    """Only an LV that ends last on the PV and is one linear run can take the extents a
-    larger PV adds after it without becoming two segments."""
-    pv = read_pv(reader(pv_bytes()))
-    assert pv is not None and pv.last_lv() is None  # "wide" ends last (extents 12-13), striped
-    text = VG_TEXT.replace('"pv0", 12, "pv1", 0', '"pv1", 8, "pv1", 0')  # wide leaves this PV
-    pv = read_pv(reader(pv_bytes(text)))
-    assert pv is not None and pv.last_lv() is None  # now "home" ends last (extent 9): two segments
-    text = text.replace('stripes = ["pv0", 9]', 'stripes = ["pv1", 20]').replace('["pv0", 6]', '["pv1", 22]')
-    pv = read_pv(reader(pv_bytes(text)))
-    assert pv is not None and pv.last_lv() is not None and pv.last_lv().name == "root"  # extents 2-5
+def test_the_text_written_back_reads_as_it_was_read():
+    """format_text is what vgcfgrestore reads: parsed back it is the same tree (comments,
+    which lvm2 writes for people only, are not kept)."""
+    tree = parse_text(VG_TEXT)
+    assert parse_text(format_text(tree)) == tree
+    assert 'description = "say \\"hi\\""' in format_text(tree)
+
+
+def test_relocated_metadata_moves_runs_and_grows_root_only():
+    tree = parse_text(VG_TEXT)
+    moved = relocate(tree, "pv0", {9: 20, 12: 24}, ("root", 7))
+    vg = volume_group(moved)
+    lvs = {lv.name: lv for lv in vg.lvs}
+    assert vg.seqno == 8 and volume_group(tree).seqno == 7, "the original tree changed"
+    assert [(r.pv, r.pv_extent) for r in lvs["home"].runs_on("pv0")] == [("pv0", 6), ("pv0", 20)]
+    assert [(r.pv, r.pv_extent) for r in lvs["wide"].segments[0].runs] == [("pv0", 24), ("pv1", 0)]
+    assert lvs["root"].extent_count == 7 and lvs["root"].segments[0].runs[0].pv_extent == 2
+    assert lvs["elsewhere"].segments[0].runs[0].pv_extent == 4  # pv1: not this PV's run
+    with pytest.raises(FilesystemError, match="LV home is not one segment"):
+        relocate(tree, "pv0", {}, ("home", 9))
 
 
 def test_lvm_commands_see_one_device_and_activate_nothing():
