@@ -18,8 +18,9 @@ from typing import IO
 from rescue import __version__, config, planview
 from rescue.browse import cli_commands as browse_cli
 from rescue.engine import Engine
-from rescue.errors import SECTORS_LOST, Cancelled, RefusedError, RescueError, UsageError
+from rescue.errors import SECTORS_LOST, Cancelled, IntegrityError, RefusedError, RescueError, UsageError
 from rescue.imaging.progress import TerminalProgress, fmt_bytes
+from rescue.multicast.udpcast import is_multicast
 from rescue.repo.keys import WrongPassword
 
 
@@ -151,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write an image onto a drive",
         description="Recreate the partition table of image NAME on DISK and write its data. "
         "Everything on DISK is lost. The whole image is verified first unless "
-        "--no-preverify. Asks you to type the drive's name unless --yes.",
+        "--no-preverify. Asks you to type the drive's name unless --yes. REPO "
+        "multicast://IF[:PORTBASE] receives the image from `rescue serve --multicast`.",
     )
     s.add_argument("repo")
     s.add_argument("name")
@@ -167,6 +169,37 @@ def build_parser() -> argparse.ArgumentParser:
     _scratch_option(s)
     _new_ids_option(s)
     s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser(
+        "serve",
+        help="send an image to many machines at once (multicast)",
+        description="Check image NAME, then send it with udpcast (udp-sender) to every machine "
+        "that runs `rescue restore multicast://IF NAME DISK` (or boots with "
+        "rescue.repo=multicast://IF) on the same network: one stream restores them all. "
+        "Starts once --receivers joined, or --wait seconds after the first join (default 60).",
+    )
+    s.add_argument("repo")
+    s.add_argument("name")
+    s.add_argument("--multicast", action="store_true", required=True, help="send by multicast (udpcast)")
+    s.add_argument("--interface", default="eth0", help="network card to send on (default eth0)")
+    s.add_argument("--receivers", type=int, metavar="N", help="start as soon as N receivers joined")
+    s.add_argument(
+        "--wait", type=float, metavar="S", help="start S seconds after the first receiver joined, however many"
+    )
+    s.add_argument("--max-rate", metavar="R", help="udpcast's --max-bitrate: e.g. 800m, 1g")
+    s.add_argument("--portbase", type=int, default=9000, help="UDP ports PORTBASE and +1 (even; default 9000)")
+    s.add_argument("--fec", metavar="IxR/S", help="udpcast's forward error correction, e.g. 8x8/128")
+    s.add_argument(
+        "--async", dest="async_mode", action="store_true", help="no return channel (needs --max-rate and --fec)"
+    )
+    s.add_argument(
+        "--retries-until-drop",
+        type=int,
+        default=30,
+        metavar="N",
+        help="udpcast's patience with a receiver that stopped answering (default 30: about 20 s)",
+    )
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser(
         "clone",
@@ -411,7 +444,7 @@ def _unlock(args) -> None:
     named, encrypted = [], 0
     for attr in ("repo", "src", "dst"):
         path = getattr(args, attr, None)
-        if not isinstance(path, str):
+        if not isinstance(path, str) or is_multicast(path):  # its stream brings its description
             continue
         named.append(path)
         engine = engine or _engine(args)
@@ -701,6 +734,8 @@ def confirm_target(disk: str, assume_yes: bool) -> None:
 
 def cmd_restore(args) -> int:
     engine = _engine(args)
+    if is_multicast(args.repo):
+        return _restore_multicast(engine, args)
     plan = engine.plan_restore(
         args.repo, args.name, args.disk, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids
     )
@@ -728,6 +763,54 @@ def cmd_restore(args) -> int:
     for w in result.warnings:
         print(f"WARNING: {w}")
     return 0
+
+
+def _restore_multicast(engine: Engine, args) -> int:
+    """Confirmed before joining (the session waits for nobody), planned once the header came."""
+    engine.check_target(args.disk)
+    confirm_target(args.disk, args.yes)
+    print(f"joining the multicast session on {args.repo} ...")
+    given = getattr(args, "password_file", None) or _env_password is not None
+    joined = engine.join_multicast(args.repo, args.name, _password(args, args.repo)[0] if given else None)
+    plan = engine.plan_multicast(joined, args.disk, args.layout, scratch_dir=args.scratch, fresh_ids=args.new_ids)
+    print(planview.text(plan))
+    bar = TerminalProgress()
+    try:
+        result = engine.receive_multicast(joined, args.disk, plan, bar, threading.Event(), print)
+    finally:
+        bar.close()
+    print(f"restored {joined.name} onto {args.disk} from {args.repo}: wrote {fmt_bytes(result.bytes_written)}")
+    for w in result.warnings:
+        print(f"WARNING: {w}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from rescue.multicast.udpcast import Options
+
+    options = Options(
+        args.interface,
+        args.portbase,
+        args.receivers,
+        args.wait,
+        args.max_rate,
+        args.fec,
+        args.async_mode,
+        args.retries_until_drop,
+    )
+    bar = TerminalProgress()
+    try:
+        sent = _engine(args).serve_multicast(args.repo, args.name, options, print, bar, threading.Event())
+    finally:
+        bar.close()
+    print(
+        f"sent {args.name}: {fmt_bytes(sent.stream_bytes)} in {sent.seconds:.1f} s to {len(sent.receivers)} "
+        f"receivers; read {fmt_bytes(sent.read_bytes)} from the repository"
+        + (f"; packets sent again: {sent.retransmits}" if sent.retransmits else "")
+    )
+    for p in sent.receivers:  # udpcast knows delivery; each receiver says how its restore ended
+        print(f"receiver {p.number + 1} {p.address}: {p.words()}")
+    return 0 if all(p.status == "ok" for p in sent.receivers) else IntegrityError.exit_code
 
 
 def cmd_unattended(args) -> int:

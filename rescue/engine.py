@@ -946,6 +946,68 @@ class Engine:
 
         return verify_image(Repository.open(repo_path), name, progress=progress, cancel=cancel)
 
+    # multicast (rescue.multicast: one udpcast stream restores many machines) -----------------
+    def serve_multicast(
+        self,
+        repo_path: str,
+        name: str,
+        options: Any,
+        say: Callable[[str], None],
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> Any:
+        """Check image `name`, then send it to every receiver that joins (multicast.udpcast.
+        Options say where, how many, how fast). Returns a multicast.send.SendResult."""
+        from rescue.multicast.send import send
+
+        return send(repo_path, name, options.check(), say, progress, cancel, self.config.worker_threads())
+
+    def join_multicast(self, location: str, image: str, password: str | None = None) -> Any:
+        """Join the session at multicast://IF[:PORTBASE] and read the stream's header: the
+        image it carries must be `image` (or match latest:PREFIX). Nothing is written; the
+        receiver has left again when this raises. Returns a multicast.receive.Joined."""
+        from rescue.multicast import receive
+        from rescue.multicast.udpcast import parse_location
+
+        joined = receive.join(location, parse_location(location), password)
+        try:
+            receive.check_name(joined, image)
+        except BaseException:
+            joined.receiver.leave()
+            raise
+        return joined
+
+    def plan_multicast(
+        self,
+        joined: Any,
+        target_path: str,
+        policy: str = "auto",
+        *,
+        scratch_dir: str | None = None,
+        fresh_ids: bool = False,
+    ) -> RestorePlan:
+        """The plan for this machine's drive, from the joined stream's header."""
+        from rescue.multicast import receive
+
+        return receive.plan(joined, self.machine.target(target_path), policy, scratch_dir, fresh_ids=fresh_ids)
+
+    def receive_multicast(
+        self,
+        joined: Any,
+        target_path: str,
+        plan: RestorePlan,
+        progress: ProgressFn,
+        cancel: threading.Event,
+        on_failure: Callable[[str], None] = lambda _: None,
+    ) -> RestoreOutcome:
+        """Exactly the confirmed plan, from the stream; a plan that does not fit leaves the
+        session before anything is written, a failure while writing clears the drive's tables
+        (on_failure is told so)."""
+        from rescue.multicast import receive
+
+        r = receive.write(joined, target_path, plan, progress, cancel, self.config.worker_threads(), on_failure)
+        return RestoreOutcome(r.target_path, r.bytes_written, r.seconds, r.verified, r.log_path, r.warnings, r.actions)
+
     def verify_drive(self, repo_path: str, name: str, disk: str) -> int:
         """Compare the bytes outside a restored drive's partitions with the image; returns how
         many were compared, raises IntegrityError naming the first difference."""

@@ -32,6 +32,7 @@ from rescue.errors import INTERNAL, Cancelled, RefusedError, RepoError, RescueEr
 from rescue.fleet import credentials
 from rescue.fleet.order import Drive, Order, matching
 from rescue.imaging.progress import Progress, fmt_bytes
+from rescue.multicast.udpcast import is_multicast
 
 DMI = "/sys/class/dmi/id"
 NET = "/sys/class/net"
@@ -336,6 +337,34 @@ class Job:
         self.target = target
         return target
 
+    def multicast_restore(self) -> None:
+        """rescue.repo=multicast://IF[:PORTBASE]: the image comes from `rescue serve
+        --multicast` (rescue.multicast). Joining needs the confirmation (the session waits for
+        nobody); the plan is made once the stream's header came. Nothing is stored back: the
+        stream is read-only, so no marker (a machine joins again only while a sender serves)."""
+        order, engine, target = self.order, self.engine, self.target
+        assert target is not None
+        self.wait_for_network()
+        engine.check_target(target.path)
+        if not order.confirmed:
+            why = "no rescue.confirm=destroy: a multicast restore joins only when confirmed; nothing was written"
+            self.result = Result("planned", order.image, target.path, reason=why)
+            return
+        self.console.say(f"joining the multicast session on {order.repo}")
+        password = self.secrets.password if self.secrets is not None else None
+        joined = engine.join_multicast(order.repo, order.image, password)
+        self.result.image = joined.name
+        plan = engine.plan_multicast(joined, target.path, order.layout)
+        self.console.say(planview.text(plan))
+        if plan.fits:
+            self.result.target = target.path
+        out = engine.receive_multicast(
+            joined, target.path, plan, Lines(self.console), threading.Event(), self.console.say
+        )
+        for w in out.warnings:
+            self.console.say(f"WARNING: {w}")
+        self.result = Result("ok", joined.name, target.path, out.bytes_written, out.seconds)
+
     def choose_source(self) -> Drive:
         """The drive a capture reads, chosen and checked before any place is mounted for it."""
         source = choose_drive(self.order, drives_for_rules(self.engine), "source")
@@ -433,10 +462,13 @@ class Job:
                 else:
                     self.choose_target()
                 self.take_credentials()
-                self.repo_path, self.writable = self.locate()
-                self.console.say(f"repository: {self.repo_path}")
-                self.unlock(self.repo_path)
-                (self.capture if capture else self.restore)()
+                if not capture and is_multicast(self.order.repo):
+                    self.multicast_restore()
+                else:
+                    self.repo_path, self.writable = self.locate()
+                    self.console.say(f"repository: {self.repo_path}")
+                    self.unlock(self.repo_path)
+                    (self.capture if capture else self.restore)()
             except RescueError as e:
                 self.result.status, self.result.reason, self.result.code = "failed", str(e), e.exit_code
             except KeyboardInterrupt:
