@@ -36,13 +36,13 @@ from rescue.imaging.verify import load_indexes
 from rescue.multicast import stream
 from rescue.multicast.udpcast import JOIN_WAIT, Options, Receiver
 from rescue.repo import chunks
-from rescue.repo.storage import Entry, ObjectMissing, ObjectProblem, ReadOnlyStorage
+from rescue.repo.storage import Entry, ObjectMissing, ObjectProblem, ReadsOnly
 from rescue.repo.store import Repository
 
 MiB = 1 << 20
 
 
-class StreamStorage:
+class StreamStorage(ReadsOnly):
     """A read-only repository over a multicast stream. Objects of the header are kept; chunk
     objects are read from the stream by a thread of their own as fast as udp-receiver gives
     them (a receiver that stops reading while it writes a partition table or grows a
@@ -53,7 +53,6 @@ class StreamStorage:
 
     def __init__(self, inp: IO[bytes], where: str, meta: stream.Meta, max_chunk: int, budget: int = 256 * MiB):
         self.inp, self.where, self.meta, self.max_chunk, self.budget = inp, where, meta, max_chunk, budget
-        self.writable = False
         self.held: dict[str, bytes] = {}
         self.held_bytes = 0
         self.left: Counter[str] = Counter()
@@ -141,21 +140,8 @@ class StreamStorage:
     def list(self, prefix: str) -> list[Entry]:
         return [Entry(n, k, s) for n, k, s in self.meta.lists.get(prefix, [])]
 
-    def put(self, key: str, data: bytes) -> None:
-        raise ReadOnlyStorage(f"{self.where} is a multicast stream: it cannot be written")
-
-    def put_new(self, key: str, data: bytes) -> bool:
-        self.put(key, data)
-        return False
-
-    def delete(self, key: str) -> None:
-        self.put(key, b"")
-
-    def flush(self) -> None:
-        pass
-
-    def free_bytes(self) -> int | None:
-        return None
+    def read_only_why(self) -> str:
+        return f"{self.where} is a multicast stream: it cannot be written"
 
     def close(self) -> None:
         pass

@@ -19,7 +19,7 @@ from rescue.imaging.verify import check_chunks, data_chunks, load_indexes
 from rescue.multicast import stream
 from rescue.multicast.udpcast import Options, Peer, Sender
 from rescue.repo import keys
-from rescue.repo.storage import Entry, Storage
+from rescue.repo.storage import Entry, ReadsOnly, Storage
 from rescue.repo.store import Repository
 
 
@@ -33,14 +33,13 @@ class SendResult:
     retransmits: str = ""  # udp-sender's count of packets sent again, and its share
 
 
-class Recording:
+class Recording(ReadsOnly):
     """A storage that passes every read on and keeps what a restore opens before its first
     chunk: replayed to each receiver from the stream's header. Counts the bytes read."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
         self.where = storage.where
-        self.writable = False
         self.objects: dict[str, bytes] = {}
         self.lists: dict[str, list[tuple[str, str, int]]] = {}
         self.read = 0
@@ -68,21 +67,8 @@ class Recording:
             self.lists[prefix] = [(e.name, e.kind, e.size) for e in out]
         return out
 
-    def put(self, key: str, data: bytes) -> None:
-        raise RepoError("a multicast sender writes nothing to its repository")
-
-    def put_new(self, key: str, data: bytes) -> bool:
-        self.put(key, data)
-        return False
-
-    def delete(self, key: str) -> None:
-        self.put(key, b"")
-
-    def flush(self) -> None:
-        pass
-
-    def free_bytes(self) -> int | None:
-        return None
+    def read_only_why(self) -> str:
+        return "a multicast sender writes nothing to its repository"
 
     def close(self) -> None:
         self.storage.close()

@@ -53,7 +53,7 @@ from rescue.repo.storage import (
     Entry,
     ObjectMissing,
     ObjectProblem,
-    ReadOnlyStorage,
+    ReadsOnly,
     StorageUnavailable,
     check_key,
 )
@@ -104,11 +104,10 @@ class _Connections(threading.local):
         self.by_origin: dict[Origin, http.client.HTTPConnection] = {}
 
 
-class HttpStorage:
+class HttpStorage(ReadsOnly):
     """The objects of a repository under `base` on a web server, read-only (see the module's
     docstring)."""
 
-    writable = False
     exclusive_create = True  # nothing is ever created
 
     def __init__(
@@ -221,21 +220,6 @@ class HttpStorage:
 
         return retry.attempt(self.server, f"list {prefix or 'the repository'}", once, self.patience)
 
-    def put(self, key: str, data: bytes) -> None:
-        raise self._read_only()
-
-    def put_new(self, key: str, data: bytes) -> bool:
-        raise self._read_only()
-
-    def delete(self, key: str) -> None:
-        raise self._read_only()
-
-    def flush(self) -> None:
-        pass
-
-    def free_bytes(self) -> int | None:
-        return None
-
     def close(self) -> None:
         with self._lock:
             self._generation += 1
@@ -246,8 +230,8 @@ class HttpStorage:
 
     # ------------------------------------------------------------------ requests
 
-    def _read_only(self) -> ReadOnlyStorage:
-        return ReadOnlyStorage(f"{self.where} is a web server: rescue only reads from it")
+    def read_only_why(self) -> str:
+        return f"{self.where} is a web server: rescue only reads from it"
 
     def _path(self, key: str) -> str:
         return f"{self.base}/{quote(key, safe='/')}"

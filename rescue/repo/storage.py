@@ -135,6 +135,32 @@ class Storage(Protocol):
         ...
 
 
+class ReadsOnly:
+    """The writing half of a backend that only reads (a web server, a multicast stream):
+    every write raises ReadOnlyStorage saying why (`read_only_why`), there is nothing to
+    flush and no free space to tell."""
+
+    writable = False
+
+    def read_only_why(self) -> str:
+        raise NotImplementedError
+
+    def put(self, key: str, data: bytes) -> None:
+        raise ReadOnlyStorage(self.read_only_why())
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        raise ReadOnlyStorage(self.read_only_why())
+
+    def delete(self, key: str) -> None:
+        raise ReadOnlyStorage(self.read_only_why())
+
+    def flush(self) -> None:
+        pass
+
+    def free_bytes(self) -> int | None:
+        return None
+
+
 SCHEMES = ("sftp", "s3", "http", "https")
 
 
