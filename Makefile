@@ -86,6 +86,8 @@ bench: venv
 	$(VPY) tests/bench/clonezilla.py
 	$(VPY) tests/bench/encrypted.py
 	$(VPY) tests/bench/incremental.py
+	$(VPY) tests/bench/scaling.py
+	$(VPY) tests/bench/multicast.py
 
 iso:
 	@scripts/build-iso

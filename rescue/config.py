@@ -23,6 +23,10 @@ SYSTEM = Path("/etc/rescue/rescue.toml")
 
 T = TypeVar("T")
 
+# The chunk size of new repositories, in bytes: defaults.toml's capture.chunk_mib, for the API
+# (capture(), Repository.create(), ...) called without a configuration.
+CHUNK_SIZE = 1 << 20
+
 
 @dataclass
 class Config:
@@ -30,7 +34,7 @@ class Config:
     # code that builds a Config itself; load() always takes them from the file.
     level: int = 3
     threads: int = 0
-    chunk_mib: int = 1
+    chunk_mib: int = CHUNK_SIZE >> 20
     preverify: bool = True
     bad_sector_retries: int = 1
     network_timeout: int = 30

@@ -16,6 +16,7 @@ from pathlib import Path
 from rescue import __version__
 from rescue.clonezilla import minsize
 from rescue.clonezilla.source import ClonezillaImage
+from rescue.config import CHUNK_SIZE
 from rescue.filesystems.base import FsInfo
 from rescue.imaging.log import log_file
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
@@ -126,7 +127,7 @@ def import_image(
     *,
     level: int = 3,
     threads: int | None = None,
-    chunk_size: int = 4 << 20,
+    chunk_size: int = CHUNK_SIZE,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> ImportResult:

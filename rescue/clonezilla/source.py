@@ -26,7 +26,7 @@ from rescue.clonezilla import layout as czlayout
 from rescue.clonezilla.decompress import Decompressed
 from rescue.clonezilla.layout import CzDir, PartImage
 from rescue.clonezilla.partclone import NTFS_MAGIC, Image
-from rescue.errors import IntegrityError, UsageError
+from rescue.errors import IntegrityError, RescueError, UsageError
 from rescue.filesystems import lookup
 from rescue.imaging.apply import AreaFacts, AreaSource
 from rescue.imaging.progress import Meter
@@ -283,6 +283,7 @@ class _Sequential:
         self.stream: Iterator[tuple[int, bytes]] | None = None
         self.pos = -1
         self.held: dict[int, bytes] = {}
+        self.failed: RescueError | None = None  # the stream's damage, for every thread after
         data = [i for i, k in enumerate(area.index.kinds) if k == Kind.DATA]
         self.last = data[-1] if data else -1
 
@@ -290,14 +291,20 @@ class _Sequential:
         with self.lock:
             if i in self.held:
                 return self.held.pop(i)
+            if self.failed is not None:  # not "not in the image": the ended stream says why
+                raise self.failed
             if self.stream is None or i <= self.pos:
                 self.stream, self.pos, self.held = self.image.chunks(self.area), -1, {}
-            for j, data in self.stream:
-                self.pos = j
-                if j == i:
-                    if j == self.last:
-                        for _ in self.stream:  # the end: the last checksum, nothing after it
-                            pass
-                    return data
-                self.held[j] = data
+            try:
+                for j, data in self.stream:
+                    self.pos = j
+                    if j == i:
+                        if j == self.last:
+                            for _ in self.stream:  # the end: the last checksum, nothing after it
+                                pass
+                        return data
+                    self.held[j] = data
+            except RescueError as e:
+                self.failed = e
+                raise
         raise IntegrityError(f"{self.area.label}: chunk {i} is not in the image")

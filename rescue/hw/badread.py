@@ -19,6 +19,18 @@ reader moves on with a fresh worker. Limits:
 Runs of small reads go to the reader thread as one job (see _Job), since handing each over
 costs as much as the read.
 
+Read-ahead: a caller that knows which reads come next (capture: the used chunks of an area)
+says so with read_ahead(). A thread then reads them in order, each as the one read the passes
+would make, at most READ_AHEAD bytes ahead, so the drive is busy while the caller compresses.
+The passes see exactly the answers they would have had: a read they ask for that was read
+ahead is answered from there (its bytes, or its media error), any other goes to the worker as
+before. Read-ahead stops at the first error or timeout, and the passes' careful reads take
+over: a dying drive is never read ahead of them. A capture resumed from a map that names
+failed areas reads nothing ahead; one resumed from a map of good reads only reads ahead the
+chunks the map does not know (those the passes read whole). The one exception to "exactly the
+same reads": a resumed run whose first failure comes in a chunk the map knew may have read up
+to READ_AHEAD bytes past it whole, where the passes then read block by block.
+
 Reads use O_DIRECT with page-aligned (mmap) buffers: the page cache would turn one bad 512
 byte sector into a failed 4 KiB page, read ahead into bad areas, and could serve stale
 copies. Files on filesystems without O_DIRECT (tmpfs) are read through the cache.
@@ -40,16 +52,18 @@ import stat
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from rescue.errors import DeviceError, UsageError
-from rescue.model.badmap import BadSectorMap
+from rescue.model.badmap import BAD, FINISHED, NON_SCRAPED, NON_TRIMMED, BadSectorMap
 from rescue.model.badpass import BLOCK, TRIM_STEP, Passes, PhaseProgress, Read, ReadFailed, ReadStats
 
 __all__ = ["MEDIA_ERRORS", "PhaseProgress", "Read", "ReadStats", "TolerantReader"]
 
 KiB = 1024
+READ_AHEAD = 16 << 20  # bytes read ahead of the caller, at the most
 BLKSSZGET = 0x1268
 BLKGETSIZE64 = 0x80081272
 
@@ -114,6 +128,81 @@ class _Job:
             self.cond.notify()
 
 
+class _ReadAhead:
+    """Reads `reads` in order on its own thread, each once, at most `limit` bytes ahead of
+    take(). Each answer is what the worker would have answered (bytes or the OSError); after
+    the first error it stops. Its buffers are its own (see _Worker)."""
+
+    def __init__(self, fd: int, reads: Sequence[tuple[int, int]], sector_size: int, limit: int):
+        self.fd, self.sector_size, self.limit = fd, sector_size, limit
+        self.todo: deque[tuple[int, int]] = deque(reads)
+        self.ready: deque[tuple[int, int, bytes | OSError]] = deque()
+        self.held = 0  # bytes in `ready` and being read
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="readahead", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = mmap.mmap(-1, 64 * KiB)
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: self.stopped or not self.todo or self.held < self.limit)
+                if self.stopped or not self.todo:
+                    self.stopped = True
+                    self.cond.notify_all()
+                    return
+                offset, nbytes = self.todo.popleft()
+                self.held += nbytes
+            size = _align_up(nbytes, self.sector_size)
+            if len(buf) < size:
+                buf = mmap.mmap(-1, size)
+            try:
+                with memoryview(buf) as mv, mv[:size] as view:
+                    got = os.preadv(self.fd, [view], offset)
+                    result: bytes | OSError = bytes(view[: min(got, nbytes)])
+            except OSError as e:
+                result = e
+            with self.cond:
+                self.ready.append((offset, nbytes, result))
+                if isinstance(result, OSError) or len(result) < nbytes:
+                    self.stopped = True  # the passes take over from here
+                self.cond.notify_all()
+
+    def take(self, offset: int, nbytes: int, timeout: float | None) -> bytes | OSError | None:
+        """The answer for the read of [offset, offset+nbytes) if it was read ahead; None when
+        it is not one of `reads` (or read-ahead stopped before it). Raises TimeoutError when
+        the read gives nothing back within `timeout` (read-ahead is then stopped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                while self.ready and self.ready[0][0] < offset:  # not asked for: the caller moved on
+                    self._drop()
+                if self.ready or self.stopped:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self.stopped = True
+                    self.cond.notify_all()
+                    raise TimeoutError
+                self.cond.wait(left)
+            if not self.ready or self.ready[0][:2] != (offset, nbytes):
+                return None
+            return self._drop()
+
+    def _drop(self) -> bytes | OSError:
+        offset, nbytes, result = self.ready.popleft()
+        self.held -= nbytes
+        self.cond.notify_all()
+        return result
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.ready.clear()
+            self.cond.notify_all()
+
+
 def _device_geometry(fd: int) -> tuple[int, int | None]:
     """(size in bytes, logical sector size or None for a regular file)."""
     st = os.fstat(fd)
@@ -133,7 +222,34 @@ class _Drive:
         self.fd, self.path, self.size, self.sector_size = fd, path, size, sector_size
         self.timeout, self.stall_limit = timeout, stall_limit
         self._worker: _Worker | None = None
-        self._abandoned: list[_Worker] = []
+        self._abandoned: list[_Worker | _ReadAhead] = []
+        self.ahead: _ReadAhead | None = None
+
+    def read_ahead(self, reads: Sequence[tuple[int, int]], limit: int) -> None:
+        self.stop_ahead()
+        if reads:
+            self.ahead = _ReadAhead(self.fd, reads, self.sector_size, limit)
+
+    def stop_ahead(self) -> None:
+        if self.ahead is not None:
+            self.ahead.stop()
+            self.ahead = None
+
+    def _take_ahead(self, offset: int, nbytes: int) -> bytes | OSError | None:
+        """The read-ahead's answer (None: there is none, ask the worker); a read-ahead that
+        timed out is abandoned like a stuck worker (_drain waits for it)."""
+        ahead = self.ahead
+        if ahead is None:
+            return None
+        try:
+            got = ahead.take(offset, nbytes, self.timeout)
+        except TimeoutError:
+            self._abandoned.append(ahead)
+            self.ahead = None
+            raise
+        if ahead.stopped and not ahead.ready:
+            self.ahead = None
+        return got
 
     def read(self, offset: int, length: int) -> bytes:
         got = self.read_many([(offset, length)], False)[0]
@@ -146,7 +262,19 @@ class _Drive:
         (the passes ask again for the rest), or with `stop_on_error` up to the first failure.
         Lengths are rounded up to whole sectors for O_DIRECT (the last sector of a file
         whose size is not a multiple of it) and the answer cut back to what was asked."""
-        got = self._pread_many([(off, _align_up(n, self.sector_size)) for off, n in reads], stop_on_error)
+        got: list[bytes | OSError | None] = []
+        if len(reads) == 1:
+            try:
+                ahead = self._take_ahead(*reads[0])
+            except TimeoutError:
+                ahead = None
+                got = [None]
+            if ahead is not None:
+                got = [ahead]
+        if not got:
+            got = self._pread_many([(off, _align_up(n, self.sector_size)) for off, n in reads], stop_on_error)
+            if not all(isinstance(r, bytes) for r in got):
+                self.stop_ahead()  # the passes read carefully from here: nothing ahead of them
         out: list[bytes | ReadFailed] = []
         for (off, n), res in zip(reads, got, strict=False):  # a prefix after a timeout
             if res is None:
@@ -194,6 +322,7 @@ class _Drive:
         self._abandoned = []
 
     def close(self) -> None:
+        self.stop_ahead()
         if self._worker is not None:
             self._worker.stop()
             self._worker.thread.join(timeout=self.timeout)
@@ -270,6 +399,18 @@ class TolerantReader:
         self.close()
 
     # -- what the engine calls ---------------------------------------------------------------
+
+    def read_ahead(self, reads: Sequence[tuple[int, int]], limit: int = READ_AHEAD) -> None:
+        """The (offset, length) of the reads read() is asked for next, in order (each as
+        read() clips it to the drive); they are read ahead, at most `limit` bytes, on a
+        thread of their own. Replaces the previous ones; read() of anything else still works."""
+        totals = self.map.totals()
+        if any(totals.get(st) for st in (NON_TRIMMED, NON_SCRAPED, BAD)):
+            self._drive.stop_ahead()  # resumed on a failing drive: every read the careful way
+            return
+        # What the map knows (read fine by an interrupted run) the passes read in parts.
+        spans = [(o, min(o + n, self.size)) for o, n in reads if o < self.size]
+        self._drive.read_ahead([(o, e - o) for o, e in spans if not self.map.ranges(FINISHED, o, e)], limit)
 
     def read(self, offset: int, length: int) -> Read:
         """The bytes of [offset, offset+length) (clipped to the drive), with what is not

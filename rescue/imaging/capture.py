@@ -19,6 +19,7 @@ from pathlib import Path
 import zstandard
 
 from rescue import __version__
+from rescue.config import CHUNK_SIZE
 from rescue.errors import Cancelled, DeviceError, RepoError, RescueError
 from rescue.filesystems import identify, windows
 from rescue.filesystems.badfiles import annotate, write_badfiles
@@ -28,7 +29,7 @@ from rescue.hw.badread import TolerantReader
 from rescue.hw.partitions import read_layout
 from rescue.imaging import resume
 from rescue.imaging.apply import AreaFacts
-from rescue.imaging.chunkread import UsedChunkReader, keep_only, patch, used_parts
+from rescue.imaging.chunkread import UsedChunkReader, keep_only, patch, used_chunks, used_parts
 from rescue.imaging.log import JobLog
 from rescue.imaging.progress import Meter, ProgressCallback, fmt_bytes, no_progress
 from rescue.imaging.verify import chunk_where
@@ -199,7 +200,7 @@ def capture(
     *,
     level: int = 3,
     threads: int | None = None,
-    chunk_size: int = 4 << 20,
+    chunk_size: int = CHUNK_SIZE,
     retries: int = 1,
     read_timeout: float = 30.0,
     progress: ProgressCallback = no_progress,
@@ -328,7 +329,9 @@ def _capture_area(
     reader = chunk_reader.reader
     pending: list[tuple[Index, int, Future]] = []
     meter.begin_area(ap.label, ap.read_bytes())
-    for i in range(index.count):
+    todo = used_chunks(ap, repo.chunk_size)  # Index.empty() marks every other chunk UNUSED
+    chunk_reader.read_ahead(ap, [i for i in todo if i not in settled])
+    for i in sorted(settled.keys() | todo):
         start, length = index.span(i)
         if i in settled:
             index.set(i, *settled[i])

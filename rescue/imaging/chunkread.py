@@ -39,6 +39,19 @@ def used_parts(area: UsedArea, start: int, length: int) -> list[Extent]:
     return [Extent(0, length)] if area.used is None else in_range(area.used, start, start + length)
 
 
+def used_chunks(area: UsedArea, chunk_size: int) -> list[int]:
+    """The numbers of the area's chunks that hold used bytes, in order: walked from the map,
+    so that the time does not grow with the empty space (a 2 TiB drive has 2 million chunks)."""
+    if area.used is None:
+        return list(range(-(-area.size // chunk_size)))
+    out: list[int] = []
+    for e in area.used:
+        if e.length > 0:
+            first = e.start // chunk_size
+            out.extend(range(first if not out or out[-1] < first else out[-1] + 1, (e.end - 1) // chunk_size + 1))
+    return out
+
+
 _ZEROS = memoryview(bytes(4 << 20))
 
 
@@ -86,10 +99,16 @@ class UsedChunkReader:
         """An index of the area with DATA for every chunk holding used bytes, UNUSED for the
         others: which chunks read() will be asked for."""
         index = Index.empty(self.chunk_size, area.size)
-        for i in range(index.count):
-            if used_parts(area, *index.span(i)):
-                index.set(i, Kind.DATA)
+        for i in used_chunks(area, self.chunk_size):
+            index.set(i, Kind.DATA)
         return index
+
+    def read_ahead(self, area: UsedArea, chunks: list[int]) -> None:
+        """Chunks `chunks` of the area (in order) are read() next: the drive reads them
+        ahead, while the caller works on the ones before (TolerantReader.read_ahead)."""
+        cs = self.chunk_size
+        with self._lock:
+            self.reader.read_ahead([(area.offset + i * cs, min(cs, area.size - i * cs)) for i in chunks])
 
     def read(self, area: UsedArea, start: int, length: int) -> UsedChunk | None:
         """Bytes [start, start+length) of the area with its free bytes zeroed, or None when

@@ -54,7 +54,7 @@ def in_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
     import bisect
 
     out = []
-    i = bisect.bisect_right([e.end for e in extents], start)
+    i = bisect.bisect_right(extents, start, key=lambda e: e.end)  # O(log n): called per chunk
     while i < len(extents) and extents[i].start < end:
         s, e = max(extents[i].start, start), min(extents[i].end, end)
         if e > s:

@@ -46,6 +46,7 @@ from typing import NotRequired, TypedDict
 
 import zstandard
 
+from rescue.config import CHUNK_SIZE
 from rescue.errors import IntegrityError, RepoError, RescueError, UsageError
 from rescue.repo import chunks, crypto, keys, retry
 from rescue.repo.files import kind_of
@@ -290,7 +291,7 @@ class Repository:
     def create(
         cls,
         location: str | Path,
-        chunk_size: int = 4 << 20,
+        chunk_size: int = CHUNK_SIZE,
         *,
         s3_endpoint: str | None = None,
         password: str | None = None,
@@ -344,7 +345,7 @@ class Repository:
 
     @classmethod
     def open_or_create(
-        cls, location: str | Path, chunk_size: int = 4 << 20, *, s3_endpoint: str | None = None
+        cls, location: str | Path, chunk_size: int = CHUNK_SIZE, *, s3_endpoint: str | None = None
     ) -> Repository:
         retry.forget_failures()
         storage = open_storage(str(location), s3_endpoint=s3_endpoint)

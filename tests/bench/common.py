@@ -69,7 +69,7 @@ class Run:
     peak_kib: int  # the largest resident set of the command and its children
 
 
-def measured(cmd: list[str] | str) -> Run:
+def measured(cmd: list[str] | str, env: dict[str, str] | None = None) -> Run:
     """Run a command (a list, or a bash pipeline with pipefail) after dropping the page cache:
     wall time, and peak RSS from GNU time (the largest of the command and every process it
     waited for: each stage of a pipeline). Not wait4 from here: a child forked from this
@@ -79,7 +79,7 @@ def measured(cmd: list[str] | str) -> Run:
     with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss:
         start = time.monotonic()
         done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)  # fmt: skip
+                              stderr=subprocess.PIPE, env=env)  # fmt: skip
         seconds = time.monotonic() - start
         if done.returncode:
             raise SystemExit(f"failed ({done.returncode}): {cmd}\n{done.stderr.decode(errors='replace')[-2000:]}")
