@@ -45,7 +45,7 @@ from rescue.clonezilla.source import ClonezillaImage, CzArea
 from rescue.errors import FilesystemError, IntegrityError, RescueError
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
-from rescue.hw.fuseproc import first_error, python_with_llfuse, serve_main
+from rescue.hw.fuseproc import STOP_TIMEOUT, first_error, python_with_llfuse, serve_main
 from rescue.hw.scratch import default_dir as default_scratch_dir
 from rescue.repo.index import Kind
 
@@ -56,7 +56,6 @@ FIRST_INODE = 2  # llfuse.ROOT_INODE is 1
 GRANULE = 64 << 10  # what the cache file keeps of a chunk a tool read
 RECENT = 8  # chunks the stream passed, kept in memory (32 MiB of 4 MiB chunks)
 START_TIMEOUT = 60.0  # the server reads every partition's header and bitmap first
-STOP_TIMEOUT = 10.0
 
 
 def log(msg: str) -> None:

@@ -11,6 +11,11 @@ from pathlib import Path
 
 from rescue.errors import RescueError
 
+# From a server's unmount to its exit. Generous: the last opener of a loop device over one of
+# its files (udev's probe, after the detach) can hold the mount for seconds on a loaded machine,
+# and a healthy server exits at once, so the wait costs nothing then.
+STOP_TIMEOUT = 60.0
+
 
 def python_with_llfuse() -> str:
     """An interpreter that has llfuse: ours when it does (the venv, the ISO's python3),

@@ -32,6 +32,7 @@ import enum
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -217,11 +218,17 @@ def attach(
         if proc.returncode == 0:
             leftovers.update(key, pending=False)
             return ours
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        # Taken by another program between find and attach; or busy with nothing attached: a
+        # loop device someone just detached is free to --find before the kernel has let it
+        # go (its last opener, often udev's probe, still closing it). Both: try another.
+        busy = bool(lines) and lines[-1].endswith("Device or resource busy")
         taken = _loop_left(ours) is Outcome.NOT_OURS
         leftovers.forget(key)
-        if not taken:
-            lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        if not (taken or busy):
             raise error(f"losetup failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+        if busy and not taken:
+            time.sleep(0.1)
     raise error(f"no loop device for {path}: each free one was taken by another program first")
 
 

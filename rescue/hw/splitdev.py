@@ -68,7 +68,7 @@ from typing import NamedTuple
 from rescue.errors import DeviceError, RescueError
 from rescue.hw import leftovers
 from rescue.hw import mounts as hwmounts
-from rescue.hw.fuseproc import first_error, python_with_llfuse, serve_main
+from rescue.hw.fuseproc import STOP_TIMEOUT, first_error, python_with_llfuse, serve_main
 
 PROGRAM = "rescue splitdev"
 SERVER_MODULE = "rescue.hw.splitdev"
@@ -81,7 +81,6 @@ SECTOR = 512
 # request per 128 KiB instead of one per 4 KiB page.
 MAX_IO = 128 * 1024
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 SERVER_THREADS = 4
 PR_SET_IO_FLUSHER = 57
 
