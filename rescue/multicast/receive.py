@@ -237,6 +237,7 @@ def write(
         joined.storage.drain()
     except BaseException:
         joined.receiver.leave()  # the plan was checked: the restore began with the table
+        on_failure(f"udp-receiver's last message: {joined.receiver.why()}")
         try:
             on_failure(clear_tables(target))
         except (RescueError, OSError) as e:
