@@ -102,6 +102,9 @@ def test_two_machines_netboot_restore_unattended_and_boot(iso, tmp_path):
         repo = server.www / web.REPO
         for name in ("lab-old", "lab-new"):
             rescue("capture", str(system), str(repo), "--name", name, check=True)
+            # An image's time is kept to the second: the second capture, which stores nothing
+            # new, must not share lab-old's second, or "newest" is a tie (broken by name)
+            time.sleep(1.1)
         base = f"http://{HOST}:{server.port}"
         params = (
             f"rescue.mode=restore rescue.repo={base}/{web.REPO} rescue.image=latest:lab- "
