@@ -144,7 +144,10 @@ def test_two_machines_netboot_restore_unattended_and_boot(iso, tmp_path):
         variables = nvram(uefi.nvram)  # what the firmware reads at the next power-on
         assert "BootNext" in variables, sorted(variables)
         entry = variables["Boot{:04X}".format(*struct.unpack("<H", variables["BootNext"]))]
-        assert entry[6:].decode("utf-16-le").split("\0")[0] == "debian (restored)", entry
+        # EFI_LOAD_OPTION: attributes (4), device path length (2), the description in UTF-16
+        # up to its NUL, then the binary device path (not text: decode only the description)
+        end = next(i for i in range(6, len(entry) - 1, 2) if entry[i : i + 2] == b"\0\0")
+        assert entry[6:end].decode("utf-16-le") == "debian (restored)", entry
         served = [r.uri for r in server.requests()]
         assert served.count("/pxe/filesystem.squashfs") == 2, sorted(set(served))[:20]
         # The SeaBIOS machine netboots again (its network comes first): its drive holds the
