@@ -162,3 +162,18 @@ def tree_hashes(root: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def sha_of(path: Path | str, offset: int, length: int) -> str:
+    """SHA-256 of `length` bytes of a file or device from `offset` (fewer at its end)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            block = f.read(min(left, 4 * MiB))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()

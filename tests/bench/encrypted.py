@@ -161,7 +161,7 @@ def main() -> int:
                 dev = losetup(target)
                 try:
                     runs.run("restore", kind, "restore", str(out / kind), "b", dev, "--yes")
-                    sha = sha_of(dev, recipe.size)
+                    sha = sha_of(dev, 0, recipe.size)
                     if sha not in drives:  # the same bytes as a drive checked already need no check
                         drives.add(sha)
                         part = losetup(target, PART_START, recipe.part_size, ro=True)

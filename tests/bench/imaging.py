@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: disks.sha_of
 
 from common import (  # noqa: E402
     CORES,
@@ -56,6 +57,7 @@ from common import (  # noqa: E402
     spread,
 )
 from common import drop_caches as drop_caches  # noqa: E402 - for the benches that take it from here
+from disks import sha_of  # noqa: E402
 
 WORK = ROOT / "build" / "bench"
 GiB = 1 << 30
@@ -216,18 +218,6 @@ def used_bytes(disk: str, out: Path) -> int:
     return out.stat().st_size
 
 
-def sha_of(path: Path | str, length: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while length:
-            block = f.read(min(length, 16 * MiB))
-            if not block:
-                break
-            h.update(block)
-            length -= len(block)
-    return h.hexdigest()
-
-
 def check_fs(part: str, files: dict[str, str], what: str) -> None:
     """e2fsck clean and every file there with the source's content, nothing more."""
     fsck = subprocess.run(["e2fsck", "-fn", part], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -317,7 +307,7 @@ class Bench:
                     zst = self.shm / "used.zst"
                     dd = f"dd of={part} bs=4M iflag=fullblock oflag=direct conv=fsync status=none"
                     self.record(tool, measured(f"zstd -q -dc {zst} | {dd}"))
-                    if sha_of(part, used) != used_sha:
+                    if sha_of(part, 0, used) != used_sha:
                         raise SystemExit("the write bound wrote other bytes than the used bytes")
                     continue
                 check_fs(part, self.facts["files"], tool)
@@ -392,7 +382,7 @@ def main() -> int:
     part = losetup(recipe.path, PART_START, recipe.part_size, ro=True)
     try:
         used = used_bytes(disk, bench.shm / "used")
-        used_sha = sha_of(bench.shm / "used", used)
+        used_sha = sha_of(bench.shm / "used", 0, used)
         for r in range(args.rounds):
             say(f"round {r + 1}/{args.rounds}: capture")
             bench.capture_round(alternate(CAPTURE, r), disk, part)

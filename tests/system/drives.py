@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from disks import LoopRegistry, MiB, partition_table, populate, sh, tree_hashes
+from disks import LoopRegistry, MiB, partition_table, populate, sh, sha_of, tree_hashes
 
 LINUX = "0FC63DAF-8483-4772-8E79-3D69E8477DE4"
 BASIC = "EBD0A0A2-B9E5-4433-87C0-68B6B97199C7"
@@ -159,22 +159,6 @@ def fat_hashes(loops: LoopRegistry, dev: str) -> dict[str, str]:
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     subprocess.run(["mcopy", "-s", "-n", "-i", dev, "::/*", str(out)], check=True, env=env)
     return tree_hashes(out)
-
-
-def sha_of(path: Path | str, offset: int, length: int) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left:
-            block = f.read(min(left, 4 * MiB))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    return h.hexdigest()
 
 
 def check_restored(loops: LoopRegistry, drive: SourceDrive, target: str) -> None:
