@@ -161,6 +161,17 @@ class SenderReport:
         return None
 
 
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a udpcast process: SIGTERM, 5 s to go, then SIGKILL; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Sender:
     """udp-sender reading the stream from a pipe. `say` gets the lines worth showing, from a
     thread of its own."""
@@ -201,13 +212,7 @@ class Sender:
         return code
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _end(self.proc)
         self._reader.join(5)
 
     def why(self) -> str:
@@ -247,13 +252,7 @@ class Receiver:
 
     def leave(self) -> None:
         """Stop receiving: the sender drops this receiver after its timeout, the others go on."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _end(self.proc)
         self.stdout.close()
         self._reader.join(5)
 
