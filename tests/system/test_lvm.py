@@ -281,15 +281,21 @@ def test_restore_onto_a_larger_drive_grows_the_pv_and_the_last_lv(pvdrive, captu
     assert pv_uuid(conf) == pv_uuid(pvdrive.conf)
     lvm(conf, "vgck", "vgr")
     root_size = (last - 7) * EXTENT
-    root = mloops.attach(path, offset=p1["start"] * 512 + PE_START + 8 * EXTENT, size=root_size)
+    check_root_lv(mloops, path, p1["start"] * 512 + PE_START + 8 * EXTENT, root_size, pvdrive.files)
+
+
+def check_root_lv(mloops, path: Path, offset: int, size: int, files: dict) -> None:
+    """The root LV at [offset, offset+size) of the drive: its ext4 fsck clean, filling the
+    LV exactly, holding exactly `files`."""
+    root = mloops.attach(path, offset=offset, size=size)
     fsck = subprocess.run(["e2fsck", "-fn", root], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     head = sh("dumpe2fs", "-h", root)
     blocks = int(next(ln.split()[-1] for ln in head.splitlines() if ln.startswith("Block count:")))
     block = int(next(ln.split()[-1] for ln in head.splitlines() if ln.startswith("Block size:")))
-    assert blocks * block == root_size, "ext4 was not grown to fill its LV"
+    assert blocks * block == size, "ext4 does not fill its LV"
     with mloops.mounted(root, options="ro") as mnt:
-        assert tree_hashes(mnt) == pvdrive.files
+        assert tree_hashes(mnt) == files
 
 
 DEB_DISK = 160 * MiB
@@ -351,15 +357,7 @@ def restored_root(debdrive: DebianDrive, mloops, path: Path, name: str) -> int:
     assert first == 0 and len(got["root"]["ranges"]) == 1, "root is not one run at the start of the PV"
     root_size = (last + 1) * EXTENT
     assert root_size == ((size - PE_START) // EXTENT - 2) * EXTENT, "root does not take every extent but swap_1's"
-    root = mloops.attach(path, offset=start + PE_START, size=root_size)
-    fsck = subprocess.run(["e2fsck", "-fn", root], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    head = sh("dumpe2fs", "-h", root)
-    blocks = int(next(ln.split()[-1] for ln in head.splitlines() if ln.startswith("Block count:")))
-    block = int(next(ln.split()[-1] for ln in head.splitlines() if ln.startswith("Block size:")))
-    assert blocks * block == root_size, "ext4 does not fill its LV"
-    with mloops.mounted(root, options="ro") as mnt:
-        assert tree_hashes(mnt) == debdrive.files
+    check_root_lv(mloops, path, start + PE_START, root_size, debdrive.files)
     assert got["swap_1"]["ranges"] == [f"{last + 1}-{last + 2}"], "swap_1 does not follow root"
     swap_at = start + PE_START + (last + 1) * EXTENT
     probe = sh("blkid", "-p", "-o", "export", "-O", str(swap_at), str(path))
