@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,3 +214,19 @@ def table(path: Path | str) -> dict:
         "id": t.get("id"),
         "parts": [{k: v for k, v in p.items() if k != "node"} for p in t["partitions"]],
     }
+
+
+def data_drive(loops: LoopRegistry, name: str, size: int, files: int, tree: Path) -> str:
+    """A GPT drive of `size` bytes with one ext4 partition ("data") from 1 MiB to 1 MiB
+    before its end, holding `files` random MiB-files (they do not compress) and a copy of
+    `tree`; attached read-only, whole. The small source of the fleet and multicast tests."""
+    sectors = (size // MiB - 2) * 2048
+    path = loops.file(name, size)
+    partition_table(str(path), f'label: gpt\nstart=2048, size={sectors}, name="data"\n')
+    part = loops.attach(path, offset=MiB, size=sectors * 512)
+    sh("mkfs.ext4", "-q", "-m", "0", "-L", "data", part)
+    with loops.mounted(part) as mnt:
+        for i in range(files):
+            (mnt / f"r{i}.bin").write_bytes(os.urandom(MiB))
+        shutil.copytree(tree, mnt / "src")
+    return loops.attach(path, readonly=True)

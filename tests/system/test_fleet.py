@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from disks import partition_table, rescue, sh, tree_hashes
+from disks import rescue, sh, tree_hashes
+from drives import data_drive
 from servers import s3, web
 
 MiB = 1 << 20
-SECTORS = 38 * 2048  # the source's one partition
 SOURCE_SIZE = 40 * MiB + 13 * 512  # sizes no other test's drive has, so rules pick ours
 TARGET_SIZE = 44 * MiB + 7 * 512
 TWIN_SIZE = 44 * MiB + 9 * 512
@@ -76,15 +76,9 @@ def files_of(loops, disk: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def source(mloops):
     """A GPT drive, one ext4 partition with files, attached read-only."""
-    path = mloops.file(drive_name("src.img"), SOURCE_SIZE)
-    partition_table(str(path), f'label: gpt\nstart=2048, size={SECTORS}, name="data"\n')
-    part = mloops.attach(path, offset=MiB, size=SECTORS * 512)
-    sh("mkfs.ext4", "-q", "-m", "0", "-L", "data", part)
-    with mloops.mounted(part) as mnt:
-        for i in range(4):
-            (mnt / f"r{i}.bin").write_bytes(os.urandom(MiB))
-        shutil.copytree(Path(__file__).resolve().parents[2] / "rescue" / "fleet", mnt / "src")
-    return mloops.attach(path, readonly=True)
+    return data_drive(
+        mloops, drive_name("src.img"), SOURCE_SIZE, 4, Path(__file__).resolve().parents[2] / "rescue" / "fleet"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
-from disks import partition_table, sh, tree_hashes
+from disks import sh, tree_hashes
+from drives import data_drive
 from servers.netns import Segment
 
 pytestmark = pytest.mark.skipif(shutil.which("udp-sender") is None, reason="udpcast is not installed")
 
 MiB = 1 << 20
-SECTORS = 38 * 2048
 SOURCE_SIZE = 40 * MiB + 11 * 512
 TARGET_SIZE = 44 * MiB + 3 * 512
 RUN = secrets.token_hex(3)
@@ -47,15 +47,9 @@ def env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def source(mloops):
     """A GPT drive, one ext4 partition with random files (they do not compress), read-only."""
-    path = mloops.file(f"{RUN}-src.img", SOURCE_SIZE)
-    partition_table(str(path), f'label: gpt\nstart=2048, size={SECTORS}, name="data"\n')
-    part = mloops.attach(path, offset=MiB, size=SECTORS * 512)
-    sh("mkfs.ext4", "-q", "-m", "0", "-L", "data", part)
-    with mloops.mounted(part) as mnt:
-        for i in range(6):
-            (mnt / f"r{i}.bin").write_bytes(os.urandom(MiB))
-        shutil.copytree(Path(__file__).resolve().parents[2] / "rescue" / "multicast", mnt / "src")
-    return mloops.attach(path, readonly=True)
+    return data_drive(
+        mloops, f"{RUN}-src.img", SOURCE_SIZE, 6, Path(__file__).resolve().parents[2] / "rescue" / "multicast"
+    )
 
 
 @pytest.fixture(scope="module")
